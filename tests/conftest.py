@@ -1,0 +1,33 @@
+"""Test setup: without a GPU, Triton kernels run through Triton's interpreter.
+
+TRITON_INTERPRET must be set before Triton is first imported, so it is set here, at
+collection time. The ``triton_on`` / ``triton_off`` fixtures force the dispatch either way.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from vitcore.ops.dispatch import triton_available  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+requires_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def triton_on(monkeypatch):
+    """Run vitcore ops through their Triton kernels (interpreted on CPU)."""
+    if not triton_available():
+        pytest.skip("triton is not installed")
+    monkeypatch.setenv("VITCORE_TRITON", "1")
+
+
+@pytest.fixture
+def triton_off(monkeypatch):
+    """Run vitcore ops through their eager references."""
+    monkeypatch.setenv("VITCORE_TRITON", "0")

@@ -1,0 +1,1 @@
+"""vitcore: fast zero-cost proxies for Vision Transformer architecture search."""

@@ -1,0 +1,5 @@
+"""vitcore's ops: each an autograd Function, its eager reference ``<op>_ref``, and the dispatch."""
+from vitcore.ops.attention import attention_ref
+from vitcore.ops.dispatch import use_triton
+
+__all__ = ["attention_ref", "use_triton"]

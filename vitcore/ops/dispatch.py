@@ -1,0 +1,42 @@
+"""The one place that decides between an op's Triton kernel and its eager reference.
+
+``VITCORE_TRITON=0``  eager everywhere.
+``VITCORE_TRITON=1``  Triton everywhere; a CPU tensor then needs ``TRITON_INTERPRET=1``
+                      (how the tests run kernels without a GPU).
+unset                 Triton for CUDA tensors when Triton imports, eager otherwise.
+"""
+import functools
+import importlib.util
+import os
+
+import torch
+
+_ENV = "VITCORE_TRITON"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when the ``triton`` package is installed (checked once, without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """Whether ops on ``tensor`` run their Triton kernel (True) or eager reference (False)."""
+    setting = os.environ.get(_ENV, "")
+    if setting not in ("", "0", "1"):
+        raise ValueError(f"{_ENV}={setting!r}: expected '0', '1' or unset")
+    if setting == "0":
+        return False
+    if setting == "1":
+        if not triton_available():
+            raise RuntimeError(f"{_ENV}=1 but the triton package is not installed")
+        if tensor.device.type == "cpu" and not _interpreting():
+            raise RuntimeError(
+                f"{_ENV}=1 on a CPU tensor needs TRITON_INTERPRET=1 set before Triton is imported"
+            )
+        return True
+    return tensor.device.type == "cuda" and triton_available()
