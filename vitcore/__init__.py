@@ -1,1 +1,6 @@
 """vitcore: fast zero-cost proxies for Vision Transformer architecture search."""
+from vitcore.model import ViT, ViTConfig, msa
+from vitcore.proxies import PROXIES, score
+from vitcore.space import SPACES, Arch, SearchSpace, get_space, sample
+
+__all__ = ["ViT", "ViTConfig", "msa", "PROXIES", "score", "SPACES", "Arch", "SearchSpace", "get_space", "sample"]

@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vitcore.cli import main, read_results
+from vitcore.data import load_batch
+from vitcore.space import SPACES, sample
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_default_run_scores_and_ranks_50_architectures(tmp_path, capsys):
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--out", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    records = _lines(out)
+    assert len(records) == 50 and all("scores" in r for r in records)
+    assert [r["id"] for r in records] == [a.id for a in sample(SPACES["small"], 50, 0)]
+    assert table[-1] == "50 scored, 0 failed; ranked by grad_norm"
+    ranked = [float(line.split()[-2]) for line in table[1:-1]]  # the grad_norm column
+    assert len(ranked) == 50 and ranked == sorted(ranked, reverse=True)
+
+
+def test_resume_skips_finished_and_repairs_a_cut_line(tmp_path, capsys):
+    out = tmp_path / "s.jsonl"
+    args = ["score", "--n", "6", "--batch-size", "16", "--out", str(out)]
+    main(args[:2] + ["3"] + args[3:])  # the first 3 of the same sample
+    first = _lines(out)
+    with open(out, "a") as f:
+        f.write('{"id": "cut-off')  # an interrupted write
+    main(args + ["--resume"])
+    records = _lines(out)
+    assert records[:3] == first and len(records) == 6
+    assert [r["id"] for r in records] == [a.id for a in sample(SPACES["small"], 6, 0)]
+    main(args + ["--resume"])  # nothing left to do
+    assert len(_lines(out)) == 6
+    with pytest.raises(SystemExit):
+        main(args + ["--resume", "--batch-size", "8"])
+    assert "holds results for settings" in capsys.readouterr().err
+    main(args)  # a fresh run keeps the old file beside it
+    assert len(_lines(tmp_path / "s.jsonl.bak")) == 6
+
+
+def test_failed_architecture_is_recorded_and_the_run_goes_on(tmp_path, capsys):
+    data = tmp_path / "six.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((20, 6, 6)), y=rng.integers(0, 3, 20))
+    archs = tmp_path / "archs.json"
+    small = [a.to_dict() for a in sample(SPACES["small"], 8, 0)]
+    patches = {d["patch_size"] for d in small}
+    assert patches == {2, 4}  # 6x6 images: patch 2 works, patch 4 does not
+    archs.write_text(json.dumps(small))
+    out = tmp_path / "r.jsonl"
+    main(["score", "--archs", str(archs), "--data", str(data), "--batch-size", "8", "--out", str(out)])
+    records = read_results(str(out))
+    for r in records:
+        if r["arch"]["patch_size"] == 4:
+            assert r["error"] == "ValueError: img_size=6 is not divisible by patch_size=4"
+        else:
+            assert set(r["scores"]) == {"grad_norm", "snip"}
+    assert "failed: ValueError" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--proxies", "grad_norm,synflo"], "unknown proxy 'synflo'; valid: grad_norm, snip, plain"),
+        (["--space", "huge"], "unknown search space 'huge'; valid: imagenet, small"),
+        (["--archs", "/no/such.json"], "architectures file '/no/such.json' does not exist"),
+        (["--data", "/no/such.npz"], "data file '/no/such.npz' does not exist"),
+        (["--data", "mnist"], "unknown data 'mnist'; valid: digits, synthetic, PATH.npz"),
+        (["--batch-size", "5000"], "batch_size=5000 is larger than the 1797 examples"),
+        (["--rank-by", "plain"], "--rank-by 'plain' is not among --proxies grad_norm,snip"),
+    ],
+)
+def test_bad_options_say_what_is_wrong(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", "--n", "2", "--out", str(tmp_path / "x.jsonl")] + argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_synthetic_data_and_module_entry_point(tmp_path):
+    out = tmp_path / "syn.jsonl"
+    cmd = [sys.executable, "-m", "vitcore", "score", "--n", "3", "--data", "synthetic", "--batch-size", "4",
+           "--proxies", "snip,plain", "--mode", "per_layer", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "3 scored, 0 failed; ranked by snip" in result.stdout
+    assert all(set(r["scores"]) == {"snip", "plain"} for r in _lines(out))
+
+
+def test_digits_batch_is_deterministic_and_normalised():
+    a, b = load_batch("digits", 32, seed=1), load_batch("digits", 32, seed=1)
+    assert a.inputs.shape == (32, 1, 8, 8) and a.num_classes == 10
+    assert (a.inputs == b.inputs).all() and (a.targets == b.targets).all()
+    assert abs(a.inputs.mean().item()) < 1e-5 and abs(a.inputs.std().item() - 1) < 0.05

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+import vitcore
+from vitcore.model import ViT, ViTConfig
+
+
+def _rows(*rows):
+    """Digit strings -> a float64 matrix: "100" is the row [1, 0, 0]."""
+    return torch.tensor([[float(c) for c in r] for r in rows], dtype=torch.float64)
+
+
+# The worked MSA example: two tokens of width 6, two heads of width 3.
+X = torch.tensor([[1, 0, 1, 2, 1, 1], [1, 2, 0, 1, 1, 1]], dtype=torch.float64)
+WQ = torch.stack([_rows("100", "010", "001", "110", "011", "111"), _rows("012", "212", "121", "110", "001", "010")])
+WK = torch.stack([_rows("110", "011", "111", "012", "210", "331"), _rows("000", "000", "000", "001", "100", "131")])
+WV = torch.stack([_rows("321", "123", "121", "212", "111", "313"), _rows("324", "423", "001", "110", "111", "313")])
+WO = _rows("100100", "010020", "111112", "222110", "210120", "000010")
+
+
+def test_msa_golden_example():
+    heads, out = vitcore.msa(X, WQ, WK, WV, WO)
+    expected_heads = torch.tensor(
+        [
+            [[11.9827, 8.0173, 10.0518], [11.9472, 8.0528, 10.1584]],
+            [[9.6324, 6.2710, 9.4517], [9.1209, 6.0518, 9.0863]],
+        ],
+        dtype=torch.float64,
+    )
+    expected_out = torch.tensor(
+        [
+            [53.8415, 43.6050, 29.3167, 37.9380, 57.7126, 20.1036],
+            [52.4510, 42.5048, 28.4002, 37.2783, 56.5749, 20.3169],
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(heads, expected_heads, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out, expected_out, atol=1e-4, rtol=0)
+
+
+def test_msa_golden_example_through_the_model_msa():
+    """The same numbers through the ViT's MSA module (fused QKV Linear, W^O Linear)."""
+    block = vitcore.model.MSA(dim=6, num_heads=2, head_dim=3, qkv_bias=False).double()
+    with torch.no_grad():
+        # nn.Linear computes x @ W^T; the QKV output is laid out (3, H, d).
+        wqkv = torch.stack([WQ, WK, WV])  # (3, H, D, d)
+        block.qkv.weight.copy_(wqkv.permute(0, 1, 3, 2).reshape(3 * 2 * 3, 6))
+        block.proj.weight.copy_(WO.T)
+        block.proj.bias.zero_()
+    _, expected = vitcore.msa(X, WQ, WK, WV, WO)
+    torch.testing.assert_close(block(X[None])[0], expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(embed_dim=10, num_heads=3), "embed_dim=10 is not divisible by num_heads=3"),
+        (dict(img_size=8, patch_size=16), "patch_size=16 is larger than img_size=8"),
+        (dict(img_size=30, patch_size=4), "img_size=30 is not divisible by patch_size=4"),
+        (dict(depth=0), "depth=0"),
+        (dict(embed_dim=-4), "embed_dim=-4"),
+        (dict(depth=2, num_heads=(3, 3, 3)), "num_heads=(3, 3, 3) has 3 entries"),
+        (dict(depth=2, mlp_ratio=(4.0, 0.0)), "mlp_ratio=(4.0, 0.0)"),
+        (dict(head_dim=0), "head_dim=0"),
+    ],
+)
+def test_config_validation_names_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ViTConfig(**kwargs)
+
+
+def test_config_type_errors():
+    with pytest.raises(TypeError, match="num_heads"):
+        ViTConfig(num_heads=2.5)
+    with pytest.raises(TypeError, match="img_size"):
+        ViTConfig(img_size="224")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_vit_per_block_heads_and_independent_head_dim(batch):
+    cfg = ViTConfig(
+        img_size=12, patch_size=4, in_chans=2, num_classes=7, embed_dim=20, depth=3,
+        num_heads=[1, 3, 2], mlp_ratio=[2.0, 3.5, 1.0], head_dim=8,
+    )
+    model = ViT(cfg)
+    assert cfg.num_heads == (1, 3, 2) and cfg.num_tokens == 10
+    assert [b.attn.qkv.out_features for b in model.blocks] == [24, 72, 48]
+    assert [b.mlp.fc1.out_features for b in model.blocks] == [40, 70, 20]
+    y = model(torch.randn(batch, 2, 12, 12))
+    assert y.shape == (batch, 7) and torch.isfinite(y).all()
+
+
+def test_vit_rejects_wrong_input_shape():
+    model = ViT(ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2))
+    with pytest.raises(ValueError, match=r"input shape \(2, 3, 8, 8\)"):
+        model(torch.randn(2, 3, 8, 8))
+
+
+def test_msa_validates_shapes():
+    with pytest.raises(ValueError, match="wo has shape"):
+        vitcore.msa(X, WQ, WK, WV, WO[:5])
+    with pytest.raises(ValueError, match="wk has shape"):
+        vitcore.msa(X, WQ, WK[:, :5], WV, WO)

@@ -1,0 +1,5 @@
+import sys
+
+from vitcore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""The ``vitcore`` command line.
+
+``vitcore score`` scores architectures of a search space on one minibatch and prints them ranked.
+Results go to a JSON-lines file one architecture at a time, so an interrupted run loses nothing:
+``--resume`` skips the architectures already scored with the same settings (and retries failed ones).
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+import torch
+from tqdm import tqdm
+
+from vitcore.data import DATA_CHOICES, load_batch
+from vitcore.model import ViT
+from vitcore.proxies import MODES, PROXIES, check_proxies, score
+from vitcore.space import SPACES, Arch, get_space, sample
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
+
+
+def read_archs(path: str) -> List[Arch]:
+    """Architectures from a JSON list or JSON lines; each entry an arch or a result with an "arch" field."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"architectures file {path!r} does not exist")
+    with open(path) as f:
+        text = f.read()
+    try:
+        entries = json.loads(text)
+        entries = entries if isinstance(entries, list) else [entries]
+    except json.JSONDecodeError:
+        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+    archs = [Arch.from_dict(e["arch"] if isinstance(e, dict) and "arch" in e else e) for e in entries]
+    if not archs:
+        raise ValueError(f"architectures file {path!r} holds no architectures")
+    return archs
+
+
+def read_results(path: str) -> List[dict]:
+    """The complete lines of a results file; a line cut off by an interruption is dropped from the file."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with open(path, "wb") as f:
+            f.write(complete)
+    return [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available")
+    return torch.device(name)
+
+
+def _score_one(arch: Arch, batch, args, device: torch.device) -> dict:
+    torch.manual_seed((int(arch.id, 16) + args.seed) % 2**31)  # same arch and seed, same weights
+    model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes)).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    dtype = DTYPES[args.dtype]
+    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    start = time.perf_counter()
+    with amp:
+        scores = score(model, batch.inputs.to(device), batch.targets.to(device), proxies=args.proxies, mode=args.mode)
+    return {"params": n_params, "scores": scores, "time_s": round(time.perf_counter() - start, 6)}
+
+
+def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
+    ok = sorted((r for r in results if "scores" in r), key=lambda r: -r["scores"][rank_by])
+    failed = [r for r in results if "scores" not in r]
+    head = f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>5}  {'embed':>5}  {'patch':>5}  {'heads':<14}"
+    print(head + "".join(f"  {p:>12}" for p in proxies))
+    for i, r in enumerate(ok, 1):
+        a = r["arch"]
+        heads = "-".join(map(str, a["num_heads"]))
+        row = f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {a['depth']:>5}  {a['embed_dim']:>5}  {a['patch_size']:>5}  {heads:<14}"
+        print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
+    for r in failed:
+        print(f"   -  {r['id']:12}  failed: {r['error']}")
+    print(f"{len(ok)} scored, {len(failed)} failed; ranked by {rank_by}")
+
+
+def cmd_score(args) -> int:
+    args.proxies = check_proxies(args.proxies.split(","))
+    rank_by = args.rank_by or args.proxies[0]
+    if rank_by not in args.proxies:
+        raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(args.proxies)}")
+    space = get_space(args.space)
+    archs = read_archs(args.archs) if args.archs else sample(space, args.n, args.seed)
+    device = _device(args.device)
+    batch = load_batch(args.data, args.batch_size, args.seed, space)
+    settings = {k: getattr(args, k) for k in ("data", "batch_size", "seed", "proxies", "mode", "dtype")}
+    settings["device"] = device.type
+
+    done = {}
+    if args.resume:
+        for r in read_results(args.out):
+            if r.get("settings") != settings:
+                raise ValueError(
+                    f"--resume: {args.out} holds results for settings {r.get('settings')}, not {settings}; "
+                    "use another --out"
+                )
+            done[r["id"]] = r
+    elif os.path.exists(args.out):
+        os.replace(args.out, args.out + ".bak")
+        print(f"moved the previous {args.out} to {args.out}.bak", file=sys.stderr)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+    todo = [a for a in archs if "scores" not in done.get(a.id, {})]
+    with open(args.out, "a") as out:
+        for arch in tqdm(todo, desc="scoring", unit="arch", disable=None, file=sys.stderr):
+            record = {"id": arch.id, "arch": arch.to_dict(), "settings": settings}
+            try:
+                record.update(_score_one(arch, batch, args, device))
+            except (RuntimeError, ValueError) as e:  # out of memory, an invalid config: record and go on
+                record["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            done[arch.id] = record
+    _print_table([done[a.id] for a in archs], args.proxies, rank_by)
+    print(f"results: {args.out}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitcore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score", help="score architectures with zero-cost proxies and rank them")
+    s.add_argument("--archs", help="JSON or JSON-lines file of architectures (default: sample the space)")
+    s.add_argument("--n", type=int, default=50, help="architectures to sample (default 50)")
+    s.add_argument("--seed", type=int, default=0, help="sampling, minibatch and initialisation seed")
+    s.add_argument("--space", default="small", help=f"search space: {', '.join(SPACES)} (default small)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--data", default="digits", help=f"{' | '.join(DATA_CHOICES)} (default digits)")
+    s.add_argument("--proxies", default="grad_norm,snip", help=f"comma-separated: {', '.join(PROXIES)}")
+    s.add_argument("--mode", default="global", choices=MODES, help="grad_norm over the whole vector or per layer")
+    s.add_argument("--rank-by", help="proxy to rank by (default: the first of --proxies)")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="autocast precision (weights stay fp32)")
+    s.add_argument("--out", default=DEFAULT_OUT, help=f"results, one JSON line per architecture (default {DEFAULT_OUT})")
+    s.add_argument("--resume", action="store_true", help="keep --out's finished results and score the rest")
+    s.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        parser.exit(2, f"vitcore {args.command}: error: {e}\n")
