@@ -1,0 +1,73 @@
+"""Per-parameter gradient statistics: Σg², Σ|g·θ|, Σg·θ, Σθ² for every tensor of a model at once.
+
+The proxies read them all: grad_norm = sqrt(Σ Σg²), snip = Σ Σ|g·θ|, plain = Σ Σg·θ. On CUDA one
+multi-tensor Triton reduction (``kernels/reduce.py``) replaces three or more launches and a host
+sync per tensor. Not differentiable: runs under ``torch.no_grad()`` and returns a plain tensor.
+"""
+from typing import Iterable, List
+
+import torch
+
+from vitcore.ops.dispatch import use_triton
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _validate(params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+    """Raise naming the first bad index; O(T) Python, so the Triton path runs it on a plan miss."""
+    if len(params) != len(grads):
+        raise ValueError(f"len(params)={len(params)} != len(grads)={len(grads)}")
+    if not params:
+        raise ValueError("params and grads are empty: nothing to reduce")
+    device = params[0].device if isinstance(params[0], torch.Tensor) else None
+    for i, (w, g) in enumerate(zip(params, grads)):
+        for name, t in (("params", w), ("grads", g)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}[{i}] is a {type(t).__name__}, not a torch.Tensor")
+            if t.dtype not in _DTYPES:
+                raise TypeError(f"{name}[{i}].dtype={t.dtype}: expected one of {_DTYPES}")
+            if t.device != device:
+                raise ValueError(f"{name}[{i}].device={t.device} but params[0].device={device}")
+        if g.shape != w.shape:
+            raise ValueError(f"grads[{i}].shape={tuple(g.shape)} != params[{i}].shape={tuple(w.shape)}")
+
+
+def param_stats_ref(params: Iterable[torch.Tensor], grads: Iterable[torch.Tensor]) -> torch.Tensor:
+    """(T, 4) float64 Σg², Σ|g·θ|, Σg·θ, Σθ² per tensor, computed in float64 (for tests)."""
+    params, grads = list(params), list(grads)
+    _validate(params, grads)
+    with torch.no_grad():
+        rows = []
+        for w, g in zip(params, grads):
+            g, w = g.double(), w.double()
+            gw = g * w
+            rows.append(torch.stack((g.square().sum(), gw.abs().sum(), gw.sum(), w.square().sum())))
+        return torch.stack(rows)  # (T, 4)
+
+
+def _param_stats_eager(params: List[torch.Tensor], grads: List[torch.Tensor]) -> torch.Tensor:
+    # fp32 accumulation like the kernel (fp64 inputs keep fp64 until the fp32 output, for the
+    # float64 reference passes); per-tensor ops stacked on the device, no host sync
+    rows = []
+    for w, g in zip(params, grads):
+        acc = torch.promote_types(torch.promote_types(g.dtype, w.dtype), torch.float32)
+        g, w = g.to(acc), w.to(acc)
+        gw = g * w
+        rows.append(torch.stack((g.square().sum(), gw.abs().sum(), gw.sum(), w.square().sum())))
+    return torch.stack(rows).float()  # (T, 4)
+
+
+@torch.no_grad()
+def param_stats(params: Iterable[torch.Tensor], grads: Iterable[torch.Tensor]) -> torch.Tensor:
+    """(T, 4) fp32 [Σg², Σ|g·θ|, Σg·θ, Σθ²] for each (weight θ, gradient g) pair, on their device.
+
+    params, grads: equal-length sequences of floating tensors (fp32/fp16/bf16, mixed freely), each
+    gradient shaped like its weight, all on one device. ``None`` gradients are the caller's to skip.
+    """
+    params, grads = list(params), list(grads)
+    if params and grads and isinstance(params[0], torch.Tensor) and use_triton(params[0]):
+        from vitcore.kernels import reduce as _kernels
+
+        return _kernels.param_stats(params, grads, _validate)
+    _validate(params, grads)
+    return _param_stats_eager(params, grads)
