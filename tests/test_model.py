@@ -38,9 +38,11 @@ def test_msa_golden_example():
     torch.testing.assert_close(out, expected_out, atol=1e-4, rtol=0)
 
 
-def test_msa_golden_example_through_the_model_msa():
-    """The same numbers through the ViT's MSA module (fused QKV Linear, W^O Linear)."""
-    block = vitcore.model.MSA(dim=6, num_heads=2, head_dim=3, qkv_bias=False).double()
+@pytest.mark.parametrize("fused", [False, True])
+def test_msa_golden_example_through_the_model_msa(fused, triton_on):
+    """The same numbers through the ViT's MSA module (fused QKV Linear, W^O Linear); fused=True runs
+    the Triton flash-attention kernel (interpreted on CPU) in float32."""
+    block = vitcore.model.MSA(dim=6, num_heads=2, head_dim=3, qkv_bias=False, fused=fused).double()
     with torch.no_grad():
         # nn.Linear computes x @ W^T; the QKV output is laid out (3, H, d).
         wqkv = torch.stack([WQ, WK, WV])  # (3, H, D, d)
@@ -48,7 +50,29 @@ def test_msa_golden_example_through_the_model_msa():
         block.proj.weight.copy_(WO.T)
         block.proj.bias.zero_()
     _, expected = vitcore.msa(X, WQ, WK, WV, WO)
-    torch.testing.assert_close(block(X[None])[0], expected, atol=1e-10, rtol=0)
+    if fused:  # the kernels take no float64: run the module in float32
+        block = block.float()
+        torch.testing.assert_close(block(X[None].float())[0].double(), expected, atol=1e-4, rtol=0)
+    else:
+        torch.testing.assert_close(block(X[None])[0], expected, atol=1e-10, rtol=0)
+
+
+def test_vit_fused_and_eager_attention_agree(triton_on):
+    """The switch: the same weights with flash attention (Triton, interpreted) and eager attention."""
+    cfg = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=4, embed_dim=16, depth=2,
+                    num_heads=[2, 1], mlp_ratio=2.0, head_dim=16)
+    torch.manual_seed(0)
+    fused, eager = ViT(cfg, fused=True), ViT(cfg, fused=False)
+    eager.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 1, 8, 8)
+    outs, grads = [], []
+    for model in (fused, eager):
+        out = model(x)
+        grads.append(torch.autograd.grad(out.square().sum(), list(model.parameters())))
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+    for gf, ge in zip(*grads):
+        torch.testing.assert_close(gf, ge, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vitcore.ops.attention import attention_ref
+from vitcore.ops.attention import attention_ref, flash_attention
 
 
 def _per_block(name: str, value, depth: int, kind: type) -> tuple:
@@ -86,11 +85,15 @@ class ViTConfig:
 
 
 class MSA(nn.Module):
-    """Multi-head self-attention with one fused QKV projection and an output projection W^O."""
+    """Multi-head self-attention with one fused QKV projection and an output projection W^O.
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True):
+    ``fused=True`` runs ``flash_attention`` (the Triton kernel on CUDA, reading q, k, v in place
+    from the packed QKV output), ``fused=False`` the eager ``attention_ref``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True, fused: bool = True):
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
+        self.num_heads, self.head_dim, self.fused = num_heads, head_dim, fused
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias)
         self.proj = nn.Linear(num_heads * head_dim, dim)
 
@@ -99,7 +102,10 @@ class MSA(nn.Module):
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)  # (B, N', 3, H, d)
         q, k, v = qkv.unbind(2)  # each (B, N', H, d), strided views
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N', d)
-        out = attention_ref(q, k, v)  # (B, H, N', d)
+        if self.fused:
+            out = flash_attention(q, k, v)  # (B, H, N', d), laid out (B, N', H, d) on the Triton path
+        else:
+            out = attention_ref(q, k, v)  # (B, H, N', d)
         out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # (B, N', H·d)
         return self.proj(out)  # (B, N', D)
 
@@ -108,17 +114,18 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # a module, so hooks (NASWOT) see the pre-activations
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, qkv_bias: bool):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, qkv_bias: bool, fused: bool):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = MSA(dim, num_heads, head_dim, qkv_bias)
+        self.attn = MSA(dim, num_heads, head_dim, qkv_bias, fused)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, max(1, round(mlp_ratio * dim)))
 
@@ -128,14 +135,16 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, config: ViTConfig):
+    """The ViT of ``config``; ``fused`` picks flash attention (default) or eager attention in every MSA."""
+
+    def __init__(self, config: ViTConfig, fused: bool = True):
         super().__init__()
         self.config = c = config
         self.patch_embed = nn.Conv2d(c.in_chans, c.embed_dim, c.patch_size, stride=c.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, c.num_tokens, c.embed_dim))
         self.blocks = nn.ModuleList(
-            Block(c.embed_dim, h, c.block_head_dim(h), r, c.qkv_bias)
+            Block(c.embed_dim, h, c.block_head_dim(h), r, c.qkv_bias, fused)
             for h, r in zip(c.block_heads(), c.block_mlp_ratios())
         )
         self.norm = nn.LayerNorm(c.embed_dim)

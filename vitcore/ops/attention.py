@@ -1,8 +1,16 @@
-"""Multi-head self-attention: the eager reference (the Triton flash kernel lands behind the same call)."""
+"""Multi-head self-attention: the eager reference, the Triton flash-attention autograd Function and
+the public ``flash_attention`` that dispatches between them (``vitcore.ops.dispatch.use_triton``)."""
 import math
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
+
+from vitcore.ops.dispatch import use_triton
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_DTYPES = _KERNEL_DTYPES + (torch.float64,)  # float64 (e.g. synflow) always runs the eager reference
+_MIN_HEAD_DIM, _MAX_HEAD_DIM = 1, 256  # tiles pad d to max(16, 2^k) for tl.dot; 256 is the largest that fits SRAM
 
 
 def attention_ref(
@@ -16,3 +24,71 @@ def attention_ref(
         scale = 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., N', N')
     return torch.matmul(scores.softmax(dim=-1), v)  # (..., N', d)
+
+
+class _FlashAttention(torch.autograd.Function):
+    """Triton forward (saves O and the row log-sum-exp) and backward (dQ, then dK and dV)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        from vitcore.kernels import attention as _kernels
+
+        o, lse = _kernels.attention_fwd(q, k, v, scale)  # o (B, H, N', d) laid out (B, N', H, d)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do):
+        from vitcore.kernels import attention as _kernels
+
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _kernels.attention_bwd(do, q, k, v, o, lse, ctx.scale)
+        return dq, dk, dv, None
+
+
+def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float]) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} (ndim={t.dim()}); expected 4 dims (B, H, N', d)")
+        if t.dtype not in _DTYPES:
+            raise ValueError(f"{name}.dtype={t.dtype} is not supported; expected one of {_DTYPES}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"q, k, v shapes differ: q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)}; "
+            "flash_attention is self-attention: one (B, H, N', d) for all three"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: q={q.dtype}, k={k.dtype}, v={v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v devices differ: q={q.device}, k={k.device}, v={v.device}")
+    B, H, N, d = q.shape
+    if not _MIN_HEAD_DIM <= d <= _MAX_HEAD_DIM:
+        raise ValueError(f"head dim d={d} is outside the supported {_MIN_HEAD_DIM}..{_MAX_HEAD_DIM}")
+    if min(B, H, N) < 1:
+        raise ValueError(f"empty input: (B, H, N', d)={(B, H, N, d)}; every size must be >= 1")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"scale={scale!r} must be a finite number or None")
+
+
+def flash_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None
+) -> torch.Tensor:
+    """Non-causal softmax(q k^T * scale) v; a drop-in for ``F.scaled_dot_product_attention(q, k, v)``.
+
+    q, k, v: (B, H, N', d) with any strides (views of a packed (B, N', 3, H, d) QKV projection are
+    read in place), fp16 / bf16 / fp32 (float64 runs the eager reference), 1 <= d <= 256;
+    scale defaults to 1/sqrt(d). The Triton backward is not itself differentiable (no double backward).
+    Returns (B, H, N', d). On the Triton path it is a view of memory laid out (B, N', H, d), so
+    ``out.transpose(1, 2).reshape(B, N', H * d)`` is free; the eager fallback (``attention_ref``)
+    returns a contiguous (B, H, N', d). fp32 follows ``torch.get_float32_matmul_precision()``.
+    """
+    _validate(q, k, v, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if q.dtype in _KERNEL_DTYPES and use_triton(q):
+        return _FlashAttention.apply(q, k, v, scale)
+    return attention_ref(q, k, v, scale)
