@@ -17,6 +17,7 @@ setup(
         "scipy",
         "scikit-learn",  # its bundled digits data set is the built-in real data
         "tqdm",  # progress bars for long runs
+        "matplotlib",  # the scatter plots of `vitcore evaluate` and the plots of `vitcore bench`
         TRITON,
     ],
     extras_require={"test": ["pytest", "pytest-benchmark"]},

@@ -3,6 +3,7 @@
 ``vitcore score`` scores architectures of a search space on one minibatch and prints them ranked.
 Results go to a JSON-lines file one architecture at a time, so an interrupted run loses nothing:
 ``--resume`` skips the architectures already scored with the same settings (and retries failed ones).
+``vitcore evaluate`` ranks proxies by their rank correlation with trained accuracy.
 """
 import argparse
 import contextlib
@@ -16,8 +17,9 @@ import torch
 from tqdm import tqdm
 
 from vitcore.data import DATA_CHOICES, load_batch
+from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
 from vitcore.model import ViT
-from vitcore.proxies import MODES, PROXIES, check_proxies, score
+from vitcore.proxies import MODES, PARAM_SETS, PROXIES, check_proxies, score
 from vitcore.space import SPACES, Arch, get_space, sample
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,7 +72,8 @@ def _score_one(arch: Arch, batch, args, device: torch.device) -> dict:
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     start = time.perf_counter()
     with amp:
-        scores = score(model, batch.inputs.to(device), batch.targets.to(device), proxies=args.proxies, mode=args.mode)
+        scores = score(model, batch.inputs.to(device), batch.targets.to(device), proxies=args.proxies,
+                       mode=args.mode, params=args.params)
     return {"params": n_params, "scores": scores, "time_s": round(time.perf_counter() - start, 6)}
 
 
@@ -89,16 +92,13 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     print(f"{len(ok)} scored, {len(failed)} failed; ranked by {rank_by}")
 
 
-def cmd_score(args) -> int:
-    args.proxies = check_proxies(args.proxies.split(","))
-    rank_by = args.rank_by or args.proxies[0]
-    if rank_by not in args.proxies:
-        raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(args.proxies)}")
+def run_scoring(args) -> List[dict]:
+    """Score every architecture ``args`` names, appending to ``args.out``; the records in arch order."""
     space = get_space(args.space)
     archs = read_archs(args.archs) if args.archs else sample(space, args.n, args.seed)
     device = _device(args.device)
     batch = load_batch(args.data, args.batch_size, args.seed, space)
-    settings = {k: getattr(args, k) for k in ("data", "batch_size", "seed", "proxies", "mode", "dtype")}
+    settings = {k: getattr(args, k) for k in ("data", "batch_size", "seed", "proxies", "mode", "params", "dtype")}
     settings["device"] = device.type
 
     done = {}
@@ -129,8 +129,38 @@ def cmd_score(args) -> int:
             out.flush()
             os.fsync(out.fileno())
             done[arch.id] = record
-    _print_table([done[a.id] for a in archs], args.proxies, rank_by)
     print(f"results: {args.out}", file=sys.stderr)
+    return [done[a.id] for a in archs]
+
+
+def cmd_score(args) -> int:
+    args.proxies = check_proxies(args.proxies.split(","))
+    rank_by = args.rank_by or args.proxies[0]
+    if rank_by not in args.proxies:
+        raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(args.proxies)}")
+    _print_table(run_scoring(args), args.proxies, rank_by)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    if args.scores:
+        if not os.path.isfile(args.scores):
+            raise FileNotFoundError(f"scores file {args.scores!r} does not exist")
+        records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
+    else:
+        score_args = build_parser().parse_args(
+            ["score", "--proxies", ",".join(PROXIES), "--out", os.path.join(args.out, "scores.jsonl"), "--resume"]
+        )
+        score_args.proxies = check_proxies(score_args.proxies.split(","))
+        records = run_scoring(score_args)
+    truth = read_truth(args.truth)
+    table = format_table(evaluate(records, truth, args.top_fraction))
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "evaluation.md"), "w") as f:
+        f.write(f"scores: {args.scores or 'the built-in 50 architectures'}; truth: {args.truth}\n\n{table}\n")
+    plots = scatter_plots(records, truth, args.out)
+    print(f"table and {len(plots)} scatter plots: {args.out}", file=sys.stderr)
     return 0
 
 
@@ -146,12 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="digits", help=f"{' | '.join(DATA_CHOICES)} (default digits)")
     s.add_argument("--proxies", default="grad_norm,snip", help=f"comma-separated: {', '.join(PROXIES)}")
     s.add_argument("--mode", default="global", choices=MODES, help="grad_norm over the whole vector or per layer")
+    s.add_argument("--params", default="all", choices=PARAM_SETS, help="count every trainable tensor or layer weights")
     s.add_argument("--rank-by", help="proxy to rank by (default: the first of --proxies)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="autocast precision (weights stay fp32)")
     s.add_argument("--out", default=DEFAULT_OUT, help=f"results, one JSON line per architecture (default {DEFAULT_OUT})")
     s.add_argument("--resume", action="store_true", help="keep --out's finished results and score the rest")
     s.set_defaults(func=cmd_score)
+    e = sub.add_parser("evaluate", help="rank correlation of proxies with trained accuracy, with scatter plots")
+    e.add_argument("--scores", help="results of `vitcore score` (default: score the built-in 50 with every proxy)")
+    e.add_argument("--truth", default=DEFAULT_TRUTH, help="CSV with columns id, acc_mean (default: the built-in digits truth)")
+    e.add_argument("--top-fraction", type=float, default=0.1, help="top-k overlap with k = this share of the archs")
+    e.add_argument("--out", default=os.path.join("vitcore-results", "evaluate"), help="folder for the table and plots")
+    e.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,46 +1,56 @@
 """Zero-cost proxies (Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS", ICLR 2021).
 
-Every proxy here is a sum over the trainable parameters θ_t (t = 1..T, each a tensor) of statistics
-of the gradient g_t = dL/dθ_t of one minibatch's loss at initialisation:
+Notation: θ_t a counted parameter tensor, g_t = dL/dθ_t for L the batch's mean loss at
+initialisation. ``params="all"`` counts every trainable tensor (the textbook formulas);
+``params="weights"`` only the weights of Linear and Conv layers, as foresight (SamsungLabs'
+zero-cost-nas) does. "Layer" below means a counted tensor.
 
-    grad_norm  mode="global":    sqrt(Σ_t Σ_i g_ti²)       the norm of the whole gradient vector
-               mode="per_layer": Σ_t sqrt(Σ_i g_ti²)       the sum of per-tensor norms (foresight's loop)
-    snip       Σ_t Σ_i |g_ti · θ_ti|                        (Lee et al., ICLR 2019)
-    plain      Σ_t Σ_i g_ti · θ_ti                          (Mozer & Smolensky, 1989)
+    grad_norm  global: sqrt(Σ_t Σ_i g_ti²); per_layer: Σ_t sqrt(Σ_i g_ti²)   (foresight's loop)
+    snip       Σ_t Σ_i |g_ti θ_ti|                              Lee et al., ICLR 2019
+    plain      Σ_t Σ_i g_ti θ_ti                                Mozer & Smolensky, NeurIPS 1988
+    grasp      -Σ_t Σ_i θ_ti (H g)_ti, H the loss Hessian      Wang et al., ICLR 2020 (T = 1)
+    synflow    Σ_t Σ_i |θ_ti ∂R/∂θ_ti|, R = Σ f(1) for the net with |θ| and one all-ones input, float64
+                                                                Tanaka et al., NeurIPS 2020
+    fisher     Σ_layers Σ_c ½ mean_b (Σ_n a_bnc ∂L/∂a_bnc)², a the output of every Linear/Conv layer,
+               c its channel axis (last for Linear, 1 for Conv), n every other axis (tokens, pixels)
+                                                                Turner et al., ICLR 2020
+    jacob_cov  -Σ_k [log(λ_k + 1e-5) + 1/(λ_k + 1e-5)], λ the eigenvalues of the correlation
+               matrix of the per-example input gradients of Σ f(x)   Mellor et al., 2021 (v1)
+    nwot       log|det K|, K_ij = number of ReLU/GELU inputs whose signs agree for examples i, j
+                                                                Mellor et al., ICML 2021 (NASWOT)
+    zico       Σ_l log Σ_{i: σ_li > 0} E|g_li| / σ_li over the weights of Linear/Conv layers l, mean
+               and std over the two halves of the batch      Li et al., ICLR 2023
+    params     the number of trainable parameters;  flops  forward FLOPs per example (matmuls, convs)
 
-``mode`` changes only grad_norm: the other sums are the same either way.
+Where vitcore departs from foresight, on purpose:
+- fisher reduces over the tokens of (B, N', C) activations and keeps channels; foresight sums every
+  axis after the second, which for a transformer sums the channels and keeps the tokens.
+- nwot reads the inputs of ReLU *and* GELU modules (NASLib hooks ReLU only, so a GELU ViT scores a
+  constant); the ViT's MLP applies its GELU as a module, so its pre-activations count.
+- Scores do not depend on how a batch is chunked to fit memory (foresight multiplies grad_norm by
+  the number of chunks when it retries after running out of memory).
+- zico uses the two halves of the one batch as its two minibatches. It always counts layer weights
+  only, as the paper does: a bias can have an exactly zero gradient in exact arithmetic (the key
+  bias of softmax attention), and then σ is rounding noise that decides the score.
 """
 from typing import Callable, Dict, Iterable, List
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-# Columns of the (T, 4) statistics: Σg², Σ|g·θ|, Σg·θ, Σθ², each per parameter tensor.
-_G2, _ABS_GW, _GW = 0, 1, 2
+from vitcore.ops.dispatch import eager
+from vitcore.ops.reduce import param_stats
+from vitcore.passes import data_pass, hessian_grad, layer_weights, synflow_grads
+
+PROXIES = ("grad_norm", "snip", "plain", "grasp", "synflow", "fisher", "jacob_cov", "nwot", "zico", "params", "flops")
 MODES = ("global", "per_layer")
-
-
-def param_stats(params: List[torch.Tensor], grads: List[torch.Tensor]) -> torch.Tensor:
-    """(T, 4) fp32: Σg², Σ|g·θ|, Σg·θ, Σθ² per tensor, on the tensors' device, without a host sync."""
-    rows = []
-    for p, g in zip(params, grads):
-        p, g = p.float(), g.float()
-        gw = g * p
-        rows.append(torch.stack([g.pow(2).sum(), gw.abs().sum(), gw.sum(), p.pow(2).sum()]))
-    return torch.stack(rows)
-
-
-def _grad_norm(stats: torch.Tensor, mode: str) -> torch.Tensor:
-    g2 = stats[:, _G2].double()
-    return g2.sum().sqrt() if mode == "global" else g2.sqrt().sum()
-
-
-PROXIES: Dict[str, Callable[[torch.Tensor, str], torch.Tensor]] = {
-    "grad_norm": _grad_norm,
-    "snip": lambda stats, mode: stats[:, _ABS_GW].double().sum(),
-    "plain": lambda stats, mode: stats[:, _GW].double().sum(),
-}
+PARAM_SETS = ("all", "weights")
+_GRADIENT = {"grad_norm", "snip", "plain", "grasp"}  # need the batch gradient of the counted tensors
+_G2, _ABS_GW, _GW = 0, 1, 2  # columns of param_stats: Σg², Σ|g·θ|, Σg·θ (Σθ² unused)
+_JACOB_K = 1e-5  # foresight's eigenvalue offset
 
 
 def check_proxies(proxies: Iterable[str]) -> List[str]:
@@ -54,6 +64,89 @@ def check_proxies(proxies: Iterable[str]) -> List[str]:
     return names
 
 
+def _counted(model: nn.Module, which: str) -> List[torch.Tensor]:
+    if which == "weights":
+        return layer_weights(model)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _pairs(params, grads):
+    return [p.detach() for p, g in zip(params, grads) if g is not None], [g for g in grads if g is not None]
+
+
+def _zico(group_grads, keep, device) -> torch.Tensor:
+    total = None
+    for per_group in (p for p, k in zip(zip(*group_grads), keep) if k):
+        if any(g is None for g in per_group):
+            continue
+        G = torch.stack([g.double() for g in per_group])  # (groups, *shape)
+        std, mean_abs = G.std(0, unbiased=False), G.abs().mean(0)
+        ratio = torch.where(std > 0, mean_abs / torch.where(std > 0, std, 1), 0).sum()
+        term = torch.where(ratio > 0, torch.log(torch.where(ratio > 0, ratio, 1)), 0)
+        total = term if total is None else total + term
+    return total if total is not None else torch.zeros((), dtype=torch.float64, device=device)
+
+
+def _jacob_cov(corr: np.ndarray) -> float:
+    if not np.isfinite(corr).all():
+        return float("nan")  # a constant jacobian row has no correlation (foresight returns NaN too)
+    v = np.linalg.eigvalsh(corr)
+    return float(-np.sum(np.log(v + _JACOB_K) + 1.0 / (v + _JACOB_K)))
+
+
+def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks) -> Dict[str, float]:
+    wanted = set(names)
+    grad_params = counted if wanted & _GRADIENT or "zico" in wanted else []
+    groups = 2 if "zico" in wanted else 1
+    scalars: Dict[str, torch.Tensor] = {}
+    matrices: Dict[str, torch.Tensor] = {}
+    if wanted & (_GRADIENT | {"fisher", "jacob_cov", "nwot", "zico"}):
+        dp = data_pass(model, inputs, targets, loss_fn, grad_params, chunks, groups,
+                       fisher="fisher" in wanted, jacobian="jacob_cov" in wanted, naswot="nwot" in wanted)
+        if wanted & {"grad_norm", "snip", "plain"}:
+            stats = param_stats(*_pairs(grad_params, dp.grads)).double()  # (T, 4), one launch
+            g2 = stats[:, _G2]
+            scalars["grad_norm"] = g2.sum().sqrt() if mode == "global" else g2.sqrt().sum()
+            scalars["snip"], scalars["plain"] = stats[:, _ABS_GW].sum(), stats[:, _GW].sum()
+        if "grasp" in wanted:
+            hg = hessian_grad(model, inputs, targets, loss_fn, grad_params, dp.grads, chunks)
+            scalars["grasp"] = -param_stats(*_pairs(grad_params, hg))[:, _GW].double().sum()
+        if "fisher" in wanted:
+            scalars["fisher"] = 0.5 * sum(f.double().sum() for f in dp.fisher)
+        if "zico" in wanted:
+            weight_ids = {id(w) for w in layer_weights(model)}
+            scalars["zico"] = _zico(dp.group_grads, [id(p) in weight_ids for p in grad_params], inputs.device)
+        if "jacob_cov" in wanted:
+            matrices["jacob_cov"] = torch.corrcoef(dp.jacobian)  # (B, B)
+        if "nwot" in wanted:
+            matrices["nwot"] = dp.kernel  # (B, B)
+    if "synflow" in wanted:
+        theta, g = synflow_grads(model, counted, inputs.shape[1:])
+        # float64 sums: the kernel accumulates in fp32, whose range deep |θ| products can exceed
+        scalars["synflow"] = sum((t.detach() * gi).abs().sum() for t, gi in zip(theta, g) if gi is not None)
+    host = {}
+    if "params" in wanted:
+        host["params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
+    if "flops" in wanted:
+        with eager(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(inputs[:1])
+        host["flops"] = float(counter.get_total_flops())
+
+    # -- the one host sync: every scalar and matrix in one transfer --
+    keys = list(scalars)
+    parts = [torch.stack([scalars[k].double() for k in keys])] if keys else []
+    parts += [m.double().flatten() for m in matrices.values()]
+    flat = torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
+    values = dict(zip(keys, flat[: len(keys)].tolist()))
+    offset = len(keys)
+    for name, m in matrices.items():
+        block = flat[offset: offset + m.numel()].reshape(m.shape)
+        offset += m.numel()
+        values[name] = _jacob_cov(block) if name == "jacob_cov" else float(np.linalg.slogdet(block)[1])
+    values.update(host)
+    return {name: float(values[name]) for name in names}
+
+
 def score(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -61,30 +154,47 @@ def score(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     proxies: Iterable[str] = ("grad_norm", "snip"),
     mode: str = "global",
+    params: str = "all",
+    chunks: int = 1,
 ) -> Dict[str, float]:
-    """Score ``model`` on one minibatch: one forward, one backward pass, one host sync.
+    """Score ``model`` on one minibatch with the fewest passes the requested proxies need.
 
-    The model is scored in train mode (as foresight does) and left in the mode it came in.
-    Gradients come from ``torch.autograd.grad``, so existing ``.grad`` values are neither
-    read nor changed. Parameters with ``requires_grad=False`` or that get no gradient are skipped.
-    Returns ``{proxy: float}`` in the order asked.
+    One data pass (forward + backward, with hooks) serves grad_norm, snip, plain, fisher,
+    jacob_cov, nwot and zico; synflow adds its own pass on |θ|, grasp a Hessian-gradient pass.
+    The model is scored in train mode (as foresight does) and left in the mode it came in; its
+    weights are never changed, and gradients come from ``torch.autograd.grad``, so existing
+    ``.grad`` values are neither read nor changed. The device syncs with the host once.
+
+    ``mode`` changes grad_norm only (see the module docstring); ``params`` picks the counted
+    tensors; ``chunks`` splits the batch to fit memory without changing the scores (up to
+    rounding), and on CUDA out-of-memory the split doubles automatically. ``loss_fn`` must average
+    over examples. Returns ``{proxy: float}`` in the order asked.
     """
     names = check_proxies(proxies)
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; valid: {', '.join(MODES)}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
+    if params not in PARAM_SETS:
+        raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
+    B = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.ndim else 0
+    if B < 1 or len(targets) != B:
+        raise ValueError(f"inputs hold {B} examples and targets {len(targets)}; need the same number >= 1")
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= B:
+        raise ValueError(f"chunks={chunks!r} must be an int in 1..{B} (the batch size)")
+    if "zico" in names and B < 2:
+        raise ValueError("zico compares the two halves of the batch: it needs at least 2 examples")
+    counted = _counted(model, params)
+    if not counted:
+        raise ValueError(f"the model has no trainable parameters for params={params!r}")
     was_training = model.training
     model.train()
     try:
-        loss = loss_fn(model(inputs), targets)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        while True:
+            try:
+                return _run(model, inputs, targets, loss_fn, names, mode, counted, chunks)
+            except torch.cuda.OutOfMemoryError:
+                if chunks >= B:
+                    raise
+                chunks = min(2 * chunks, B)
+                torch.cuda.empty_cache()
     finally:
         model.train(was_training)
-    used = [(p.detach(), g) for p, g in zip(params, grads) if g is not None]
-    if not used:
-        raise ValueError("no parameter received a gradient from the loss")
-    stats = param_stats([p for p, _ in used], [g for _, g in used])  # (T, 4) fp32
-    values = torch.stack([PROXIES[name](stats, mode) for name in names]).tolist()  # the one sync
-    return dict(zip(names, values))

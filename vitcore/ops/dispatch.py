@@ -4,7 +4,13 @@
 ``VITCORE_TRITON=1``  Triton everywhere; a CPU tensor then needs ``TRITON_INTERPRET=1``
                       (how the tests run kernels without a GPU).
 unset                 Triton for CUDA tensors when Triton imports, eager otherwise.
+
+``with eager():`` forces the eager references for a region whatever the setting: passes that
+differentiate twice (GraSP's Hessian-gradient product) or run in float64 (synflow) need them,
+since the kernels' backward passes are not differentiable and the kernels take no float64.
 """
+import contextlib
+import contextvars
 import functools
 import importlib.util
 import os
@@ -12,6 +18,17 @@ import os
 import torch
 
 _ENV = "VITCORE_TRITON"
+_FORCE_EAGER = contextvars.ContextVar("vitcore_force_eager", default=False)
+
+
+@contextlib.contextmanager
+def eager():
+    """Run every vitcore op through its eager reference inside the ``with`` block."""
+    token = _FORCE_EAGER.set(True)
+    try:
+        yield
+    finally:
+        _FORCE_EAGER.reset(token)
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,7 +46,7 @@ def use_triton(tensor: torch.Tensor) -> bool:
     setting = os.environ.get(_ENV, "")
     if setting not in ("", "0", "1"):
         raise ValueError(f"{_ENV}={setting!r}: expected '0', '1' or unset")
-    if setting == "0":
+    if setting == "0" or _FORCE_EAGER.get():
         return False
     if setting == "1":
         if not triton_available():

@@ -1,0 +1,236 @@
+"""Every proxy against a straightforward float64 implementation, chunking invariance, foresight compat."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vitcore
+from vitcore.compat import find_measures
+from vitcore.model import ViT, ViTConfig
+from vitcore.proxies import PROXIES
+
+LAYERS = (nn.Linear, nn.Conv2d)
+
+
+def small_vit():
+    cfg = ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=5, embed_dim=12, depth=2,
+                    num_heads=[1, 3], mlp_ratio=[2.0, 1.5], head_dim=5)
+    return ViT(cfg)
+
+
+def small_mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 17), nn.ReLU(), nn.Linear(17, 9), nn.GELU(), nn.Linear(9, 5))
+
+
+def small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 3 * 3, 5),
+    )
+
+
+def counted(model, which):
+    if which == "weights":
+        return [m.weight for m in model.modules() if isinstance(m, LAYERS)]
+    return list(model.parameters())
+
+
+def reference(model, x, y, which, mode):
+    """Each proxy written out the plain way, in float64, with .backward() and .grad."""
+    model = copy.deepcopy(model).double().train()
+    x = x.double()
+    params = counted(model, which)
+    out = {}
+
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    g = [p.grad.clone() for p in params]
+    norms = [gi.norm().item() for gi in g]
+    out["grad_norm"] = math.sqrt(sum(n * n for n in norms)) if mode == "global" else sum(norms)
+    out["snip"] = sum((gi * p).abs().sum().item() for gi, p in zip(g, params))
+    out["plain"] = sum((gi * p).sum().item() for gi, p in zip(g, params))
+
+    gf = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+    hg = torch.autograd.grad(sum((gi * fi).sum() for gi, fi in zip(g, gf)), params)
+    out["grasp"] = -sum((p * h).sum().item() for p, h in zip(params, hg))
+
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+    net.zero_grad()
+    net(torch.ones((1,) + x.shape[1:], dtype=torch.float64)).sum().backward()
+    out["synflow"] = sum((p * p.grad).abs().sum().item() for p in counted(net, which))
+
+    acts = []
+
+    def keep(module, args, output):
+        output.retain_grad()
+        acts.append((module, output))
+
+    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, LAYERS)]
+    F.cross_entropy(model(x), y).backward()
+    for h in hooks:
+        h.remove()
+    fisher = 0.0
+    for m, a in acts:
+        prod = a * a.grad
+        if prod.ndim == 2:
+            gnk = prod  # (B, C)
+        elif isinstance(m, nn.Linear):
+            gnk = prod.sum(dim=tuple(range(1, prod.ndim - 1)))  # sum tokens, keep channels
+        else:
+            gnk = prod.sum(dim=tuple(range(2, prod.ndim)))  # sum pixels, keep channels
+        fisher += 0.5 * gnk.pow(2).mean(0).sum().item()
+    out["fisher"] = fisher
+
+    xj = x.clone().requires_grad_(True)
+    model(xj).sum().backward()
+    corr = np.corrcoef(xj.grad.reshape(len(x), -1).numpy())
+    v = np.linalg.eig(corr)[0].real
+    out["jacob_cov"] = -np.sum(np.log(v + 1e-5) + 1.0 / (v + 1e-5))
+
+    K = np.zeros((len(x), len(x)))
+    codes = []
+
+    def code(module, args):
+        codes.append((args[0] > 0).reshape(len(x), -1).double().numpy())
+
+    hooks = [m.register_forward_pre_hook(code) for m in model.modules() if isinstance(m, (nn.ReLU, nn.GELU))]
+    model(x)
+    for h in hooks:
+        h.remove()
+    for c in codes:
+        K += c @ c.T + (1 - c) @ (1 - c).T
+    out["nwot"] = np.linalg.slogdet(K)[1]
+
+    half = (len(x) + 1) // 2
+    halves = []
+    for xs, ys in ((x[:half], y[:half]), (x[half:], y[half:])):
+        model.zero_grad()
+        F.cross_entropy(model(xs), ys).backward()
+        halves.append([p.grad.clone().numpy() for p in params])
+    zico = 0.0
+    weight_ids = {id(p) for p in counted(model, "weights")}
+    for p, g1, g2 in zip(params, *halves):
+        if id(p) not in weight_ids:
+            continue  # zico counts layer weights only
+        G = np.stack([g1, g2])
+        std, mean_abs = G.std(0), np.abs(G).mean(0)
+        s = np.sum(mean_abs[std != 0] / std[std != 0])
+        zico += np.log(s) if s != 0 else 0.0
+    out["zico"] = zico
+    out["params"] = sum(p.numel() for p in model.parameters())
+    return out
+
+
+@pytest.mark.parametrize("make", [small_vit, small_mlp])
+@pytest.mark.parametrize("which, mode", [("all", "global"), ("weights", "per_layer")])
+def test_every_proxy_matches_the_float64_reference(make, which, mode, triton_off):
+    torch.manual_seed(0)
+    model = make().double()
+    x, y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    names = [p for p in PROXIES if p != "flops"]
+    got = vitcore.score(model, x, y, proxies=names, mode=mode, params=which)
+    ref = reference(model, x, y, which, mode)
+    assert list(got) == names
+    for name in names:
+        assert got[name] == pytest.approx(ref[name], rel=1e-7, abs=1e-12), name
+
+
+def test_fp32_scores_track_the_float64_reference(triton_on):
+    """The fast path: a float32 ViT through the Triton reduction, against float64."""
+    torch.manual_seed(1)
+    model = small_vit()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 5, (8,))
+    names = ["grad_norm", "snip", "grasp", "synflow", "fisher", "zico"]
+    got = vitcore.score(model, x, y, proxies=names)
+    ref = reference(model, x, y, "all", "global")
+    for name in names:
+        assert got[name] == pytest.approx(ref[name], rel=2e-3), name
+
+
+def test_flops_counts_matmuls_per_example(triton_off):
+    got = vitcore.score(small_mlp(), torch.randn(3, 1, 8, 8), torch.randint(0, 5, (3,)), proxies=["flops"])
+    assert got["flops"] == 2 * (64 * 17 + 17 * 9 + 9 * 5)  # one multiply-add = 2 FLOPs
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 7])
+def test_scores_do_not_depend_on_chunking(chunks, triton_off):
+    torch.manual_seed(2)
+    model = small_vit().double()
+    x, y = torch.randn(7, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (7,))
+    names = [p for p in PROXIES if p != "flops"]
+    whole = vitcore.score(model, x, y, proxies=names)
+    split = vitcore.score(model, x, y, proxies=names, chunks=chunks)
+    for name in names:
+        assert split[name] == pytest.approx(whole[name], rel=1e-9, abs=1e-12), name
+
+
+def test_model_weights_mode_and_grads_are_left_alone(triton_off):
+    torch.manual_seed(3)
+    model = small_vit().eval()
+    before = copy.deepcopy(model.state_dict())
+    vitcore.score(model, torch.randn(4, 1, 8, 8), torch.randint(0, 5, (4,)), proxies=list(PROXIES))
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_bad_arguments(triton_off):
+    model, x, y = small_vit(), torch.randn(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    with pytest.raises(ValueError, match="chunks=5 must be an int in 1..4"):
+        vitcore.score(model, x, y, chunks=5)
+    with pytest.raises(ValueError, match="params='bias'"):
+        vitcore.score(model, x, y, params="bias")
+    with pytest.raises(ValueError, match="zico .* at least 2 examples"):
+        vitcore.score(model, x[:1], y[:1], proxies=["zico"])
+    with pytest.raises(ValueError, match="inputs hold 4 examples and targets 3"):
+        vitcore.score(model, x, y[:3])
+
+
+def test_compat_equals_score_with_foresight_settings(triton_off):
+    torch.manual_seed(4)
+    model = small_vit()
+    data = [(torch.randn(3, 1, 8, 8), torch.randint(0, 5, (3,))) for _ in range(3)]
+    got = find_measures(model, data, ("random", 2, 5), "cpu")
+    x, y = torch.cat([d[0] for d in data[:2]]), torch.cat([d[1] for d in data[:2]])
+    expected = vitcore.score(model, x, y, proxies=list(got), mode="per_layer", params="weights")
+    assert list(got) == ["grad_norm", "snip", "grasp", "fisher", "jacob_cov", "plain", "synflow"]
+    assert got == expected
+
+
+def test_compat_on_a_cnn_gives_foresights_numbers(triton_off):
+    """On Conv2d/Linear networks foresight's definitions are sound: the same numbers."""
+    torch.manual_seed(5)
+    model = small_cnn().double()
+    data = [(torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.arange(4) % 2) for _ in range(4)]
+    got = find_measures(model, data, ("grasp", 3, 2), "cpu")
+    x = torch.cat([d[0] for d in data])
+    y = torch.cat([d[1] for d in data])
+    x = torch.cat([x[y == 0][:3], x[y == 1][:3]])
+    ref = reference(model, x, torch.tensor([0, 0, 0, 1, 1, 1]), "weights", "per_layer")
+    for name, value in got.items():
+        assert value == pytest.approx(ref[name], rel=1e-7, abs=1e-12), name
+
+
+def test_compat_bad_dataload():
+    with pytest.raises(ValueError, match="dataload='all'"):
+        find_measures(small_cnn(), [], ("all", 1, 2), "cpu")
+    with pytest.raises(ValueError, match="ran out after 1 batches"):
+        find_measures(small_cnn(), [(torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))], ("random", 2, 2), "cpu")
+
+
+def test_synflow_stays_float64_under_autocast(triton_off):
+    torch.manual_seed(6)
+    model = small_vit()
+    x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 5, (3,))
+    exact = vitcore.score(model, x, y, proxies=["synflow"])["synflow"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = vitcore.score(model, x, y, proxies=["synflow", "grad_norm"])
+    assert amp["synflow"] == pytest.approx(exact, rel=1e-12)
+    assert math.isfinite(amp["grad_norm"])

@@ -1,0 +1,80 @@
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from vitcore.cli import main
+from vitcore.ranking import kendall_tau, rank_quality, spearman_rho, top_k_overlap
+from vitcore.space import SPACES, sample
+
+
+def test_against_scipy_on_random_data():
+    rng = np.random.default_rng(0)
+    s, t = rng.random(37), rng.random(37)
+    assert kendall_tau(s, t) == pytest.approx(stats.kendalltau(s, t).statistic, abs=1e-12)
+    assert spearman_rho(s, t) == pytest.approx(stats.spearmanr(s, t).statistic, abs=1e-12)
+
+
+def test_known_values():
+    truth = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert kendall_tau([1, 2, 3, 4, 5], truth) == pytest.approx(1.0)
+    assert spearman_rho([5, 4, 3, 2, 1], truth) == pytest.approx(-1.0)
+    assert kendall_tau([1, 2, 3, 5, 4], truth) == pytest.approx(0.8)  # one discordant pair of 10
+    assert top_k_overlap([9, 8, 1, 2, 3], truth, 2) == 0.0
+    assert top_k_overlap([1, 2, 3, 9, 8], truth, 2) == 1.0
+    assert top_k_overlap([1, 2, 9, 3, 8], truth, 2) == 0.5
+
+
+def test_nan_scores_rank_last_and_are_counted():
+    truth = [0.1, 0.2, 0.3, 0.4]
+    q = rank_quality([math.nan, 2.0, 3.0, 4.0], truth, top_fraction=0.5)
+    assert q.kendall_tau == pytest.approx(1.0) and q.n_nan == 1 and q.n == 4 and q.top_k == 2
+    worse = rank_quality([1.0, 2.0, math.nan, 4.0], truth)
+    assert worse.kendall_tau < 1.0 and worse.n_nan == 1
+    assert worse.kendall_tau == pytest.approx(stats.kendalltau([1, 2, 0, 4], truth).statistic)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="equal-length"):
+        kendall_tau([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="k=0"):
+        top_k_overlap([1, 2], [1, 2], 0)
+    with pytest.raises(ValueError, match="truth holds NaN at positions \\[1\\]"):
+        spearman_rho([1, 2], [1, math.nan])
+    with pytest.raises(ValueError, match="top_fraction=0"):
+        rank_quality([1, 2], [1, 2], 0)
+
+
+def test_evaluate_cli_table_and_plots(tmp_path, capsys):
+    scores = tmp_path / "scores.jsonl"
+    main(["score", "--n", "8", "--batch-size", "16", "--proxies", "grad_norm,params,synflow", "--out", str(scores)])
+    records = [json.loads(line) for line in scores.read_text().splitlines()]
+    truth = tmp_path / "truth.csv"
+    with open(truth, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "acc_mean"])
+        for r in records:
+            w.writerow([r["id"], r["params"] / 1e6])  # accuracy = size: params must rank perfectly
+    capsys.readouterr()
+    main(["evaluate", "--scores", str(scores), "--truth", str(truth), "--out", str(tmp_path / "ev")])
+    table = capsys.readouterr().out
+    assert "| params | 1.000 | 1.000 | 1.00 | 8 | 0 |" in table
+    assert "| grad_norm |" in table and "| synflow |" in table
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
+        "evaluation.md", "scatter-grad_norm.png", "scatter-params.png", "scatter-synflow.png"]
+
+
+def test_evaluate_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--scores", str(tmp_path / "none.jsonl"), "--truth", str(tmp_path / "t.csv")])
+    assert "scores file" in capsys.readouterr().err
+    bad = tmp_path / "t.csv"
+    bad.write_text("name,acc\nx,1\n")
+    scores = tmp_path / "s.jsonl"
+    scores.write_text(json.dumps({"id": sample(SPACES["small"], 1)[0].id, "scores": {"snip": 1.0}}) + "\n")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--scores", str(scores), "--truth", str(bad)])
+    assert "needs columns 'id' and 'acc_mean'" in capsys.readouterr().err

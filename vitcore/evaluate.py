@@ -1,0 +1,75 @@
+"""Evaluate proxies against trained accuracy: a table of τ, ρ and top-k overlap, and scatter plots."""
+import csv
+import math
+import os
+from typing import Dict, List
+
+from vitcore.ranking import RankQuality, rank_quality
+
+# The built-in ground truth (bench/ground_truth.py): the 50 default `small` architectures on digits.
+DEFAULT_TRUTH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "bench", "data", "digits-small-50.csv")
+
+
+def read_truth(path: str) -> Dict[str, float]:
+    """{architecture id: accuracy} from a CSV with columns ``id`` and ``acc_mean`` (or ``accuracy``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ground-truth file {path!r} does not exist")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        column = next((c for c in ("acc_mean", "accuracy") if c in fields), None)
+        if "id" not in fields or column is None:
+            raise ValueError(f"{path}: needs columns 'id' and 'acc_mean' (or 'accuracy'); has {fields}")
+        return {row["id"]: float(row[column]) for row in reader}
+
+
+def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float = 0.1) -> Dict[str, RankQuality]:
+    """Rank quality per proxy over the architectures that have both scores and a true accuracy.
+
+    A failed architecture (a record with an error) counts as NaN for every proxy.
+    """
+    proxies = list(dict.fromkeys(p for r in records for p in r.get("scores", {})))  # first-seen order
+    common = [r for r in records if r["id"] in truth]
+    if len(common) < 2:
+        raise ValueError(f"only {len(common)} scored architectures have a true accuracy; need at least 2")
+    acc = [truth[r["id"]] for r in common]
+    return {
+        p: rank_quality([r.get("scores", {}).get(p, math.nan) for r in common], acc, top_fraction)
+        for p in proxies
+    }
+
+
+def format_table(results: Dict[str, RankQuality]) -> str:
+    k = next(iter(results.values())).top_k if results else 0
+    lines = [f"| proxy | Kendall τ | Spearman ρ | top-{k} overlap | n | NaN |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, q in results.items():
+        lines.append(f"| {name} | {q.kendall_tau:.3f} | {q.spearman_rho:.3f} | {q.top_overlap:.2f} | {q.n} | {q.n_nan} |")
+    return "\n".join(lines)
+
+
+def scatter_plots(records: List[dict], truth: Dict[str, float], out_dir: str) -> List[str]:
+    """One PNG per proxy: score against accuracy (log x-axis where every score is positive)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    common = [r for r in records if r["id"] in truth and "scores" in r]
+    paths = []
+    for proxy in common[0]["scores"] if common else []:
+        pairs = [(r["scores"][proxy], truth[r["id"]]) for r in common if math.isfinite(r["scores"][proxy])]
+        fig, ax = plt.subplots(figsize=(4, 3.2), dpi=100)
+        ax.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=12)
+        if pairs and all(p[0] > 0 for p in pairs):
+            ax.set_xscale("log")
+        ax.set_xlabel(proxy)
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{proxy} vs accuracy ({len(pairs)} archs)")
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"scatter-{proxy}.png")
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

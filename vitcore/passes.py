@@ -1,0 +1,184 @@
+"""The passes that zero-cost proxies share: one data pass with hooks, synflow's pass, GraSP's pass.
+
+Every pass may split the batch into chunks to fit memory. Each chunk's mean loss is weighted by
+its share of the batch (n_c / B), so gradients, activation gradients and Hessian-gradient products
+are those of the whole batch's mean loss, whatever the split (foresight instead sums per-chunk
+means, which scales grad_norm with the number of chunks). ``loss_fn`` must therefore average over
+the examples, as ``F.cross_entropy`` does by default.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from vitcore.ops.dispatch import eager
+
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # "layers" for fisher and params="weights"
+ACTIVATION_TYPES = (nn.ReLU, nn.GELU)  # NASWOT reads the sign pattern of their inputs
+
+
+def layer_weights(model: nn.Module) -> List[torch.Tensor]:
+    """The trainable weights of the model's Linear and Conv layers, each once, in module order."""
+    seen, weights = set(), []
+    for m in model.modules():
+        if isinstance(m, LAYER_TYPES) and m.weight.requires_grad and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            weights.append(m.weight)
+    return weights
+
+
+def split(n: int, chunks: int, groups: int = 1) -> List[Tuple[int, int, int]]:
+    """(start, end, group) ranges cutting range(n) at every chunk and group boundary."""
+    cuts = {c * n // chunks for c in range(chunks + 1)} | {g * n // groups for g in range(groups + 1)}
+    cuts = sorted(cuts)
+    return [(a, b, next(g for g in range(groups) if a < (g + 1) * n // groups)) for a, b in zip(cuts, cuts[1:])]
+
+
+@dataclass
+class DataPass:
+    """What the one data pass produced; fields the request did not need stay empty."""
+
+    grads: List[Optional[torch.Tensor]] = field(default_factory=list)  # d(mean loss)/dθ per parameter
+    group_grads: List[List[Optional[torch.Tensor]]] = field(default_factory=list)  # per group, per parameter
+    fisher: List[torch.Tensor] = field(default_factory=list)  # per layer call: Σ_b (Σ_tokens a·da)², (C,)
+    jacobian: Optional[torch.Tensor] = None  # (B, input features): d(Σ outputs)/dx per example
+    kernel: Optional[torch.Tensor] = None  # (B, B) NASWOT kernel, float64
+
+
+def _accumulate(total: List[Optional[torch.Tensor]], part: Sequence[Optional[torch.Tensor]], weight: float):
+    for i, g in enumerate(part):
+        if g is not None:
+            total[i] = g * weight if total[i] is None else total[i].add_(g, alpha=weight)
+
+
+def _fisher_term(act: torch.Tensor, grad: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """Σ_b g_bc² over the chunk, g_bc = Σ over every axis but batch and channel of act·grad."""
+    channel = act.ndim - 1 if isinstance(module, nn.Linear) else 1
+    dtype = torch.promote_types(act.dtype, torch.float32)  # fp32 at least, float64 stays
+    prod = (act.to(dtype) * grad.to(dtype)).movedim(channel, -1)  # (n, ..., C)
+    g = prod.reshape(prod.shape[0], -1, prod.shape[-1]).sum(1)  # (n, C)
+    return g.pow(2).sum(0)  # (C,)
+
+
+def data_pass(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable,
+    params: List[torch.Tensor],
+    chunks: int,
+    groups: int = 1,
+    fisher: bool = False,
+    jacobian: bool = False,
+    naswot: bool = False,
+) -> DataPass:
+    """Forward and backward over the batch in chunks, with hooks for the activation-based proxies.
+
+    params: the tensors whose loss gradient is wanted (may be empty); groups > 1 also keeps the
+    gradient of each group's mean loss (the batch cut in ``groups`` equal parts, for ZiCo).
+    """
+    B = inputs.shape[0]
+    out = DataPass(grads=[None] * len(params), group_grads=[[None] * len(params) for _ in range(groups)])
+    layer_calls: List[Tuple[nn.Module, torch.Tensor]] = []
+    codes: Dict[int, List[torch.Tensor]] = {}
+    jacobians, handles = [], []
+    if fisher:
+        def keep_output(module, args, output):
+            layer_calls.append((module, output))
+
+        handles += [m.register_forward_hook(keep_output) for m in model.modules() if isinstance(m, LAYER_TYPES)]
+    if naswot:
+        def keep_code(module, args):
+            x = args[0]
+            codes.setdefault(id(module), []).append((x > 0).reshape(x.shape[0], -1))  # (n, units)
+
+        handles += [m.register_forward_pre_hook(keep_code) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)]
+    want_loss_grad = bool(params) or fisher
+    fisher_sums: List[torch.Tensor] = []
+    try:
+        for start, end, group in split(B, chunks, groups):
+            x = inputs[start:end]
+            if jacobian:
+                x = x.detach().requires_grad_(True)
+            layer_calls.clear()
+            with torch.set_grad_enabled(want_loss_grad or jacobian):
+                logits = model(x)
+            if want_loss_grad:
+                loss = loss_fn(logits, targets[start:end])
+                acts = [a for _, a in layer_calls]
+                got = torch.autograd.grad(loss, params + acts, retain_graph=jacobian, allow_unused=True)
+                share = (end - start) / B
+                _accumulate(out.grads, got[: len(params)], share)
+                if groups > 1:
+                    group_size = (group + 1) * B // groups - group * B // groups
+                    _accumulate(out.group_grads[group], got[: len(params)], (end - start) / group_size)
+                terms = [
+                    _fisher_term(a.detach(), ga * share, m)
+                    for (m, a), ga in zip(layer_calls, got[len(params):]) if ga is not None
+                ]
+                fisher_sums = terms if not fisher_sums else [s + t for s, t in zip(fisher_sums, terms)]
+            if jacobian:
+                (jx,) = torch.autograd.grad(logits.sum(), x)
+                jacobians.append(jx.reshape(jx.shape[0], -1))  # (n, input features)
+    finally:
+        for h in handles:
+            h.remove()
+        layer_calls.clear()
+    out.fisher = [s / B for s in fisher_sums]
+    if jacobian:
+        out.jacobian = torch.cat(jacobians).double()  # (B, features)
+    if naswot:
+        out.kernel = torch.zeros(B, B, dtype=torch.float64, device=inputs.device)
+        for layer_codes in codes.values():
+            c = torch.cat(layer_codes).double()  # (B, units), 0/1
+            out.kernel += c @ c.T + (1 - c) @ (1 - c).T  # units where two examples agree
+    return out
+
+
+def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: torch.Size):
+    """Synflow's pass: gradients of Σ f(1) for the network with |θ| in float64, one all-ones example.
+
+    The model itself is untouched: ``functional_call`` runs it on float64 copies of |θ| and of its
+    floating buffers. float64 keeps deep products of |θ| from overflowing. Returns (|θ|, grads).
+    """
+    wanted = {id(p) for p in params}
+    values, abs_params = {}, {}
+    for name, p in model.named_parameters():
+        values[name] = p.detach().double().abs().requires_grad_(id(p) in wanted)
+        if id(p) in wanted:
+            abs_params[id(p)] = values[name]
+    for name, b in model.named_buffers():
+        values[name] = b.double().abs() if b.is_floating_point() else b
+    ones = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, device=params[0].device)
+    with eager(), torch.enable_grad(), torch.autocast(ones.device.type, enabled=False):  # float64 throughout
+        total = functional_call(model, values, (ones,)).sum()
+    abs_list = [abs_params[id(p)] for p in params]
+    return abs_list, torch.autograd.grad(total, abs_list, allow_unused=True)
+
+
+def hessian_grad(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable,
+    params: List[torch.Tensor],
+    grads: Sequence[Optional[torch.Tensor]],
+    chunks: int,
+) -> List[Optional[torch.Tensor]]:
+    """GraSP's pass: H·g, the loss Hessian times the (fixed) batch gradient g, by double backward.
+
+    Runs the eager references (``eager()``): the Triton kernels' backward is not differentiable.
+    """
+    B = inputs.shape[0]
+    hg: List[Optional[torch.Tensor]] = [None] * len(params)
+    with eager():
+        for start, end, _ in split(B, chunks):
+            loss = loss_fn(model(inputs[start:end]), targets[start:end]) * ((end - start) / B)
+            gf = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            z = sum((g.detach() * f).sum() for g, f in zip(grads, gf) if g is not None and f is not None)
+            if not isinstance(z, torch.Tensor) or not z.requires_grad:
+                continue
+            _accumulate(hg, torch.autograd.grad(z, params, allow_unused=True), 1.0)
+    return hg
