@@ -1,6 +1,8 @@
 """vitcore: fast zero-cost proxies for Vision Transformer architecture search."""
+from vitcore.cost import msa_macs, vit_cost
 from vitcore.model import ViT, ViTConfig, msa
 from vitcore.proxies import PROXIES, score
 from vitcore.space import SPACES, Arch, SearchSpace, get_space, sample
 
-__all__ = ["ViT", "ViTConfig", "msa", "PROXIES", "score", "SPACES", "Arch", "SearchSpace", "get_space", "sample"]
+__all__ = ["ViT", "ViTConfig", "msa", "PROXIES", "score", "SPACES", "Arch", "SearchSpace", "get_space", "sample",
+           "msa_macs", "vit_cost"]

@@ -4,6 +4,7 @@
 Results go to a JSON-lines file one architecture at a time, so an interrupted run loses nothing:
 ``--resume`` skips the architectures already scored with the same settings (and retries failed ones).
 ``vitcore evaluate`` ranks proxies by their rank correlation with trained accuracy.
+``vitcore bench`` times one MSA block over N' x D and writes a scaling report (``vitcore.scaling_report``).
 """
 import argparse
 import contextlib
@@ -16,6 +17,7 @@ from typing import List, Optional
 import torch
 from tqdm import tqdm
 
+from vitcore import scaling_report
 from vitcore.data import DATA_CHOICES, load_batch
 from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
 from vitcore.model import ViT
@@ -164,6 +166,10 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    return scaling_report.run_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitcore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top-fraction", type=float, default=0.1, help="top-k overlap with k = this share of the archs")
     e.add_argument("--out", default=os.path.join("vitcore-results", "evaluate"), help="folder for the table and plots")
     e.set_defaults(func=cmd_evaluate)
+    b = sub.add_parser("bench", help="time one MSA block over N' x D, fit the cost model, write a report")
+    scaling_report.add_arguments(b)
+    b.set_defaults(func=cmd_bench)
     return parser
 
 

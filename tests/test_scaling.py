@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vitcore.cli import main
+from vitcore.scaling import (
+    MODES, PROVIDERS, MSACase, SweepConfig, attention_fn, msa_forward, run_sweep, time_fn,
+)
+from vitcore.scaling_fit import crossover, fit, fit_floor
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("n", [1, 197])
+def test_msa_forward_matches_the_model_for_every_provider(n, provider):
+    case = MSACase(n, 128, torch.float32, "cpu", tokens=2 * n)
+    with torch.no_grad():
+        ref = case.msa(case.x)  # (B, N', D), vitcore.model.MSA with attention_ref
+        out = msa_forward(case.msa, case.x, attention_fn(provider))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("what, provider", [("proj", None), ("core", "sdpa"), ("block", "eager")])
+def test_timed_calls_run_in_every_mode(what, provider, mode):
+    case = MSACase(50, 64, torch.float32, "cpu", tokens=100)
+    assert (case.batch, case.heads) == (2, 1)
+    assert case.macs() == (2 * 4 * 50 * 64**2, 2 * 2 * 50**2 * 64)
+    result = case.fn(what, mode, provider)()
+    if mode == "fwd+bwd":  # gradients of every input and parameter, none accumulated in .grad
+        assert all(g is not None for g in result)
+        assert all(p.grad is None for p in case.params)
+    times, reps = time_fn(case.fn(what, mode, provider), "cpu", budget_s=0.003, windows=2)
+    assert len(times) == 2 and reps >= 1 and min(times) > 0
+
+
+def test_fit_recovers_a_known_model_and_crossover():
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in (16, 64, 197, 1024):
+        for d in (64, 128, 256):
+            b = max(1, 1024 // n)
+            proj, core = b * 4 * n * d * d, b * 2 * n * n * d
+            t = 2e-12 * proj + 1e-12 * core + 5e-6
+            rows.append({"n": n, "d": d, "batch": b, "heads": d // 64, "proj_macs": proj, "core_macs": core,
+                         "time_s": t * (1 + 1e-9 * rng.standard_normal())})
+    f = fit(rows)
+    assert f["r2"] > 0.999999 and f["max_abs_rel_err"] < 1e-6
+    np.testing.assert_allclose([f["coef"][k] for k in ("proj", "core", "const")], [2e-12, 1e-12, 5e-6], rtol=1e-5)
+    floored = [dict(r, time_s=max(r["time_s"], 2e-4)) for r in rows]  # a 200 µs launch floor
+    assert fit(floored)["r2"] < 0.99
+    g = fit_floor(floored)
+    assert g["r2"] > 0.9999 and g["coef"]["floor"] == pytest.approx(2e-4, rel=1e-3)
+    assert g["on_floor"] == sum(r["time_s"] < 2e-4 for r in rows)
+    # the core (t = n) reaches the projections (t = 100) at n = 100 between the points 64 and 128
+    assert crossover([16, 64, 128], [100, 100, 100], [16, 64, 128]) == pytest.approx(100, rel=1e-9)
+    assert crossover([16, 64], [100, 100], [1, 2]) is None
+
+
+def test_repeated_sweep_keeps_every_pass_and_takes_the_median(tmp_path):
+    cfg = SweepConfig(ns=(16,), ds=(64,), providers=("eager",), modes=("fwd",), dtypes=("fp32",), device="cpu",
+                      tokens=32, budget_s=0.001, windows=2, repeat=3)
+    results = run_sweep(cfg, str(tmp_path), progress=False)
+    assert results["complete"] and [r["what"] for r in results["timings"]] == ["proj", "core", "block"]
+    for r in results["timings"]:
+        assert len(r["pass_times_s"]) == 3 and len(r["window_times_s"]) == 6
+        assert r["time_s"] == pytest.approx(sorted(r["pass_times_s"])[1], rel=1e-4)
+    assert json.loads((tmp_path / "results.json").read_text())["timings"] == results["timings"]
+
+
+def test_sweep_config_rejects_bad_values_naming_them():
+    with pytest.raises(ValueError, match="D=100"):
+        SweepConfig(ds=(100,), device="cpu").validate()
+    with pytest.raises(ValueError, match="flash"):
+        SweepConfig(providers=("flash",), device="cpu").validate()
+    with pytest.raises(ValueError, match="repeat=0"):
+        SweepConfig(device="cpu", repeat=0).validate()
+
+
+def test_bench_cli_writes_report_json_and_plots(tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["bench", "--quick", "--n", "16,50,64", "--d", "64,128", "--modes", "fwd", "--tokens", "128",
+            "--budget-ms", "1", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(PROVIDERS) and all("R²=" in line for line in printed)
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and results["meta"]["device"] == "cpu"
+    assert {"torch", "triton", "python"} <= set(results["meta"]["versions"]) and results["meta"]["date"]
+    assert results["meta"]["command"].startswith("vitcore bench") and "--modes fwd" in results["meta"]["command"]
+    assert len(results["timings"]) == 3 * 2 * (1 + 2 * len(PROVIDERS))  # N' x D x (proj + core, block each)
+    assert all(r["time_s"] > 0 and len(r["window_times_s"]) == 3 for r in results["timings"])
+    assert len(results["analysis"]["fits"]) == len(PROVIDERS)
+    report = (out / "report.md").read_text()
+    for heading in ("## The fit", "## Crossover", "## Where the MAC model misses", "scaling-fp32.png"):
+        assert heading in report
+    assert (out / "scaling-fp32.png").stat().st_size > 0 and (out / "share-fp32.png").stat().st_size > 0
+    (out / "report.md").unlink()
+    assert main(["bench", "--report-only", "--no-plots", "--out", str(out)]) == 0
+    assert "## The fit" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [(["--d", "100"], "D=100"), (["--n", "16,x"], "16,x"),
+                                            (["--modes", "bwd"], "bwd")])
+def test_bench_cli_errors_exit_2_with_the_bad_value(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--quick", "--out", str(tmp_path)] + extra)
+    assert e.value.code == 2 and message in capsys.readouterr().err
