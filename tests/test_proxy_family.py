@@ -234,3 +234,19 @@ def test_synflow_stays_float64_under_autocast(triton_off):
         amp = vitcore.score(model, x, y, proxies=["synflow", "grad_norm"])
     assert amp["synflow"] == pytest.approx(exact, rel=1e-12)
     assert math.isfinite(amp["grad_norm"])
+
+
+def test_a_batch_of_one(triton_off):
+    """One example: the correlation matrix is [[1]] and the NASWOT kernel 1x1; zico needs two."""
+    torch.manual_seed(7)
+    model = small_vit().double()
+    x, y = torch.randn(1, 1, 8, 8, dtype=torch.float64), torch.tensor([3])
+    names = [p for p in PROXIES if p not in ("zico", "jacob_cov", "nwot")]
+    got = vitcore.score(model, x, y, proxies=names + ["jacob_cov", "nwot"])
+    ref = reference(model, torch.cat([x, x]), torch.cat([y, y]), "all", "global")  # same mean loss
+    for name in ("grad_norm", "snip", "plain", "grasp", "synflow", "params"):  # per-example scale free
+        assert got[name] == pytest.approx(ref[name], rel=1e-7, abs=1e-12), name
+    assert math.isfinite(got["fisher"]) and got["flops"] > 0
+    assert got["jacob_cov"] == pytest.approx(-(math.log(1 + 1e-5) + 1 / (1 + 1e-5)))
+    units = sum(b.mlp.fc1.out_features * model.config.num_tokens for b in model.blocks)
+    assert got["nwot"] == pytest.approx(math.log(units))

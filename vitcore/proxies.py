@@ -117,7 +117,8 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks) -> Dict[
             weight_ids = {id(w) for w in layer_weights(model)}
             scalars["zico"] = _zico(dp.group_grads, [id(p) in weight_ids for p in grad_params], inputs.device)
         if "jacob_cov" in wanted:
-            matrices["jacob_cov"] = torch.corrcoef(dp.jacobian)  # (B, B)
+            B = dp.jacobian.shape[0]
+            matrices["jacob_cov"] = torch.corrcoef(dp.jacobian).reshape(B, B)  # 0-d when B = 1
         if "nwot" in wanted:
             matrices["nwot"] = dp.kernel  # (B, B)
     if "synflow" in wanted:
