@@ -47,10 +47,17 @@ class DataPass:
     kernel: Optional[torch.Tensor] = None  # (B, B) NASWOT kernel, float64
 
 
-def _accumulate(total: List[Optional[torch.Tensor]], part: Sequence[Optional[torch.Tensor]], weight: float):
+def _accumulate(total: List[Optional[torch.Tensor]], part: Sequence[Optional[torch.Tensor]], weight: float,
+                only: bool):
+    """total += weight * part. ``only``: the sole contribution, so autograd's tensors are kept as they
+    are instead of copied; they are never written to, since autograd may return one tensor twice."""
     for i, g in enumerate(part):
-        if g is not None:
-            total[i] = g * weight if total[i] is None else total[i].add_(g, alpha=weight)
+        if g is None:
+            continue
+        if total[i] is None:
+            total[i] = g if only and weight == 1.0 else g * weight
+        else:
+            total[i].add_(g, alpha=weight)
 
 
 def _fisher_term(act: torch.Tensor, grad: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -98,7 +105,8 @@ def data_pass(
     want_loss_grad = bool(params) or fisher
     fisher_sums: List[torch.Tensor] = []
     try:
-        for start, end, group in split(B, chunks, groups):
+        ranges = split(B, chunks, groups)
+        for start, end, group in ranges:
             x = inputs[start:end]
             if jacobian:
                 x = x.detach().requires_grad_(True)
@@ -110,10 +118,11 @@ def data_pass(
                 acts = [a for _, a in layer_calls]
                 got = torch.autograd.grad(loss, params + acts, retain_graph=jacobian, allow_unused=True)
                 share = (end - start) / B
-                _accumulate(out.grads, got[: len(params)], share)
+                _accumulate(out.grads, got[: len(params)], share, only=len(ranges) == 1)
                 if groups > 1:
                     group_size = (group + 1) * B // groups - group * B // groups
-                    _accumulate(out.group_grads[group], got[: len(params)], (end - start) / group_size)
+                    _accumulate(out.group_grads[group], got[: len(params)], (end - start) / group_size,
+                                only=end - start == group_size)
                 terms = [
                     _fisher_term(a.detach(), ga * share, m)
                     for (m, a), ga in zip(layer_calls, got[len(params):]) if ga is not None
@@ -173,12 +182,13 @@ def hessian_grad(
     """
     B = inputs.shape[0]
     hg: List[Optional[torch.Tensor]] = [None] * len(params)
+    ranges = split(B, chunks)
     with eager():
-        for start, end, _ in split(B, chunks):
+        for start, end, _ in ranges:
             loss = loss_fn(model(inputs[start:end]), targets[start:end]) * ((end - start) / B)
             gf = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             z = sum((g.detach() * f).sum() for g, f in zip(grads, gf) if g is not None and f is not None)
             if not isinstance(z, torch.Tensor) or not z.requires_grad:
                 continue
-            _accumulate(hg, torch.autograd.grad(z, params, allow_unused=True), 1.0)
+            _accumulate(hg, torch.autograd.grad(z, params, allow_unused=True), 1.0, only=len(ranges) == 1)
     return hg
