@@ -250,3 +250,31 @@ def test_a_batch_of_one(triton_off):
     assert got["jacob_cov"] == pytest.approx(-(math.log(1 + 1e-5) + 1 / (1 + 1e-5)))
     units = sum(b.mlp.fc1.out_features * model.config.num_tokens for b in model.blocks)
     assert got["nwot"] == pytest.approx(math.log(units))
+
+
+def test_out_of_memory_doubles_the_chunks(monkeypatch, triton_off):
+    """A CUDA out-of-memory error retries with twice the chunks, up to the batch size, then gives up."""
+    import vitcore.proxies as proxies
+
+    run, tried = proxies._run, []
+
+    def fits_in_four_chunks(*args):
+        chunks = args[-1]
+        tried.append(chunks)
+        if chunks < 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return run(*args)
+
+    monkeypatch.setattr(proxies, "_run", fits_in_four_chunks)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    torch.manual_seed(8)
+    model = small_vit().double()
+    x, y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    got = vitcore.score(model, x, y, proxies=["grad_norm", "fisher"])
+    assert tried == [1, 2, 4]
+    assert got == pytest.approx(run(model, x, y, F.cross_entropy, ["grad_norm", "fisher"], "global",
+                                    list(model.parameters()), 1), rel=1e-9)
+    tried.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        vitcore.score(model, x[:3], y[:3], proxies=["grad_norm"])
+    assert tried == [1, 2, 3]
