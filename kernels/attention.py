@@ -92,8 +92,8 @@ def _attention_fwd_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # (batch, head) on axis 0: its limit is 2^31 - 1, axis 1's 65535
+    pid_m = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
     Q += off_b * stride_qb + off_h * stride_qh
@@ -186,8 +186,8 @@ def _attention_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # (batch, head) on axis 0: its limit is 2^31 - 1, axis 1's 65535
+    pid_m = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
     Q += off_b * stride_qb + off_h * stride_qh
@@ -285,8 +285,8 @@ def _attention_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # (batch, head) on axis 0: its limit is 2^31 - 1, axis 1's 65535
+    pid_n = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
     Q += off_b * stride_qb + off_h * stride_qh
@@ -401,12 +401,12 @@ def _launch(phase, args, n_ctx, n_bh, head_dim, dot_precision, elsize):
     meta = dict(HEAD_DIM=head_dim, D_PAD=d_pad, DOT_PRECISION=dot_precision)
     outer_name = _OUTER[phase]
     if _AUTOTUNE:
-        grid = lambda m: (triton.cdiv(n_ctx, m[outer_name]), n_bh)  # noqa: E731
+        grid = lambda m: (n_bh, triton.cdiv(n_ctx, m[outer_name]))  # noqa: E731
         _TUNED[phase][grid](*args, **meta)
     else:
         outer, inner, warps, stages = _default_config(phase, d_pad, elsize)
         meta.update({outer_name: outer, _INNER[phase]: inner})
-        _PLAIN[phase][(triton.cdiv(n_ctx, outer), n_bh)](*args, **meta, num_warps=warps, num_stages=stages)
+        _PLAIN[phase][(n_bh, triton.cdiv(n_ctx, outer))](*args, **meta, num_warps=warps, num_stages=stages)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -99,3 +99,27 @@ def test_digits_batch_is_deterministic_and_normalised():
     assert a.inputs.shape == (32, 1, 8, 8) and a.num_classes == 10
     assert (a.inputs == b.inputs).all() and (a.targets == b.targets).all()
     assert abs(a.inputs.mean().item()) < 1e-5 and abs(a.inputs.std().item() - 1) < 0.05
+
+
+def test_ranked_table_puts_nan_last(capsys):
+    from vitcore.cli import _print_table
+
+    arch = sample(SPACES["small"], 1)[0].to_dict()
+    records = [{"id": f"a{i}", "arch": arch, "params": 1, "scores": {"jacob_cov": v}}
+               for i, v in enumerate([3.0, float("nan"), 5.0, 1.0, 4.0])]
+    _print_table(records, ["jacob_cov"], "jacob_cov")
+    rows = capsys.readouterr().out.splitlines()[1:-1]
+    assert [r.split()[1] for r in rows] == ["a2", "a4", "a0", "a3", "a1"]
+
+
+def test_evaluate_leaves_a_cut_off_scores_file_alone(tmp_path, capsys):
+    scores = tmp_path / "s.jsonl"
+    main(["score", "--n", "3", "--batch-size", "8", "--out", str(scores)])
+    with open(scores, "a") as f:
+        f.write('{"id": "still-being-writ')
+    before = scores.read_text()
+    truth = tmp_path / "t.csv"
+    truth.write_text("id,acc_mean\n" + "".join(f"{json.loads(l)['id']},0.{i}\n"
+                                             for i, l in enumerate(before.splitlines()[:3])))
+    main(["evaluate", "--scores", str(scores), "--truth", str(truth), "--out", str(tmp_path / "ev")])
+    assert scores.read_text() == before

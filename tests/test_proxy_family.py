@@ -108,7 +108,7 @@ def reference(model, x, y, which, mode):
         K += c @ c.T + (1 - c) @ (1 - c).T
     out["nwot"] = np.linalg.slogdet(K)[1]
 
-    half = (len(x) + 1) // 2
+    half = len(x) // 2  # vitcore's first half holds floor(B / 2) examples
     halves = []
     for xs, ys in ((x[:half], y[:half]), (x[half:], y[half:])):
         model.zero_grad()
@@ -133,7 +133,7 @@ def reference(model, x, y, which, mode):
 def test_every_proxy_matches_the_float64_reference(make, which, mode, triton_off):
     torch.manual_seed(0)
     model = make().double()
-    x, y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    x, y = torch.randn(7, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (7,))
     names = [p for p in PROXIES if p != "flops"]
     got = vitcore.score(model, x, y, proxies=names, mode=mode, params=which)
     ref = reference(model, x, y, which, mode)
@@ -278,3 +278,59 @@ def test_out_of_memory_doubles_the_chunks(monkeypatch, triton_off):
     with pytest.raises(torch.cuda.OutOfMemoryError):
         vitcore.score(model, x[:3], y[:3], proxies=["grad_norm"])
     assert tried == [1, 2, 3]
+
+
+class SharedReLUNet(nn.Module):
+    """One nn.ReLU module applied twice, at two widths (as torchvision's BasicBlock reuses its ReLU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 13), nn.Linear(13, 7), nn.Linear(7, 5)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.fc3(self.relu(self.fc2(self.relu(self.fc1(x.flatten(1))))))
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_nwot_with_an_activation_module_called_twice(chunks, triton_off):
+    torch.manual_seed(9)
+    model = SharedReLUNet().double()
+    x, y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    got = vitcore.score(model, x, y, proxies=["nwot"], chunks=chunks)["nwot"]
+    assert got == pytest.approx(reference(model, x, y, "all", "global")["nwot"], rel=1e-9)
+
+
+def test_nwot_without_activation_modules_says_so(triton_off):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+    with pytest.raises(ValueError, match="nwot reads the inputs of nn.ReLU / nn.GELU modules"):
+        vitcore.score(model, torch.randn(3, 1, 8, 8), torch.randint(0, 5, (3,)), proxies=["nwot"])
+
+
+def test_batchnorm_buffers_and_per_module_modes_are_restored(triton_off):
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(144, 8), nn.BatchNorm1d(8), nn.Linear(8, 5))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a training model
+    before = copy.deepcopy(model.state_dict())
+    got = vitcore.score(model, torch.randn(4, 1, 8, 8), torch.randint(0, 5, (4,)), proxies=list(PROXIES))
+    assert all(math.isfinite(v) for k, v in got.items() if k != "jacob_cov")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and not model[1].training and model[5].training
+
+
+def test_scoring_inside_no_grad(triton_off):
+    model, x, y = small_vit(), torch.randn(3, 1, 8, 8), torch.randint(0, 5, (3,))
+    expected = vitcore.score(model, x, y, proxies=["grad_norm", "grasp"])
+    with torch.no_grad():
+        assert vitcore.score(model, x, y, proxies=["grad_norm", "grasp"]) == expected
+
+
+def test_correlation_matches_numpy_and_is_nan_for_a_constant_row():
+    from vitcore.proxies import _corrcoef
+
+    x = torch.randn(5, 11, dtype=torch.float64)
+    np.testing.assert_allclose(_corrcoef(x).numpy(), np.corrcoef(x.numpy()), rtol=1e-12, atol=1e-12)
+    x[2] = 3.0
+    assert torch.isnan(_corrcoef(x)[2]).all() and not torch.isnan(_corrcoef(x)[0, 1])

@@ -70,6 +70,11 @@ def test_evaluate_cli_table_and_plots(tmp_path, capsys):
 def test_evaluate_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--scores", str(tmp_path / "none.jsonl"), "--truth", str(tmp_path / "t.csv")])
+    assert "ground-truth file" in capsys.readouterr().err  # checked first: before any scoring
+    good = tmp_path / "good.csv"
+    good.write_text("id,acc_mean\nx,1\n")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--scores", str(tmp_path / "none.jsonl"), "--truth", str(good)])
     assert "scores file" in capsys.readouterr().err
     bad = tmp_path / "t.csv"
     bad.write_text("name,acc\nx,1\n")

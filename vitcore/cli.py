@@ -9,6 +9,7 @@ Results go to a JSON-lines file one architecture at a time, so an interrupted ru
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -45,14 +46,15 @@ def read_archs(path: str) -> List[Arch]:
     return archs
 
 
-def read_results(path: str) -> List[dict]:
-    """The complete lines of a results file; a line cut off by an interruption is dropped from the file."""
+def read_results(path: str, repair: bool = False) -> List[dict]:
+    """The complete lines of a results file. A line cut off by an interruption is skipped, and with
+    ``repair`` (before appending to the file) also dropped from the file."""
     if not os.path.isfile(path):
         return []
     with open(path, "rb") as f:
         data = f.read()
     complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
+    if repair and len(complete) != len(data):
         with open(path, "wb") as f:
             f.write(complete)
     return [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
@@ -80,7 +82,8 @@ def _score_one(arch: Arch, batch, args, device: torch.device) -> dict:
 
 
 def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
-    ok = sorted((r for r in results if "scores" in r), key=lambda r: -r["scores"][rank_by])
+    ok = sorted((r for r in results if "scores" in r),
+                key=lambda r: (math.isnan(r["scores"][rank_by]), -r["scores"][rank_by]))  # NaN last
     failed = [r for r in results if "scores" not in r]
     head = f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>5}  {'embed':>5}  {'patch':>5}  {'heads':<14}"
     print(head + "".join(f"  {p:>12}" for p in proxies))
@@ -105,7 +108,7 @@ def run_scoring(args) -> List[dict]:
 
     done = {}
     if args.resume:
-        for r in read_results(args.out):
+        for r in read_results(args.out, repair=True):
             if r.get("settings") != settings:
                 raise ValueError(
                     f"--resume: {args.out} holds results for settings {r.get('settings')}, not {settings}; "
@@ -145,6 +148,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    truth = read_truth(args.truth)  # before scoring: a missing file should not cost a scoring run
     if args.scores:
         if not os.path.isfile(args.scores):
             raise FileNotFoundError(f"scores file {args.scores!r} does not exist")
@@ -155,7 +159,6 @@ def cmd_evaluate(args) -> int:
         )
         score_args.proxies = check_proxies(score_args.proxies.split(","))
         records = run_scoring(score_args)
-    truth = read_truth(args.truth)
     table = format_table(evaluate(records, truth, args.top_fraction))
     print(table)
     os.makedirs(args.out, exist_ok=True)

@@ -14,7 +14,8 @@ DEFAULT_TRUTH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 def read_truth(path: str) -> Dict[str, float]:
     """{architecture id: accuracy} from a CSV with columns ``id`` and ``acc_mean`` (or ``accuracy``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"ground-truth file {path!r} does not exist")
+        hint = " (the built-in truth ships with a source checkout; pass --truth)" if path == DEFAULT_TRUTH else ""
+        raise FileNotFoundError(f"ground-truth file {path!r} does not exist{hint}")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []

@@ -7,7 +7,7 @@ means, which scales grad_norm with the number of chunks). ``loss_fn`` must there
 the examples, as ``F.cross_entropy`` does by default.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -89,7 +89,8 @@ def data_pass(
     B = inputs.shape[0]
     out = DataPass(grads=[None] * len(params), group_grads=[[None] * len(params) for _ in range(groups)])
     layer_calls: List[Tuple[nn.Module, torch.Tensor]] = []
-    codes: Dict[int, List[torch.Tensor]] = {}
+    codes: List[List[torch.Tensor]] = []  # per activation call (in forward order): its codes per chunk
+    chunk_codes: List[torch.Tensor] = []
     jacobians, handles = [], []
     if fisher:
         def keep_output(module, args, output):
@@ -99,7 +100,7 @@ def data_pass(
     if naswot:
         def keep_code(module, args):
             x = args[0]
-            codes.setdefault(id(module), []).append((x > 0).reshape(x.shape[0], -1))  # (n, units)
+            chunk_codes.append((x > 0).reshape(x.shape[0], -1))  # (n, units), one entry per call
 
         handles += [m.register_forward_pre_hook(keep_code) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)]
     want_loss_grad = bool(params) or fisher
@@ -111,8 +112,15 @@ def data_pass(
             if jacobian:
                 x = x.detach().requires_grad_(True)
             layer_calls.clear()
+            chunk_codes.clear()
             with torch.set_grad_enabled(want_loss_grad or jacobian):
                 logits = model(x)
+            if naswot:
+                if not chunk_codes:
+                    raise ValueError("nwot reads the inputs of nn.ReLU / nn.GELU modules, and the model ran none")
+                codes = codes or [[] for _ in chunk_codes]
+                for call, c in zip(codes, chunk_codes):
+                    call.append(c)
             if want_loss_grad:
                 loss = loss_fn(logits, targets[start:end])
                 acts = [a for _, a in layer_calls]
@@ -135,13 +143,14 @@ def data_pass(
         for h in handles:
             h.remove()
         layer_calls.clear()
+        chunk_codes.clear()
     out.fisher = [s / B for s in fisher_sums]
     if jacobian:
         out.jacobian = torch.cat(jacobians).double()  # (B, features)
     if naswot:
         out.kernel = torch.zeros(B, B, dtype=torch.float64, device=inputs.device)
-        for layer_codes in codes.values():
-            c = torch.cat(layer_codes).double()  # (B, units), 0/1
+        for call_codes in codes:
+            c = torch.cat(call_codes).double()  # (B, units), 0/1
             out.kernel += c @ c.T + (1 - c) @ (1 - c).T  # units where two examples agree
     return out
 
@@ -150,7 +159,9 @@ def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: tor
     """Synflow's pass: gradients of Σ f(1) for the network with |θ| in float64, one all-ones example.
 
     The model itself is untouched: ``functional_call`` runs it on float64 copies of |θ| and of its
-    floating buffers. float64 keeps deep products of |θ| from overflowing. Returns (|θ|, grads).
+    floating buffers, in eval mode (foresight removes BatchNorm for synflow; here it uses its running
+    statistics, a fixed affine map). float64 keeps deep products of |θ| from overflowing.
+    Returns (|θ|, grads).
     """
     wanted = {id(p) for p in params}
     values, abs_params = {}, {}
@@ -161,8 +172,10 @@ def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: tor
     for name, b in model.named_buffers():
         values[name] = b.double().abs() if b.is_floating_point() else b
     ones = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, device=params[0].device)
+    model.eval()  # one example: BatchNorm normalises with its (|θ|-ed) running statistics
     with eager(), torch.enable_grad(), torch.autocast(ones.device.type, enabled=False):  # float64 throughout
         total = functional_call(model, values, (ones,)).sum()
+    model.train()
     abs_list = [abs_params[id(p)] for p in params]
     return abs_list, torch.autograd.grad(total, abs_list, allow_unused=True)
 

@@ -9,7 +9,7 @@ zero-cost-nas) does. "Layer" below means a counted tensor.
     snip       Σ_t Σ_i |g_ti θ_ti|                              Lee et al., ICLR 2019
     plain      Σ_t Σ_i g_ti θ_ti                                Mozer & Smolensky, NeurIPS 1988
     grasp      -Σ_t Σ_i θ_ti (H g)_ti, H the loss Hessian      Wang et al., ICLR 2020 (T = 1)
-    synflow    Σ_t Σ_i |θ_ti ∂R/∂θ_ti|, R = Σ f(1) for the net with |θ| and one all-ones input, float64
+    synflow    Σ_t Σ_i |θ_ti ∂R/∂θ_ti|, R = Σ f(1) for the net with |θ| and one all-ones input, float64, eval mode
                                                                 Tanaka et al., NeurIPS 2020
     fisher     Σ_layers Σ_c ½ mean_b (Σ_n a_bnc ∂L/∂a_bnc)², a the output of every Linear/Conv layer,
                c its channel axis (last for Linear, 1 for Conv), n every other axis (tokens, pixels)
@@ -87,6 +87,14 @@ def _zico(group_grads, keep, device) -> torch.Tensor:
     return total if total is not None else torch.zeros((), dtype=torch.float64, device=device)
 
 
+def _corrcoef(x: torch.Tensor) -> torch.Tensor:
+    """Correlation of the rows of x (B, F), as np.corrcoef: NaN for a constant row. Written out
+    because torch.corrcoef checks its degrees of freedom with a host sync on CUDA."""
+    centred = x - x.mean(1, keepdim=True)  # (B, F)
+    norms = centred.norm(dim=1)  # (B,)
+    return (centred @ centred.T) / (norms[:, None] * norms[None, :])  # (B, B)
+
+
 def _jacob_cov(corr: np.ndarray) -> float:
     if not np.isfinite(corr).all():
         return float("nan")  # a constant jacobian row has no correlation (foresight returns NaN too)
@@ -117,8 +125,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks) -> Dict[
             weight_ids = {id(w) for w in layer_weights(model)}
             scalars["zico"] = _zico(dp.group_grads, [id(p) in weight_ids for p in grad_params], inputs.device)
         if "jacob_cov" in wanted:
-            B = dp.jacobian.shape[0]
-            matrices["jacob_cov"] = torch.corrcoef(dp.jacobian).reshape(B, B)  # 0-d when B = 1
+            matrices["jacob_cov"] = _corrcoef(dp.jacobian)  # (B, B)
         if "nwot" in wanted:
             matrices["nwot"] = dp.kernel  # (B, B)
     if "synflow" in wanted:
@@ -129,8 +136,10 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks) -> Dict[
     if "params" in wanted:
         host["params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
     if "flops" in wanted:
+        model.eval()  # one example: BatchNorm must use its running statistics
         with eager(), torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(inputs[:1])
+        model.train()
         host["flops"] = float(counter.get_total_flops())
 
     # -- the one host sync: every scalar and matrix in one transfer --
@@ -162,13 +171,15 @@ def score(
 
     One data pass (forward + backward, with hooks) serves grad_norm, snip, plain, fisher,
     jacob_cov, nwot and zico; synflow adds its own pass on |θ|, grasp a Hessian-gradient pass.
-    The model is scored in train mode (as foresight does) and left in the mode it came in; its
-    weights are never changed, and gradients come from ``torch.autograd.grad``, so existing
-    ``.grad`` values are neither read nor changed. The device syncs with the host once.
+    The model is scored in train mode (as foresight does) and left as it came in: every module's
+    train/eval flag and every buffer (BatchNorm statistics) are restored, and its weights are never
+    changed. Gradients come from ``torch.autograd.grad``, so existing ``.grad`` values are neither
+    read nor changed. The device syncs with the host once.
 
     ``mode`` changes grad_norm only (see the module docstring); ``params`` picks the counted
     tensors; ``chunks`` splits the batch to fit memory without changing the scores (up to
-    rounding), and on CUDA out-of-memory the split doubles automatically. ``loss_fn`` must average
+    rounding; except with layers that normalise with batch statistics, such as BatchNorm in train
+    mode), and on CUDA out-of-memory the split doubles automatically. ``loss_fn`` must average
     over examples. Returns ``{proxy: float}`` in the order asked.
     """
     names = check_proxies(proxies)
@@ -186,16 +197,30 @@ def score(
     counted = _counted(model, params)
     if not counted:
         raise ValueError(f"the model has no trainable parameters for params={params!r}")
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
+    buffers = {name: b.clone() for name, b in model.named_buffers()}  # BatchNorm statistics move in train mode
     model.train()
     try:
         while True:
             try:
-                return _run(model, inputs, targets, loss_fn, names, mode, counted, chunks)
+                with torch.enable_grad():
+                    return _run(model, inputs, targets, loss_fn, names, mode, counted, chunks)
             except torch.cuda.OutOfMemoryError:
                 if chunks >= B:
                     raise
+                _restore(model, modes, buffers)
+                model.train()
                 chunks = min(2 * chunks, B)
                 torch.cuda.empty_cache()
     finally:
-        model.train(was_training)
+        _restore(model, modes, buffers)
+
+
+def _restore(model: nn.Module, modes: Dict[nn.Module, bool], buffers: Dict[str, torch.Tensor]) -> None:
+    """Each module's train/eval flag and every buffer's value, as they were before scoring."""
+    for m, training in modes.items():
+        m.training = training
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name in buffers:
+                b.copy_(buffers[name])

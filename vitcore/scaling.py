@@ -101,8 +101,8 @@ def attention_fn(provider: str) -> Callable:
         return _attention.attention_ref
     if provider == "sdpa":
         return F.scaled_dot_product_attention
-    if provider == "vitcore":  # the fused kernel once it lands; the eager reference until then
-        return getattr(_attention, "flash_attention", _attention.attention_ref)
+    if provider == "vitcore":
+        return _attention.flash_attention
     raise ValueError(f"provider={provider!r}: expected one of {PROVIDERS}")
 
 
@@ -112,8 +112,6 @@ def provider_path(provider: str, device: str) -> str:
         return "attention_ref (matmul, softmax, matmul)"
     if provider == "sdpa":
         return "torch.nn.functional.scaled_dot_product_attention"
-    if not hasattr(_attention, "flash_attention"):
-        return "attention_ref (flash_attention has not landed yet)"
     if use_triton(torch.empty(0, device=device)):
         return "flash_attention (Triton kernel)"
     return "flash_attention -> attention_ref (eager fallback: no Triton on this device)"
