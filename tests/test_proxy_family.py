@@ -334,3 +334,19 @@ def test_correlation_matches_numpy_and_is_nan_for_a_constant_row():
     np.testing.assert_allclose(_corrcoef(x).numpy(), np.corrcoef(x.numpy()), rtol=1e-12, atol=1e-12)
     x[2] = 3.0
     assert torch.isnan(_corrcoef(x)[2]).all() and not torch.isnan(_corrcoef(x)[0, 1])
+
+
+@pytest.mark.parametrize("name", [p for p in PROXIES if p not in ("params", "flops")])
+def test_the_only_host_read_is_the_final_transfer(name, triton_off):
+    """On fake tensors (no data) the first operation that needs values stops the run: for every proxy
+    it must be the one transfer at the end of vitcore.score, so nothing before it syncs with the host."""
+    import traceback
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model, x, y = small_vit(), torch.randn(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    with pytest.raises(Exception) as info:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            vitcore.score(model, x, y, proxies=[name])
+    frame = [f for f in traceback.extract_tb(info.value.__traceback__) if f.filename.endswith("proxies.py")][-1]
+    assert "torch.cat(parts).cpu()" in frame.line, (frame.lineno, frame.line)
