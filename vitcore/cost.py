@@ -21,17 +21,9 @@ needs no gradient: its backward is the weight gradient alone (1x), so it costs 2
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from vitcore.model import ViTConfig
+from vitcore.model import ViTConfig, positive_int
 
 COMPONENTS = ("patch_embed", "msa_proj", "msa_core", "mlp", "head")
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}={value!r} must be an int")
-    if value <= 0:
-        raise ValueError(f"{name}={value} must be positive")
-    return value
 
 
 @dataclass(frozen=True)
@@ -53,8 +45,8 @@ def msa_macs(n: int, d: int, inner: Optional[int] = None) -> MSAMacs:
     4·n·d·E and the core 2·n²·E, i.e. 4N'D² + 2N'²D when E = D. The quadratic core overtakes the
     projections at n = 2·d. Softmax and scaling are not counted (see the module docstring).
     """
-    n, d = _positive_int("n", n), _positive_int("d", d)
-    e = d if inner is None else _positive_int("inner", inner)
+    n, d = positive_int("n", n), positive_int("d", d)
+    e = d if inner is None else positive_int("inner", inner)
     return MSAMacs(proj=4 * n * d * e, core=2 * n * n * e)
 
 
@@ -89,7 +81,7 @@ def vit_cost(config: ViTConfig, batch: int = 1) -> ViTCost:
     """MACs, FLOPs and parameters of ``ViT(config)`` on ``batch`` images (see the module docstring)."""
     if not isinstance(config, ViTConfig):
         raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
-    batch = _positive_int("batch", batch)
+    batch = positive_int("batch", batch)
     c = config
     D, N, P, pix = c.embed_dim, c.num_tokens, c.num_patches, c.in_chans * c.patch_size**2
     params = pix * D + D + D + N * D  # patch conv weight and bias, class token, positional embedding

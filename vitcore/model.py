@@ -15,6 +15,15 @@ from torch import nn
 from vitcore.ops.attention import attention_ref, flash_attention
 
 
+def positive_int(name: str, value) -> int:
+    """``value`` if it is a positive int; a TypeError or ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} must be an int")
+    if value <= 0:
+        raise ValueError(f"{name}={value} must be positive")
+    return value
+
+
 def _per_block(name: str, value, depth: int, kind: type) -> tuple:
     """One value or one per block -> a tuple of ``depth`` values, validated."""
     values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * depth
@@ -44,11 +53,7 @@ class ViTConfig:
 
     def __post_init__(self):
         for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name}={value!r} must be an int")
-            if value <= 0:
-                raise ValueError(f"{name}={value} must be positive")
+            positive_int(name, getattr(self, name))
         if self.patch_size > self.img_size:
             raise ValueError(f"patch_size={self.patch_size} is larger than img_size={self.img_size}")
         if self.img_size % self.patch_size:
