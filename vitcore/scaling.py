@@ -16,6 +16,9 @@ and dispatch time, however little work it holds (on a GPU, small calls wait on P
 Timing: one warm-up call (compiles and autotunes), then ``windows`` windows of back-to-back calls
 filling the time budget, each window closed by a device synchronisation; the time is the median of
 the windows' per-call means. The same code times CPU and GPU; launch overhead is part of the time.
+With ``graphs`` (CUDA only) each call is captured once into a CUDA graph and the windows replay it:
+the time is then the GPU's alone, without Python's dispatch and the launch path, which is what the
+MAC model describes where the host, not the SMs, sets the time (small bf16 blocks on an H100).
 """
 import datetime
 import json
@@ -47,7 +50,7 @@ PROVIDERS = ("eager", "sdpa", "vitcore")
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Default B·N' per call. On an H100 in bf16 a 16k-token MSA block is mostly below the launch floor
-# (bench/results/h100-2026-11-23-msa-scaling): pass --tokens 131072 to measure the SMs rather than the host.
+# (bench/results/h100-2026-11-23-msa-scaling): time CUDA-graph replays (graphs=True) to measure the SMs.
 TOKENS = {"cuda": 16384, "cpu": 1024}
 BUDGET_S = {"cuda": 0.01, "cpu": 0.05}  # default time per measurement, all windows together
 WINDOWS = {"cuda": 5, "cpu": 3}
@@ -65,6 +68,7 @@ class SweepConfig:
     budget_s: float = BUDGET_S["cuda"]  # per measurement
     windows: int = WINDOWS["cuda"]
     repeat: int = 1  # passes over the whole sweep; a measurement's time is the median of its passes
+    graphs: bool = False  # time CUDA-graph replays of each call (device time, no host launch cost)
 
     def validate(self) -> None:
         for name in ("ns", "ds"):
@@ -83,6 +87,8 @@ class SweepConfig:
             raise ValueError("device='cuda': no CUDA GPU is available")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device={self.device!r}: expected 'cpu' or 'cuda'")
+        if self.graphs and self.device != "cuda":
+            raise ValueError(f"graphs=True needs device='cuda' (CUDA graphs), not device={self.device!r}")
         for name in ("tokens", "budget_s", "windows", "repeat"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
@@ -210,6 +216,24 @@ def time_fn(fn: Callable, device: str, budget_s: float, windows: int) -> Tuple[L
     return times, reps
 
 
+def graphed(fn: Callable) -> Callable[[], None]:
+    """``fn`` captured once into a CUDA graph; the returned callable replays it.
+
+    Warm-up calls run first on the capture's side stream (Triton compiles and autotunes, cuBLAS and
+    the caching allocator set up there, as capture requires); outputs live in the graph's memory pool.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        fn()
+    return graph.replay
+
+
 def measure_ceiling(device: str, dtypes: Sequence[str], budget_s: float, windows: int) -> dict:
     """The device's measured peak: a large square matmul per dtype (TFLOP/s) and a large copy (GB/s).
 
@@ -317,7 +341,8 @@ def run_sweep(cfg: SweepConfig, out_dir: str, progress: bool = True, command: Op
             if "error" in row:
                 continue
             try:
-                times, reps = time_fn(case.fn(what, mode, provider), cfg.device, cfg.budget_s, cfg.windows)
+                fn = case.fn(what, mode, provider)
+                times, reps = time_fn(graphed(fn) if cfg.graphs else fn, cfg.device, cfg.budget_s, cfg.windows)
             except Exception as e:  # out of memory, a kernel that fails to build: record it, time the rest
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 if cfg.device == "cuda":

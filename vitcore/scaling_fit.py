@@ -76,6 +76,49 @@ def fit_floor(rows: List[dict]) -> dict:
     return out
 
 
+def replicates(row: dict) -> Tuple[str, List[float]]:
+    """A point's repeated measurements: its passes over the sweep when there are two or more
+    (``--repeat``; minutes apart, so slow drift of the host or the clocks shows), else its timing
+    windows (back to back: they show only short-term jitter)."""
+    passes = row.get("pass_times_s", [])
+    return ("passes", passes) if len(passes) >= 2 else ("windows", row.get("window_times_s", []))
+
+
+def noise_check(rows: List[dict], pred: Sequence[float], n_params: int) -> Optional[dict]:
+    """Is a model's miss more than the timer's own noise? The lack-of-fit F test on replicates.
+
+    On the scale the model was fitted on (each point's replicates and prediction divided by its
+    measured time): the pure error is the replicates' scatter around their point's mean, the lack of
+    fit the rest of the residual. F = (SS_lof / (P - n_params)) / (SS_pure / (n - P)) for P points and
+    n replicates; a small p (scipy.stats.f) says the model misses something the noise does not explain.
+    Also R² over the replicates and its ceiling 1 - SS_pure / SS_tot: what a model that passes through
+    every point's mean would reach given that noise. None without two replicates for every point.
+    """
+    from scipy import stats
+
+    kinds, reps = zip(*(replicates(r) for r in rows))
+    P, n = len(rows), sum(len(x) for x in reps)
+    if min(len(x) for x in reps) < 2 or P <= n_params:
+        return None
+    t = np.array([r["time_s"] for r in rows])
+    ss_pure = ss_res = 0.0
+    for x, ti, pi in zip(reps, t, pred):
+        x = np.asarray(x) / ti  # (k,) relative to the point's time
+        ss_pure += float(np.sum((x - x.mean()) ** 2))
+        ss_res += float(np.sum((x - pi / ti) ** 2))
+    ss_lof = max(ss_res - ss_pure, 0.0)
+    f_stat = (ss_lof / (P - n_params)) / (ss_pure / (n - P)) if ss_pure > 0 else float("inf")
+    flat = np.concatenate([np.asarray(x) for x in reps])  # every replicate, in seconds
+    pred_flat = np.repeat(np.asarray(pred, dtype=float), [len(x) for x in reps])
+    ss_tot = float(np.sum((flat - flat.mean()) ** 2))
+    point_mean = np.repeat([np.mean(x) for x in reps], [len(x) for x in reps])
+    return {"replicates": kinds[0] if len(set(kinds)) == 1 else "mixed", "per_point": n / P,
+            "median_rel_spread": float(np.median([(max(x) - min(x)) / np.median(x) for x in reps])),
+            "r2": 1 - float(np.sum((flat - pred_flat) ** 2)) / ss_tot,
+            "r2_ceiling": 1 - float(np.sum((flat - point_mean) ** 2)) / ss_tot,
+            "f": f_stat, "p": float(stats.f.sf(f_stat, P - n_params, n - P)) if ss_pure > 0 else 0.0}
+
+
 def crossover(ns: Sequence[int], t_proj: Sequence[float], t_core: Sequence[float]) -> Optional[float]:
     """The N' where the core's time reaches the projections' (log-log interpolation), or None."""
     order = np.argsort(ns)
@@ -107,6 +150,8 @@ def analyse(results: dict) -> dict:
                 if len(rows) < MIN_POINTS + 1:
                     continue
                 base, floor = fit(rows), fit_floor(rows)
+                base["noise"] = noise_check(rows, base["pred_s"], n_params=3)
+                floor["noise"] = noise_check(rows, floor["pred_s"], n_params=4)
                 a, b = base["coef"]["proj"], base["coef"]["core"]
                 core_rows = select(timings, dtype=dt, mode=mode, what="core", provider=p)
                 cross = {}

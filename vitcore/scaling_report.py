@@ -42,7 +42,9 @@ def _header(results: dict) -> List[str]:
         f"batch B = max(1, {cfg['tokens']} // N'); dtypes {', '.join(cfg['dtypes'])}; "
         f"modes {', '.join(cfg['modes'])}",
         f"- timer: median of {cfg['windows']} windows of back-to-back calls, about {1e3 * cfg['budget_s']:g} ms "
-        "per measurement, each window closed by a device sync (launch overhead included)"
+        "per measurement, each window closed by a device sync "
+        + ("(each call replayed from a CUDA graph: GPU time, no host launch cost)" if cfg.get("graphs")
+           else "(launch overhead included)")
         + (f"; the sweep ran {cfg['repeat']} times, each time the median of its passes" if cfg.get("repeat", 1) > 1
            else ""),
         "- providers (the attention core inside the same MSA block, same inputs, same timer):",
@@ -88,6 +90,34 @@ def _fit_table(fits: List[dict]) -> List[str]:
             f"| {100 * fl['median_abs_rel_err']:.1f}% | {fl['on_floor']}/{n_pts} | {above} ({fl['above_2h']}) "
             f"| {f['peak_tflops']:.3g} ({100 * f['peak_fraction']:.0f}%) "
             f"at ({f['peak_at']['n']}, {f['peak_at']['d']}) |"
+        )
+    return lines + [""]
+
+
+def _noise_table(fits: List[dict]) -> List[str]:
+    """The lack-of-fit test of each fit (``vitcore.scaling_fit.noise_check``)."""
+    lines = [
+        "## Is the miss the timer's noise?",
+        "",
+        "Each point was measured more than once: *passes* are its measurements in the repeated sweeps "
+        "(`--repeat`, minutes apart: they catch slow drift of the host or the clocks), *windows* its back-to-back "
+        "timing windows (they catch short-term jitter only, so a test on windows calls slow drift a miss). "
+        "*Ceiling*: the R² over the replicates of a model that passes through every point's mean — the most "
+        "any model can reach given this noise. *F*, *p*: the lack-of-fit test on the fit's relative scale; "
+        "p < 0.01 says the model misses more than the noise between replicates explains.",
+        "",
+        "| dtype | mode | provider | replicates per point | median spread | R² over replicates | ceiling "
+        "| F (p) | floor model: R², F (p) |",
+        "|" + "---|" * 9,
+    ]
+    for f in fits:
+        b, fl = f["base"]["noise"], f["floor"]["noise"]
+        if b is None:
+            continue
+        lines.append(
+            f"| {f['dtype']} | {f['mode']} | {f['provider']} | {b['per_point']:.3g} {b['replicates']} "
+            f"| {100 * b['median_rel_spread']:.1f}% | {b['r2']:.4f} | {b['r2_ceiling']:.4f} | {b['f']:.3g} ({b['p']:.2g}) "
+            f"| {fl['r2']:.4f}, {fl['f']:.3g} ({fl['p']:.2g}) |"
         )
     return lines + [""]
 
@@ -241,7 +271,8 @@ def write_report(results: dict, out_dir: str, plots: bool = True) -> str:
         lines += [f"**{len(failed)} measurements failed** (left out of the fits):", ""]
         lines += [f"- {r['dtype']} {r['mode']} {r['what']} {r['provider'] or ''} N'={r['n']} D={r['d']}: "
                   f"{r['error']}" for r in failed[:20]] + [""]
-    lines += _fit_table(fits) + _crossover_table(fits, cfg["ds"]) + _residual_tables(results, fits)
+    lines += (_fit_table(fits) + _noise_table(fits) + _crossover_table(fits, cfg["ds"])
+              + _residual_tables(results, fits))
     pngs = []
     for dt in cfg["dtypes"]:
         scaling_png, share_png = (os.path.join(out_dir, f"{kind}-{dt}.png") for kind in ("scaling", "share"))
@@ -288,6 +319,8 @@ def add_arguments(p) -> None:
     p.add_argument("--repeat", type=int, default=1,
                    help="passes over the whole sweep, median taken per measurement (for a shared, noisy host)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--graphs", action="store_true",
+                   help="CUDA only: time replays of each call captured in a CUDA graph (GPU time, no launch cost)")
     p.add_argument("--no-plots", action="store_true", help="write report.md and results.json only")
     p.add_argument("--report-only", action="store_true",
                    help="re-analyse --out's results.json (a finished or interrupted run) and rewrite the report")
@@ -335,7 +368,7 @@ def run_bench(args) -> int:
         dtypes=_names(args.dtype) if args.dtype else (("bf16", "fp32") if device == "cuda" else ("fp32",)),
         device=device, tokens=args.tokens or TOKENS[device],
         budget_s=args.budget_ms / 1e3 if args.budget_ms else BUDGET_S[device],
-        windows=args.windows or WINDOWS[device], repeat=args.repeat,
+        windows=args.windows or WINDOWS[device], repeat=args.repeat, graphs=args.graphs,
     )
     cfg.validate()
     date = datetime.date.today().isoformat()
