@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from vitcore.scaling import (
     MODES, PROVIDERS, MSACase, SweepConfig, attention_fn, graphed, msa_forward, run_sweep, time_fn,
 )
 from vitcore.scaling_fit import crossover, fit, fit_floor, noise_check
+from vitcore.scaling_report import _free_folder
 
 from conftest import requires_cuda
 
@@ -104,6 +106,18 @@ def test_repeated_sweep_keeps_every_pass_and_takes_the_median(tmp_path):
         assert len(r["pass_times_s"]) == 3 and len(r["window_times_s"]) == 6
         assert r["time_s"] == pytest.approx(sorted(r["pass_times_s"])[1], rel=1e-4)
     assert json.loads((tmp_path / "results.json").read_text())["timings"] == results["timings"]
+    with pytest.raises(ValueError, match="already holds a run"):  # a finished run is never overwritten
+        run_sweep(cfg, str(tmp_path), progress=False)
+    assert json.loads((tmp_path / "results.json").read_text())["timings"] == results["timings"]
+
+
+def test_default_report_folder_skips_folders_holding_a_run(tmp_path):
+    base = str(tmp_path / "cpu-date-msa-scaling")
+    assert _free_folder(base) == base
+    for folder in (base, base + "-2"):
+        os.makedirs(folder)
+        open(os.path.join(folder, "results.json"), "w").close()
+    assert _free_folder(base) == base + "-3"
 
 
 def test_sweep_config_rejects_bad_values_naming_them():
@@ -163,7 +177,8 @@ def test_bench_cli_writes_report_json_and_plots(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [(["--d", "100"], "D=100"), (["--n", "16,x"], "16,x"),
-                                            (["--modes", "bwd"], "bwd")])
+                                            (["--modes", "bwd"], "bwd"), (["--tokens", "0"], "tokens=0"),
+                                            (["--windows", "0"], "windows=0"), (["--budget-ms", "0"], "budget_s=0")])
 def test_bench_cli_errors_exit_2_with_the_bad_value(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--quick", "--out", str(tmp_path)] + extra)

@@ -318,8 +318,11 @@ def run_sweep(cfg: SweepConfig, out_dir: str, progress: bool = True, command: Op
     median of its passes: a burst of other work on a shared host then spoils one pass, not the point.
     """
     cfg.validate()
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
+    if os.path.exists(path):
+        raise ValueError(f"{path!r} already holds a run: choose another folder (re-analyse that one with "
+                         "`vitcore bench --report-only`)")
+    os.makedirs(out_dir, exist_ok=True)
     results = {"meta": environment(cfg.device, command), "sweep": asdict(cfg), "head_dim": HEAD_DIM,
                "ceiling": None, "timings": [], "complete": False}
     results["ceiling"] = measure_ceiling(cfg.device, cfg.dtypes, cfg.budget_s, cfg.windows)

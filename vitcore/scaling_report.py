@@ -305,7 +305,8 @@ def _names(text: str) -> Tuple[str, ...]:
 
 def add_arguments(p) -> None:
     """The ``vitcore bench`` options, added to an argparse (sub)parser."""
-    p.add_argument("--out", help="report folder (default bench/results/<device>-<date>-msa-scaling)")
+    p.add_argument("--out", help="report folder, which must hold no run yet (default "
+                   "bench/results/<device>-<date>-msa-scaling, then -2, -3, ... if that one does)")
     p.add_argument("--quick", action="store_true", help=f"CPU-sized sweep: N' {QUICK_N}, D {QUICK_D}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", help="comma-separated fp32,bf16,fp16 (default bf16,fp32 on CUDA, fp32 on CPU)")
@@ -342,6 +343,15 @@ def _command(args) -> str:
     return " ".join(words)
 
 
+def _free_folder(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``, ... : the first that holds no run yet (never overwrite a report)."""
+    path, k = base, 1
+    while os.path.exists(os.path.join(path, "results.json")):
+        k += 1
+        path = f"{base}-{k}"
+    return path
+
+
 def run_bench(args) -> int:
     """``vitcore bench``: run the sweep, fit, write results.json, report.md and the plots."""
     if args.report_only:
@@ -366,13 +376,13 @@ def run_bench(args) -> int:
         ds=_ints(args.d) if args.d else (QUICK_D if args.quick else SWEEP_D),
         providers=_names(args.providers), modes=_names(args.modes),
         dtypes=_names(args.dtype) if args.dtype else (("bf16", "fp32") if device == "cuda" else ("fp32",)),
-        device=device, tokens=args.tokens or TOKENS[device],
-        budget_s=args.budget_ms / 1e3 if args.budget_ms else BUDGET_S[device],
-        windows=args.windows or WINDOWS[device], repeat=args.repeat, graphs=args.graphs,
+        device=device, tokens=TOKENS[device] if args.tokens is None else args.tokens,
+        budget_s=BUDGET_S[device] if args.budget_ms is None else args.budget_ms / 1e3,
+        windows=WINDOWS[device] if args.windows is None else args.windows, repeat=args.repeat, graphs=args.graphs,
     )
     cfg.validate()
-    date = datetime.date.today().isoformat()
-    out = args.out or os.path.join("bench", "results", f"{_device_tag(device)}-{date}-msa-scaling")
+    out = args.out or _free_folder(os.path.join(
+        "bench", "results", f"{_device_tag(device)}-{datetime.date.today().isoformat()}-msa-scaling"))
     results = run_sweep(cfg, out, command=_command(args))
     report = write_report(results, out, plots=not args.no_plots)
     for f in results["analysis"]["fits"]:
