@@ -1,13 +1,14 @@
 import csv
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from vitcore.cli import main
-from vitcore.ranking import kendall_tau, rank_quality, spearman_rho, top_k_overlap
+from vitcore.ranking import kendall_tau, kendall_test, rank_quality, spearman_rho, top_k_overlap
 from vitcore.space import SPACES, sample
 
 
@@ -16,6 +17,25 @@ def test_against_scipy_on_random_data():
     s, t = rng.random(37), rng.random(37)
     assert kendall_tau(s, t) == pytest.approx(stats.kendalltau(s, t).statistic, abs=1e-12)
     assert spearman_rho(s, t) == pytest.approx(stats.spearmanr(s, t).statistic, abs=1e-12)
+
+
+def test_kendall_p_value_and_bootstrap_interval():
+    rng = np.random.default_rng(3)
+    truth = rng.random(50)
+    related, unrelated = truth + 0.3 * rng.random(50), rng.random(50)
+    for s in (related, unrelated):
+        p, (lo, hi) = kendall_test(s, truth)
+        assert p == pytest.approx(stats.kendalltau(s, truth).pvalue, rel=1e-12)
+        assert -1 <= lo < kendall_tau(s, truth) < hi <= 1
+        assert kendall_test(s, truth) == (p, (lo, hi))  # fixed seed: reproducible
+    assert kendall_test(related, truth)[0] < 1e-6 and kendall_test(related, truth)[1][0] > 0.3
+    p, (lo, hi) = kendall_test(unrelated, truth)
+    assert p > 0.05 and lo < 0 < hi
+    assert kendall_test(truth * 2, truth)[1] == pytest.approx((1.0, 1.0))  # perfect in every resample
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny = rank_quality([1.0, 2.0, 3.0, 4.0], [0.1, 0.2, 0.3, 0.4])
+    assert tiny.kendall_tau == 1.0 and all(math.isnan(x) for x in tiny.kendall_ci)  # degenerate resamples
 
 
 def test_known_values():
@@ -61,7 +81,7 @@ def test_evaluate_cli_table_and_plots(tmp_path, capsys):
     capsys.readouterr()
     main(["evaluate", "--scores", str(scores), "--truth", str(truth), "--out", str(tmp_path / "ev")])
     table = capsys.readouterr().out
-    assert "| params | 1.000 | 1.000 | 1.00 | 8 | 0 |" in table
+    assert "| params | 1.000 | [1.00, 1.00] | " in table and "| 1.000 | 1.00 | 8 | 0 |" in table
     assert "| grad_norm |" in table and "| synflow |" in table
     assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
         "evaluation.md", "scatter-grad_norm.png", "scatter-params.png", "scatter-synflow.png"]

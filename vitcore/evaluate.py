@@ -4,7 +4,7 @@ import math
 import os
 from typing import Dict, List
 
-from vitcore.ranking import RankQuality, rank_quality
+from vitcore.ranking import CI_LEVEL, RankQuality, rank_quality
 
 # The built-in ground truth (bench/ground_truth.py): the 50 default `small` architectures on digits.
 DEFAULT_TRUTH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -43,9 +43,12 @@ def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float =
 
 def format_table(results: Dict[str, RankQuality]) -> str:
     k = next(iter(results.values())).top_k if results else 0
-    lines = [f"| proxy | Kendall τ | Spearman ρ | top-{k} overlap | n | NaN |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"| proxy | Kendall τ | τ {CI_LEVEL:.0%} CI | p (τ = 0) | Spearman ρ | top-{k} overlap | n | NaN |",
+             "| --- | ---: | :---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, q in results.items():
-        lines.append(f"| {name} | {q.kendall_tau:.3f} | {q.spearman_rho:.3f} | {q.top_overlap:.2f} | {q.n} | {q.n_nan} |")
+        lo, hi = q.kendall_ci
+        lines.append(f"| {name} | {q.kendall_tau:.3f} | [{lo:.2f}, {hi:.2f}] | {q.kendall_p:.2g} | {q.spearman_rho:.3f} "
+                     f"| {q.top_overlap:.2f} | {q.n} | {q.n_nan} |")
     return "\n".join(lines)
 
 

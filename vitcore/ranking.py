@@ -2,18 +2,30 @@
 
 A NaN score (a proxy that failed on an architecture) is ranked below every real score, tied with
 the other NaNs, and counted in the result, so a proxy cannot look better by failing.
+
+With a few dozen architectures τ is uncertain by about ±0.1, so Kendall's τ comes with its p-value
+(scipy's test of τ = 0) and a bootstrap confidence interval over the architectures (scipy.stats.bootstrap,
+percentile method, fixed seed): two proxies whose intervals overlap widely are not shown apart.
 """
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 from scipy import stats
 
 
+CI_LEVEL = 0.95  # confidence of the bootstrap interval of τ
+CI_RESAMPLES = 2000  # bootstrap resamples of the architectures
+CI_SEED = 0  # fixed: the same scores always give the same interval
+
+
 @dataclass(frozen=True)
 class RankQuality:
     kendall_tau: float
+    kendall_p: float  # two-sided p-value of τ = 0 (scipy.stats.kendalltau)
+    kendall_ci: Tuple[float, float]  # CI_LEVEL bootstrap interval of τ over the architectures
     spearman_rho: float
     top_overlap: float  # share of the truly best k that the proxy also puts in its top k
     top_k: int
@@ -39,6 +51,23 @@ def kendall_tau(scores: Sequence[float], truth: Sequence[float]) -> float:
     return float(stats.kendalltau(stats.rankdata(s), t).statistic)
 
 
+def kendall_test(scores: Sequence[float], truth: Sequence[float]) -> Tuple[float, Tuple[float, float]]:
+    """(p-value of τ = 0, bootstrap CI of τ), NaN scores ranked last.
+
+    The interval resamples architectures (score and accuracy together) CI_RESAMPLES times; it is NaN
+    when resamples are degenerate (too few architectures to vary, e.g. all of one value).
+    """
+    s, t = _scores(scores, truth)
+    r = stats.rankdata(s)
+    p = float(stats.kendalltau(r, t).pvalue)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # the NaN interval says it
+        boot = stats.bootstrap((r, t), lambda a, b: stats.kendalltau(a, b).statistic, paired=True,
+                               vectorized=False, n_resamples=CI_RESAMPLES, confidence_level=CI_LEVEL,
+                               method="percentile", random_state=CI_SEED)
+    return p, (float(boot.confidence_interval.low), float(boot.confidence_interval.high))
+
+
 def spearman_rho(scores: Sequence[float], truth: Sequence[float]) -> float:
     """Spearman's ρ (scipy.stats.spearmanr), NaN scores ranked last."""
     s, t = _scores(scores, truth)
@@ -60,8 +89,11 @@ def rank_quality(scores: Sequence[float], truth: Sequence[float], top_fraction: 
         raise ValueError(f"top_fraction={top_fraction} must be in (0, 1]")
     s = np.asarray(scores, dtype=np.float64)
     k = max(1, math.ceil(top_fraction * len(s) - 1e-9))  # 0.1 · 30 is 3.0000000000000004 in floats
+    p, ci = kendall_test(scores, truth)
     return RankQuality(
         kendall_tau=kendall_tau(scores, truth),
+        kendall_p=p,
+        kendall_ci=ci,
         spearman_rho=spearman_rho(scores, truth),
         top_overlap=top_k_overlap(scores, truth, k),
         top_k=k,
