@@ -23,13 +23,14 @@ def test_kendall_p_value_and_bootstrap_interval():
     rng = np.random.default_rng(3)
     truth = rng.random(50)
     related, unrelated = truth + 0.3 * rng.random(50), rng.random(50)
-    for s in (related, unrelated):
-        p, (lo, hi) = kendall_test(s, truth)
+    results = {}
+    for name, s in (("related", related), ("unrelated", unrelated)):
+        p, (lo, hi) = results[name] = kendall_test(s, truth)
         assert p == pytest.approx(stats.kendalltau(s, truth).pvalue, rel=1e-12)
         assert -1 <= lo < kendall_tau(s, truth) < hi <= 1
-        assert kendall_test(s, truth) == (p, (lo, hi))  # fixed seed: reproducible
-    assert kendall_test(related, truth)[0] < 1e-6 and kendall_test(related, truth)[1][0] > 0.3
-    p, (lo, hi) = kendall_test(unrelated, truth)
+    assert kendall_test(unrelated, truth) == results["unrelated"]  # fixed seed: reproducible
+    assert results["related"][0] < 1e-6 and results["related"][1][0] > 0.3
+    p, (lo, hi) = results["unrelated"]
     assert p > 0.05 and lo < 0 < hi
     assert kendall_test(truth * 2, truth)[1] == pytest.approx((1.0, 1.0))  # perfect in every resample
     with warnings.catch_warnings():
