@@ -168,7 +168,8 @@ def test_bench_cli_writes_report_json_and_plots(tmp_path, capsys):
     assert all(r["time_s"] > 0 and len(r["window_times_s"]) == 3 for r in results["timings"])
     assert len(results["analysis"]["fits"]) == len(PROVIDERS)
     report = (out / "report.md").read_text()
-    for heading in ("## The fit", "## Is the miss the timer's noise?", "## Crossover", "## Where the MAC model misses", "scaling-fp32.png"):
+    for heading in ("## The fit", "## Is the miss the timer's noise?", "## Crossover", "## Where the MAC model misses",
+                    "scaling-fp32.png"):
         assert heading in report
     assert (out / "scaling-fp32.png").stat().st_size > 0 and (out / "share-fp32.png").stat().st_size > 0
     (out / "report.md").unlink()

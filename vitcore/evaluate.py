@@ -47,8 +47,8 @@ def format_table(results: Dict[str, RankQuality]) -> str:
              "| --- | ---: | :---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, q in results.items():
         lo, hi = q.kendall_ci
-        lines.append(f"| {name} | {q.kendall_tau:.3f} | [{lo:.2f}, {hi:.2f}] | {q.kendall_p:.2g} | {q.spearman_rho:.3f} "
-                     f"| {q.top_overlap:.2f} | {q.n} | {q.n_nan} |")
+        lines.append(f"| {name} | {q.kendall_tau:.3f} | [{lo:.2f}, {hi:.2f}] | {q.kendall_p:.2g} "
+                     f"| {q.spearman_rho:.3f} | {q.top_overlap:.2f} | {q.n} | {q.n_nan} |")
     return "\n".join(lines)
 
 

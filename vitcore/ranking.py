@@ -3,7 +3,7 @@
 A NaN score (a proxy that failed on an architecture) is ranked below every real score, tied with
 the other NaNs, and counted in the result, so a proxy cannot look better by failing.
 
-With a few dozen architectures τ is uncertain by about ±0.1, so Kendall's τ comes with its p-value
+With a few dozen architectures τ is uncertain by about ±0.2, so Kendall's τ comes with its p-value
 (scipy's test of τ = 0) and a bootstrap confidence interval over the architectures (scipy.stats.bootstrap,
 percentile method, fixed seed): two proxies whose intervals overlap widely are not shown apart.
 """

@@ -95,7 +95,10 @@ def _fit_table(fits: List[dict]) -> List[str]:
 
 
 def _noise_table(fits: List[dict]) -> List[str]:
-    """The lack-of-fit test of each fit (``vitcore.scaling_fit.noise_check``)."""
+    """The lack-of-fit test of each fit (``vitcore.scaling_fit.noise_check``); none without replicates."""
+    tested = [f for f in fits if f["base"]["noise"] is not None]
+    if not tested:
+        return []
     lines = [
         "## Is the miss the timer's noise?",
         "",
@@ -110,14 +113,12 @@ def _noise_table(fits: List[dict]) -> List[str]:
         "| F (p) | floor model: R², F (p) |",
         "|" + "---|" * 9,
     ]
-    for f in fits:
+    for f in tested:
         b, fl = f["base"]["noise"], f["floor"]["noise"]
-        if b is None:
-            continue
         lines.append(
             f"| {f['dtype']} | {f['mode']} | {f['provider']} | {b['per_point']:.3g} {b['replicates']} "
-            f"| {100 * b['median_rel_spread']:.1f}% | {b['r2']:.4f} | {b['r2_ceiling']:.4f} | {b['f']:.3g} ({b['p']:.2g}) "
-            f"| {fl['r2']:.4f}, {fl['f']:.3g} ({fl['p']:.2g}) |"
+            f"| {100 * b['median_rel_spread']:.1f}% | {b['r2']:.4f} | {b['r2_ceiling']:.4f} "
+            f"| {b['f']:.3g} ({b['p']:.2g}) | {fl['r2']:.4f}, {fl['f']:.3g} ({fl['p']:.2g}) |"
         )
     return lines + [""]
 
