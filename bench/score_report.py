@@ -6,7 +6,8 @@ process, interleaved per architecture:
            the parameters with ``.item()`` per tensor (grad_norm and snip, as foresight's loop does);
 - vitcore: ``vitcore.score`` with flash attention and the fused per-parameter reduction.
 Model construction is not timed; each timing ends with a device synchronisation. The full family
-is also timed per pass (data pass set, synflow, grasp, all together).
+is also timed per pass (data pass set, synflow, grasp, all together). The JSON is rewritten after
+every architecture ("complete": false until the end), so a run cut off loses nothing it measured.
 
     python bench/score_report.py --out bench/results/h100-2026-11-23-score             # ImageNet preset
     python bench/score_report.py --device cpu --space small --out bench/results/cpu-2026-11-23-score
@@ -80,7 +81,21 @@ def main():
     shape = (args.batch_size, space.in_chans, space.img_size, space.img_size)
     x = torch.randn(shape, device=device, generator=gen)
     y = torch.randint(0, space.num_classes, (args.batch_size,), device=device, generator=gen)
+    meta = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda"
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+        "date": str(datetime.date.today()),
+        "torch": torch.__version__, "triton": __import__("triton").__version__,
+        "python": platform.python_version(), "command": "python " + " ".join(sys.argv),
+        "batch_size": args.batch_size, "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
     rows = []
+
+    def save(complete):
+        with open(args.out + ".json.tmp", "w") as f:
+            json.dump({"meta": meta, "complete": complete, "rows": rows}, f, indent=1)
+        os.replace(args.out + ".json.tmp", args.out + ".json")
+
     for i, arch in enumerate(archs):
         torch.manual_seed(i)
         model = ViT(arch.config(space.img_size, space.in_chans, space.num_classes), fused=True).to(device)
@@ -100,19 +115,11 @@ def main():
             row["sets_s"] = {name: timed(lambda: vitcore.score(model, x, y, proxies=names), device)[0]
                              for name, names in SETS.items()}
         rows.append(row)
+        save(complete=False)
         print(f"[{i + 1}/{len(archs)}] {arch.id} vitcore {row['vitcore_s'] * 1e3:.1f} ms "
               f"loop {row['loop_s'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
         del model
-    meta = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda"
-        else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
-        "date": str(datetime.date.today()),
-        "torch": torch.__version__, "triton": __import__("triton").__version__,
-        "python": platform.python_version(), "command": "python " + " ".join(sys.argv),
-        "batch_size": args.batch_size, "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
-    with open(args.out + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    save(complete=True)
     paths = ("flash attention, fused reduction" if device.type == "cuda"
              else "on a CPU: the eager attention and reduction")
     total_v = sum(r["vitcore_s"] for r in rows)
