@@ -34,6 +34,8 @@ import time
 
 import torch
 
+from vitcore.scaling import graphed
+
 # (embed dim, depth) of the ViT/16 models at 224 px; heads do not change parameter shapes
 VIT = {"ViT-Ti": (192, 12), "ViT-S": (384, 12), "ViT-B": (768, 12), "ViT-L": (1024, 24)}
 
@@ -146,17 +148,8 @@ def time_stream(fn):
 
 
 def time_graph(fn):
-    import triton
-
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):  # warm up (plans, compiles, foreach buffers) off the capture
-        for _ in range(3):
-            fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):  # the stream whose workspaces were warmed up
-        fn()
-    return triton.testing.do_bench(graph.replay, warmup=5, rep=25, return_mode="median")
+    # graphed warms up (plans, compiles, foreach buffers) on the stream it then captures on
+    return time_stream(graphed(fn))
 
 
 def copy_bandwidth():
