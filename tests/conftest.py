@@ -11,7 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from vitcore.ops.dispatch import triton_available  # noqa: E402
+from vitcore.ops.dispatch import interpreter_problem, triton_available  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -24,6 +24,8 @@ def triton_on(monkeypatch):
     """Run vitcore ops through their Triton kernels (interpreted on CPU)."""
     if not triton_available():
         pytest.skip("triton is not installed")
+    if DEVICE == "cpu" and interpreter_problem():
+        pytest.fail(interpreter_problem())
     monkeypatch.setenv("VITCORE_TRITON", "1")
 
 

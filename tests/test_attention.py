@@ -93,7 +93,7 @@ def test_contiguous_and_transposed_inputs(triton_on):
 
 
 @requires_triton
-def test_poisoned_outputs_are_overwritten(monkeypatch):
+def test_poisoned_outputs_are_overwritten(triton_on, monkeypatch):
     """Every element of O, dQ, dK and dV is written: they start as NaN."""
     from vitcore.kernels import attention as _kernels
 
@@ -102,7 +102,6 @@ def test_poisoned_outputs_are_overwritten(monkeypatch):
         return torch.full((B, N, H, d), float("nan"), device=x.device, dtype=x.dtype).transpose(1, 2)
 
     monkeypatch.setattr(_kernels, "_bhnd_like", nan_bhnd_like)
-    monkeypatch.setenv("VITCORE_TRITON", "1")
     q, k, v = _packed_qkv(2, 2, 100, 80, torch.float32, seed=11)
     out, grads = _assert_close_to_ref(q, k, v, 5e-5)
     for t in (out, *grads):
@@ -110,7 +109,7 @@ def test_poisoned_outputs_are_overwritten(monkeypatch):
 
 
 @requires_triton
-def test_launcher_writes_into_given_output():
+def test_launcher_writes_into_given_output(triton_on):
     from vitcore.kernels import attention as _kernels
 
     q, k, v = _packed_qkv(1, 2, 33, 16, torch.float32, seed=5)

@@ -247,9 +247,8 @@ def test_eager_keeps_float64(triton_off):
     torch.testing.assert_close(out.double(), param_stats_ref(params, grads), rtol=1.2e-7, atol=0)
 
 
-def test_fused_and_eager_agree(monkeypatch):
+def test_fused_and_eager_agree(triton_on, monkeypatch):
     params, grads = _pairs(SIZES, torch.float16, torch.float32, seed=6)
-    monkeypatch.setenv("VITCORE_TRITON", "1")
     fused = param_stats(params, grads)
     monkeypatch.setenv("VITCORE_TRITON", "0")
     eager = param_stats(params, grads)

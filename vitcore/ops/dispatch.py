@@ -14,6 +14,8 @@ import contextvars
 import functools
 import importlib.util
 import os
+from importlib import metadata
+from typing import Optional
 
 import torch
 
@@ -41,6 +43,28 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _release(version: str) -> tuple:
+    """(major, minor) of a version string such as '3.6.0' or '2.4.0rc1'."""
+    major, minor = version.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_problem() -> Optional[str]:
+    """Why Triton's interpreter cannot run vitcore's kernels with the installed versions, or None.
+
+    Triton 3.6's interpreter evaluates a loop bound held in a tensor with ``int()`` of a
+    one-element array, which NumPy 2.4 made an error (Triton 3.7 squeezes the array first), so
+    every kernel with a runtime loop bound fails there. Checked with the installed metadata, without
+    importing either package.
+    """
+    triton_version, numpy_version = metadata.version("triton"), metadata.version("numpy")
+    if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter fails with NumPy {numpy_version}: install "
+                "'numpy<2.4' or 'triton>=3.7' to run the kernels on CPU")
+    return None
+
+
 def use_triton(tensor: torch.Tensor) -> bool:
     """Whether ops on ``tensor`` run their Triton kernel (True) or eager reference (False)."""
     setting = os.environ.get(_ENV, "")
@@ -55,5 +79,7 @@ def use_triton(tensor: torch.Tensor) -> bool:
             raise RuntimeError(
                 f"{_ENV}=1 on a CPU tensor needs TRITON_INTERPRET=1 set before Triton is imported"
             )
+        if tensor.device.type == "cpu" and interpreter_problem():
+            raise RuntimeError(interpreter_problem())
         return True
     return tensor.device.type == "cuda" and triton_available()

@@ -1,0 +1,49 @@
+"""The Triton-or-eager switch: its settings, its errors, the interpreter's version check."""
+import pytest
+import torch
+
+from vitcore.ops import dispatch
+
+
+@pytest.mark.parametrize("setting, expected", [("0", False), ("", False)])
+def test_settings_that_mean_eager_on_cpu(monkeypatch, setting, expected):
+    monkeypatch.setenv("VITCORE_TRITON", setting)
+    assert dispatch.use_triton(torch.zeros(1)) is expected
+
+
+def test_eager_context_wins_over_the_setting(triton_on):
+    x = torch.zeros(1)
+    assert dispatch.use_triton(x)
+    with dispatch.eager():
+        assert not dispatch.use_triton(x)
+    assert dispatch.use_triton(x)
+
+
+@pytest.mark.parametrize("setting", ["yes", "2", "true"])
+def test_bad_setting_is_named(monkeypatch, setting):
+    monkeypatch.setenv("VITCORE_TRITON", setting)
+    with pytest.raises(ValueError, match=repr(setting)):
+        dispatch.use_triton(torch.zeros(1))
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, broken", [
+    ("3.6.0", "2.4.1", True),
+    ("3.5.1", "2.5.0rc1", True),
+    ("3.6.0", "2.3.5", False),
+    ("3.7.1", "2.4.1", False),
+    ("3.9.0", "2.4.6", False),
+    ("4.0.0", "1.26.4", False),
+])
+def test_interpreter_version_check(monkeypatch, triton_version, numpy_version, broken):
+    """Triton < 3.7's interpreter fails on NumPy >= 2.4; the check names both versions."""
+    versions = {"triton": triton_version, "numpy": numpy_version}
+    monkeypatch.setattr(dispatch.metadata, "version", versions.__getitem__)
+    dispatch.interpreter_problem.cache_clear()
+    try:
+        problem = dispatch.interpreter_problem()
+    finally:
+        dispatch.interpreter_problem.cache_clear()
+    if broken:
+        assert triton_version in problem and numpy_version in problem
+    else:
+        assert problem is None
