@@ -82,6 +82,13 @@ def _load_f32(addr, code, offs, mask):
 
 
 @triton.jit
+def _accumulate(acc_gg, acc_agw, acc_gw, acc_ww, g, w):
+    """The four running sums after adding fp32 blocks g and θ elementwise."""
+    gw = g * w
+    return acc_gg + g * g, acc_agw + tl.abs(gw), acc_gw + gw, acc_ww + w * w
+
+
+@triton.jit
 def _contiguous_sums(G, W, start, length, BLOCK: tl.constexpr):
     """Σg², Σ|g·θ|, Σg·θ, Σθ² over elements [start, start + length) of contiguous typed pointers
     G, W, hinted 16-byte aligned by the caller (a hint on an argument here would be lost); full
@@ -96,21 +103,13 @@ def _contiguous_sums(G, W, start, length, BLOCK: tl.constexpr):
         offs = tl.max_contiguous(tl.multiple_of(start + i + tl.arange(0, BLOCK), BLOCK), BLOCK)
         g = tl.load(G + offs).to(tl.float32)
         w = tl.load(W + offs).to(tl.float32)
-        gw = g * w
-        acc_gg += g * g
-        acc_agw += tl.abs(gw)
-        acc_gw += gw
-        acc_ww += w * w
+        acc_gg, acc_agw, acc_gw, acc_ww = _accumulate(acc_gg, acc_agw, acc_gw, acc_ww, g, w)
     if n_full < length:
         idx = n_full + tl.arange(0, BLOCK)
         mask = idx < length
         g = tl.load(G + start + idx, mask=mask, other=0.0).to(tl.float32)
         w = tl.load(W + start + idx, mask=mask, other=0.0).to(tl.float32)
-        gw = g * w
-        acc_gg += g * g
-        acc_agw += tl.abs(gw)
-        acc_gw += gw
-        acc_ww += w * w
+        acc_gg, acc_agw, acc_gw, acc_ww = _accumulate(acc_gg, acc_agw, acc_gw, acc_ww, g, w)
     return tl.sum(acc_gg, axis=0), tl.sum(acc_agw, axis=0), tl.sum(acc_gw, axis=0), tl.sum(acc_ww, axis=0)
 
 
@@ -135,11 +134,7 @@ def _strided_sums(g_addr, w_addr, kind, start, length, row, BLOCK: tl.constexpr)
         col = idx - r * n_cols
         g = _load_f32(g_addr, code_g, r * stride_g0 + col * stride_g1, mask)
         w = _load_f32(w_addr, code_w, r * stride_w0 + col * stride_w1, mask)
-        gw = g * w
-        acc_gg += g * g
-        acc_agw += tl.abs(gw)
-        acc_gw += gw
-        acc_ww += w * w
+        acc_gg, acc_agw, acc_gw, acc_ww = _accumulate(acc_gg, acc_agw, acc_gw, acc_ww, g, w)
     return tl.sum(acc_gg, axis=0), tl.sum(acc_agw, axis=0), tl.sum(acc_gw, axis=0), tl.sum(acc_ww, axis=0)
 
 
