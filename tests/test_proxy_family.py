@@ -301,6 +301,31 @@ def test_nwot_with_an_activation_module_called_twice(chunks, triton_off):
     assert got == pytest.approx(reference(model, x, y, "all", "global")["nwot"], rel=1e-9)
 
 
+class TwoNamesNet(nn.Module):
+    """One nn.Linear registered under two names and applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(64, 64), nn.Linear(64, 5)
+        self.fc_again = self.fc
+
+    def forward(self, x):
+        return self.head(F.gelu(self.fc_again(F.gelu(self.fc(x.flatten(1))))))
+
+
+def test_a_module_registered_under_two_names_keeps_its_weights(triton_off):
+    torch.manual_seed(12)
+    model = TwoNamesNet().double()
+    x, y = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (4,))
+    params = list(model.parameters())
+    before = [p.detach().clone() for p in params]
+    got = vitcore.score(model, x, y, proxies=["synflow", "grad_norm"])
+    assert all(p is q for p, q in zip(model.parameters(), params))
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert got == pytest.approx({k: v for k, v in reference(model, x, y, "all", "global").items()
+                                 if k in got}, rel=1e-6)
+
+
 def test_nwot_without_activation_modules_says_so(triton_off):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
     with pytest.raises(ValueError, match="nwot reads the inputs of nn.ReLU / nn.GELU modules"):

@@ -6,6 +6,7 @@ are those of the whole batch's mean loss, whatever the split (foresight instead 
 means, which scales grad_norm with the number of chunks). ``loss_fn`` must therefore average over
 the examples, as ``F.cross_entropy`` does by default.
 """
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -155,6 +156,22 @@ def data_pass(
     return out
 
 
+@contextlib.contextmanager
+def _tensors_kept(model: nn.Module):
+    """Put every module's own parameter and buffer entries back on exit. ``functional_call`` does
+    not when one module is registered under two names (``self.a2 = self.a``): it leaves the
+    swapped-in tensors in place (PyTorch 2.13)."""
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, params, buffers in saved:
+            m._parameters.clear()
+            m._parameters.update(params)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+
+
 def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: torch.Size):
     """Synflow's pass: gradients of Σ f(1) for the network with |θ| in float64, one all-ones example.
 
@@ -173,8 +190,8 @@ def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: tor
         values[name] = b.double().abs() if b.is_floating_point() else b
     ones = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, device=params[0].device)
     model.eval()  # one example: BatchNorm normalises with its (|θ|-ed) running statistics
-    with eager(), torch.enable_grad(), torch.autocast(ones.device.type, enabled=False):  # float64 throughout
-        total = functional_call(model, values, (ones,)).sum()
+    with eager(), torch.enable_grad(), torch.autocast(ones.device.type, enabled=False), _tensors_kept(model):
+        total = functional_call(model, values, (ones,)).sum()  # float64 throughout
     model.train()
     abs_list = [abs_params[id(p)] for p in params]
     return abs_list, torch.autograd.grad(total, abs_list, allow_unused=True)
