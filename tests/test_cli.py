@@ -44,6 +44,39 @@ def test_resume_skips_finished_and_repairs_a_cut_line(tmp_path, capsys):
     assert "holds results for settings" in capsys.readouterr().err
     main(args)  # a fresh run keeps the old file beside it
     assert len(_lines(tmp_path / "s.jsonl.bak")) == 6
+    main(args[:2] + ["2"] + args[3:])  # and another: the first backup stays
+    assert len(_lines(tmp_path / "s.jsonl.bak")) == 6 and len(_lines(tmp_path / "s.jsonl.bak-2")) == 6
+
+
+def test_every_architecture_failing_exits_nonzero(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["score", "--space", "imagenet", "--n", "2", "--batch-size", "4", "--out", str(out)]) == 1
+    assert "0 scored, 2 failed" in capsys.readouterr().out
+
+
+def test_repeated_architectures_are_scored_once(tmp_path, capsys):
+    first = tmp_path / "r.jsonl"
+    main(["score", "--n", "2", "--batch-size", "4", "--out", str(first)])
+    lines = first.read_text().splitlines()
+    archs = tmp_path / "archs.jsonl"
+    archs.write_text("\n".join(lines + lines[:1]) + "\n")  # a retried id appears twice
+    again = tmp_path / "again.jsonl"
+    main(["score", "--archs", str(archs), "--batch-size", "4", "--out", str(again)])
+    assert [r["id"] for r in _lines(again)] == [r["id"] for r in _lines(first)]
+    assert "1 repeated architectures scored once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"id": "a", "scores": {}}\n[1, 2]\n', 'line 2: expected a JSON object with a string "id"'),
+    ('{"scores": {}}\n', 'line 1: expected a JSON object with a string "id"'),
+    ('{"id": "a", "scores": null}\n', 'line 1: "scores" is None, not an object'),
+    ('{"id": "a"\n', "line 1: not JSON"),
+])
+def test_malformed_results_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "r.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=f"{path}, {message}".replace("[", r"\[")):
+        read_results(str(path))
 
 
 def test_failed_architecture_is_recorded_and_the_run_goes_on(tmp_path, capsys):
@@ -76,9 +109,14 @@ def test_failed_architecture_is_recorded_and_the_run_goes_on(tmp_path, capsys):
         (["--data", "mnist"], "unknown data 'mnist'; valid: digits, synthetic, PATH.npz"),
         (["--batch-size", "5000"], "batch_size=5000 is larger than the 1797 examples"),
         (["--rank-by", "plain"], "--rank-by 'plain' is not among --proxies grad_norm,snip"),
+        (["--seed", "-1"], "--seed -1: expected a non-negative integer"),
+        (["--out", "{tmp}"], "is a folder; name a file such as"),
+        (["--out", "{tmp}/afile/x.jsonl"], "afile' is a file, not a folder"),
     ],
 )
 def test_bad_options_say_what_is_wrong(argv, message, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    argv = [a.format(tmp=tmp_path) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
         main(["score", "--n", "2", "--out", str(tmp_path / "x.jsonl")] + argv)
     assert exit_info.value.code == 2

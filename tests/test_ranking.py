@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from vitcore.cli import main
+from vitcore.evaluate import read_truth
 from vitcore.ranking import kendall_tau, kendall_test, rank_quality, spearman_rho, top_k_overlap
 from vitcore.space import SPACES, sample
 
@@ -104,3 +105,35 @@ def test_evaluate_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--scores", str(scores), "--truth", str(bad)])
     assert "needs columns 'id' and 'acc_mean'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    ("id,acc_mean\na,0.5\nb,\n", "line 3: acc_mean='' is not a number"),
+    ("id,acc_mean\na,0.5\nb\n", "line 3: acc_mean=None is not a number"),
+    ("id,acc_mean\na,inf\n", "line 2: acc_mean='inf' is not finite"),
+    ("id,acc_mean\na,0.5\nb,0.7\na,0.6\n", "line 4: id 'a' appears twice"),
+])
+def test_bad_truth_rows_name_file_and_line(tmp_path, csv_text, message):
+    path = tmp_path / "t.csv"
+    path.write_text(csv_text)
+    with pytest.raises(ValueError, match=f"{path}, {message}"):
+        read_truth(str(path))
+
+
+def test_truth_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("id,acc_mean\na,0.5\n".encode("utf-8-sig"))
+    assert read_truth(str(path)) == {"a": 0.5}
+
+
+def test_evaluate_checks_its_options_before_scoring(tmp_path, capsys, monkeypatch):
+    import vitcore.cli
+
+    monkeypatch.setattr(vitcore.cli, "run_scoring", lambda args: pytest.fail("scored before checking"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for argv, message in [(["--top-fraction", "0"], "--top-fraction 0.0: expected a share in (0, 1]"),
+                          (["--out", str(afile)], "is a file; evaluate writes a folder")]:
+        with pytest.raises(SystemExit):
+            main(["evaluate"] + argv)
+        assert message in capsys.readouterr().err

@@ -22,6 +22,7 @@ from vitcore import scaling_report
 from vitcore.data import DATA_CHOICES, load_batch
 from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
 from vitcore.model import ViT
+from vitcore.paths import free_name
 from vitcore.proxies import MODES, PARAM_SETS, PROXIES, check_proxies, score
 from vitcore.space import SPACES, Arch, get_space, sample
 
@@ -43,7 +44,10 @@ def read_archs(path: str) -> List[Arch]:
     archs = [Arch.from_dict(e["arch"] if isinstance(e, dict) and "arch" in e else e) for e in entries]
     if not archs:
         raise ValueError(f"architectures file {path!r} holds no architectures")
-    return archs
+    unique = list({a.id: a for a in archs}.values())  # a results file holds a retried id twice
+    if len(unique) < len(archs):
+        print(f"{path}: {len(archs) - len(unique)} repeated architectures scored once", file=sys.stderr)
+    return unique
 
 
 def read_results(path: str, repair: bool = False) -> List[dict]:
@@ -57,7 +61,20 @@ def read_results(path: str, repair: bool = False) -> List[dict]:
     if repair and len(complete) != len(data):
         with open(path, "wb") as f:
             f.write(complete)
-    return [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(complete.decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {number}: not JSON ({e})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise ValueError(f"{path}, line {number}: expected a JSON object with a string \"id\", got {line[:80]!r}")
+        if not isinstance(record.get("scores", {}), dict):
+            raise ValueError(f"{path}, line {number}: \"scores\" is {record['scores']!r}, not an object")
+        records.append(record)
+    return records
 
 
 def _device(name: str) -> torch.device:
@@ -97,8 +114,22 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     print(f"{len(ok)} scored, {len(failed)} failed; ranked by {rank_by}")
 
 
+def check_out_file(path: str, option: str = "--out") -> None:
+    """A results file may not be a folder, nor sit below a file."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a folder; name a file such as {os.path.join(path, 'scores.jsonl')!r}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option} {path!r}: {parent!r} is a file, not a folder")
+
+
 def run_scoring(args) -> List[dict]:
     """Score every architecture ``args`` names, appending to ``args.out``; the records in arch order."""
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: expected a non-negative integer")
+    check_out_file(args.out)
     space = get_space(args.space)
     archs = read_archs(args.archs) if args.archs else sample(space, args.n, args.seed)
     device = _device(args.device)
@@ -116,8 +147,9 @@ def run_scoring(args) -> List[dict]:
                 )
             done[r["id"]] = r
     elif os.path.exists(args.out):
-        os.replace(args.out, args.out + ".bak")
-        print(f"moved the previous {args.out} to {args.out}.bak", file=sys.stderr)
+        backup = free_name(args.out + ".bak")
+        os.replace(args.out, backup)
+        print(f"moved the previous {args.out} to {backup}", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     todo = [a for a in archs if "scores" not in done.get(a.id, {})]
@@ -143,12 +175,18 @@ def cmd_score(args) -> int:
     rank_by = args.rank_by or args.proxies[0]
     if rank_by not in args.proxies:
         raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(args.proxies)}")
-    _print_table(run_scoring(args), args.proxies, rank_by)
-    return 0
+    results = run_scoring(args)
+    _print_table(results, args.proxies, rank_by)
+    return 0 if any("scores" in r for r in results) else 1  # every architecture failed
 
 
 def cmd_evaluate(args) -> int:
-    truth = read_truth(args.truth)  # before scoring: a missing file should not cost a scoring run
+    # everything checked before scoring: a bad argument should not cost a scoring run
+    truth = read_truth(args.truth)
+    if not 0 < args.top_fraction <= 1:
+        raise ValueError(f"--top-fraction {args.top_fraction}: expected a share in (0, 1]")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a file; evaluate writes a folder")
     if args.scores:
         if not os.path.isfile(args.scores):
             raise FileNotFoundError(f"scores file {args.scores!r} does not exist")

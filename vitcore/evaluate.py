@@ -16,13 +16,26 @@ def read_truth(path: str) -> Dict[str, float]:
     if not os.path.isfile(path):
         hint = " (the built-in truth ships with a source checkout; pass --truth)" if path == DEFAULT_TRUTH else ""
         raise FileNotFoundError(f"ground-truth file {path!r} does not exist{hint}")
-    with open(path, newline="") as f:
+    truth: Dict[str, float] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         column = next((c for c in ("acc_mean", "accuracy") if c in fields), None)
         if "id" not in fields or column is None:
             raise ValueError(f"{path}: needs columns 'id' and 'acc_mean' (or 'accuracy'); has {fields}")
-        return {row["id"]: float(row[column]) for row in reader}
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            arch_id, value = row["id"], row[column]
+            try:
+                acc = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: {column}={value!r} is not a number") from None
+            if not math.isfinite(acc):
+                raise ValueError(f"{where}: {column}={value!r} is not finite")
+            if arch_id in truth:
+                raise ValueError(f"{where}: id {arch_id!r} appears twice")
+            truth[arch_id] = acc
+    return truth
 
 
 def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float = 0.1) -> Dict[str, RankQuality]:

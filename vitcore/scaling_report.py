@@ -8,6 +8,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
+from vitcore.paths import free_name
 from vitcore.scaling import (
     BUDGET_S, HEAD_DIM, MODES, PROVIDERS, QUICK_D, QUICK_N, SWEEP_D, SWEEP_N, TOKENS, WINDOWS, SweepConfig, run_sweep,
     write_results,
@@ -346,11 +347,7 @@ def _command(args) -> str:
 
 def _free_folder(base: str) -> str:
     """``base``, or ``base-2``, ``base-3``, ... : the first that holds no run yet (never overwrite a report)."""
-    path, k = base, 1
-    while os.path.exists(os.path.join(path, "results.json")):
-        k += 1
-        path = f"{base}-{k}"
-    return path
+    return free_name(base, lambda path: os.path.exists(os.path.join(path, "results.json")))
 
 
 def run_bench(args) -> int:
