@@ -50,3 +50,20 @@ def test_bad_architectures_and_names():
         Arch.from_dict({"embed_dim": 48})
     with pytest.raises(ValueError, match="n=0"):
         sample(SPACES["small"], 0)
+
+
+@pytest.mark.parametrize("field, value, error, message", [
+    ("num_heads", "24", TypeError, "num_heads='24' must be a list with one entry per block"),
+    ("num_heads", 2, TypeError, "num_heads=2 must be a list with one entry per block"),
+    ("num_heads", [2.7, 3], TypeError, r"num_heads=\[2.7, 3\]: entries must be int"),
+    ("num_heads", [True, 3], TypeError, r"num_heads=\[True, 3\]: entries must be int"),
+    ("mlp_ratio", "23", TypeError, "mlp_ratio='23' must be a list with one entry per block"),
+    ("mlp_ratio", [float("inf"), 2.0], ValueError, r"mlp_ratio=\[inf, 2.0\]: entries must be positive and finite"),
+    ("mlp_ratio", [float("nan"), 2.0], ValueError, r"mlp_ratio=\[nan, 2.0\]: entries must be positive and finite"),
+    ("depth", 2.0, TypeError, "depth=2.0 must be an int"),
+])
+def test_wrong_types_are_named_not_coerced(field, value, error, message):
+    """A JSON architecture with a wrong type is an error, never a different architecture."""
+    d = {"embed_dim": 48, "depth": 2, "num_heads": [2, 3], "mlp_ratio": [3.0, 2.0], "head_dim": 16, "patch_size": 4}
+    with pytest.raises(error, match=message):
+        Arch.from_dict({**d, field: value})

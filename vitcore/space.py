@@ -10,7 +10,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Tuple
 
-from vitcore.model import ViTConfig
+from vitcore.model import ViTConfig, per_block, positive_int
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,13 @@ class Arch:
     patch_size: int
 
     def __post_init__(self):
-        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        positive_int("depth", self.depth)
+        for name, kind in (("num_heads", int), ("mlp_ratio", float)):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"{name}={value!r} must be a list with one entry per block")
+            per_block(name, value, self.depth, kind)  # no coercion below hides a wrong type
+        object.__setattr__(self, "num_heads", tuple(self.num_heads))
         object.__setattr__(self, "mlp_ratio", tuple(float(r) for r in self.mlp_ratio))
         self.config(img_size=self.patch_size, in_chans=1, num_classes=1)  # validates the fields
 
