@@ -161,3 +161,13 @@ def test_evaluate_leaves_a_cut_off_scores_file_alone(tmp_path, capsys):
                                              for i, l in enumerate(before.splitlines()[:3])))
     main(["evaluate", "--scores", str(scores), "--truth", str(truth), "--out", str(tmp_path / "ev")])
     assert scores.read_text() == before
+
+
+def test_npz_data_with_nan_is_refused(tmp_path, capsys):
+    data = tmp_path / "nan.npz"
+    x = np.zeros((4, 8, 8), dtype=np.float32)
+    x[1, 2, 3] = np.nan
+    np.savez(data, x=x, y=np.arange(4))
+    with pytest.raises(SystemExit):
+        main(["score", "--data", str(data), "--batch-size", "2", "--out", str(tmp_path / "r.jsonl")])
+    assert "images hold 1 NaN or infinite values" in capsys.readouterr().err

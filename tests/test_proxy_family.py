@@ -326,6 +326,24 @@ def test_a_module_registered_under_two_names_keeps_its_weights(triton_off):
                                  if k in got}, rel=1e-6)
 
 
+def test_nan_weights_give_nan_not_a_plausible_score(triton_off):
+    """A proxy cannot look better by failing: zico and nwot do not turn NaN into 0 or a finite log-det."""
+    torch.manual_seed(13)
+    model = small_mlp()
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    got = vitcore.score(model, torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,)), proxies=list(PROXIES))
+    assert {k for k, v in got.items() if math.isnan(v)} == set(PROXIES) - {"params", "flops"}
+
+
+@pytest.mark.parametrize("proxies", [list(PROXIES), ["params"]])
+def test_non_finite_inputs_are_refused(proxies, triton_off):
+    x = torch.randn(6, 1, 8, 8)
+    x[2, 0, 3, 3], x[4, 0, 0, 0] = float("nan"), float("-inf")
+    with pytest.raises(ValueError, match="inputs hold 2 NaN or infinite values of 384"):
+        vitcore.score(small_mlp(), x, torch.randint(0, 5, (6,)), proxies=proxies)
+
+
 def test_nwot_without_activation_modules_says_so(triton_off):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
     with pytest.raises(ValueError, match="nwot reads the inputs of nn.ReLU / nn.GELU modules"):

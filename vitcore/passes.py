@@ -92,6 +92,7 @@ def data_pass(
     layer_calls: List[Tuple[nn.Module, torch.Tensor]] = []
     codes: List[List[torch.Tensor]] = []  # per activation call (in forward order): its codes per chunk
     chunk_codes: List[torch.Tensor] = []
+    nan_seen: List[torch.Tensor] = []  # per activation call: did its input hold a NaN (0-d, on the device)
     jacobians, handles = [], []
     if fisher:
         def keep_output(module, args, output):
@@ -102,6 +103,7 @@ def data_pass(
         def keep_code(module, args):
             x = args[0]
             chunk_codes.append((x > 0).reshape(x.shape[0], -1))  # (n, units), one entry per call
+            nan_seen.append(x.isnan().any())  # a NaN reads as "off": the kernel alone would hide it
 
         handles += [m.register_forward_pre_hook(keep_code) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)]
     want_loss_grad = bool(params) or fisher
@@ -153,6 +155,7 @@ def data_pass(
         for call_codes in codes:
             c = torch.cat(call_codes).double()  # (B, units), 0/1
             out.kernel += c @ c.T + (1 - c) @ (1 - c).T  # units where two examples agree
+        out.kernel = torch.where(torch.stack(nan_seen).any(), torch.nan, out.kernel)
     return out
 
 

@@ -83,6 +83,7 @@ def _zico(group_grads, keep, device) -> torch.Tensor:
         std, mean_abs = G.std(0, unbiased=False), G.abs().mean(0)
         ratio = torch.where(std > 0, mean_abs / torch.where(std > 0, std, 1), 0).sum()
         term = torch.where(ratio > 0, torch.log(torch.where(ratio > 0, ratio, 1)), 0)
+        term = torch.where(torch.isfinite(G).all(), term, torch.nan)  # not 0 where gradients are NaN
         total = term if total is None else total + term
     return total if total is not None else torch.zeros((), dtype=torch.float64, device=device)
 
@@ -100,6 +101,10 @@ def _jacob_cov(corr: np.ndarray) -> float:
         return float("nan")  # a constant jacobian row has no correlation (foresight returns NaN too)
     v = np.linalg.eigvalsh(corr)
     return float(-np.sum(np.log(v + _JACOB_K) + 1.0 / (v + _JACOB_K)))
+
+
+def _log_det(kernel: np.ndarray) -> float:
+    return float(np.linalg.slogdet(kernel)[1]) if np.isfinite(kernel).all() else float("nan")
 
 
 def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks) -> Dict[str, float]:
@@ -142,17 +147,20 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks) -> Dict[
         model.train()
         host["flops"] = float(counter.get_total_flops())
 
-    # -- the one host sync: every scalar and matrix in one transfer --
+    # -- the one host sync: every scalar and matrix in one transfer, with the count of bad inputs --
     keys = list(scalars)
-    parts = [torch.stack([scalars[k].double() for k in keys])] if keys else []
+    non_finite = inputs.numel() - torch.isfinite(inputs).sum()
+    parts = [torch.stack([scalars[k].double() for k in keys] + [non_finite.double()])]
     parts += [m.double().flatten() for m in matrices.values()]
-    flat = torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
+    flat = torch.cat(parts).cpu().numpy()
+    if flat[len(keys)]:
+        raise ValueError(f"inputs hold {int(flat[len(keys)])} NaN or infinite values of {inputs.numel()}")
     values = dict(zip(keys, flat[: len(keys)].tolist()))
-    offset = len(keys)
+    offset = len(keys) + 1
     for name, m in matrices.items():
         block = flat[offset: offset + m.numel()].reshape(m.shape)
         offset += m.numel()
-        values[name] = _jacob_cov(block) if name == "jacob_cov" else float(np.linalg.slogdet(block)[1])
+        values[name] = _jacob_cov(block) if name == "jacob_cov" else _log_det(block)
     values.update(host)
     return {name: float(values[name]) for name in names}
 
@@ -180,7 +188,8 @@ def score(
     tensors; ``chunks`` splits the batch to fit memory without changing the scores (up to
     rounding; except with layers that normalise with batch statistics, such as BatchNorm in train
     mode), and on CUDA out-of-memory the split doubles automatically. ``loss_fn`` must average
-    over examples. Returns ``{proxy: float}`` in the order asked.
+    over examples. Returns ``{proxy: float}`` in the order asked. Inputs holding NaN or inf are
+    refused (ValueError, raised after the one sync); a model that makes NaN gets NaN scores.
     """
     names = check_proxies(proxies)
     if mode not in MODES:
