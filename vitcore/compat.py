@@ -65,6 +65,11 @@ def find_measures(
     measure_names defaults to foresight's seven measures; vitcore's others are accepted too.
     """
     dataload, count, num_classes = dataload_info
+    for name, value in (("num_imgs_or_batches", count), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"dataload_info {name}={value!r} must be a positive int")
+    if isinstance(measure_names, str):
+        raise TypeError(f"measure_names={measure_names!r} must be a list of names, e.g. [{measure_names!r}]")
     if dataload == "random":
         inputs, targets = _random_batches(dataloader, count)
     elif dataload == "grasp":

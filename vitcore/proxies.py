@@ -196,13 +196,20 @@ def score(
         raise ValueError(f"mode={mode!r}; valid: {', '.join(MODES)}")
     if params not in PARAM_SETS:
         raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
-    B = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.ndim else 0
+    for name, value in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    B = inputs.shape[0] if inputs.ndim else 0
     if B < 1 or len(targets) != B:
         raise ValueError(f"inputs hold {B} examples and targets {len(targets)}; need the same number >= 1")
     if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= B:
         raise ValueError(f"chunks={chunks!r} must be an int in 1..{B} (the batch size)")
     if "zico" in names and B < 2:
         raise ValueError("zico compares the two halves of the batch: it needs at least 2 examples")
+    if "jacob_cov" in names and B < 2:
+        raise ValueError("jacob_cov correlates the examples' input gradients: it needs at least 2 examples")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("vitcore.score differentiates the model: call it outside torch.inference_mode()")
     counted = _counted(model, params)
     if not counted:
         raise ValueError(f"the model has no trainable parameters for params={params!r}")
