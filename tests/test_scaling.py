@@ -179,7 +179,9 @@ def test_bench_cli_writes_report_json_and_plots(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [(["--d", "100"], "D=100"), (["--n", "16,x"], "16,x"),
                                             (["--modes", "bwd"], "bwd"), (["--tokens", "0"], "tokens=0"),
-                                            (["--windows", "0"], "windows=0"), (["--budget-ms", "0"], "budget_s=0")])
+                                            (["--windows", "0"], "windows=0"), (["--budget-ms", "0"], "budget_s=0"),
+                                            (["--d="], "'' is not a comma-separated list"),
+                                            (["--dtype="], "dtypes=[]")])
 def test_bench_cli_errors_exit_2_with_the_bad_value(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--quick", "--out", str(tmp_path)] + extra)

@@ -370,10 +370,10 @@ def run_bench(args) -> int:
             raise ValueError(f"--threads {args.threads} must be positive")
         torch.set_num_threads(args.threads)
     cfg = SweepConfig(
-        ns=_ints(args.n) if args.n else (QUICK_N if args.quick else SWEEP_N),
-        ds=_ints(args.d) if args.d else (QUICK_D if args.quick else SWEEP_D),
+        ns=_ints(args.n) if args.n is not None else (QUICK_N if args.quick else SWEEP_N),
+        ds=_ints(args.d) if args.d is not None else (QUICK_D if args.quick else SWEEP_D),
         providers=_names(args.providers), modes=_names(args.modes),
-        dtypes=_names(args.dtype) if args.dtype else (("bf16", "fp32") if device == "cuda" else ("fp32",)),
+        dtypes=_names(args.dtype) if args.dtype is not None else (("bf16", "fp32") if device == "cuda" else ("fp32",)),
         device=device, tokens=TOKENS[device] if args.tokens is None else args.tokens,
         budget_s=BUDGET_S[device] if args.budget_ms is None else args.budget_ms / 1e3,
         windows=WINDOWS[device] if args.windows is None else args.windows, repeat=args.repeat, graphs=args.graphs,
