@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import DEVICE
 from vitcore.ops import dispatch
 
 
@@ -12,7 +13,7 @@ def test_settings_that_mean_eager_on_cpu(monkeypatch, setting, expected):
 
 
 def test_eager_context_wins_over_the_setting(triton_on):
-    x = torch.zeros(1)
+    x = torch.zeros(1, device=DEVICE)
     assert dispatch.use_triton(x)
     with dispatch.eager():
         assert not dispatch.use_triton(x)

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from conftest import DEVICE
+
 import vitcore
 from vitcore.model import ViT, ViTConfig
 
@@ -51,8 +53,9 @@ def test_msa_golden_example_through_the_model_msa(fused, triton_on):
         block.proj.bias.zero_()
     _, expected = vitcore.msa(X, WQ, WK, WV, WO)
     if fused:  # the kernels take no float64: run the module in float32
-        block = block.float()
-        torch.testing.assert_close(block(X[None].float())[0].double(), expected, atol=1e-4, rtol=0)
+        block = block.float().to(DEVICE)
+        out = block(X[None].float().to(DEVICE))[0].double().cpu()
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
     else:
         torch.testing.assert_close(block(X[None])[0], expected, atol=1e-10, rtol=0)
 
@@ -62,9 +65,9 @@ def test_vit_fused_and_eager_attention_agree(triton_on):
     cfg = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=4, embed_dim=16, depth=2,
                     num_heads=[2, 1], mlp_ratio=2.0, head_dim=16)
     torch.manual_seed(0)
-    fused, eager = ViT(cfg, fused=True), ViT(cfg, fused=False)
+    fused, eager = ViT(cfg, fused=True).to(DEVICE), ViT(cfg, fused=False).to(DEVICE)
     eager.load_state_dict(fused.state_dict())
-    x = torch.randn(3, 1, 8, 8)
+    x = torch.randn(3, 1, 8, 8).to(DEVICE)
     outs, grads = [], []
     for model in (fused, eager):
         out = model(x)

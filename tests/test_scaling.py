@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 
@@ -12,17 +13,19 @@ from vitcore.scaling import (
 from vitcore.scaling_fit import crossover, fit, fit_floor, noise_check
 from vitcore.scaling_report import _free_folder
 
-from conftest import requires_cuda
+from conftest import DEVICE, requires_cuda
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("n", [1, 197])
-def test_msa_forward_matches_the_model_for_every_provider(n, provider):
-    case = MSACase(n, 128, torch.float32, "cpu", tokens=2 * n)
+def test_msa_forward_matches_the_model_for_every_provider(n, provider, triton_on):
+    """Every provider's block (vitcore's through the Triton kernel) against the model's MSA in float64,
+    where flash_attention runs its eager reference."""
+    case = MSACase(n, 128, torch.float32, DEVICE, tokens=2 * n)
     with torch.no_grad():
-        ref = case.msa(case.x)  # (B, N', D), vitcore.model.MSA with attention_ref
+        ref = copy.deepcopy(case.msa).double()(case.x.double())  # (B, N', D), vitcore.model.MSA
         out = msa_forward(case.msa, case.x, attention_fn(provider))
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", MODES)
