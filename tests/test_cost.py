@@ -9,7 +9,7 @@ CONFIGS = [
     ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=1, num_heads=2),
     ViTConfig(  # per-block heads and ratios, head_dim != D/H, odd sizes, no qkv bias
         img_size=12, patch_size=4, in_chans=3, num_classes=7, embed_dim=40, depth=3,
-        num_heads=(1, 3, 4), mlp_ratio=(1.5, 2.0, 3.3), head_dim=20, qkv_bias=False,
+        num_heads=(1, 3, 4), mlp_ratio=(1.52, 2.0, 3.3), head_dim=20, qkv_bias=False,  # 1.52·40 rounds up
     ),
     ViTConfig(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=(3, 6), mlp_ratio=4.0),
 ]

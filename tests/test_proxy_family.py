@@ -377,6 +377,31 @@ def test_batchnorm_buffers_and_per_module_modes_are_restored(triton_off):
     assert model.training and not model[1].training and model[5].training
 
 
+def test_scored_in_train_mode_whatever_the_mode_it_came_in(triton_off):
+    """BatchNorm normalises with the batch's statistics during scoring, as foresight's train() does."""
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 17), nn.BatchNorm1d(17), nn.ReLU(), nn.Linear(17, 5)).double()
+    x, y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+
+    def grad_norm(training):
+        net = copy.deepcopy(model).train(training)
+        grads = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+        return math.sqrt(sum(g.pow(2).sum().item() for g in grads))
+
+    model.eval()
+    got = vitcore.score(model, x, y, proxies=["grad_norm"])["grad_norm"]
+    assert got == pytest.approx(grad_norm(True), rel=1e-6)  # the reduction outputs fp32
+    assert got != pytest.approx(grad_norm(False), rel=1e-3)  # the two modes differ on this model
+    assert not model.training
+
+
+def test_params_counts_trainable_tensors_only(triton_off):
+    model = small_mlp()
+    model[3].requires_grad_(False)  # the middle Linear, 17 -> 9
+    got = vitcore.score(model, torch.randn(2, 1, 8, 8), torch.randint(0, 5, (2,)), proxies=["params"])
+    assert got["params"] == (64 * 17 + 17) + (9 * 5 + 5)
+
+
 def test_scoring_inside_no_grad(triton_off):
     model, x, y = small_vit(), torch.randn(3, 1, 8, 8), torch.randint(0, 5, (3,))
     expected = vitcore.score(model, x, y, proxies=["grad_norm", "grasp"])
