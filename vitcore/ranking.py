@@ -88,7 +88,7 @@ def rank_quality(scores: Sequence[float], truth: Sequence[float], top_fraction: 
     if not 0 < top_fraction <= 1:
         raise ValueError(f"top_fraction={top_fraction} must be in (0, 1]")
     s = np.asarray(scores, dtype=np.float64)
-    k = max(1, math.ceil(top_fraction * len(s) - 1e-9))  # 0.1 · 30 is 3.0000000000000004 in floats
+    k = max(1, math.ceil(top_fraction * len(s) - 1e-9))  # 0.07 · 100 is 7.000000000000001 in floats
     p, ci = kendall_test(scores, truth)
     return RankQuality(
         kendall_tau=kendall_tau(scores, truth),
