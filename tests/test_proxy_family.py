@@ -402,6 +402,26 @@ def test_params_counts_trainable_tensors_only(triton_off):
     assert got["params"] == (64 * 17 + 17) + (9 * 5 + 5)
 
 
+def test_synflow_uses_absolute_batchnorm_statistics(triton_off):
+    """foresight's synflow takes |·| of the whole state dict; with trained (negative) running means
+    that differs from taking |θ| alone."""
+    torch.manual_seed(15)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 17), nn.BatchNorm1d(17), nn.ReLU(), nn.Linear(17, 5)).double()
+    with torch.no_grad():
+        model[2].running_mean.uniform_(-2.0, -1.0)
+        model[2].running_var.uniform_(0.5, 2.0)
+    net = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.abs_()
+    net(torch.ones(1, 1, 8, 8, dtype=torch.float64)).sum().backward()
+    expected = sum((p * p.grad).abs().sum().item() for p in net.parameters())
+    got = vitcore.score(model, torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (4,)),
+                        proxies=["synflow"])
+    assert got["synflow"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_scoring_inside_no_grad(triton_off):
     model, x, y = small_vit(), torch.randn(3, 1, 8, 8), torch.randint(0, 5, (3,))
     expected = vitcore.score(model, x, y, proxies=["grad_norm", "grasp"])
