@@ -132,7 +132,7 @@ def test_launcher_writes_into_given_output(triton_on):
 
 def test_eager_fallback_is_the_reference(triton_off):
     q, k, v = _packed_qkv(2, 3, 9, 24, torch.float32, seed=2)
-    do = torch.randn(q.shape)
+    do = torch.randn(q.shape, device=q.device)
     ours = _run(flash_attention, q, k, v, do)
     ref = _run(attention_ref, q, k, v, do)
     assert ours[0].is_contiguous()  # the eager layout: the kernel's output is a (B, N', H, d) view

@@ -35,16 +35,19 @@ def test_bad_setting_is_named(monkeypatch, setting):
     ("3.9.0", "2.4.6", False),
     ("4.0.0", "1.26.4", False),
 ])
-def test_interpreter_version_check(monkeypatch, triton_version, numpy_version, broken):
+def test_interpreter_version_check(triton_version, numpy_version, broken):
     """Triton < 3.7's interpreter fails on NumPy >= 2.4; the check names both versions."""
-    versions = {"triton": triton_version, "numpy": numpy_version}
-    monkeypatch.setattr(dispatch.metadata, "version", versions.__getitem__)
-    dispatch.interpreter_problem.cache_clear()
-    try:
-        problem = dispatch.interpreter_problem()
-    finally:
-        dispatch.interpreter_problem.cache_clear()
+    problem = dispatch.versions_problem(triton_version, numpy_version)
     if broken:
         assert triton_version in problem and numpy_version in problem
     else:
         assert problem is None
+
+
+def test_forcing_the_interpreter_with_a_known_problem_says_so(monkeypatch):
+    if not (dispatch.triton_available() and dispatch._interpreting()):
+        pytest.skip("the check applies to CPU tensors run through Triton's interpreter")
+    monkeypatch.setenv("VITCORE_TRITON", "1")
+    monkeypatch.setattr(dispatch, "interpreter_problem", lambda: "Triton 3.6.0's interpreter fails with NumPy 2.4.1")
+    with pytest.raises(RuntimeError, match="Triton 3.6.0's interpreter fails"):
+        dispatch.use_triton(torch.zeros(1))

@@ -48,9 +48,10 @@ def test_score_matches_float64_loop(batch, dispatch):
     per_layer = vitcore.score(model, x, y, proxies=["grad_norm", "snip"], mode="per_layer")
     assert list(glob) == ["grad_norm", "snip", "plain"]
     assert all(isinstance(v, float) for v in glob.values())
-    assert glob["grad_norm"] == pytest.approx(ref["global"], rel=1e-6)  # fp32 sums: ~5e-8 measured
-    assert per_layer["grad_norm"] == pytest.approx(ref["per_layer"], rel=1e-6)
-    assert glob["snip"] == pytest.approx(ref["snip"], rel=1e-6) == per_layer["snip"]
+    rel = 1e-6 if DEVICE == "cpu" else 1e-4  # CPU: ~5e-8 measured; a GPU's convolution runs in TF32
+    assert glob["grad_norm"] == pytest.approx(ref["global"], rel=rel)
+    assert per_layer["grad_norm"] == pytest.approx(ref["per_layer"], rel=rel)
+    assert glob["snip"] == pytest.approx(ref["snip"], rel=rel) == per_layer["snip"]
     assert glob["plain"] == pytest.approx(ref["plain"], rel=1e-3, abs=1e-6)
 
 

@@ -145,8 +145,9 @@ def test_every_proxy_matches_the_float64_reference(make, which, mode, triton_off
 
 
 def test_fp32_scores_track_the_float64_reference(triton_on):
-    """The fast path: a float32 ViT through the Triton kernels, against float64. Tolerances: 20x the
-    relative errors measured with the interpreter (5e-8; zico 3e-6, a ratio of small spreads)."""
+    """The fast path: a float32 ViT through the Triton kernels, against float64. On CPU, 20x the
+    relative errors measured with the interpreter (5e-8; zico 3e-6, a ratio of small spreads); on a
+    GPU the convolution runs in TF32 by default, so the earlier 2e-3 stays."""
     torch.manual_seed(1)
     model = small_vit()
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 5, (8,))
@@ -154,7 +155,7 @@ def test_fp32_scores_track_the_float64_reference(triton_on):
     rel = {"grad_norm": 1e-6, "snip": 1e-6, "grasp": 1e-6, "synflow": 1e-6, "fisher": 1e-6, "zico": 6e-5}
     got = vitcore.score(model.to(DEVICE), x.to(DEVICE), y.to(DEVICE), proxies=list(rel))
     for name, tol in rel.items():
-        assert got[name] == pytest.approx(ref[name], rel=tol), name
+        assert got[name] == pytest.approx(ref[name], rel=tol if DEVICE == "cpu" else 2e-3), name
 
 
 def test_flops_counts_matmuls_per_example(triton_off):
@@ -230,8 +231,10 @@ def test_compat_bad_dataload():
         find_measures(small_cnn(), [], ("all", 1, 2), "cpu")
     with pytest.raises(ValueError, match="ran out after 1 batches"):
         find_measures(small_cnn(), [(torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))], ("random", 2, 2), "cpu")
-    for info, message in [(("random", 0, 2), "num_imgs_or_batches=0"), (("grasp", 1, 0), "num_classes=0")]:
-        with pytest.raises(ValueError, match=message):
+    for info, error, message in [(("random", 0, 2), ValueError, "num_imgs_or_batches=0 must be positive"),
+                                 (("grasp", 1, 0), ValueError, "num_classes=0 must be positive"),
+                                 (("random", 1.0, 2), TypeError, "num_imgs_or_batches=1.0 must be an int")]:
+        with pytest.raises(error, match=message):
             find_measures(small_cnn(), [], info, "cpu")
     with pytest.raises(TypeError, match=r"measure_names='snip' must be a list of names, e.g. \['snip'\]"):
         find_measures(small_cnn(), [], ("random", 1, 2), "cpu", measure_names="snip")

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from vitcore.space import SPACES, Arch, get_space, sample
@@ -55,11 +56,13 @@ def test_bad_architectures_and_names():
 @pytest.mark.parametrize("field, value, error, message", [
     ("num_heads", "24", TypeError, "num_heads='24' must be a list with one entry per block"),
     ("num_heads", 2, TypeError, "num_heads=2 must be a list with one entry per block"),
-    ("num_heads", [2.7, 3], TypeError, r"num_heads=\[2.7, 3\]: entries must be int"),
-    ("num_heads", [True, 3], TypeError, r"num_heads=\[True, 3\]: entries must be int"),
+    ("num_heads", [2.7, 3], TypeError, r"num_heads=\[2.7, 3\]: entries must be whole numbers"),
+    ("num_heads", [True, 3], TypeError, r"num_heads=\[True, 3\]: entries must be numbers, not bools"),
+    ("num_heads", ["2", 3], TypeError, r"num_heads=\['2', 3\]: entries must be whole numbers"),
+    ("mlp_ratio", [None, 2.0], TypeError, r"mlp_ratio=\[None, 2.0\]: entries must be numbers"),
     ("mlp_ratio", "23", TypeError, "mlp_ratio='23' must be a list with one entry per block"),
-    ("mlp_ratio", [float("inf"), 2.0], ValueError, r"mlp_ratio=\[inf, 2.0\]: entries must be positive and finite"),
-    ("mlp_ratio", [float("nan"), 2.0], ValueError, r"mlp_ratio=\[nan, 2.0\]: entries must be positive and finite"),
+    ("mlp_ratio", [float("inf"), 2.0], ValueError, r"mlp_ratio=\(inf, 2.0\): entries must be positive and finite"),
+    ("mlp_ratio", [float("nan"), 2.0], ValueError, r"mlp_ratio=\(nan, 2.0\): entries must be positive and finite"),
     ("depth", 2.0, TypeError, "depth=2.0 must be an int"),
 ])
 def test_wrong_types_are_named_not_coerced(field, value, error, message):
@@ -67,3 +70,15 @@ def test_wrong_types_are_named_not_coerced(field, value, error, message):
     d = {"embed_dim": 48, "depth": 2, "num_heads": [2, 3], "mlp_ratio": [3.0, 2.0], "head_dim": 16, "patch_size": 4}
     with pytest.raises(error, match=message):
         Arch.from_dict({**d, field: value})
+
+
+@pytest.mark.parametrize("num_heads, mlp_ratio", [
+    ([2.0, 3.0], [3, 2]),  # JSON written by a float-typed tool
+    (np.array([2, 3]), np.array([3.0, 2.0], dtype=np.float32)),
+    ([np.int64(2), np.int64(3)], (np.float64(3.0), 2)),
+])
+def test_whole_and_real_numbers_of_any_type_are_the_same_architecture(num_heads, mlp_ratio):
+    d = {"embed_dim": 48, "depth": 2, "head_dim": 16, "patch_size": 4}
+    plain = Arch(num_heads=(2, 3), mlp_ratio=(3.0, 2.0), **d)
+    other = Arch(num_heads=num_heads, mlp_ratio=mlp_ratio, **d)
+    assert other == plain and other.id == plain.id and type(other.num_heads[0]) is int

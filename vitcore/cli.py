@@ -114,15 +114,15 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     print(f"{len(ok)} scored, {len(failed)} failed; ranked by {rank_by}")
 
 
-def check_out_file(path: str, option: str = "--out") -> None:
-    """A results file may not be a folder, nor sit below a file."""
+def check_out_file(path: str) -> None:
+    """A results file (``--out``) may not be a folder, nor sit below a file."""
     if os.path.isdir(path):
-        raise ValueError(f"{option} {path!r} is a folder; name a file such as {os.path.join(path, 'scores.jsonl')!r}")
+        raise ValueError(f"--out {path!r} is a folder; name a file such as {os.path.join(path, 'scores.jsonl')!r}")
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ValueError(f"{option} {path!r}: {parent!r} is a file, not a folder")
+        raise ValueError(f"--out {path!r}: {parent!r} is a file, not a folder")
 
 
 def run_scoring(args) -> List[dict]:

@@ -13,6 +13,7 @@ a batch is split into after running out of memory, where foresight's grad_norm a
 Unlike foresight, the network is scored where it is (no copy, not moved to the CPU afterwards) and
 left unchanged, in the train/eval mode it came in.
 """
+import numbers
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
@@ -50,6 +51,13 @@ def _per_class(loader: Iterable, num_classes: int, per_class: int) -> Tuple[torc
     raise ValueError(f"the dataloader has too few examples of classes {short} for {per_class} per class")
 
 
+def _positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"dataload_info's {name}={value!r} must be an int")
+    if value < 1:
+        raise ValueError(f"dataload_info's {name}={value!r} must be positive")
+
+
 def find_measures(
     net: nn.Module,
     dataloader: Iterable,
@@ -65,9 +73,9 @@ def find_measures(
     measure_names defaults to foresight's seven measures; vitcore's others are accepted too.
     """
     dataload, count, num_classes = dataload_info
-    for name, value in (("num_imgs_or_batches", count), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"dataload_info {name}={value!r} must be a positive int")
+    _positive("num_imgs_or_batches", count)
+    if dataload == "grasp":
+        _positive("num_classes", num_classes)
     if isinstance(measure_names, str):
         raise TypeError(f"measure_names={measure_names!r} must be a list of names, e.g. [{measure_names!r}]")
     if dataload == "random":

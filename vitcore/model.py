@@ -24,7 +24,7 @@ def positive_int(name: str, value) -> int:
     return value
 
 
-def per_block(name: str, value, depth: int, kind: type) -> tuple:
+def _per_block(name: str, value, depth: int, kind: type) -> tuple:
     """One value or one per block -> a tuple of ``depth`` values, validated."""
     values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * depth
     if len(values) != depth:
@@ -58,8 +58,8 @@ class ViTConfig:
             raise ValueError(f"patch_size={self.patch_size} is larger than img_size={self.img_size}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
-        heads = per_block("num_heads", self.num_heads, self.depth, int)
-        per_block("mlp_ratio", self.mlp_ratio, self.depth, float)
+        heads = _per_block("num_heads", self.num_heads, self.depth, int)
+        _per_block("mlp_ratio", self.mlp_ratio, self.depth, float)
         for name in ("num_heads", "mlp_ratio"):  # lists become tuples: configs compare and hash
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -80,10 +80,10 @@ class ViTConfig:
         return self.num_patches + 1
 
     def block_heads(self) -> Tuple[int, ...]:
-        return per_block("num_heads", self.num_heads, self.depth, int)
+        return _per_block("num_heads", self.num_heads, self.depth, int)
 
     def block_mlp_ratios(self) -> Tuple[float, ...]:
-        return per_block("mlp_ratio", self.mlp_ratio, self.depth, float)
+        return _per_block("mlp_ratio", self.mlp_ratio, self.depth, float)
 
     def block_head_dim(self, heads: int) -> int:
         return self.head_dim if self.head_dim is not None else self.embed_dim // heads

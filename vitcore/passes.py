@@ -92,7 +92,7 @@ def data_pass(
     layer_calls: List[Tuple[nn.Module, torch.Tensor]] = []
     codes: List[List[torch.Tensor]] = []  # per activation call (in forward order): its codes per chunk
     chunk_codes: List[torch.Tensor] = []
-    nan_seen: List[torch.Tensor] = []  # per activation call: did its input hold a NaN (0-d, on the device)
+    nan_seen: List[torch.Tensor] = []  # per activation call and chunk: did its input hold a NaN (0-d)
     jacobians, handles = [], []
     if fisher:
         def keep_output(module, args, output):

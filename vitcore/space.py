@@ -6,11 +6,12 @@ that JSON, so the same architecture has the same id in every run and on every ma
 """
 import hashlib
 import json
+import numbers
 import random
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Tuple
 
-from vitcore.model import ViTConfig, per_block, positive_int
+from vitcore.model import ViTConfig
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,30 @@ def get_space(name: str) -> SearchSpace:
     return SPACES[name]
 
 
+def _whole(v) -> int:
+    if isinstance(v, numbers.Integral) or (isinstance(v, numbers.Real) and float(v).is_integer()):
+        return int(v)
+    raise TypeError("entries must be whole numbers")
+
+
+def _real(v) -> float:
+    if isinstance(v, numbers.Real):
+        return float(v)
+    raise TypeError("entries must be numbers")
+
+
+def _entries(name: str, value, convert) -> tuple:
+    """One entry per block (a list, tuple or 1-D array), each converted, or a TypeError naming ``name``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{name}={value!r} must be a list with one entry per block")
+    try:
+        if any(isinstance(v, bool) for v in value):
+            raise TypeError("entries must be numbers, not bools")
+        return tuple(convert(v) for v in value)
+    except TypeError as e:
+        raise TypeError(f"{name}={value!r}: {e}") from None
+
+
 @dataclass(frozen=True)
 class Arch:
     """One architecture: the choices a search space makes."""
@@ -61,14 +86,10 @@ class Arch:
     patch_size: int
 
     def __post_init__(self):
-        positive_int("depth", self.depth)
-        for name, kind in (("num_heads", int), ("mlp_ratio", float)):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)):
-                raise TypeError(f"{name}={value!r} must be a list with one entry per block")
-            per_block(name, value, self.depth, kind)  # no coercion below hides a wrong type
-        object.__setattr__(self, "num_heads", tuple(self.num_heads))
-        object.__setattr__(self, "mlp_ratio", tuple(float(r) for r in self.mlp_ratio))
+        # Whole numbers (2, 2.0, numpy ints) become ints and real numbers floats; anything else (a
+        # string, 2.5 heads, True) is an error rather than silently another architecture.
+        object.__setattr__(self, "num_heads", _entries("num_heads", self.num_heads, _whole))
+        object.__setattr__(self, "mlp_ratio", _entries("mlp_ratio", self.mlp_ratio, _real))
         self.config(img_size=self.patch_size, in_chans=1, num_classes=1)  # validates the fields
 
     def config(self, img_size: int, in_chans: int, num_classes: int) -> ViTConfig:

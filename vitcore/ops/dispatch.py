@@ -14,7 +14,6 @@ import contextvars
 import functools
 import importlib.util
 import os
-from importlib import metadata
 from typing import Optional
 
 import torch
@@ -51,14 +50,17 @@ def _release(version: str) -> tuple:
 
 @functools.lru_cache(maxsize=None)
 def interpreter_problem() -> Optional[str]:
-    """Why Triton's interpreter cannot run vitcore's kernels with the installed versions, or None.
+    """Why Triton's interpreter cannot run vitcore's kernels with the installed versions, or None."""
+    import numpy
+    import triton
 
-    Triton 3.6's interpreter evaluates a loop bound held in a tensor with ``int()`` of a
+    return versions_problem(triton.__version__, numpy.__version__)
+
+
+def versions_problem(triton_version: str, numpy_version: str) -> Optional[str]:
+    """Triton 3.6's interpreter evaluates a loop bound held in a tensor with ``int()`` of a
     one-element array, which NumPy 2.4 made an error (Triton 3.7 squeezes the array first), so
-    every kernel with a runtime loop bound fails there. Checked with the installed metadata, without
-    importing either package.
-    """
-    triton_version, numpy_version = metadata.version("triton"), metadata.version("numpy")
+    every kernel with a runtime loop bound fails there."""
     if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
         return (f"Triton {triton_version}'s interpreter fails with NumPy {numpy_version}: install "
                 "'numpy<2.4' or 'triton>=3.7' to run the kernels on CPU")
