@@ -24,8 +24,8 @@ def triton_on(monkeypatch):
     """Run vitcore ops through their Triton kernels (interpreted on CPU)."""
     if not triton_available():
         pytest.skip("triton is not installed")
-    if DEVICE == "cpu" and interpreter_problem():
-        pytest.fail(interpreter_problem())
+    if DEVICE == "cpu" and (problem := interpreter_problem()):
+        pytest.fail(problem)
     monkeypatch.setenv("VITCORE_TRITON", "1")
 
 

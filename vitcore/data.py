@@ -50,7 +50,7 @@ def _npz(path: str):
         x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
     if x.ndim != 4 or x.shape[2] != x.shape[3]:
         raise ValueError(f"{path}: images have shape {x.shape}, expected (N, C, H, H) or (N, H, H)")
-    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    bad = np.count_nonzero(~np.isfinite(x))
     if bad:
         raise ValueError(f"{path}: images hold {bad} NaN or infinite values")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():

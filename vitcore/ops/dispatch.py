@@ -81,7 +81,7 @@ def use_triton(tensor: torch.Tensor) -> bool:
             raise RuntimeError(
                 f"{_ENV}=1 on a CPU tensor needs TRITON_INTERPRET=1 set before Triton is imported"
             )
-        if tensor.device.type == "cpu" and interpreter_problem():
-            raise RuntimeError(interpreter_problem())
+        if tensor.device.type == "cpu" and (problem := interpreter_problem()):
+            raise RuntimeError(problem)
         return True
     return tensor.device.type == "cuda" and triton_available()
