@@ -129,11 +129,9 @@ def long_sequence():
 
 
 def tuned_configs():
-    from vitcore.kernels import attention as _kernels
+    from vitcore.kernels import attention
 
-    return {
-        phase: {str(key): str(cfg) for key, cfg in tuner.cache.items()} for phase, tuner in _kernels._TUNED.items()
-    }
+    return attention.tuned_configs()
 
 
 # -- report --------------------------------------------------------------------------------------

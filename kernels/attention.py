@@ -15,8 +15,9 @@ Outputs (O, dQ, dK, dV) are written laid out (B, N', H, d) and returned as (B, H
 output projection's ``.transpose(1, 2).reshape(B, N', H * d)`` is free. Extra memory is O(N') per
 (batch, head): the row log-sum-exp (forward) and delta = rowsum(dO * O) (backward), never N' x N'.
 
-The forward kernel is here; the backward's two kernels (dQ, then dK and dV; deterministic, no
-atomics) are in ``kernels/attention_bwd.py``. The launchers of both are here.
+The forward kernel, its launcher and the launch machinery the backward shares (block sizes,
+autotuning) are here; the backward's two kernels (dQ, then dK and dV; deterministic, no atomics) and
+their launcher ``attention_bwd`` are in ``kernels/attention_bwd.py``.
 
 Block sizes are autotuned per (N', d, dtype, dot precision). ``VITCORE_AUTOTUNE=0`` (and Triton's
 interpreter, ``TRITON_INTERPRET=1``) skip the search and use one fixed config per kernel.
@@ -26,8 +27,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
-from .attention_bwd import _attention_bwd_dkdv_kernel, _attention_bwd_dq_kernel
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 (exp2 is one MUFU instruction)
 # Shared-memory budget for the (rough) tile estimate below: H100 has 227 KiB per block, and the
@@ -190,32 +189,41 @@ def _default_config(phase, d_pad, elsize):
 
 
 _KEY = ["N_CTX", "HEAD_DIM", "DOT_PRECISION"]  # the autotuner adds the tensors' dtypes to the key
-_TUNED = {
-    phase: triton.autotune(
-        configs=[_make_config(phase, *c) for c in _CONFIGS[phase]],
-        key=_KEY,
-        prune_configs_by={"early_config_prune": _pruner(phase)},
-    )(kernel)
-    for phase, kernel in (
-        ("fwd", _attention_fwd_kernel),
-        ("dq", _attention_bwd_dq_kernel),
-        ("dkdv", _attention_bwd_dkdv_kernel),
-    )
-}
-_PLAIN = {"fwd": _attention_fwd_kernel, "dq": _attention_bwd_dq_kernel, "dkdv": _attention_bwd_dkdv_kernel}
+_TUNERS = {}  # phase -> its autotuner, whose cache holds the chosen configs
 
 
-def _launch(phase, args, n_ctx, n_bh, head_dim, dot_precision, elsize):
-    d_pad = max(16, triton.next_power_of_2(head_dim))
-    meta = dict(HEAD_DIM=head_dim, D_PAD=d_pad, DOT_PRECISION=dot_precision)
-    outer_name = _OUTER[phase]
-    if _AUTOTUNE:
-        grid = lambda m: (n_bh, triton.cdiv(n_ctx, m[outer_name]))  # noqa: E731
-        _TUNED[phase][grid](*args, **meta)
-    else:
-        outer, inner, warps, stages = _default_config(phase, d_pad, elsize)
-        meta.update({outer_name: outer, _INNER[phase]: inner})
-        _PLAIN[phase][(n_bh, triton.cdiv(n_ctx, outer))](*args, **meta, num_warps=warps, num_stages=stages)
+class Launchable:
+    """A phase's kernel with its autotuned wrapper; ``launch`` picks one per ``_AUTOTUNE``."""
+
+    def __init__(self, phase: str, kernel):
+        self.phase, self.plain = phase, kernel
+        self.tuned = triton.autotune(
+            configs=[_make_config(phase, *c) for c in _CONFIGS[phase]],
+            key=_KEY,
+            prune_configs_by={"early_config_prune": _pruner(phase)},
+        )(kernel)
+        _TUNERS[phase] = self.tuned
+
+    def launch(self, args, n_ctx, n_bh, head_dim, dot_precision, elsize):
+        phase = self.phase
+        d_pad = max(16, triton.next_power_of_2(head_dim))
+        meta = dict(HEAD_DIM=head_dim, D_PAD=d_pad, DOT_PRECISION=dot_precision)
+        outer_name = _OUTER[phase]
+        if _AUTOTUNE:
+            grid = lambda m: (n_bh, triton.cdiv(n_ctx, m[outer_name]))  # noqa: E731
+            self.tuned[grid](*args, **meta)
+        else:
+            outer, inner, warps, stages = _default_config(phase, d_pad, elsize)
+            meta.update({outer_name: outer, _INNER[phase]: inner})
+            self.plain[(n_bh, triton.cdiv(n_ctx, outer))](*args, **meta, num_warps=warps, num_stages=stages)
+
+
+def tuned_configs() -> dict:
+    """{phase: {autotuner key: chosen config}} of every call autotuned so far in this process."""
+    return {phase: {str(key): str(cfg) for key, cfg in tuner.cache.items()} for phase, tuner in _TUNERS.items()}
+
+
+_FWD = Launchable("fwd", _attention_fwd_kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,23 +263,5 @@ def attention_fwd(q, k, v, sm_scale: float, out=None):
     _check(q, o)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     args = (q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, N, sm_scale * LOG2E)
-    _launch("fwd", args, N, B * H, d, dot_precision(q.dtype), q.element_size())
+    _FWD.launch(args, N, B * H, d, dot_precision(q.dtype), q.element_size())
     return o, lse
-
-
-def attention_bwd(do, q, k, v, o, lse, sm_scale: float):
-    """dQ, dK, dV (each (B, H, N', d) laid out (B, N', H, d)) from dO and the forward's o and lse."""
-    _check(q, k, v, o, do)
-    B, H, N, d = q.shape
-    assert lse.shape == (B, H, N) and lse.is_contiguous() and lse.dtype == torch.float32
-    precision, elsize = dot_precision(q.dtype), q.element_size()
-    dq, dk, dv = _bhnd_like(q), _bhnd_like(k), _bhnd_like(v)
-    delta = torch.empty_like(lse)  # (B, H, N') rowsum(dO * O), written by the dQ kernel
-    scales = (H, N, sm_scale, sm_scale * LOG2E)
-    dq_args = (q, k, v, o, do, lse, delta, dq,
-               *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(), *scales)
-    _launch("dq", dq_args, N, B * H, d, precision, elsize)
-    dkdv_args = (q, k, v, do, lse, delta, dk, dv,
-                 *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *scales)
-    _launch("dkdv", dkdv_args, N, B * H, d, precision, elsize)
-    return dq, dk, dv

@@ -1,4 +1,4 @@
-"""Flash attention's backward kernels (launched by ``kernels/attention.py``'s ``attention_bwd``).
+"""Flash attention's backward: two kernels and their launcher ``attention_bwd``.
 
 Two kernels, both deterministic (no atomics): ``_attention_bwd_dq_kernel`` first computes
 delta = rowsum(dO * O) for its query rows (the "preprocess" phase, fused here to save a launch and a
@@ -7,8 +7,11 @@ reading delta back. Both recompute the probabilities from the forward's row log-
 so nothing N' x N' is stored. Same support as the forward: any strides, any N' (masked tails),
 head dims 1..256 padded to D_PAD, fp16 / bf16 / fp32.
 """
+import torch
 import triton
 import triton.language as tl
+
+from .attention import LOG2E, Launchable, _bhnd_like, _check, dot_precision
 
 
 @triton.jit
@@ -198,3 +201,28 @@ def _attention_bwd_dkdv_kernel(
     out_offs = cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
     tl.store(DK + out_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=io_mask)
     tl.store(DV + out_offs, dv.to(DV.dtype.element_ty), mask=io_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------
+_DQ = Launchable("dq", _attention_bwd_dq_kernel)
+_DKDV = Launchable("dkdv", _attention_bwd_dkdv_kernel)
+
+
+def attention_bwd(do, q, k, v, o, lse, sm_scale: float):
+    """dQ, dK, dV (each (B, H, N', d) laid out (B, N', H, d)) from dO and the forward's o and lse."""
+    _check(q, k, v, o, do)
+    B, H, N, d = q.shape
+    assert lse.shape == (B, H, N) and lse.is_contiguous() and lse.dtype == torch.float32
+    precision, elsize = dot_precision(q.dtype), q.element_size()
+    dq, dk, dv = _bhnd_like(q), _bhnd_like(k), _bhnd_like(v)
+    delta = torch.empty_like(lse)  # (B, H, N') rowsum(dO * O), written by the dQ kernel
+    scales = (H, N, sm_scale, sm_scale * LOG2E)
+    dq_args = (q, k, v, o, do, lse, delta, dq,
+               *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(), *scales)
+    _DQ.launch(dq_args, N, B * H, d, precision, elsize)
+    dkdv_args = (q, k, v, do, lse, delta, dk, dv,
+                 *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *scales)
+    _DKDV.launch(dkdv_args, N, B * H, d, precision, elsize)
+    return dq, dk, dv

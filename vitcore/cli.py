@@ -23,7 +23,7 @@ from vitcore.data import DATA_CHOICES, load_batch
 from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
 from vitcore.model import ViT
 from vitcore.paths import free_name
-from vitcore.proxies import MODES, PARAM_SETS, PROXIES, check_proxies, score
+from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies, score
 from vitcore.space import SPACES, Arch, get_space, sample
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--data", default="digits", help=f"{' | '.join(DATA_CHOICES)} (default digits)")
     s.add_argument("--proxies", default="grad_norm,snip", help=f"comma-separated: {', '.join(PROXIES)}")
-    s.add_argument("--mode", default="global", choices=MODES, help="grad_norm over the whole vector or per layer")
+    s.add_argument("--mode", default="global", choices=GRAD_NORM_MODES, help="grad_norm over the whole vector or per layer")
     s.add_argument("--params", default="all", choices=PARAM_SETS, help="count every trainable tensor or layer weights")
     s.add_argument("--rank-by", help="proxy to rank by (default: the first of --proxies)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

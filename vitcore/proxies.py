@@ -42,11 +42,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitcore.ops.dispatch import eager
-from vitcore.ops.reduce import param_stats
+from vitcore.ops.param_stats import param_stats
 from vitcore.passes import data_pass, hessian_grad, layer_weights, synflow_grads
 
 PROXIES = ("grad_norm", "snip", "plain", "grasp", "synflow", "fisher", "jacob_cov", "nwot", "zico", "params", "flops")
-MODES = ("global", "per_layer")
+GRAD_NORM_MODES = ("global", "per_layer")  # how grad_norm adds the tensors' norms
 PARAM_SETS = ("all", "weights")
 _GRADIENT = {"grad_norm", "snip", "plain", "grasp"}  # need the batch gradient of the counted tensors
 _G2, _ABS_GW, _GW = 0, 1, 2  # columns of param_stats: Σg², Σ|g·θ|, Σg·θ (Σθ² unused)
@@ -192,8 +192,8 @@ def score(
     refused (ValueError, raised after the one sync); a model that makes NaN gets NaN scores.
     """
     names = check_proxies(proxies)
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}; valid: {', '.join(MODES)}")
+    if mode not in GRAD_NORM_MODES:
+        raise ValueError(f"mode={mode!r}; valid: {', '.join(GRAD_NORM_MODES)}")
     if params not in PARAM_SETS:
         raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
     for name, value in (("inputs", inputs), ("targets", targets)):

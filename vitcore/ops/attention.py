@@ -41,7 +41,7 @@ class _FlashAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, do):
-        from vitcore.kernels import attention as _kernels
+        from vitcore.kernels import attention_bwd as _kernels
 
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = _kernels.attention_bwd(do, q, k, v, o, lse, ctx.scale)

@@ -1,7 +1,7 @@
 """Per-parameter gradient statistics: Σg², Σ|g·θ|, Σg·θ, Σθ² for every tensor of a model at once.
 
 The proxies read them all: grad_norm = sqrt(Σ Σg²), snip = Σ Σ|g·θ|, plain = Σ Σg·θ. On CUDA one
-multi-tensor Triton reduction (``kernels/reduce.py``) replaces three or more launches and a host
+multi-tensor Triton reduction (``kernels/param_stats.py``) replaces three or more launches and a host
 sync per tensor. Not differentiable: runs under ``torch.no_grad()`` and returns a plain tensor.
 """
 from typing import Iterable, List
@@ -14,7 +14,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _validate(params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
-    """Raise naming the first bad index; O(T) Python, so the Triton path runs it on a plan miss."""
+    """Raise naming the first bad index; O(T) Python, so the Triton path runs it on a plan miss only."""
     if len(params) != len(grads):
         raise ValueError(f"len(params)={len(params)} != len(grads)={len(grads)}")
     if not params:
@@ -65,9 +65,14 @@ def param_stats(params: Iterable[torch.Tensor], grads: Iterable[torch.Tensor]) -
     gradient shaped like its weight, all on one device. ``None`` gradients are the caller's to skip.
     """
     params, grads = list(params), list(grads)
-    if params and grads and isinstance(params[0], torch.Tensor) and use_triton(params[0]):
-        from vitcore.kernels import reduce as _kernels
+    if params and grads and all(isinstance(t, torch.Tensor) for t in (params[0], grads[0])) \
+            and use_triton(params[0]):
+        from vitcore.kernels import param_stats as _kernels
 
-        return _kernels.param_stats(params, grads, _validate)
+        plan = _kernels.find_plan(params, grads) if len(params) == len(grads) else None
+        if plan is None:  # first sight of this metadata: validate, then plan
+            _validate(params, grads)
+            plan = _kernels.make_plan(params, grads)
+        return _kernels.param_stats(plan, params, grads)
     _validate(params, grads)
     return _param_stats_eager(params, grads)

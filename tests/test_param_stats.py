@@ -66,7 +66,7 @@ class _CountLaunches:
 @pytest.fixture
 def kernels(triton_on, monkeypatch):
     """The kernel module with an empty plan cache and a launch counter."""
-    from vitcore.kernels import reduce as _kernels
+    from vitcore.kernels import param_stats as _kernels
 
     monkeypatch.setattr(_kernels, "_PLANS", {})
     counter = _CountLaunches(_kernels._param_stats_kernel)
@@ -224,7 +224,7 @@ def test_one_key_several_layouts(kernels):
 
 @pytest.mark.parametrize("guard", ["default", "python"])
 def test_metadata_guard(guard):
-    from vitcore.kernels import reduce as _kernels
+    from vitcore.kernels import param_stats as _kernels
 
     make = _kernels._Guard if guard == "default" else _kernels._PythonGuard
     ts = [torch.randn(4, 6), torch.randn(5).half()]

@@ -1,7 +1,7 @@
 """Report: per-parameter gradient statistics (grad_norm + snip) for ViT-Ti/S/B/L parameter sets.
 
-Run on a GPU:   python bench/reduce_report.py --out DIR
-Writes DIR/<device>-<date>-reduce.md and .json (device, date, versions, command in both).
+Run on a GPU:   python bench/param_stats_report.py --out DIR
+Writes DIR/<device>-<date>-param_stats.md and .json (device, date, versions, command in both).
 
 Providers, all computing grad_norm and snip for the whole model from the same fp32 tensors:
   loop     per tensor g.pow(2).sum().item() and (g*θ).abs().sum().item(): 2 host syncs a tensor
@@ -164,7 +164,7 @@ def copy_bandwidth():
 
 # -- correctness on the device --
 def check(models):
-    from vitcore.kernels import reduce as _kernels
+    from vitcore.kernels import param_stats as _kernels
     from vitcore.ops import param_stats, param_stats_ref
 
     def rel_err(out, ref):
@@ -236,7 +236,7 @@ def main():
     args = parser.parse_args()
     import triton
 
-    from vitcore.kernels import reduce as _kernels
+    from vitcore.kernels import param_stats as _kernels
 
     models = {m: VIT[m] for m in args.models.split(",")}
     device = torch.cuda.get_device_name()
@@ -324,7 +324,7 @@ def _targets(meta):
 
 def write(meta, out_dir):
     os.makedirs(out_dir, exist_ok=True)
-    stem = f"{meta['device'].replace('NVIDIA', '').split()[0].lower()}-{meta['date']}-reduce"
+    stem = f"{meta['device'].replace('NVIDIA', '').split()[0].lower()}-{meta['date']}-param_stats"
     with open(os.path.join(out_dir, stem + ".json"), "w") as f:
         json.dump(meta, f, indent=1)
     bw = meta["copy_GBps"]

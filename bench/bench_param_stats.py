@@ -1,16 +1,16 @@
 """pytest-benchmark: grad_norm + snip over every parameter tensor of ViT-Ti/S/B/L, per provider.
 
-    pytest bench/bench_reduce.py --benchmark-group-by=param:model
+    pytest bench/bench_param_stats.py --benchmark-group-by=param:model
 
 Each round is one call ending in its host sync (what a caller waits for). Providers and the ViT
-parameter shapes come from reduce_report.py, which also writes the markdown report.
+parameter shapes come from param_stats_report.py, which also writes the markdown report.
 ``test_vitcore_fresh_grads`` calls param_stats as vitcore.score does: fresh gradient tensors at new
 addresses and fresh detached weight views every call.
 """
 import pytest
 import torch
 
-from reduce_report import PROVIDERS, VIT, fresh_calls, grad_norm_snip, make_tensors, rotate, vit_shapes
+from param_stats_report import PROVIDERS, VIT, fresh_calls, grad_norm_snip, make_tensors, rotate, vit_shapes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -38,7 +38,7 @@ identity, and the one host sync of a score call may not gain a second one here.
   capture is kept alive with the plan, since replays copy from its pinned buffer.
 """
 import functools
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -379,31 +379,42 @@ def _addresses(plan: _Plan, ws: _Workspace, g_ptrs: tuple, w_ptrs: tuple) -> tor
     return table
 
 
-def param_stats(params: List[torch.Tensor], grads: List[torch.Tensor],
-                validate: Callable[[List[torch.Tensor], List[torch.Tensor]], None]) -> torch.Tensor:
-    """(T, 4) fp32 Σg², Σ|g·θ|, Σg·θ, Σθ² per tensor.
-
-    ``validate(params, grads)`` (the caller's checks, O(T) Python) runs whenever no cached plan's
-    metadata guard accepts these tensors: a hit means tensors of exactly this metadata were
-    validated before.
-    """
+def find_plan(params: List[torch.Tensor], grads: List[torch.Tensor]) -> Optional[_Plan]:
+    """The cached plan whose metadata guard accepts these tensors, or None (the caller validates the
+    tensors, then calls ``make_plan``). A hit means tensors of exactly this metadata were validated
+    before. A non-tensor in ``params`` finds none, so that the caller's checks name it."""
     try:
         key = tuple(map(_ptr, params))
-    except (TypeError, AttributeError):  # a non-tensor: let the caller's checks name it
-        validate(params, grads)
-        raise
-    plan = _lookup(key, params, grads)
-    if plan is None:
-        validate(params, grads)
-        plan = _build_plan(params, grads)
-        _remember(key, plan)
+    except (TypeError, AttributeError):
+        return None
+    return _lookup(key, params, grads)
+
+
+def cached_plans() -> int:
+    """How many plans the cache holds (every weight-pointer key, every layout variant)."""
+    return sum(map(len, _PLANS.values()))
+
+
+def clear_plans() -> None:
+    """Forget every cached plan: the next call on any tensors validates and builds anew."""
+    _PLANS.clear()
+
+
+def make_plan(params: List[torch.Tensor], grads: List[torch.Tensor]) -> _Plan:
+    """Build and cache the plan for validated tensors."""
+    plan = _build_plan(params, grads)
+    _remember(tuple(map(_ptr, params)), plan)
+    return plan
+
+
+def param_stats(plan: _Plan, params: List[torch.Tensor], grads: List[torch.Tensor]) -> torch.Tensor:
+    """(T, 4) fp32 Σg², Σ|g·θ|, Σg·θ, Σθ² per tensor, with ``plan`` from ``find_plan``/``make_plan``."""
     if plan.copies:
         params, grads = list(params), list(grads)
         for i in plan.copies:
             params[i], grads[i] = params[i].contiguous(), grads[i].contiguous()
-        key = tuple(map(_ptr, params))
     ws = _workspace(plan)
-    addrs = _addresses(plan, ws, tuple(map(_ptr, grads)), key)
+    addrs = _addresses(plan, ws, tuple(map(_ptr, grads)), tuple(map(_ptr, params)))
     out = torch.empty((plan.n_tensors, 4), dtype=torch.float32, device=plan.device)
     _param_stats_kernel[(plan.n_chunks,)](
         plan.table, addrs, ws.partials, ws.counters, out, plan.n_tensors * _NF.value, plan.chunk_size,
