@@ -11,6 +11,7 @@ setup(
     python_requires=">=3.9",
     packages=["vitcore", "vitcore.ops", "vitcore.kernels"],
     package_dir={"vitcore.kernels": "kernels"},
+    package_data={"vitcore": ["truth/*.csv", "truth/*.md"]},  # the built-in ground truth of `vitcore evaluate`
     install_requires=[
         "torch>=2.3",
         "numpy",
