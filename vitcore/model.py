@@ -6,15 +6,21 @@ The head width ``head_dim`` is independent of ``embed_dim``: a block with H head
 H·head_dim dimensions and projects back to embed_dim with W^O. ``head_dim=None`` makes each block's
 heads embed_dim / H wide (AutoFormer's networks trained from scratch, timm's ViT): then embed_dim must
 be divisible by every block's H (a ValueError naming both otherwise).
+
+A model is built directly on its device (parameters allocated there, then initialised there with the
+device's random generator; nothing is initialised on the CPU and copied). The same config, seed and
+device give bitwise the same weights; the CPU and CUDA generators draw different numbers, so one seed
+gives different weights on a CPU and on a GPU.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from vitcore.ops.attention import attention_ref, flash_attention
+from vitcore.attention_choice import attend, check_attention
+from vitcore.ops.attention import attention_ref
 
 
 def positive_int(name: str, value) -> int:
@@ -40,6 +46,20 @@ def _per_block(name: str, value, depth: int, kind: type) -> tuple:
     return values
 
 
+@torch.no_grad()
+def trunc_normal_(t: torch.Tensor, std: float, a: float = -2.0, b: float = 2.0,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Fill ``t`` in place with N(0, std²) truncated to [a, b] (absolute bounds, as timm's init uses).
+
+    Inverse-CDF sampling: x = std·√2·erfinv(w) with w uniform on [erf(a/(std√2)), erf(b/(std√2))),
+    so the draw is exact, needs no host sync (torch 2.13's ``nn.init.trunc_normal_`` resamples
+    rejected values behind a sync per tensor) and is the same algorithm on every torch version.
+    """
+    lo, hi = (math.erf(x / (std * math.sqrt(2.0))) for x in (a, b))
+    t.uniform_(lo, hi, generator=generator)
+    return t.erfinv_().mul_(std * math.sqrt(2.0)).clamp_(a, b)  # clamp: erfinv(-1) = -inf
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     img_size: int = 224  # square input, pixels
@@ -52,6 +72,7 @@ class ViTConfig:
     mlp_ratio: Union[float, Sequence[float]] = 4.0  # MLP hidden = round(ratio * D); one or per block
     qkv_bias: bool = True
     head_dim: Optional[int] = None  # d; None means embed_dim // num_heads (must divide)
+    attention: str = "vitcore"  # vitcore | sdpa | eager | auto, see vitcore.attention_choice
 
     def __post_init__(self):
         for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth"):
@@ -75,6 +96,7 @@ class ViTConfig:
             raise ValueError(f"head_dim={self.head_dim!r} must be a positive int or None")
         if not isinstance(self.qkv_bias, bool):
             raise TypeError(f"qkv_bias={self.qkv_bias!r} must be a bool")
+        check_attention(self.attention)
 
     @property
     def num_patches(self) -> int:
@@ -98,13 +120,17 @@ class ViTConfig:
 class MSA(nn.Module):
     """Multi-head self-attention with one fused QKV projection and an output projection W^O.
 
-    ``fused=True`` runs ``flash_attention`` (the Triton kernel on CUDA, reading q, k, v in place
-    from the packed QKV output), ``fused=False`` the eager ``attention_ref``.
+    ``attention`` picks the attention (``vitcore.attention_choice``): "vitcore" runs ``flash_attention``
+    (the Triton kernel on CUDA, reading q, k, v in place from the packed QKV output), "sdpa" PyTorch's
+    ``scaled_dot_product_attention``, "eager" ``attention_ref``, "auto" the faster of vitcore and SDPA.
+    ``fused=False`` is ``attention="eager"``.
     """
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True, fused: bool = True):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True, fused: bool = True,
+                 attention: str = "vitcore"):
         super().__init__()
-        self.num_heads, self.head_dim, self.fused = num_heads, head_dim, fused
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.attention = check_attention(attention) if fused else "eager"
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias)
         self.proj = nn.Linear(num_heads * head_dim, dim)
 
@@ -113,10 +139,7 @@ class MSA(nn.Module):
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)  # (B, N', 3, H, d)
         q, k, v = qkv.unbind(2)  # each (B, N', H, d), strided views
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N', d)
-        if self.fused:
-            out = flash_attention(q, k, v)  # (B, H, N', d), laid out (B, N', H, d) on the Triton path
-        else:
-            out = attention_ref(q, k, v)  # (B, H, N', d)
+        out = attend(q, k, v, self.attention)  # (B, H, N', d); vitcore's kernel lays it out (B, N', H, d)
         out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # (B, N', H·d)
         return self.proj(out)  # (B, N', D)
 
@@ -133,10 +156,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, qkv_bias: bool, fused: bool):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, qkv_bias: bool, attention: str):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = MSA(dim, num_heads, head_dim, qkv_bias, fused)
+        self.attn = MSA(dim, num_heads, head_dim, qkv_bias, attention=attention)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, max(1, round(mlp_ratio * dim)))
 
@@ -146,39 +169,59 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """The ViT of ``config``; ``fused`` picks flash attention (default) or eager attention in every MSA."""
+    """The ViT of ``config``, built and initialised on ``device``.
 
-    def __init__(self, config: ViTConfig, fused: bool = True):
+    attention: overrides ``config.attention`` ("vitcore", "sdpa", "eager", "auto"; see
+    ``vitcore.attention_choice``); ``fused=False`` is ``attention="eager"``. The model's ``config``
+    holds the attention it runs. device: where the parameters live (default: torch's default device).
+    seed: an int initialises from ``torch.Generator(device).manual_seed(seed)`` (the global RNG is
+    neither read nor advanced); None draws from the device's default generator. Weights depend on the
+    device's generator: one seed gives different weights on a CPU and on a GPU.
+    """
+
+    def __init__(self, config: ViTConfig, fused: bool = True, *, attention: Optional[str] = None,
+                 device: Union[str, torch.device, None] = None, seed: Optional[int] = None):
         if not isinstance(config, ViTConfig):
             hint = ": build one with ViTConfig(**d)" if isinstance(config, dict) else ""
             raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}{hint}")
         if not isinstance(fused, bool):
             raise TypeError(f"fused={fused!r} must be a bool")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed={seed!r} must be a non-negative int or None")
+        if attention is not None or not fused:
+            config = replace(config, attention="eager" if not fused else check_attention(attention))
+        device = torch.get_default_device() if device is None else torch.device(device)
         super().__init__()
         self.config = c = config
-        self.patch_embed = nn.Conv2d(c.in_chans, c.embed_dim, c.patch_size, stride=c.patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, c.num_tokens, c.embed_dim))
-        self.blocks = nn.ModuleList(
-            Block(c.embed_dim, h, c.block_head_dim(h), r, c.qkv_bias, fused)
-            for h, r in zip(c.block_heads(), c.block_mlp_ratios())
-        )
-        self.norm = nn.LayerNorm(c.embed_dim)
-        self.head = nn.Linear(c.embed_dim, c.num_classes)
-        self.reset_parameters()
+        with torch.device("meta"):  # shapes only: every value is set by reset_parameters on the device
+            self.patch_embed = nn.Conv2d(c.in_chans, c.embed_dim, c.patch_size, stride=c.patch_size)
+            self.cls_token = nn.Parameter(torch.empty(1, 1, c.embed_dim))
+            self.pos_embed = nn.Parameter(torch.empty(1, c.num_tokens, c.embed_dim))
+            self.blocks = nn.ModuleList(
+                Block(c.embed_dim, h, c.block_head_dim(h), r, c.qkv_bias, c.attention)
+                for h, r in zip(c.block_heads(), c.block_mlp_ratios())
+            )
+            self.norm = nn.LayerNorm(c.embed_dim)
+            self.head = nn.Linear(c.embed_dim, c.num_classes)
+        self.to_empty(device=device)
+        self.reset_parameters(None if seed is None else torch.Generator(device).manual_seed(seed))
 
-    def reset_parameters(self):
-        """timm's ViT initialisation: truncated normal (std .02) for Linear weights and embeddings."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
+    @torch.no_grad()
+    def reset_parameters(self, generator: Optional[torch.Generator] = None):
+        """timm's ViT initialisation: truncated normal (std .02) for Linear weights and the positional
+        embedding, N(0, 1e-6) for the class token, LayerNorm at identity, zero biases; drawn from
+        ``generator`` (default: the device's default generator)."""
+        trunc_normal_(self.pos_embed, std=0.02, generator=generator)
+        self.cls_token.normal_(0.0, 1e-6, generator=generator)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                trunc_normal_(m.weight, std=0.02, generator=generator)
             elif isinstance(m, nn.Conv2d):
                 fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-                nn.init.trunc_normal_(m.weight, std=math.sqrt(1.0 / fan_in))
+                trunc_normal_(m.weight, std=math.sqrt(1.0 / fan_in), generator=generator)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

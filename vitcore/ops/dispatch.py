@@ -32,6 +32,11 @@ def eager():
         _FORCE_EAGER.reset(token)
 
 
+def eager_forced() -> bool:
+    """True inside a ``with eager():`` block."""
+    return _FORCE_EAGER.get()
+
+
 @functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     """True when the ``triton`` package is installed (checked once, without importing it)."""
