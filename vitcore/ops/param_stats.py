@@ -46,15 +46,22 @@ def param_stats_ref(params: Iterable[torch.Tensor], grads: Iterable[torch.Tensor
 
 
 def _param_stats_eager(params: List[torch.Tensor], grads: List[torch.Tensor]) -> torch.Tensor:
-    # fp32 accumulation like the kernel (fp64 inputs keep fp64 until the fp32 output, for the
-    # float64 reference passes); per-tensor ops stacked on the device, no host sync
-    rows = []
-    for w, g in zip(params, grads):
-        acc = torch.promote_types(torch.promote_types(g.dtype, w.dtype), torch.float32)
-        g, w = g.to(acc), w.to(acc)
-        gw = g * w
-        rows.append(torch.stack((g.square().sum(), gw.abs().sum(), gw.sum(), w.square().sum())))
-    return torch.stack(rows).float()  # (T, 4)
+    # Accumulates in fp32 like the kernel (fp64 inputs keep fp64 until the fp32 output, for the float64
+    # reference passes), on the device without a host sync. torch._foreach_* runs an op over all T tensors
+    # in one call (a C++ loop on the CPU, multi-tensor kernels on CUDA): Σg² = ‖g‖₂², Σθ² = ‖θ‖₂² and the
+    # products g·θ and |g·θ|. The two sums of products stay per-tensor .sum() calls: foreach has no sum,
+    # and its 1-norm accumulates sequentially (relative error 2e-6 at 12k elements, 3e-8 for .sum()).
+    acc = torch.float32
+    for t in params + grads:
+        acc = torch.promote_types(acc, t.dtype)
+    g = [t if t.dtype == acc else t.to(acc) for t in grads]
+    w = [t if t.dtype == acc else t.to(acc) for t in params]
+    gw = torch._foreach_mul(g, w)
+    g2 = torch.stack(torch._foreach_norm(g)).square()  # (T,)
+    w2 = torch.stack(torch._foreach_norm(w)).square()  # (T,)
+    sum_gw = torch.stack([t.sum() for t in gw])  # (T,)
+    abs_gw = torch.stack([t.sum() for t in torch._foreach_abs(gw)])  # (T,)
+    return torch.stack((g2, abs_gw, sum_gw, w2), dim=1).float()  # (T, 4)
 
 
 @torch.no_grad()
