@@ -6,7 +6,7 @@ recorded. Results are appended one JSON line per (architecture, seed) as they fi
 interrupted run resumes where it stopped; the CSV (mean and std over seeds) and a provenance file
 are written at the end.
 
-    python bench/ground_truth.py --out bench/data/digits-small-50
+    python -m bench.ground_truth --out bench/data/digits-small-50
 """
 import argparse
 import csv
