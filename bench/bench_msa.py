@@ -11,7 +11,8 @@ import torch
 
 from vitcore.cost import vit_cost
 from vitcore.model import ViT, ViTConfig
-from vitcore.bench.scaling import MODES, PROVIDERS, QUICK_D, QUICK_N, SWEEP_D, SWEEP_N, TOKENS, MSACase
+from vitcore.bench.options import MODES, PROVIDERS, QUICK_D, QUICK_N, SWEEP_D, SWEEP_N
+from vitcore.bench.scaling import TOKENS, MSACase
 from vitcore.bench.scaling_fit import BACKWARD_FACTOR
 from vitcore.bench.timers import synchronizer
 

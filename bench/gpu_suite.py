@@ -219,7 +219,8 @@ def main(argv=None) -> int:
                 continue
             left = TOTAL_BUDGET_S - (time.time() - start)
             if left < 5:
-                doc["parts"][part.name] = {"status": "not run: the suite's total budget is spent", "budget_s": part.budget_s}
+                doc["parts"][part.name] = {"status": "not run: the suite's total budget is spent",
+                                           "budget_s": part.budget_s}
                 continue
             result = run_part(part, work, env, min(part.budget_s, left))
             if part.name == "setup" and result["rc"] != 0:  # PYTHONPATH=. does not map kernels/: use the shim

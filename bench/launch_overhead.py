@@ -95,11 +95,12 @@ def targets(doc):
     if host:
         worst = max(host)
         out.append({"issue": 12, "target": f"flash_attention host time per fwd+bwd <= {HOST_TARGET_US} µs",
-                    "measured": f"{worst[0]:.1f} µs (worst: {worst[1]} {worst[2]})", "met": worst[0] <= HOST_TARGET_US})
+                    "measured": f"{worst[0]:.1f} µs (worst: {worst[1]} {worst[2]})",
+                    "met": worst[0] <= HOST_TARGET_US})
     for r in doc["param_stats"]:
         limit = 1.3 * r["floor_us"] + 20
-        out.append({"issue": 12, "target": f"param_stats caller time, fresh grads, {r['model']} <= 1.3 x floor + 20 µs "
-                    f"= {limit:.1f} µs", "measured": f"{r['vitcore_caller_us']:.1f} µs "
+        out.append({"issue": 12, "target": f"param_stats caller time, fresh grads, {r['model']} "
+                    f"<= 1.3 x floor + 20 µs = {limit:.1f} µs", "measured": f"{r['vitcore_caller_us']:.1f} µs "
                     f"({r['vitcore_caller_us'] / limit:.2f}x the limit)", "met": r["vitcore_caller_us"] <= limit})
     for (shape, dtype, provider, mode), r in by.items():
         sdpa = by.get((shape, dtype, "sdpa", mode))
@@ -130,8 +131,8 @@ def write(doc, stem):
         lines.append(f"| {r['shape']} | {r['dtype']} | {r['provider']} | {r['mode']} | {host} | {gpu} "
                      f"| {r['call_us']:.1f} |")
     lines += ["", "## param_stats (fresh gradients) beside torch._foreach_norm", "",
-              "| model | tensors | floor µs | vitcore host µs | GPU µs | caller µs | _foreach_norm host µs | GPU µs "
-              "| caller µs |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| model | tensors | floor µs | vitcore host µs | GPU µs | caller µs | _foreach_norm host µs "
+              "| GPU µs | caller µs |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["param_stats"]:
         lines.append(f"| {r['model']} | {r['n_tensors']} | {r['floor_us']:.1f} | {r['vitcore_host_us']:.1f} "
                      f"| {r['vitcore_gpu_us']:.1f} | {r['vitcore_caller_us']:.1f} | {r['foreach_norm_host_us']:.1f} "

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from vitcore.bench import env
 from vitcore.bench.ceilings import DTYPES, measure_ceiling
 from vitcore.bench.scaling_fit import analyse
-from vitcore.bench.options import HEAD_DIM, MODES, PROVIDERS, QUICK_D, QUICK_N, SWEEP_D, SWEEP_N  # noqa: F401
+from vitcore.bench.options import HEAD_DIM, MODES, PROVIDERS, SWEEP_D, SWEEP_N
 from vitcore.bench.timers import graphed, time_windows
 from vitcore.bench.writer import write_text
 from vitcore.cost import msa_macs
