@@ -9,7 +9,7 @@ setup(
     description="Fast zero-cost proxies for Vision Transformer search: Triton kernels, "
     "a ViT search space, proxies, ranking and cost models.",
     python_requires=">=3.9",
-    packages=["vitcore", "vitcore.ops", "vitcore.bench", "vitcore.kernels"],
+    packages=["vitcore", "vitcore.ops", "vitcore.proxies", "vitcore.bench", "vitcore.kernels"],
     package_dir={"vitcore.kernels": "kernels"},
     install_requires=[
         "torch>=2.3",

@@ -3,7 +3,8 @@
     PYTHONPATH=. python -m bench.gpu_suite --out DIR            # on a CUDA machine, from the repository root
     python -m bench.gpu_suite --dry-run                          # anywhere: import every part, list the plan
 
-Parts run one after another as subprocesses, each with its own time budget (a part over budget is stopped,
+Parts run one after another as subprocesses (attention before launch_overhead: its parallel prewarm fills
+Triton's on-disk cache for the same shapes), each with its own time budget (a part over budget is stopped,
 with its process group, and marked so; a part that fails does not stop the others); the budgets add up to
 under 8 minutes. The first part makes ``vitcore.kernels`` importable from the tree: ``setup.py`` maps it from
 ``kernels/``, which ``PYTHONPATH=.`` alone does not do, so where ``import vitcore.kernels`` fails the suite
@@ -58,14 +59,14 @@ PARTS = [
     Part("setup", 20, ["vitcore.bench.env"],
          lambda w: [PY, "-c", "import json, vitcore.kernels, vitcore.ops; from vitcore.bench.env import environment; "
                     "print(json.dumps(environment('cuda')))"], "", ""),
-    Part("tests", 140, ["pytest"],
+    Part("tests", 130, ["pytest"],
          lambda w: [PY, "-m", "pytest", "tests", "-q", "-rfEs", "-p", "no:cacheprovider",
                     "--junitxml", os.path.join(w, "tests.xml")], "", "tests.xml"),
-    Part("launch_overhead", 50, ["bench.launch_overhead"],
-         lambda w: [PY, "-m", "bench.launch_overhead", "--out", w], "*-launch_overhead.md", "*-launch_overhead.json"),
     Part("attention", 60, ["bench.attention_report"],
          lambda w: [PY, "-m", "bench.attention_report", "--out", w, *ATTENTION_ARGS], "*-attention.md",
          "*-attention.json"),
+    Part("launch_overhead", 60, ["bench.launch_overhead"],
+         lambda w: [PY, "-m", "bench.launch_overhead", "--out", w], "*-launch_overhead.md", "*-launch_overhead.json"),
     Part("param_stats", 45, ["bench.param_stats_report"],
          lambda w: [PY, "-m", "bench.param_stats_report", "--out", w], "*-param_stats.md", "*-param_stats.json"),
     Part("msa_scaling", 90, ["vitcore.bench.scaling_report"],
@@ -126,7 +127,7 @@ def collect(part: Part, work: str, out: str, result: dict, doc: dict, env: dict)
     if part.name == "msa_scaling" and os.path.exists(os.path.join(work, "msa", "results.json")) \
             and not os.path.exists(os.path.join(work, "msa", "report.md")):
         subprocess.run([PY, "-m", "vitcore", "bench", "--report-only", "--no-plots", "--out",
-                        os.path.join(work, "msa")], cwd=REPO, env=env, capture_output=True, timeout=60)
+                        os.path.join(work, "msa")], cwd=REPO, env=env, capture_output=True, timeout=30)
     reports = sorted(glob.glob(os.path.join(work, part.report))) if part.report else []
     if reports and os.path.getsize(reports[-1]) < MAX_FILE_BYTES:
         shutil.copyfile(reports[-1], os.path.join(out, f"{part.name}.md"))

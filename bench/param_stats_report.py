@@ -34,7 +34,6 @@ from vitcore.bench.ceilings import copy_gbps
 from vitcore.bench.env import environment, header_lines
 from vitcore.bench.timers import device_ms, graph_ms, host_us, once_s, sync_ms
 from vitcore.bench.writer import result_stem, write_json, write_text
-from vitcore.kernels import param_stats as kernels
 from vitcore.ops import param_stats, param_stats_ref
 
 # (embed dim, depth) of the ViT/16 models at 224 px; heads do not change parameter shapes
@@ -119,6 +118,8 @@ def rotate(name, calls):
 
 # -- correctness on the device --
 def check(models):
+    from vitcore.kernels import param_stats as kernels  # Triton: imported where a GPU run needs it
+
     def rel_err(out, ref):
         scale = ref.abs().clone()
         scale[:, 2] = ref[:, 1]  # Σg·θ is signed: judge it on the scale of Σ|g·θ|
@@ -176,6 +177,8 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.exit(2, "param_stats_report: needs a CUDA GPU (none is available)\n")
+    from vitcore.kernels import param_stats as kernels
+
     models = {m: VIT[m] for m in args.models.split(",")}
     meta = environment("cuda")
     stem = result_stem(args.out, "param_stats", "cuda")
