@@ -86,9 +86,11 @@ def flash_attention(
     Returns (B, H, N', d). On the Triton path it is a view of memory laid out (B, N', H, d), so
     ``out.transpose(1, 2).reshape(B, N', H * d)`` is free; the eager fallback (``attention_ref``)
     returns a contiguous (B, H, N', d). fp32 follows ``torch.get_float32_matmul_precision()``.
+    bf16 CPU tensors with ``VITCORE_TRITON=1`` run the eager reference (with a warning): Triton's
+    interpreter computes bf16 ``tl.dot`` wrongly (``vitcore.ops.dispatch``).
     """
     _validate(q, k, v, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if q.dtype in _KERNEL_DTYPES and use_triton(q):
+    if q.dtype in _KERNEL_DTYPES and use_triton(q, uses_dot=True):
         return _FlashAttention.apply(q, k, v, scale)
     return attention_ref(q, k, v, scale)

@@ -5,6 +5,11 @@
                       (how the tests run kernels without a GPU).
 unset                 Triton for CUDA tensors when Triton imports, eager otherwise.
 
+Triton's interpreter has no bfloat16 arithmetic of its own (NumPy has no bf16): its ``tl.dot`` on
+bf16 tiles multiplies the bit patterns (Triton 3.9: flash attention off by 8e8), so an op whose kernel
+has a bf16 ``tl.dot`` (``uses_dot=True``) runs its eager reference for bf16 CPU tensors, with one
+warning per process. Loads and conversions of bf16 are right there (param_stats, checked in its tests).
+
 ``with eager():`` forces the eager references for a region whatever the setting: passes that
 differentiate twice (GraSP's Hessian-gradient product) or run in float64 (synflow) need them,
 since the kernels' backward passes are not differentiable and the kernels take no float64.
@@ -14,6 +19,7 @@ import contextvars
 import functools
 import importlib.util
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -67,8 +73,31 @@ def versions_problem(triton_version: str, numpy_version: str) -> Optional[str]:
     return None
 
 
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether ops on ``tensor`` run their Triton kernel (True) or eager reference (False)."""
+_INTERPRETER_DOT_DTYPES = (torch.float32, torch.float16)  # what the interpreter's tl.dot computes right
+_warned_dtypes = set()
+
+
+def _interpreter_cannot(dtype: torch.dtype) -> bool:
+    """True (with one warning per dtype) when the interpreter's tl.dot gets ``dtype`` wrong."""
+    if dtype in _INTERPRETER_DOT_DTYPES:
+        return False
+    if dtype not in _warned_dtypes:
+        _warned_dtypes.add(dtype)
+        warnings.warn(f"Triton's interpreter computes tl.dot on {dtype} wrongly (it multiplies bit patterns): "
+                      f"{dtype} CPU tensors run the eager references of ops built on tl.dot", stacklevel=3)
+    return True
+
+
+def use_triton(tensor: torch.Tensor, uses_dot: bool = False) -> bool:
+    """Whether ops on ``tensor`` run their Triton kernel (True) or eager reference (False).
+
+    ``uses_dot``: the op's kernel multiplies ``tensor.dtype`` tiles with ``tl.dot``, which Triton's
+    interpreter computes right for fp32 and fp16 only; other dtypes then run eager on CPU (a warning).
+    Raises TypeError for a non-tensor, ValueError for a bad ``VITCORE_TRITON``, RuntimeError when
+    ``VITCORE_TRITON=1`` cannot be honoured (no Triton, a CPU tensor without ``TRITON_INTERPRET=1``).
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"use_triton expects a torch.Tensor, got {type(tensor).__name__}")
     setting = os.environ.get(_ENV, "")
     if setting not in ("", "0", "1"):
         raise ValueError(f"{_ENV}={setting!r}: expected '0', '1' or unset")
@@ -83,5 +112,5 @@ def use_triton(tensor: torch.Tensor) -> bool:
             )
         if tensor.device.type == "cpu" and (problem := interpreter_problem()):
             raise RuntimeError(problem)
-        return True
+        return not (uses_dot and tensor.device.type == "cpu" and _interpreter_cannot(tensor.dtype))
     return tensor.device.type == "cuda" and triton_available()
