@@ -20,7 +20,8 @@ same way (``kernel.run(grid0, grid1, grid2, stream, function, packed_metadata, l
 enter_hook, exit_hook, *args)``, read in both versions' ``runtime/jit.py``). Any other release, a
 kernel object without those attributes, and Triton's interpreter (which compiles nothing) take the
 ordinary ``kernel[grid](...)`` on every call; ``direct_problem()`` says why, and it is logged once.
-A launch hook (a profiler) set in ``triton.knobs`` also takes the ordinary path.
+A launch hook (a profiler) added to ``triton.knobs.runtime`` also takes the ordinary path; without
+one the direct launch passes None for the hooks, which both versions' C launchers then skip.
 """
 import inspect
 import logging
@@ -89,6 +90,11 @@ def _parameters(fn) -> tuple:
     return specialize, constexpr
 
 
+def _hooked(hook) -> bool:
+    """Whether a launch hook is set: Triton 3.6-3.9 keep a ``HookChain``, empty unless a profiler adds to it."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 _ptr = torch.Tensor.data_ptr
 _low_bits = (15).__and__  # address mod 16, applied by map() without a Python frame
 
@@ -138,7 +144,7 @@ class CachedLauncher:
             self._ordinary(grid, args, meta, num_warps, num_stages)
             return
         knobs = triton.knobs.runtime
-        if knobs.launch_enter_hook is not None or knobs.launch_exit_hook is not None:
+        if _hooked(knobs.launch_enter_hook) or _hooked(knobs.launch_exit_hook):
             self._ordinary(grid, args, meta, num_warps, num_stages)  # a profiler wants its metadata
             return
         constexprs = tuple(map(meta.__getitem__, self.constexpr_names))
