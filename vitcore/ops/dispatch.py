@@ -16,7 +16,6 @@ since the kernels' backward passes are not differentiable and the kernels take n
 """
 import contextlib
 import contextvars
-import functools
 import importlib.util
 import os
 import warnings
@@ -28,20 +27,33 @@ _ENV = "VITCORE_TRITON"
 _FORCE_EAGER = contextvars.ContextVar("vitcore_force_eager", default=False)
 
 
+# The same state as a plain global, read while torch.compile traces (Dynamo cannot read a ContextVar;
+# it guards a global's value, so entering ``eager()`` recompiles). Per process, not per thread.
+_eager_depth = 0
+
+
 @contextlib.contextmanager
 def eager():
     """Run every vitcore op through its eager reference inside the ``with`` block."""
+    global _eager_depth
     token = _FORCE_EAGER.set(True)
+    _eager_depth += 1
     try:
         yield
     finally:
         _FORCE_EAGER.reset(token)
+        _eager_depth -= 1
 
 
-@functools.lru_cache(maxsize=None)
+_FIXED: dict = {}  # per-process facts (installed packages), computed once
+
+
+@torch.compiler.assume_constant_result  # fixed per process: torch.compile reads it once, untraced
 def triton_available() -> bool:
     """True when the ``triton`` package is installed (checked once, without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    if "triton" not in _FIXED:
+        _FIXED["triton"] = importlib.util.find_spec("triton") is not None
+    return _FIXED["triton"]
 
 
 def _interpreting() -> bool:
@@ -54,13 +66,15 @@ def _release(version: str) -> tuple:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-@functools.lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result
 def interpreter_problem() -> Optional[str]:
     """Why Triton's interpreter cannot run vitcore's kernels with the installed versions, or None."""
-    import numpy
-    import triton
+    if "interpreter" not in _FIXED:
+        import numpy
+        import triton
 
-    return versions_problem(triton.__version__, numpy.__version__)
+        _FIXED["interpreter"] = versions_problem(triton.__version__, numpy.__version__)
+    return _FIXED["interpreter"]
 
 
 def versions_problem(triton_version: str, numpy_version: str) -> Optional[str]:
@@ -101,7 +115,8 @@ def use_triton(tensor: torch.Tensor, uses_dot: bool = False) -> bool:
     setting = os.environ.get(_ENV, "")
     if setting not in ("", "0", "1"):
         raise ValueError(f"{_ENV}={setting!r}: expected '0', '1' or unset")
-    if setting == "0" or _FORCE_EAGER.get():
+    forced = _eager_depth > 0 if torch.compiler.is_compiling() else _FORCE_EAGER.get()
+    if setting == "0" or forced:
         return False
     if setting == "1":
         if not triton_available():
