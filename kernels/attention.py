@@ -8,7 +8,9 @@ Supported:
     two, at least 16 for ``tl.dot``, and masked);
   - float16, bfloat16 (fp32 accumulation) and float32. float32 follows
     ``torch.get_float32_matmul_precision()``: "highest" -> Triton's "tf32x3" dot (fp32 accuracy on the
-    tensor cores), "high" / "medium" -> "tf32".
+    tensor cores), "high" / "medium" -> "tf32", with every fp32 dot operand rounded to TF32 first
+    (``cvt.rna.tf32.f32``, as cuBLAS does; the MMA alone truncates). Compiled kernels only: the
+    interpreter computes fp32 dots in full precision. Not yet run on a GPU.
 Not supported: causal or arbitrary masks, dropout, different lengths or head dims for q, k and v.
 
 Outputs (O, dQ, dK, dV) are written laid out (B, N', H, d) and returned as (B, H, N', d) views, so the
@@ -19,8 +21,13 @@ The forward kernel, its launcher and the launch machinery the backward shares (b
 autotuning) are here; the backward's two kernels (dQ, then dK and dV; deterministic, no atomics) and
 their launcher ``attention_bwd`` are in ``kernels/attention_bwd.py``.
 
-Block sizes are autotuned per (N', d, dtype, dot precision). ``VITCORE_AUTOTUNE=0`` (and Triton's
-interpreter, ``TRITON_INTERPRET=1``) skip the search and use one fixed config per kernel.
+Block sizes are autotuned once per (phase, device, dtype, N', d, dot precision): every candidate
+config is timed with ``triton.testing.do_bench`` and the fastest kept in a table that
+``save_tuned(path)`` / ``load_tuned(path)`` write and read (``VITCORE_TUNED=path`` loads it at import
+and writes it back at exit when something new was tuned), so a scoring run tunes nothing twice.
+``VITCORE_AUTOTUNE=0`` (and Triton's interpreter, ``TRITON_INTERPRET=1``) skip the search and use one
+fixed config per kernel. Launches go through ``kernels/launch.py``: after the first call of a
+specialisation the compiled kernel is launched directly.
 """
 import atexit
 import functools

@@ -289,3 +289,34 @@ def test_tf32_rounding_rule():
     assert rel.max() <= 2.0 ** -11  # half a TF32 ulp; truncation allows a whole one (2^-10)
     truncated = (x.view(torch.int32) & ~0x1FFF).view(torch.float32)
     assert ((truncated.double() - x.double()).abs() / x.double().abs().clamp_min(1e-300)).max() > 2.0 ** -11
+
+
+def test_public_table_functions(table, tmp_path):
+    from vitcore.ops import load_tuned, save_tuned
+
+    table[("fwd", "NVIDIA H200", "float16", 197, 64, "tf32")] = (64, 64, 4, 3)
+    assert save_tuned(tmp_path / "t.json") == 1
+    table.clear()
+    assert load_tuned(tmp_path / "t.json") == 1 and len(table) == 1
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike, got int"):
+        save_tuned(3)
+    with pytest.raises(FileNotFoundError):
+        load_tuned(tmp_path / "missing.json")
+
+
+def test_env_table_is_loaded_and_saved_back(table, tmp_path, monkeypatch):
+    path = tmp_path / "tuned.json"
+    table[("fwd", "cpu", "float32", 9, 16, "tf32")] = (32, 16, 4, 1)
+    attention.save_tuned(str(path))
+    table.clear()
+    at_exit = []
+    monkeypatch.setattr(attention.atexit, "register", at_exit.append)
+    monkeypatch.setenv("VITCORE_TUNED", str(path))
+    attention._load_env_table()
+    assert len(table) == 1 and len(at_exit) == 1
+    at_exit[0]()  # nothing new tuned: the file is left alone
+    assert json.loads(path.read_text())["entries"][0]["config"] == [32, 16, 4, 1]
+    table[("dq", "cpu", "float32", 9, 16, "tf32")] = (64, 32, 4, 1)
+    attention._new_entries.append(("dq", "cpu", "float32", 9, 16, "tf32"))
+    at_exit[0]()
+    assert len(json.loads(path.read_text())["entries"]) == 2

@@ -1,12 +1,13 @@
 """Multi-head self-attention: the eager reference, the Triton flash-attention autograd Function and
 the public ``flash_attention`` that dispatches between them (``vitcore.ops.dispatch.use_triton``)."""
 import math
+import os
 from typing import Optional, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from vitcore.ops.dispatch import use_triton
+from vitcore.ops.dispatch import triton_available, use_triton
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _DTYPES = _KERNEL_DTYPES + (torch.float64,)  # float64 (e.g. synflow) always runs the eager reference
@@ -136,3 +137,26 @@ def flash_attention(
     if q.dtype in _KERNEL_DTYPES and use_triton(q, uses_dot=True):
         return _FlashAttention.apply(q, k, v, scale)
     return attention_ref(q, k, v, scale)
+
+
+def _tuned_table_module(path, name: str):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: path must be a str or os.PathLike, got {type(path).__name__}")
+    if not triton_available():
+        raise RuntimeError(f"{name}: the triton package is not installed, so there is nothing tuned")
+    from vitcore.kernels import attention as _kernels
+
+    return _kernels
+
+
+def save_tuned(path) -> int:
+    """Write the attention kernels' autotuned block sizes (every key tuned or loaded in this process)
+    to ``path`` as JSON, replacing it atomically; returns the number of entries written."""
+    return _tuned_table_module(path, "save_tuned").save_tuned(os.fspath(path))
+
+
+def load_tuned(path) -> int:
+    """Read a table written by ``save_tuned`` so that its keys are not tuned again; returns the number
+    of entries read. ValueError for a file that is not such a table or was tuned with another Triton
+    release; OSError if it cannot be read. ``VITCORE_TUNED=path`` does this at import (and saves at exit)."""
+    return _tuned_table_module(path, "load_tuned").load_tuned(os.fspath(path))
