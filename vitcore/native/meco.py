@@ -1,0 +1,79 @@
+"""MeCo, the minimum eigenvalue of correlation (Jiang et al., "MeCo: Zero-Shot NAS with One Data
+and Single Forward Pass via Minimum Eigenvalue of Correlation", NeurIPS 2023).
+
+    MeCo = Σ_l λ_min(P(f_l(x)))
+
+for one input example x; f_l(x) is layer l's feature map, reshaped to (rows, -1), and P the Pearson
+correlation matrix of its rows.
+
+What the paper leaves open for a ViT, and vitcore's choices:
+- Which example and which rows: the authors' code (HamsterMimi/MeCo, ``get_score``) takes the first
+  example of the batch, ``output[0]``, and reshapes it to (its first axis, -1). For a conv map that
+  is channels x pixels; for a ViT's (N', C) token map it is tokens x channels, so P is the N' x N'
+  correlation of the tokens over their C features. vitcore keeps that reading of the authors' code:
+  rows are the N' tokens, the class token one of them. (Channels as rows would give a C x C matrix
+  from N' observations, singular whenever C >= N', as every MLP hidden layer is at 224².)
+- Which layers: the authors hook every module. vitcore takes the output of every Linear layer inside
+  the blocks (QKV, W^O, both MLP layers), the ViT's counterparts of the conv layers MeCo was
+  designed for, each once (hooking every module would count W^O's output again as the MSA's).
+- NaN or infinite correlations (a constant row) are set to 0 before the eigenvalues, as the
+  authors' code does.
+
+A layer whose C - 1 < N' has a singular P (λ_min = 0 up to rounding): for the dev set's networks
+that is W^O and the second MLP layer at D = 192. All P matrices are N' x N', so their eigenvalues
+come from one batched ``torch.linalg.eigvalsh`` call in float64. ``meco`` returns a 0-d float64
+tensor; nothing syncs with the host.
+"""
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+from vitcore.model import Block, ViT
+
+
+def meco_layers(model: nn.Module) -> List[nn.Linear]:
+    """The Linear layers inside the blocks of a vitcore ViT, in forward order."""
+    if not isinstance(model, ViT):
+        raise TypeError(f"meco needs a vitcore.ViT (it reads the blocks' layers), got {type(model).__name__}")
+    return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.Linear)]
+
+
+def _row_correlation(f: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the rows of f (N', C) in float64, NaN/inf set to 0 (the authors' code)."""
+    f = f.double()
+    centred = f - f.mean(1, keepdim=True)  # (N', C)
+    norms = centred.norm(dim=1)  # (N',)
+    corr = (centred @ centred.T) / (norms[:, None] * norms[None, :])  # (N', N')
+    return torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def meco_reduce(feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_l λ_min of the row correlation of each (rows, C_l) map; 0-d float64.
+
+    Maps with the same number of rows share one batched eigenvalue call.
+    """
+    groups = {}
+    for f in feature_maps:
+        groups.setdefault(f.shape[0], []).append(_row_correlation(f))
+    total = torch.zeros((), dtype=torch.float64, device=feature_maps[0].device)
+    for mats in groups.values():
+        total = total + torch.linalg.eigvalsh(torch.stack(mats))[:, 0].sum()  # (L, rows) ascending
+    return total
+
+
+def meco(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """MeCo of ``model`` (a vitcore ViT) on the first example of ``inputs`` (B, C, H, W); 0-d float64.
+
+    One forward pass without gradients; the model is not changed.
+    """
+    maps: List[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda mod, args, out: maps.append(out[0].detach()))
+               for m in meco_layers(model)]
+    try:
+        with torch.no_grad():
+            model(inputs[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return meco_reduce([f.reshape(f.shape[0], -1) for f in maps])  # each (N', C_l)

@@ -1,0 +1,81 @@
+"""SWAP, sample-wise activation patterns (Peng et al., "SWAP-NAS: Sample-Wise Activation Patterns
+for Ultra-fast NAS", ICLR 2024).
+
+    SWAP = |{ (1[a_1u > 0], ..., 1[a_Bu > 0]) : u a neuron }|
+
+the number of distinct patterns that the B examples of a batch draw on the network's neurons: each
+neuron u of every activation layer has a B-bit pattern saying on which examples it is active, and
+SWAP counts the distinct patterns. It is at most min(#neurons, 2^B).
+
+Choices, following the authors' code (pym1024/SWAP, ``SampleWiseActivationPatterns``) where the
+paper leaves them open:
+- A neuron is one element of an activation layer's output per example: the authors flatten a ReLU's
+  (B, C, H, W) output to (B, C·H·W) and concatenate the layers. A ViT's activations are the MLPs'
+  GELUs; their (B, N', hidden) inputs give N'·hidden neurons per block, the class token's included.
+- Active means a positive pre-activation: the authors take sign(ReLU(x)), which is 1 exactly where
+  x > 0; GELU(x) > 0 exactly where x > 0 too.
+- The paper's regularised SWAP multiplies by exp(-(params - μ)²/σ) with μ, σ set from the search
+  space's parameter counts; that needs the population, not one network, and is not applied here.
+
+With B examples the count saturates at 2^B: at 224², every AutoFormer-Tiny network has over a
+million GELU neurons, so a batch of 16 or fewer (65,536 patterns) leaves little room between
+networks. Counting runs on the device without a host sync: each pattern is packed into 63-bit words,
+the words are sorted lexicographically (stable sorts, last word first) and the changes counted.
+``swap`` returns a 0-d float64 tensor.
+"""
+from typing import List
+
+import torch
+from torch import nn
+
+_WORD = 63  # pattern bits per int64 word (the sign bit unused)
+
+
+def gelu_modules(model: nn.Module) -> List[nn.Module]:
+    """The model's activation modules whose inputs SWAP reads (GELU and ReLU), in module order."""
+    acts = [m for m in model.modules() if isinstance(m, (nn.GELU, nn.ReLU))]
+    if not acts:
+        raise ValueError("swap reads the inputs of nn.GELU / nn.ReLU modules, and the model has none")
+    return acts
+
+
+def pack_patterns(active: torch.Tensor) -> torch.Tensor:
+    """(B, U) bools -> (U, ceil(B/63)) int64 words, bit b of word w = example 63·w + b."""
+    B, U = active.shape
+    words = []
+    for start in range(0, B, _WORD):
+        bits = active[start:start + _WORD].long()  # (b, U)
+        shifts = torch.arange(bits.shape[0], device=active.device)[:, None]  # (b, 1)
+        words.append((bits << shifts).sum(0))  # (U,)
+    return torch.stack(words, 1)  # (U, W)
+
+
+def count_distinct_rows(words: torch.Tensor) -> torch.Tensor:
+    """Number of distinct rows of an (U, W) int64 matrix, as a 0-d int64 tensor, without a host sync."""
+    order = torch.arange(words.shape[0], device=words.device)
+    for w in reversed(range(words.shape[1])):  # least significant word first: a stable radix sort
+        order = order[torch.sort(words[order, w], stable=True).indices]
+    rows = words[order]  # (U, W) sorted lexicographically
+    return 1 + (rows[1:] != rows[:-1]).any(1).sum()
+
+
+def swap_reduce(active: torch.Tensor) -> torch.Tensor:
+    """SWAP of a (B, U) boolean activity matrix (examples x neurons); 0-d float64."""
+    return count_distinct_rows(pack_patterns(active)).double()
+
+
+def swap(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """SWAP of ``model`` on the batch ``inputs``; 0-d float64. One forward pass without gradients."""
+    codes: List[torch.Tensor] = []
+
+    def keep(module, args):
+        codes.append((args[0] > 0).reshape(args[0].shape[0], -1))  # (B, neurons of this call)
+
+    handles = [m.register_forward_pre_hook(keep) for m in gelu_modules(model)]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return swap_reduce(torch.cat(codes, 1))  # (B, U)
