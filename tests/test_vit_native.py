@@ -106,8 +106,8 @@ def test_dss_refuses_a_model_that_is_not_a_vit():
 def _meco_reference(model, x):
     m = _copy64(model)
     maps = []
-    hooks = [lin.register_forward_hook(lambda mod, a, out: maps.append(out[0].detach().numpy()))
-             for lin in _block_linears(m)]
+    hooks = [b.mlp.act.register_forward_hook(lambda mod, a, out: maps.append(out[0].detach().numpy()))
+             for b in m.blocks]
     with torch.no_grad():
         m(x[:1].double())
     for h in hooks:

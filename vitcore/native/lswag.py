@@ -47,7 +47,7 @@ def inverse_std_term(per_example: torch.Tensor) -> torch.Tensor:
 
     0 when no weight has σ > 0 (log of an empty sum is left out, as ZiCo's code skips such layers).
     """
-    std = per_example.double().std(0, unbiased=False)  # (*θ shape)
+    std = per_example.double().std(0, unbiased=False)  # (*θ shape), float64 statistics
     total = torch.where(std > 0, 1 / torch.where(std > 0, std, 1), 0).sum()
     return torch.where(total > 0, torch.log(torch.where(total > 0, total, 1)), 0)
 
@@ -91,6 +91,6 @@ def lswag(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
         for h in handles:
             h.remove()
     for x, dy in zip(layer_inputs, grads):
-        per_example = B * torch.einsum("bno,bni->boi", dy.double(), x.double())  # (B, out, in)
+        per_example = B * torch.einsum("bno,bni->boi", dy, x)  # (B, out, in), the model's dtype
         terms.append(inverse_std_term(per_example))
     return lswag_reduce(terms, torch.cat(codes, 1))

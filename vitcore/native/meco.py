@@ -13,16 +13,19 @@ What the paper leaves open for a ViT, and vitcore's choices:
   correlation of the tokens over their C features. vitcore keeps that reading of the authors' code:
   rows are the N' tokens, the class token one of them. (Channels as rows would give a C x C matrix
   from N' observations, singular whenever C >= N', as every MLP hidden layer is at 224².)
-- Which layers: the authors hook every module. vitcore takes the output of every Linear layer inside
-  the blocks (QKV, W^O, both MLP layers), the ViT's counterparts of the conv layers MeCo was
-  designed for, each once (hooking every module would count W^O's output again as the MSA's).
+- Which layers: the authors hook every module. vitcore takes the output of every block's MLP
+  activation (the GELU, (N', hidden)), once each. The output of a Linear layer cannot serve: it is
+  a linear map of its block's LayerNorm output, so its N' token rows span at most D dimensions, and
+  at D < N' (D = 192 < 197 at 224²) every such P is singular, λ_min = 0 up to rounding, whatever
+  the network (measured: the sum over the Linear outputs of a dev-set network was 8e-13). The GELU
+  is the first non-linear map of each block, and its hidden width (3.5·D or more) exceeds N'.
 - NaN or infinite correlations (a constant row) are set to 0 before the eigenvalues, as the
   authors' code does.
+- The authors' foresight measure scores one N(0, 1) example it draws itself; vitcore scores the
+  first example of the batch it is given (real images when the run has them).
 
-A layer whose C - 1 < N' has a singular P (λ_min = 0 up to rounding): for the dev set's networks
-that is W^O and the second MLP layer at D = 192. All P matrices are N' x N', so their eigenvalues
-come from one batched ``torch.linalg.eigvalsh`` call in float64. ``meco`` returns a 0-d float64
-tensor; nothing syncs with the host.
+All P matrices are N' x N', so their eigenvalues come from one batched ``torch.linalg.eigvalsh``
+call in float64. ``meco`` returns a 0-d float64 tensor; nothing syncs with the host.
 """
 from typing import List, Sequence
 
@@ -32,11 +35,11 @@ from torch import nn
 from vitcore.model import Block, ViT
 
 
-def meco_layers(model: nn.Module) -> List[nn.Linear]:
-    """The Linear layers inside the blocks of a vitcore ViT, in forward order."""
+def meco_layers(model: nn.Module) -> List[nn.Module]:
+    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT, in forward order."""
     if not isinstance(model, ViT):
         raise TypeError(f"meco needs a vitcore.ViT (it reads the blocks' layers), got {type(model).__name__}")
-    return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.Linear)]
+    return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.GELU)]
 
 
 def _row_correlation(f: torch.Tensor) -> torch.Tensor:
