@@ -187,9 +187,23 @@ def test_distinct_patterns_across_word_boundaries(B):
     assert count_distinct_rows(words).item() == torch.unique(words, dim=0).shape[0]
 
 
-def test_swap_refuses_a_model_without_activations():
-    with pytest.raises(ValueError, match="GELU"):
-        swap(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(3, 1, 2, 2))
+@pytest.mark.parametrize("proxy", [swap, meco])
+def test_activation_proxies_refuse_a_model_that_is_not_a_vit(proxy):
+    with pytest.raises(TypeError, match="vitcore.ViT"):
+        proxy(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(3, 1, 2, 2))
+
+
+def test_one_shared_pass_gives_each_proxy_its_own_value():
+    from vitcore.native.lswag import lswag_reduce
+    from vitcore.native.meco import meco_reduce
+    from vitcore.native.passes import native_pass
+
+    model = _copy64(_model("odd", 5))
+    x, y = _batch("odd", 4, seed=5, dtype=torch.float64)
+    p = native_pass(model, x, y, F.cross_entropy, active=True, meco=True, lswag=True)
+    assert swap_reduce(p.active).item() == swap(model, x).item()
+    assert meco_reduce(p.meco_maps).item() == pytest.approx(meco(model, x).item(), rel=1e-12, abs=1e-12)
+    assert lswag_reduce(p.lswag_terms, p.active).item() == pytest.approx(lswag(model, x, y).item(), rel=1e-12)
 
 
 # -- L-SWAG -----------------------------------------------------------------------------------

@@ -21,25 +21,19 @@ checked against arXiv 2505.07300 §3: (1) the mean is dropped as Σ 1/σ (ZiCo's
 ViT choices: the layers are the Linear layers inside the blocks (QKV, W^O, both MLP layers), their
 weights only (ZiCo's practice; vitcore's zico explains why biases are left out); Ψ reads the blocks'
 GELU inputs, class token included. Per-example gradients come from one batched forward and
-backward: for y = x Wᵀ the gradient of example b is B · Σ_tokens dy_b ⊗ x_b (the loss averages
-over the batch), so no per-example passes are needed. Everything reduces on the device; ``lswag``
+backward (``vitcore.native.passes``, shared with SWAP and MeCo): for y = x Wᵀ the gradient of
+example b is B · Σ_tokens dy_b ⊗ x_b (the loss averages over the batch), so no per-example passes
+are needed. Everything reduces on the device; ``lswag``
 returns a 0-d float64 tensor.
 """
-from typing import Callable, List, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitcore.model import Block, ViT
+from vitcore.native.passes import native_pass
 from vitcore.native.swap import swap_reduce
-
-
-def lswag_layers(model: nn.Module) -> List[nn.Linear]:
-    """The Linear layers inside the blocks of a vitcore ViT (the window L̂ = every block)."""
-    if not isinstance(model, ViT):
-        raise TypeError(f"lswag needs a vitcore.ViT (it reads the blocks' layers), got {type(model).__name__}")
-    return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.Linear)]
 
 
 def inverse_std_term(per_example: torch.Tensor) -> torch.Tensor:
@@ -62,35 +56,9 @@ def lswag(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     """L-SWAG of ``model`` (a vitcore ViT) on one batch; 0-d float64. ``loss_fn`` must average over examples.
 
     Needs at least 2 examples (a standard deviation over examples). One forward and one backward
-    pass; the model's parameters and their ``.grad`` are not changed.
+    pass (``vitcore.native.passes``); the model's parameters and their ``.grad`` are not changed.
     """
-    B = inputs.shape[0]
-    if B < 2:
-        raise ValueError(f"lswag takes gradient statistics over the examples: it needs at least 2, got {B}")
-    layers = lswag_layers(model)
-    terms: List[torch.Tensor] = []
-    outputs: List[torch.Tensor] = []
-    layer_inputs: List[torch.Tensor] = []
-    codes: List[torch.Tensor] = []
-
-    def keep_io(module, args, out):
-        layer_inputs.append(args[0].detach())
-        outputs.append(out)
-
-    def keep_code(module, args):
-        codes.append((args[0] > 0).reshape(args[0].shape[0], -1))  # (B, neurons of this call)
-
-    handles = [m.register_forward_hook(keep_io) for m in layers]
-    handles += [m.register_forward_pre_hook(keep_code)
-                for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.GELU)]
-    try:
-        with torch.enable_grad():
-            loss = loss_fn(model(inputs), targets)
-            grads = torch.autograd.grad(loss, outputs)  # each (B, N', out)
-    finally:
-        for h in handles:
-            h.remove()
-    for x, dy in zip(layer_inputs, grads):
-        per_example = B * torch.einsum("bno,bni->boi", dy, x)  # (B, out, in), the model's dtype
-        terms.append(inverse_std_term(per_example))
-    return lswag_reduce(terms, torch.cat(codes, 1))
+    if inputs.shape[0] < 2:
+        raise ValueError(f"lswag takes gradient statistics over the examples: it needs at least 2, got {inputs.shape[0]}")
+    p = native_pass(model, inputs, targets, loss_fn, lswag=True)
+    return lswag_reduce(p.lswag_terms, p.active)

@@ -27,19 +27,12 @@ What the paper leaves open for a ViT, and vitcore's choices:
 All P matrices are N' x N', so their eigenvalues come from one batched ``torch.linalg.eigvalsh``
 call in float64. ``meco`` returns a 0-d float64 tensor; nothing syncs with the host.
 """
-from typing import List, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from vitcore.model import Block, ViT
-
-
-def meco_layers(model: nn.Module) -> List[nn.Module]:
-    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT, in forward order."""
-    if not isinstance(model, ViT):
-        raise TypeError(f"meco needs a vitcore.ViT (it reads the blocks' layers), got {type(model).__name__}")
-    return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.GELU)]
+from vitcore.native.passes import native_pass
 
 
 def _row_correlation(f: torch.Tensor) -> torch.Tensor:
@@ -68,15 +61,6 @@ def meco_reduce(feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
 def meco(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """MeCo of ``model`` (a vitcore ViT) on the first example of ``inputs`` (B, C, H, W); 0-d float64.
 
-    One forward pass without gradients; the model is not changed.
+    One forward pass without gradients (``vitcore.native.passes``); the model is not changed.
     """
-    maps: List[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda mod, args, out: maps.append(out[0].detach()))
-               for m in meco_layers(model)]
-    try:
-        with torch.no_grad():
-            model(inputs[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return meco_reduce([f.reshape(f.shape[0], -1) for f in maps])  # each (N', C_l)
+    return meco_reduce(native_pass(model, inputs[:1], meco=True).meco_maps)

@@ -23,20 +23,12 @@ networks. Counting runs on the device without a host sync: each pattern is packe
 the words are sorted lexicographically (stable sorts, last word first) and the changes counted.
 ``swap`` returns a 0-d float64 tensor.
 """
-from typing import List
-
 import torch
 from torch import nn
 
+from vitcore.native.passes import native_pass
+
 _WORD = 63  # pattern bits per int64 word (the sign bit unused)
-
-
-def gelu_modules(model: nn.Module) -> List[nn.Module]:
-    """The model's activation modules whose inputs SWAP reads (GELU and ReLU), in module order."""
-    acts = [m for m in model.modules() if isinstance(m, (nn.GELU, nn.ReLU))]
-    if not acts:
-        raise ValueError("swap reads the inputs of nn.GELU / nn.ReLU modules, and the model has none")
-    return acts
 
 
 def pack_patterns(active: torch.Tensor) -> torch.Tensor:
@@ -65,17 +57,6 @@ def swap_reduce(active: torch.Tensor) -> torch.Tensor:
 
 
 def swap(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """SWAP of ``model`` on the batch ``inputs``; 0-d float64. One forward pass without gradients."""
-    codes: List[torch.Tensor] = []
-
-    def keep(module, args):
-        codes.append((args[0] > 0).reshape(args[0].shape[0], -1))  # (B, neurons of this call)
-
-    handles = [m.register_forward_pre_hook(keep) for m in gelu_modules(model)]
-    try:
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return swap_reduce(torch.cat(codes, 1))  # (B, U)
+    """SWAP of ``model`` (a vitcore ViT) on the batch ``inputs``; 0-d float64. One forward pass
+    without gradients (``vitcore.native.passes``)."""
+    return swap_reduce(native_pass(model, inputs, active=True).active)
