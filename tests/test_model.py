@@ -128,3 +128,28 @@ def test_msa_validates_shapes():
         vitcore.msa(X, WQ, WK, WV, WO[:5])
     with pytest.raises(ValueError, match="wk has shape"):
         vitcore.msa(X, WQ, WK[:, :5], WV, WO)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: ViT({"embed_dim": 16}), TypeError, r"config must be a ViTConfig, got dict: build one with ViTConfig\(\*\*d\)"),
+    (lambda: ViT(None), TypeError, "config must be a ViTConfig, got NoneType"),
+    (lambda: ViT(ViTConfig(), fused="yes"), TypeError, "fused='yes' must be a bool"),
+    (lambda: ViTConfig(head_dim="64"), TypeError, "head_dim='64' must be a positive int or None"),
+    (lambda: ViTConfig(qkv_bias="no"), TypeError, "qkv_bias='no' must be a bool"),
+    (lambda: ViT(ViTConfig(img_size=8, patch_size=4, depth=1))(None), TypeError, "input must be a torch.Tensor"),
+    (lambda: vitcore.msa(X.numpy(), WQ, WK, WV, WO), TypeError, "x must be a torch.Tensor, got ndarray"),
+    (lambda: vitcore.msa(X.long(), WQ, WK, WV, WO), TypeError, r"x.dtype=torch.int64: expected a floating dtype"),
+])
+def test_public_entry_points_name_bad_values(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_heads_embed_dim_over_num_heads_per_block():
+    """head_dim=None: each block's heads are D / H wide, so QKV maps D to 3D whatever H."""
+    cfg = ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=12, depth=3,
+                    num_heads=[1, 3, 4], mlp_ratio=2.0)
+    model = ViT(cfg)
+    assert [b.attn.head_dim for b in model.blocks] == [12, 4, 3]
+    assert [b.attn.qkv.out_features for b in model.blocks] == [36, 36, 36]
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)

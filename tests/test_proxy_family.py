@@ -271,12 +271,12 @@ def test_a_batch_of_one(triton_off):
 
 def test_out_of_memory_doubles_the_chunks(monkeypatch, triton_off):
     """A CUDA out-of-memory error retries with twice the chunks, up to the batch size, then gives up."""
-    import vitcore.proxies as proxies
+    import vitcore.proxies.plan as proxies
 
     run, tried = proxies._run, []
 
     def fits_in_four_chunks(*args):
-        chunks = args[-1]
+        chunks = args[-2]
         tried.append(chunks)
         if chunks < 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
@@ -290,7 +290,7 @@ def test_out_of_memory_doubles_the_chunks(monkeypatch, triton_off):
     got = vitcore.score(model, x, y, proxies=["grad_norm", "fisher"])
     assert tried == [1, 2, 4]
     assert got == pytest.approx(run(model, x, y, F.cross_entropy, ["grad_norm", "fisher"], "global",
-                                    list(model.parameters()), 1), rel=1e-9)
+                                    list(model.parameters()), 1, proxies._Fresh(model, x.device)), rel=1e-9)
     tried.clear()
     with pytest.raises(torch.cuda.OutOfMemoryError):
         vitcore.score(model, x[:3], y[:3], proxies=["grad_norm"])
@@ -433,7 +433,7 @@ def test_scoring_inside_no_grad(triton_off):
 
 
 def test_correlation_matches_numpy_and_is_nan_for_a_constant_row():
-    from vitcore.proxies import _corrcoef
+    from vitcore.proxies.jacob_cov import corrcoef as _corrcoef
 
     x = torch.randn(5, 11, dtype=torch.float64)
     np.testing.assert_allclose(_corrcoef(x).numpy(), np.corrcoef(x.numpy()), rtol=1e-12, atol=1e-12)
@@ -453,5 +453,5 @@ def test_the_only_host_read_is_the_final_transfer(name, triton_off):
     with pytest.raises(Exception) as info:
         with FakeTensorMode(allow_non_fake_inputs=True):
             vitcore.score(model, x, y, proxies=[name])
-    frame = [f for f in traceback.extract_tb(info.value.__traceback__) if f.filename.endswith("proxies.py")][-1]
+    frame = [f for f in traceback.extract_tb(info.value.__traceback__) if f.filename.endswith("plan.py")][-1]
     assert "torch.cat(parts).cpu()" in frame.line, (frame.lineno, frame.line)
