@@ -1,4 +1,4 @@
-"""DSS, TF-TAS's synaptic diversity and saliency (Zhou et al., "Training-free Transformer
+"""dss: TF-TAS's synaptic diversity and saliency (Zhou et al., "Training-free Transformer
 Architecture Search", CVPR 2022).
 
     DSS = Σ_{W ∈ MSA}  ‖∂R/∂W‖_* · ‖W‖_*   +   Σ_{W ∈ MLP}  Σ_ij |∂R/∂W_ij · W_ij|
@@ -9,8 +9,9 @@ multi-head self-attention, the second the synaptic saliency of the MLPs.
 What the paper leaves open, taken from the authors' code (decemberzhou/TF_TAS,
 ``lib/training_free/indicators/dss.py``):
 - R is synflow's objective: every parameter replaced by its absolute value, one all-ones input
-  example, R = Σ of the network's outputs. vitcore runs this as synflow's pass (``synflow_grads``:
-  float64, eval mode), so W above is |θ| and ∂R/∂W its gradient.
+  example, R = Σ of the network's outputs. vitcore reads synflow's pass ("synflow": float64, eval
+  mode), so W above is |θ| and ∂R/∂W its gradient; a weight outside the counted tensors
+  (``params=``) or frozen counts 0.
 - MSA weights: the QKV projection and the output projection W^O of every block (the authors pick
   Linear layers named ``qkv`` or square ones; vitcore picks them by role, so an MLP with ratio 1 is
   not mistaken for attention).
@@ -21,8 +22,8 @@ What the paper leaves open, taken from the authors' code (decemberzhou/TF_TAS,
   and positional embedding.
 
 The nuclear norms run batched on the device: the MSA matrices are grouped by shape and each group
-goes through one ``torch.linalg.svdvals`` call. ``dss`` returns a 0-d float64 tensor; nothing syncs
-with the host.
+goes through one ``torch.linalg.svdvals`` call, before the one host sync. A model that is not a
+``vitcore.ViT`` is refused (TypeError): DSS must tell attention from MLP layers.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from vitcore.model import MLP, MSA, ViT
-from vitcore.passes import synflow_grads
+from vitcore.proxies.base import Context, Proxy
 
 
 def dss_weights(model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -53,7 +54,7 @@ def dss_reduce(msa_w: Sequence[torch.Tensor], msa_g: Sequence[torch.Tensor],
     Every W, G is a 2-D matrix (out, in); a G of None (a weight the objective does not reach)
     contributes 0, as in the authors' code.
     """
-    device = (list(msa_w) + list(mlp_w))[0].device
+    device = (list(msa_w) + list(mlp_w))[0].device  # callers pass at least one weight
     total = torch.zeros((), dtype=torch.float64, device=device)
     groups: Dict[torch.Size, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
     for w, g in zip(msa_w, msa_g):
@@ -71,12 +72,18 @@ def dss_reduce(msa_w: Sequence[torch.Tensor], msa_g: Sequence[torch.Tensor],
     return total
 
 
-def dss(model: nn.Module, input_shape: torch.Size) -> torch.Tensor:
-    """DSS of ``model`` (a vitcore ViT) for inputs of shape ``input_shape`` = (C, H, W); 0-d float64.
+def _reduce(ctx: Context) -> torch.Tensor:
+    msa_w, mlp_w = dss_weights(ctx.model)
+    theta, grads = ctx.synflow  # aligned with ctx.counted
+    index = {id(p): i for i, p in enumerate(ctx.counted)}
 
-    Runs synflow's pass (see the module docstring); the model itself is not changed.
-    """
-    msa_w, mlp_w = dss_weights(model)
-    theta, grads = synflow_grads(model, msa_w + mlp_w, input_shape)
-    k = len(msa_w)
-    return dss_reduce(theta[:k], grads[:k], theta[k:], grads[k:])
+    def pairs(weights):
+        found = [index[id(w)] for w in weights if id(w) in index]
+        return [theta[i] for i in found], [grads[i] for i in found]
+
+    if not any(id(w) in index for w in msa_w + mlp_w):
+        return torch.zeros((), dtype=torch.float64, device=ctx.inputs.device)
+    return dss_reduce(*pairs(msa_w), *pairs(mlp_w))
+
+
+PROXY = Proxy(name="dss", passes=("synflow",), reduce=_reduce)

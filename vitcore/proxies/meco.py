@@ -1,4 +1,4 @@
-"""MeCo, the minimum eigenvalue of correlation (Jiang et al., "MeCo: Zero-Shot NAS with One Data
+"""meco: MeCo, the minimum eigenvalue of correlation (Jiang et al., "MeCo: Zero-Shot NAS with One Data
 and Single Forward Pass via Minimum Eigenvalue of Correlation", NeurIPS 2023).
 
     MeCo = Σ_l λ_min(P(f_l(x)))
@@ -25,14 +25,23 @@ What the paper leaves open for a ViT, and vitcore's choices:
   first example of the batch it is given (real images when the run has them).
 
 All P matrices are N' x N', so their eigenvalues come from one batched ``torch.linalg.eigvalsh``
-call in float64. ``meco`` returns a 0-d float64 tensor; nothing syncs with the host.
+call in float64, before the one host sync. MeCo runs its own forward of one example without
+gradients (no shared pass keeps activation values).
 """
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 from torch import nn
 
-from vitcore.native.passes import native_pass
+from vitcore.model import Block, ViT
+from vitcore.proxies.base import Context, Proxy
+
+
+def meco_layers(model: nn.Module) -> List[nn.Module]:
+    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT, in forward order."""
+    if not isinstance(model, ViT):
+        raise TypeError(f"meco needs a vitcore.ViT (it reads the blocks' GELUs), got {type(model).__name__}")
+    return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.GELU)]
 
 
 def _row_correlation(f: torch.Tensor) -> torch.Tensor:
@@ -58,9 +67,21 @@ def meco_reduce(feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def meco(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """MeCo of ``model`` (a vitcore ViT) on the first example of ``inputs`` (B, C, H, W); 0-d float64.
+def _reduce(ctx: Context) -> torch.Tensor:
+    maps: List[torch.Tensor] = []
 
-    One forward pass without gradients (``vitcore.native.passes``); the model is not changed.
-    """
-    return meco_reduce(native_pass(model, inputs[:1], meco=True).meco_maps)
+    def keep_map(module, args, output):
+        maps.append(output[0].detach().reshape(output.shape[1], -1))  # example 0: (rows, -1), (N', hidden)
+
+    # a private forward of the first example: the data pass keeps no activation values
+    handles = [m.register_forward_hook(keep_map) for m in meco_layers(ctx.model)]
+    try:
+        with torch.no_grad():
+            ctx.model(ctx.inputs[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return meco_reduce(maps)
+
+
+PROXY = Proxy(name="meco", reduce=_reduce)

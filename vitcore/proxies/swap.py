@@ -1,4 +1,4 @@
-"""SWAP, sample-wise activation patterns (Peng et al., "SWAP-NAS: Sample-Wise Activation Patterns
+"""swap: SWAP, sample-wise activation patterns (Peng et al., "SWAP-NAS: Sample-Wise Activation Patterns
 for Ultra-fast NAS", ICLR 2024).
 
     SWAP = |{ (1[a_1u > 0], ..., 1[a_Bu > 0]) : u a neuron }|
@@ -12,6 +12,8 @@ paper leaves them open:
 - A neuron is one element of an activation layer's output per example: the authors flatten a ReLU's
   (B, C, H, W) output to (B, C·H·W) and concatenate the layers. A ViT's activations are the MLPs'
   GELUs; their (B, N', hidden) inputs give N'·hidden neurons per block, the class token's included.
+  The patterns come from the data pass's "codes" tap (every ReLU/GELU module's input > 0), the one
+  nwot reads; a NaN input to an activation gives NaN.
 - Active means a positive pre-activation: the authors take sign(ReLU(x)), which is 1 exactly where
   x > 0; GELU(x) > 0 exactly where x > 0 too.
 - The paper's regularised SWAP multiplies by exp(-(params - μ)²/σ) with μ, σ set from the search
@@ -19,14 +21,13 @@ paper leaves them open:
 
 With B examples the count saturates at 2^B: at 224², every AutoFormer-Tiny network has over a
 million GELU neurons, so a batch of 16 or fewer (65,536 patterns) leaves little room between
-networks. Counting runs on the device without a host sync: each pattern is packed into 63-bit words,
-the words are sorted lexicographically (stable sorts, last word first) and the changes counted.
-``swap`` returns a 0-d float64 tensor.
+networks. Counting runs on the device before the one host sync: each pattern is packed into 63-bit
+words, the words are sorted lexicographically (stable sorts, last word first) and the changes counted.
 """
 import torch
 from torch import nn
 
-from vitcore.native.passes import native_pass
+from vitcore.proxies.base import Context, Proxy
 
 _WORD = 63  # pattern bits per int64 word (the sign bit unused)
 
@@ -56,7 +57,9 @@ def swap_reduce(active: torch.Tensor) -> torch.Tensor:
     return count_distinct_rows(pack_patterns(active)).double()
 
 
-def swap(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """SWAP of ``model`` (a vitcore ViT) on the batch ``inputs``; 0-d float64. One forward pass
-    without gradients (``vitcore.native.passes``)."""
-    return swap_reduce(native_pass(model, inputs, active=True).active)
+def _reduce(ctx: Context) -> torch.Tensor:
+    active = torch.cat(ctx.data.codes, 1)  # (B, U): every activation call's neurons side by side
+    return torch.where(ctx.data.codes_nan, torch.nan, swap_reduce(active))
+
+
+PROXY = Proxy(name="swap", passes=("data",), taps=("codes",), reduce=_reduce)

@@ -1,1 +1,0 @@
-"""ViT-native zero-cost proxies: DSS (TF-TAS), SWAP, MeCo and L-SWAG, one file each."""
