@@ -103,7 +103,7 @@ def test_failed_architecture_is_recorded_and_the_run_goes_on(tmp_path, capsys):
     "argv, message",
     [
         (["--proxies", "grad_norm,synflo"], "unknown proxy 'synflo'; valid: grad_norm, snip, plain"),
-        (["--space", "huge"], "unknown search space 'huge'; valid: imagenet, small"),
+        (["--space", "huge"], "unknown search space 'huge'; valid: autoformer, imagenet, small"),
         (["--archs", "/no/such.json"], "architectures file '/no/such.json' does not exist"),
         (["--data", "/no/such.npz"], "data file '/no/such.npz' does not exist"),
         (["--data", "mnist"], "unknown data 'mnist'; valid: digits, synthetic, PATH.npz"),
