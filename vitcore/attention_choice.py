@@ -49,7 +49,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: str) ->
     if eager_forced() or attention == "eager":
         return attention_ref(q, k, v)
     if attention == "auto":
-        attention = "vitcore" if auto_uses_vitcore(q.dtype, q.shape[-2], use_triton(q)) else "sdpa"
+        attention = "vitcore" if auto_uses_vitcore(q.dtype, q.shape[-2], use_triton(q, uses_dot=True)) else "sdpa"
     if attention == "vitcore":
         return flash_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
