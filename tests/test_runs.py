@@ -24,9 +24,27 @@ def test_score_archs_records_in_arch_order(tmp_path):
         assert r["arch"] == a.to_dict() and set(r["scores"]) == {"snip", "params"}
         assert r["scores"]["params"] == r["params"] > 0
         assert r["settings"] == {"data": "digits", "batch_size": 8, "seed": 5, "proxies": ["snip", "params"],
-                                 "mode": "global", "params": "all", "dtype": "fp32", "device": "cpu"}
+                                 "mode": "global", "params": "all", "dtype": "fp32", "device": "cpu",
+                                 "attention": "auto"}
+        timing = r["timing"]
+        assert set(timing) == {"build_s", "passes_s", "read_s"} and min(timing.values()) >= 0
+        assert r["time_s"] == pytest.approx(timing["passes_s"] + timing["read_s"], abs=2e-6)  # rounded to 1 µs
     again = score_archs(archs[:1], batch, str(tmp_path / "again.jsonl"), proxies=["snip", "params"], seed=5)
     assert again[0]["scores"] == records[0]["scores"]  # same arch and seed, same weights and batch
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "vitcore"])
+def test_attention_choices_score_alike(attention, tmp_path):
+    """Every attention choice scores the same weights (fp32 rounding apart) and is a setting of the run."""
+    archs, batch = sample(SPACES["small"], 2, 1), load_batch("digits", 8, seed=1)
+    base = score_archs(archs, batch, str(tmp_path / "auto.jsonl"), seed=1)
+    other = score_archs(archs, batch, str(tmp_path / "other.jsonl"), seed=1, attention=attention)
+    for r, o in zip(base, other):
+        assert o["settings"]["attention"] == attention
+        for name, value in r["scores"].items():
+            assert o["scores"][name] == pytest.approx(value, rel=1e-5)
+    with pytest.raises(ValueError, match="attention='flash'; valid"):
+        score_archs(archs, batch, str(tmp_path / "bad.jsonl"), attention="flash")
 
 
 def test_resume_skips_finished_and_repairs_a_cut_line(tmp_path, capsys):

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import List, Optional
 
+from vitcore.attention_choice import ATTENTION_CHOICES
 from vitcore.data import DATA_CHOICES
 from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
@@ -43,7 +44,8 @@ def cmd_score(args) -> int:
         raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(proxies)}")
     results = run_scoring(args.out, space=args.space, n=args.n, archs=args.archs, data=args.data,
                           batch_size=args.batch_size, seed=args.seed, proxies=proxies, mode=args.mode,
-                          params=args.params, device=args.device, dtype=args.dtype, resume=args.resume)
+                          params=args.params, device=args.device, dtype=args.dtype, attention=args.attention,
+                          resume=args.resume)
     _print_table(results, proxies, rank_by)
     return 0 if any("scores" in r for r in results) else 1  # every architecture failed
 
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rank-by", help="proxy to rank by (default: the first of --proxies)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="autocast precision (weights stay fp32)")
+    s.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
+                   help="vitcore's kernel, PyTorch's SDPA, eager softmax(qk^T)v, or auto: vitcore where the GPU "
+                        "report measured it faster than SDPA, SDPA elsewhere (default auto)")
     s.add_argument("--out", default=DEFAULT_OUT, help=f"results, one JSON line per architecture (default {DEFAULT_OUT})")
     s.add_argument("--resume", action="store_true", help="keep --out's finished results and score the rest")
     s.set_defaults(func=cmd_score)

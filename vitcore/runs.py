@@ -17,14 +17,17 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
 from vitcore.model import ViT
 from vitcore.paths import free_name
 from vitcore.proxies import check_proxies, score
+from vitcore.proxies.plan import passes_end_marks
 from vitcore.space import Arch, get_space, sample
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
+BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"  # always arch/s
 
 
 def read_archs(path: str) -> List[Arch]:
@@ -102,29 +105,39 @@ def check_out_file(path: str) -> None:
         raise ValueError(f"--out {path!r}: {parent!r} is a file, not a folder")
 
 
-def _score_one(arch: Arch, batch: Batch, proxies: List[str], mode: str, params: str, seed: int,
-               device: torch.device, dtype: torch.dtype) -> dict:
-    torch.manual_seed((int(arch.id, 16) + seed) % 2**31)  # same arch and seed, same weights
-    model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes)).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+def _score_one(arch: Arch, batch: Batch, inputs: torch.Tensor, targets: torch.Tensor, proxies: List[str],
+               mode: str, params: str, seed: int, device: torch.device, dtype: torch.dtype, attention: str) -> dict:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
-    with amp:
-        scores = score(model, batch.inputs.to(device), batch.targets.to(device), proxies=proxies,
-                       mode=mode, params=params)
-    return {"params": n_params, "scores": scores, "time_s": round(time.perf_counter() - start, 6)}
+    model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes), attention=attention,
+                device=device, seed=(int(arch.id, 16) + seed) % 2**31)  # same arch, seed and device: same weights
+    sync()
+    built = time.perf_counter()
+    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    with amp, passes_end_marks() as marks:
+        scores = score(model, inputs, targets, proxies=proxies, mode=mode, params=params)
+    end = time.perf_counter()
+    timing = {"build_s": built - start, "passes_s": marks[-1] - built, "read_s": end - marks[-1]}
+    return {"params": sum(p.numel() for p in model.parameters()), "scores": scores,
+            "time_s": round(end - built, 6), "timing": {k: round(v, 6) for k, v in timing.items()}}
 
 
 def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
-                seed: int = 0, device: str = "auto", dtype: str = "fp32", resume: bool = False) -> List[dict]:
+                seed: int = 0, device: str = "auto", dtype: str = "fp32", attention: str = "auto",
+                resume: bool = False) -> List[dict]:
     """Score ``archs`` on ``batch`` with ``proxies``, appending one JSON line per architecture to ``out``.
 
-    Each architecture's weights are initialised from ``seed`` and its id, so a record is reproducible
-    on its own. ``dtype`` ("fp32", "bf16", "fp16") is the autocast precision (weights stay fp32);
-    ``device`` is "auto", "cpu" or "cuda". A record is ``{"id", "arch", "settings", "params",
-    "scores", "time_s"}`` (``time_s`` in seconds), or ``{"id", "arch", "settings", "error"}`` for an
-    architecture that failed (out of memory, an invalid config); the run goes on after a failure.
+    Each model is built on ``device`` and initialised there from ``seed`` and its id, so a record is
+    reproducible on its own on the same kind of device (CPU and CUDA generators draw different
+    weights). ``dtype`` ("fp32", "bf16", "fp16") is the autocast precision (weights stay fp32);
+    ``device`` is "auto", "cpu" or "cuda"; ``attention`` is the ViT's attention ("vitcore", "sdpa",
+    "eager", "auto": see ``vitcore.attention_choice``). A record is ``{"id", "arch", "settings",
+    "params", "scores", "time_s", "timing"}``: ``time_s`` the seconds of scoring (passes and host
+    read), ``timing`` seconds ``{"build_s", "passes_s", "read_s"}`` (building the model on the device,
+    the passes until the device finished them, the one host read with the proxies' host-side finish);
+    or ``{"id", "arch", "settings", "error"}`` for an architecture that failed (out of memory, an
+    invalid config); the run goes on after a failure. The progress bar shows architectures per second.
 
     Without ``resume`` an existing ``out`` is moved aside to ``out.bak`` (or ``.bak-2``, ...). With
     ``resume`` the finished records in ``out`` are kept and not scored again; ValueError if they were
@@ -135,10 +148,11 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
     proxies = check_proxies(proxies)
+    check_attention(attention)
     check_out_file(out)
     run_device = resolve_device(device)
     settings = {"data": batch.name, "batch_size": len(batch.targets), "seed": seed, "proxies": proxies,
-                "mode": mode, "params": params, "dtype": dtype, "device": run_device.type}
+                "mode": mode, "params": params, "dtype": dtype, "device": run_device.type, "attention": attention}
 
     done = {}
     if resume:
@@ -156,11 +170,13 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
     todo = [a for a in archs if "scores" not in done.get(a.id, {})]
+    inputs, targets = batch.inputs.to(run_device), batch.targets.to(run_device)  # once for the run
     with open(out, "a") as f:
-        for arch in tqdm(todo, desc="scoring", unit="arch", disable=None, file=sys.stderr):
+        for arch in tqdm(todo, desc="scoring", unit="arch", disable=None, file=sys.stderr, bar_format=BAR):
             record = {"id": arch.id, "arch": arch.to_dict(), "settings": settings}
             try:
-                record.update(_score_one(arch, batch, proxies, mode, params, seed, run_device, DTYPES[dtype]))
+                record.update(_score_one(arch, batch, inputs, targets, proxies, mode, params, seed, run_device,
+                                         DTYPES[dtype], attention))
             except (RuntimeError, ValueError) as e:  # out of memory, an invalid config: record and go on
                 record["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
                 if run_device.type == "cuda":
@@ -176,7 +192,8 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
 def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, archs: Optional[str] = None,
                 data: str = "digits", batch_size: int = 64, seed: int = 0,
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
-                device: str = "auto", dtype: str = "fp32", resume: bool = False) -> List[dict]:
+                device: str = "auto", dtype: str = "fp32", attention: str = "auto",
+                resume: bool = False) -> List[dict]:
     """The run of ``vitcore score``: ``n`` architectures sampled from ``space`` with ``seed`` (or those
     of the file ``archs``, see ``read_archs``), scored on ``batch_size`` examples of ``data`` ("digits",
     "synthetic" or an .npz path, see ``vitcore.data.load_batch``) by ``score_archs``, which documents
@@ -189,4 +206,4 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, ar
     resolve_device(device)
     batch = load_batch(data, batch_size, seed, search_space)
     return score_archs(chosen, batch, out, proxies=proxies, mode=mode, params=params, seed=seed,
-                       device=device, dtype=dtype, resume=resume)
+                       device=device, dtype=dtype, attention=attention, resume=resume)

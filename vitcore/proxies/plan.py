@@ -1,4 +1,7 @@
 """``score``: plan the passes the requested proxies need, run each once, read everything in one sync."""
+import contextlib
+import contextvars
+import time
 import warnings
 from typing import Callable, Dict, Iterable, List
 
@@ -13,6 +16,19 @@ from vitcore.proxies.grad_norm import GRAD_NORM_MODES
 from vitcore.proxies.registry import PROXIES, UNITS
 
 PARAM_SETS = ("all", "weights")
+_PASSES_END = contextvars.ContextVar("vitcore_passes_end", default=None)
+
+
+@contextlib.contextmanager
+def passes_end_marks():
+    """Yields a list to which every ``score`` inside the block appends ``time.perf_counter()`` at the
+    end of its passes, just before its one host read; on CUDA it first waits for the device, so the
+    mark splits a call into passes and host read (one extra sync per call: for timing runs only)."""
+    token = _PASSES_END.set([])
+    try:
+        yield _PASSES_END.get()
+    finally:
+        _PASSES_END.reset(token)
 
 
 def check_proxies(proxies: Iterable[str]) -> List[str]:
@@ -110,6 +126,11 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
     non_finite = inputs.numel() - torch.isfinite(inputs).sum()
     parts = [torch.stack([non_finite.double()] + [c.double() for c in checks])]
     parts += [t.double().reshape(-1) for t in reduced.values()]
+    marks = _PASSES_END.get()
+    if marks is not None:
+        if inputs.device.type == "cuda":
+            torch.cuda.synchronize(inputs.device)
+        marks.append(time.perf_counter())
     flat = torch.cat(parts).cpu().numpy()
     if flat[0]:
         raise ValueError(f"inputs hold {int(flat[0])} NaN or infinite values of {inputs.numel()}")
