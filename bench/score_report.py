@@ -1,142 +1,278 @@
-"""Time proxy scoring of a search space's architectures: vitcore against the per-parameter loop.
+"""Scoring throughput end to end: ``vitcore score``'s pipeline against the per-parameter loop (issue 13).
 
-Both providers score the same architectures with the same weights and the same minibatch, in one
-process, interleaved per architecture:
-- loop:    the usual implementation: eager attention, ``loss.backward()``, then a Python loop over
-           the parameters with ``.item()`` per tensor (grad_norm and snip, as foresight's loop does);
-- vitcore: ``vitcore.score`` with flash attention and the fused per-parameter reduction.
-Model construction is not timed; each timing ends with a device synchronisation. The full family
-is also timed per pass (data pass set, synflow, grasp, all together). The JSON is rewritten after
-every architecture ("complete": false until the end), so a run cut off loses nothing it measured.
+Every provider scores the same architectures on the same minibatch with the same seeds, in one process,
+timed from the architecture spec to the scores written (build the model, run the passes, read the
+scores, write the results line):
+- loop:     the loop as users write it: ``torch.manual_seed``, the model built on the CPU and moved to
+            the device, SDPA attention, one forward and ``loss.backward()``, then a Python loop over the
+            parameters summing per-tensor terms with ``.item()`` (grad_norm and snip), a JSON line per
+            architecture;
+- vitcore:  ``vitcore.runs.score_archs``, what ``vitcore score`` runs: the model built on the device,
+            attention "auto", fp32, one fsynced JSON line per architecture;
+- bf16:     the same under bf16 autocast (``--dtype bf16``).
+The providers take turns over chunks of the architectures (loop, vitcore, bf16, loop, ...), so a load
+that changes during the run falls on each alike; every provider scores the first architecture once
+before the timing (compilation, allocator warm-up). Each provider's Kendall τ is taken against a float64
+reference (its own weights in float64, eager attention, ``vitcore.score``) on the first ``ref_n``
+architectures. On a CPU the loop and vitcore build the same weights (one CPU generator), so their scores
+are also compared one by one; on a GPU vitcore's weights come from the CUDA generator and differ.
 
-    python -m bench.score_report --out bench/results/h200-2026-11-29-score             # ImageNet preset
-    python -m bench.score_report --device cpu --space small --out bench/results/cpu-2026-11-23-score
+    python -m bench.score_report --out bench/results/h200-2026-11-29-score                  # 200 ImageNet-preset
+    python -m bench.score_report --device cpu --space small --n 50 --data digits --out bench/results/cpu-2026-11-29-score
 
 ``run(out, ...)`` is the same as a function (the GPU suite calls it).
 """
 import argparse
+import json
+import os
 import sys
-from typing import Optional
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import kendalltau
 
 import vitcore
 from vitcore.bench.env import environment, header_lines
 from vitcore.bench.timers import once_s
 from vitcore.bench.writer import write_json, write_text
-from vitcore.model import MSA, ViT
+from vitcore.data import load_batch
+from vitcore.model import ViT
+from vitcore.runs import arch_seed, score_archs
 from vitcore.space import SPACES, sample
 
-DATA_PASS = ["grad_norm", "snip", "plain", "fisher", "jacob_cov", "nwot", "zico"]
-SETS = {
-    "grad_norm+snip": ["grad_norm", "snip"],
-    "data pass (7 proxies)": DATA_PASS,
-    "synflow": ["synflow"],
-    "grasp": ["grasp"],
-    "all proxies": list(vitcore.PROXIES),
-}
+PROXIES = ["grad_norm", "snip"]
+PROVIDERS = ("loop", "vitcore", "bf16")
+SEED = 0
+SETS = {"grad_norm+snip": PROXIES, "data pass (7 proxies)": ["grad_norm", "snip", "plain", "fisher", "jacob_cov",
+                                                             "nwot", "zico"], "synflow": ["synflow"], "grasp": ["grasp"]}
+CPU_SPEEDUP, FP32_SPEEDUP, LOWP_SPEEDUP = 1.5, 10, 20  # issue 13's targets, architectures per second over the loop
+FP32_TAU, LOWP_TAU, CPU_REL = 0.99, 0.95, 1e-6
+WORKERS_TODO = ("not run: `vitcore score --workers K` is not available in this tree. TODO: when it lands, time "
+                "`vitcore score --workers K` for K = 2, 4, 8 on the same architectures as one more provider")
 
 
-def loop_score(model, x, y):
-    """grad_norm and snip the common way: backward, then one tensor at a time with a sync each."""
-    model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    g2, snip = 0.0, 0.0
-    for p in model.parameters():
-        if p.grad is not None:
-            g2 += p.grad.norm().item() ** 2
-            snip += (p.grad * p).abs().sum().item()
-    return {"grad_norm": g2 ** 0.5, "snip": snip}
+def loop_run(archs, batch, out: str, device: torch.device) -> None:
+    """The per-parameter loop, as users write it, one JSON line per architecture appended to ``out``."""
+    x, y = batch.inputs.to(device), batch.targets.to(device)
+    with open(out, "a") as f:
+        for arch in archs:
+            torch.manual_seed(arch_seed(arch, SEED))
+            model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes), attention="sdpa").to(device)
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            g2, snip = 0.0, 0.0
+            for p in model.parameters():
+                if p.grad is not None:
+                    g2 += p.grad.norm().item() ** 2
+                    snip += (p.grad * p).abs().sum().item()
+            f.write(json.dumps({"id": arch.id, "scores": {"grad_norm": g2 ** 0.5, "snip": snip}}) + "\n")
+            f.flush()
 
 
-def set_fused(model, fused):
-    for m in model.modules():
-        if isinstance(m, MSA):
-            m.fused = fused
+def vitcore_run(dtype: str):
+    def provider(archs, batch, out: str, device: torch.device) -> None:
+        score_archs(archs, batch, out, proxies=PROXIES, seed=SEED, device=device.type, dtype=dtype,
+                    attention="auto", resume=True)
+    return provider
 
 
-def run(out: str, n: int = 50, batch_size: int = 64, space_name: str = "imagenet", device: str = "cuda",
-        full_family_n: int = 10, command: Optional[str] = None) -> dict:
-    """Score ``n`` architectures of ``space_name`` with both providers; write ``out``.json (after every
-    architecture) and ``out``.md. Returns {"meta", "complete", "rows", "speedup", "max_rel_diff"}.
+RUNNERS = {"loop": loop_run, "vitcore": vitcore_run("fp32"), "bf16": vitcore_run("bf16")}
+
+
+def reference(archs, batch, device: torch.device, built_on: str) -> Dict[str, dict]:
+    """float64 scores of the weights built on ``built_on`` ("cpu" or the device), eager attention."""
+    x, y = batch.inputs.to(device).double(), batch.targets.to(device)
+    scores = {}
+    for arch in archs:
+        model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes), attention="eager",
+                    device=built_on, seed=arch_seed(arch, SEED)).to(device).double()
+        scores[arch.id] = vitcore.score(model, x, y, proxies=PROXIES)
+    return scores
+
+
+def _read(path: str) -> Dict[str, dict]:
+    with open(path) as f:
+        return {r["id"]: r for r in map(json.loads, f) if "scores" in r}
+
+
+def _tau(scores: Dict[str, dict], ref: Dict[str, dict], proxy: str) -> Optional[float]:
+    ids = [i for i in ref if i in scores]
+    if len(ids) < 2:
+        return None
+    tau = kendalltau([scores[i]["scores"][proxy] for i in ids], [ref[i][proxy] for i in ids]).statistic
+    return float(tau)
+
+
+def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagenet", device: str = "cuda",
+        full_family_n: int = 0, command: Optional[str] = None, data: str = "synthetic",
+        providers: Optional[Sequence[str]] = None, ref_n: int = 30, rounds: int = 10) -> dict:
+    """Time ``providers`` (default: loop, vitcore, bf16 on CUDA; loop, vitcore on a CPU) on ``n``
+    architectures of ``space_name`` with ``batch_size`` examples of ``data`` ("synthetic": images shaped
+    for the space); τ against float64 on the first ``ref_n``; ``full_family_n`` architectures also timed
+    per proxy set through ``vitcore.score``. Writes ``out``.json (after every chunk, "complete": false
+    until the end) and ``out``.md. Returns {"meta", "complete", "rows", "providers", "targets", "speedup"}.
     """
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda': no CUDA GPU is available")
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"n={n} and batch_size={batch_size} must be positive")
+    if n < 1 or batch_size < 1 or ref_n < 0 or rounds < 1:
+        raise ValueError(f"n={n}, batch_size={batch_size}, rounds={rounds} must be positive, ref_n={ref_n} >= 0")
+    if space_name not in SPACES:
+        raise ValueError(f"space {space_name!r}; valid: {', '.join(SPACES)}")
+    dev = torch.device(device)
+    providers = list(providers or (PROVIDERS if dev.type == "cuda" else PROVIDERS[:2]))
+    unknown = [p for p in providers if p not in RUNNERS]
+    if unknown or "loop" not in providers:
+        raise ValueError(f"providers={providers}: need 'loop' and only {', '.join(RUNNERS)}")
     space = SPACES[space_name]
-    device = torch.device(device)
-    archs = sample(space, n, 0)
-    gen = torch.Generator(device=device).manual_seed(0)
-    shape = (batch_size, space.in_chans, space.img_size, space.img_size)
-    x = torch.randn(shape, device=device, generator=gen)
-    y = torch.randint(0, space.num_classes, (batch_size,), device=device, generator=gen)
-    meta = {**environment(device, command), "batch_size": batch_size, "space": space_name}
+    archs = sample(space, n, SEED)
+    batch = load_batch(data, batch_size, SEED, space)
+    meta = {**environment(dev, command), "space": space_name, "n": n, "batch_size": batch_size, "data": data,
+            "input_shape": list(batch.inputs.shape), "proxies": PROXIES, "rounds": rounds}
+    seconds = {p: 0.0 for p in providers}
+    step = -(-n // min(rounds, n))
+    chunks = [archs[i:i + step] for i in range(0, n, step)]
+    doc = {"meta": meta, "complete": False}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {p: os.path.join(tmp, f"{p}.jsonl") for p in providers}
+        for p in providers:  # warm-up, not timed
+            RUNNERS[p](archs[:1], batch, os.path.join(tmp, f"warm-{p}.jsonl"), dev)
+        for k, chunk in enumerate(chunks):
+            for p in providers:
+                seconds[p] += once_s(lambda: RUNNERS[p](chunk, batch, paths[p], dev), dev)[0]
+            doc["seconds_so_far"] = dict(seconds)
+            write_json(out + ".json", doc)
+            print(f"[{k + 1}/{len(chunks)}] " + ", ".join(f"{p} {s:.2f} s" for p, s in seconds.items()),
+                  file=sys.stderr, flush=True)
+        results = {p: _read(paths[p]) for p in providers}
+    meta["load_average_end"] = list(os.getloadavg())
+    refs = {"cpu": reference(archs[:ref_n], batch, dev, "cpu")}
+    refs["device"] = refs["cpu"] if dev.type == "cpu" else reference(archs[:ref_n], batch, dev, device)
+    rows = [{"id": a.id, "params": results["vitcore" if "vitcore" in results else "loop"][a.id].get("params"),
+             "scores": {p: results[p][a.id]["scores"] for p in providers},
+             "timing": {p: results[p][a.id]["timing"] for p in providers if "timing" in results[p][a.id]},
+             **({"reference": {w: refs[w][a.id] for w in refs}} if a.id in refs["cpu"] else {})} for a in archs]
+    summary = {}
+    for p in providers:
+        ref = refs["cpu" if p == "loop" else "device"]
+        timings = [r["timing"][p] for r in rows if p in r["timing"]]
+        summary[p] = {"seconds": seconds[p], "archs_per_s": n / seconds[p], "speedup": seconds["loop"] / seconds[p],
+                      "tau": {q: _tau(results[p], ref, q) for q in PROXIES},
+                      "mean_ms": {k: 1e3 * float(np.mean([t[k] for t in timings])) for k in timings[0]} if timings
+                      else None}
+    if dev.type == "cpu" and "vitcore" in providers:
+        summary["vitcore"]["max_rel_diff_vs_loop"] = max(
+            abs(r["scores"]["vitcore"][q] - r["scores"]["loop"][q]) / abs(r["scores"]["loop"][q])
+            for r in rows for q in PROXIES)
+    family = _family(archs[:full_family_n], batch, dev)
+    doc.update(complete=True, rows=rows, providers=summary, targets=_targets(summary, dev), family=family)
+    doc.pop("seconds_so_far")
+    write_json(out + ".json", doc)
+    text = report(doc)
+    write_text(out + ".md", text)
+    print(text)
+    doc["speedup"] = summary["vitcore"]["speedup"] if "vitcore" in summary else None
+    return doc
+
+
+def _family(archs, batch, dev) -> Dict[str, float]:
+    """Mean seconds per architecture of ``vitcore.score`` for each proxy set (models built before the timing)."""
+    if not archs:
+        return {}
+    x, y = batch.inputs.to(dev), batch.targets.to(dev)
+    times = {name: [] for name in SETS}
+    for arch in archs:
+        model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes), attention="auto", device=dev,
+                    seed=arch_seed(arch, SEED))
+        for name, names in SETS.items():
+            vitcore.score(model, x, y, proxies=names)  # warm-up
+            times[name].append(once_s(lambda: vitcore.score(model, x, y, proxies=names), dev)[0])
+    return {name: float(np.mean(t)) for name, t in times.items()}
+
+
+def _targets(summary: dict, dev: torch.device) -> List[dict]:
+    """Issue 13's targets for this device, each {"target", "measured", "met"}."""
+    def tau_min(p):
+        taus = [t for t in summary[p]["tau"].values() if t is not None]
+        return min(taus) if taus else float("nan")
+
+    if dev.type == "cpu":
+        if "vitcore" not in summary:
+            return []
+        s = summary["vitcore"]
+        return [{"target": f"issue 13 (CPU): default vitcore score >= {CPU_SPEEDUP}x the loop's architectures/s, "
+                           f"scores equal to {CPU_REL:g} (relative)",
+                 "measured": f"{s['speedup']:.2f}x, largest relative difference {s['max_rel_diff_vs_loop']:.1e}",
+                 "met": s["speedup"] >= CPU_SPEEDUP and s["max_rel_diff_vs_loop"] <= CPU_REL}]
     rows = []
+    if "vitcore" in summary:
+        s = summary["vitcore"]
+        rows.append({"target": f"issue 13: vitcore fp32 >= {FP32_SPEEDUP}x the loop's architectures/s, "
+                               f"τ >= {FP32_TAU} vs float64",
+                     "measured": f"{s['speedup']:.2f}x, min τ {tau_min('vitcore'):.3f}",
+                     "met": s["speedup"] >= FP32_SPEEDUP and tau_min("vitcore") >= FP32_TAU})
+    if "bf16" in summary:
+        s = summary["bf16"]
+        rows.append({"target": f"issue 13: vitcore bf16 or 2/4/8 workers >= {LOWP_SPEEDUP}x the loop, "
+                               f"τ >= {LOWP_TAU} (bf16 here; workers {WORKERS_TODO.split('.')[0]})",
+                     "measured": f"bf16 {s['speedup']:.2f}x, min τ {tau_min('bf16'):.3f}",
+                     "met": s["speedup"] >= LOWP_SPEEDUP and tau_min("bf16") >= LOWP_TAU})
+    return rows
 
-    def save(complete):
-        write_json(out + ".json", {"meta": meta, "complete": complete, "rows": rows})
 
-    for i, arch in enumerate(archs):
-        torch.manual_seed(i)
-        model = ViT(arch.config(space.img_size, space.in_chans, space.num_classes), fused=True).to(device)
-        if i == 0:  # warm-up: Triton compilation and autotuning stay out of the numbers
-            vitcore.score(model, x, y, proxies=list(vitcore.PROXIES))
-            set_fused(model, False)
-            loop_score(model, x, y)
-            set_fused(model, True)
-        row = {"id": arch.id, "params": sum(q.numel() for q in model.parameters())}
-        row["vitcore_s"], ours = once_s(lambda: vitcore.score(model, x, y), device)
-        set_fused(model, False)
-        row["loop_s"], theirs = once_s(lambda: loop_score(model, x, y), device)
-        set_fused(model, True)
-        model.zero_grad(set_to_none=True)
-        row["rel_diff"] = {k: abs(ours[k] - theirs[k]) / abs(theirs[k]) for k in ours}
-        if i < full_family_n:
-            row["sets_s"] = {name: once_s(lambda: vitcore.score(model, x, y, proxies=names), device)[0]
-                             for name, names in SETS.items()}
-        rows.append(row)
-        save(complete=False)
-        print(f"[{i + 1}/{len(archs)}] {arch.id} vitcore {row['vitcore_s'] * 1e3:.1f} ms "
-              f"loop {row['loop_s'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
-        del model
-    save(complete=True)
-    paths = ("flash attention, fused reduction" if device.type == "cuda"
-             else "on a CPU: the eager attention and reduction")
-    total_v = sum(r["vitcore_s"] for r in rows)
-    total_l = sum(r["loop_s"] for r in rows)
-    worst = max(max(r["rel_diff"].values()) for r in rows)
-    fam = [r for r in rows if "sets_s" in r]
-    lines = [
-        f"# Scoring {len(rows)} `{space_name}`-space ViTs: vitcore vs the per-parameter loop",
-        "", *header_lines(meta), f"- batch size: {batch_size}", "",
-        f"Batch {'x'.join(map(str, shape))}, fp32, grad_norm + snip, one forward + backward per architecture.",
-        "", "| provider | total over the set (s) | per architecture (ms) |", "| --- | ---: | ---: |",
-        f"| per-parameter loop (eager attention, .item() per tensor) | {total_l:.3f} | {total_l / len(rows) * 1e3:.1f} |",
-        f"| vitcore.score ({paths}) | {total_v:.3f} | {total_v / len(rows) * 1e3:.1f} |",
-        "", f"Speed-up: {total_l / total_v:.2f}x. Largest relative difference between the two providers' "
-        f"scores: {worst:.2e}.", "",
-        f"Proxy sets through `vitcore.score`, mean over the first {len(fam)} architectures:", "",
-        "| proxies | ms per architecture |", "| --- | ---: |",
-        *(f"| {name} | {sum(r['sets_s'][name] for r in fam) / len(fam) * 1e3:.1f} |" for name in SETS),
-    ]
-    write_text(out + ".md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return {"meta": meta, "complete": True, "rows": rows, "speedup": total_l / total_v, "max_rel_diff": worst}
+def report(doc: dict) -> str:
+    """The markdown report of a finished run's document."""
+    meta, summary = doc["meta"], doc["providers"]
+    lines = [f"# `vitcore score` end to end: {meta['n']} `{meta['space']}` architectures vs the per-parameter loop",
+             "", *header_lines(meta),
+             f"- load average (1, 5, 15 min) at the end: {', '.join(f'{v:.2f}' for v in meta['load_average_end'])}",
+             f"- data: {meta['data']}, input {'x'.join(map(str, meta['input_shape']))}, proxies "
+             f"{' + '.join(meta['proxies'])}, providers interleaved over {meta['rounds']} chunks", "",
+             "Timed from the architecture spec to the scores written (build, passes, host read, results line).", "",
+             "| provider | archs/s | total s | speed-up over loop | build / passes / read, mean ms | "
+             "τ grad_norm | τ snip |", "|---|---:|---:|---:|---|---:|---:|"]
+    names = {"loop": "loop (CPU-built model moved, SDPA, .item() per tensor)",
+             "vitcore": "vitcore fp32 (`vitcore score`, built on the device, attention auto)",
+             "bf16": "vitcore bf16 autocast"}
+    for p, s in summary.items():
+        ms = " / ".join(f"{s['mean_ms'][k]:.1f}" for k in ("build_s", "passes_s", "read_s")) if s["mean_ms"] else "—"
+        taus = [f"{s['tau'][q]:.3f}" if s["tau"][q] is not None else "—" for q in PROXIES]
+        lines.append(f"| {names[p]} | {s['archs_per_s']:.2f} | {s['seconds']:.2f} | {s['speedup']:.2f}x | {ms} | "
+                     + " | ".join(taus) + " |")
+    if meta["device"] == "cuda":
+        lines.append(f"| vitcore with 2, 4, 8 workers | — | — | — | — | — | — |\n\n(d) workers: {WORKERS_TODO}.")
+    if "max_rel_diff_vs_loop" in summary.get("vitcore", {}):
+        lines += ["", f"Largest relative difference between vitcore's and the loop's scores (same weights): "
+                      f"{summary['vitcore']['max_rel_diff_vs_loop']:.1e}."]
+    if doc["targets"]:
+        lines += ["", "| target | measured | met |", "|---|---|---|",
+                  *(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in doc["targets"])]
+    if doc["family"]:
+        lines += ["", "`vitcore.score` per proxy set (model built before the timing):", "",
+                  "| proxies | ms per architecture |", "|---|---:|",
+                  *(f"| {k} | {v * 1e3:.1f} |" for k, v in doc["family"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="path stem: writes .json and .md")
-    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--n", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--full-family-n", type=int, default=10, help="architectures timed with every proxy set")
     p.add_argument("--space", default="imagenet", choices=sorted(SPACES))
+    p.add_argument("--data", default="synthetic", help="synthetic, digits or an .npz path (vitcore.data)")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--providers", help=f"comma-separated from {', '.join(PROVIDERS)} (default: by device)")
+    p.add_argument("--ref-n", type=int, default=30, help="architectures scored in float64 for Kendall τ")
+    p.add_argument("--rounds", type=int, default=10, help="chunks the providers take turns over")
+    p.add_argument("--full-family-n", type=int, default=0, help="architectures timed with every proxy set")
     args = p.parse_args()
     try:
-        run(args.out, args.n, args.batch_size, args.space, args.device, args.full_family_n)
+        run(args.out, args.n, args.batch_size, args.space, args.device, args.full_family_n, data=args.data,
+            providers=args.providers.split(",") if args.providers else None, ref_n=args.ref_n, rounds=args.rounds)
     except ValueError as e:
         p.exit(2, f"score_report: error: {e}\n")
 

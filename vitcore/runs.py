@@ -105,12 +105,17 @@ def check_out_file(path: str) -> None:
         raise ValueError(f"--out {path!r}: {parent!r} is a file, not a folder")
 
 
+def arch_seed(arch: Arch, seed: int) -> int:
+    """The initialisation seed of ``arch``'s model in a run with ``seed``: same arch and seed, same weights."""
+    return (int(arch.id, 16) + seed) % 2**31
+
+
 def _score_one(arch: Arch, batch: Batch, inputs: torch.Tensor, targets: torch.Tensor, proxies: List[str],
                mode: str, params: str, seed: int, device: torch.device, dtype: torch.dtype, attention: str) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes), attention=attention,
-                device=device, seed=(int(arch.id, 16) + seed) % 2**31)  # same arch, seed and device: same weights
+                device=device, seed=arch_seed(arch, seed))
     sync()
     built = time.perf_counter()
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
