@@ -66,9 +66,20 @@ def test_param_stats_report_writes_rows_per_model(tmp_path):
 
 
 def test_score_report_run_on_cpu_writes_both_files(tmp_path):
+    """Loop and vitcore on a CPU build the same weights: their scores agree to fp32 rounding, τ against
+    the float64 reference is taken on every architecture, and the CPU target is judged."""
     out = str(tmp_path / "score")
-    result = score_report.run(out, n=2, batch_size=2, space_name="small", device="cpu", full_family_n=1)
-    assert result["complete"] and len(result["rows"]) == 2 and result["speedup"] > 0
+    result = score_report.run(out, n=3, batch_size=4, space_name="small", device="cpu", full_family_n=1, ref_n=3,
+                              rounds=2)
+    assert result["complete"] and len(result["rows"]) == 3 and result["speedup"] > 0
+    providers = result["providers"]
+    assert list(providers) == ["loop", "vitcore"] and providers["vitcore"]["max_rel_diff_vs_loop"] <= 1e-6
+    assert all(len(r["reference"]["cpu"]) == 2 for r in result["rows"])
+    assert set(providers["vitcore"]["mean_ms"]) == {"build_s", "passes_s", "read_s"}
+    assert [t["target"].startswith("issue 13 (CPU)") for t in result["targets"]] == [True]
+    assert set(result["family"]) == set(score_report.SETS)
     assert json.loads(open(out + ".json").read())["complete"] is True and open(out + ".md").read().startswith("#")
-    with pytest.raises(ValueError, match="n=0"):
-        score_report.run(out, n=0, device="cpu")
+    for kwargs, message in ((dict(n=0), "n=0"), (dict(providers=["vitcore"]), "need 'loop'"),
+                            (dict(space_name="nope"), "space 'nope'")):
+        with pytest.raises(ValueError, match=message):
+            score_report.run(out, device="cpu", **kwargs)
