@@ -203,7 +203,9 @@ class ViT(nn.Module):
             )
             self.norm = nn.LayerNorm(c.embed_dim)
             self.head = nn.Linear(c.embed_dim, c.num_classes)
-        self.to_empty(device=device)
+        for m in self.modules():  # storage on the device (Module.to_empty's generic path costs ~1 ms per tensor)
+            for name, p in list(m.named_parameters(recurse=False)):
+                setattr(m, name, nn.Parameter(torch.empty(p.shape, device=device), requires_grad=p.requires_grad))
         self.reset_parameters(None if seed is None else torch.Generator(device).manual_seed(seed))
 
     @torch.no_grad()
@@ -220,9 +222,9 @@ class ViT(nn.Module):
                 fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
                 trunc_normal_(m.weight, std=math.sqrt(1.0 / fan_in), generator=generator)
             elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
+                m.weight.fill_(1.0)
             if isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+                m.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
