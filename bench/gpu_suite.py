@@ -40,6 +40,11 @@ MSA_ARGS = ["--device", "cuda", "--dtype", "fp32,bf16", "--graphs", "--providers
             "--n", "16,50,128,197,256,577,1024,1025,2048", "--no-plots"]
 ATTENTION_ARGS = ["--shapes", "vit-ti,vit-s,vit-b,vit-l,b-1025", "--providers", "sdpa,vitcore", "--graph",
                   "--no-long", "--prewarm", "8"]
+# vitcore and its kernels must come from this tree (not from an older install); then the environment record
+SETUP_CHECK = ("import json, os, vitcore.kernels, vitcore.ops; from vitcore.bench.env import environment; "
+               "here = [os.path.realpath(m.__file__) for m in (vitcore, vitcore.kernels)]; "
+               "assert all(p.startswith({repo!r} + os.sep) for p in here), f'vitcore imported from {{here}}'; "
+               "print(json.dumps(environment('cuda')))")
 SCORE_CALL = ("from bench.score_report import run; run({out!r}, n=16, batch_size=64, space_name='imagenet', "
               "device='cuda', full_family_n=2, command='python -m bench.gpu_suite (score part)')")
 
@@ -56,9 +61,8 @@ class Part:
 
 PY = sys.executable
 PARTS = [
-    Part("setup", 20, ["vitcore.bench.env"],
-         lambda w: [PY, "-c", "import json, vitcore.kernels, vitcore.ops; from vitcore.bench.env import environment; "
-                    "print(json.dumps(environment('cuda')))"], "", ""),
+    Part("setup", 20, ["vitcore.bench.env"], lambda w: [PY, "-c", SETUP_CHECK.format(repo=os.path.realpath(REPO))],
+         "", ""),
     Part("tests", 130, ["pytest"],
          lambda w: [PY, "-m", "pytest", "tests", "-q", "-rfEs", "-p", "no:cacheprovider",
                     "--junitxml", os.path.join(w, "tests.xml")], "", "tests.xml"),
