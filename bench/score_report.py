@@ -18,7 +18,8 @@ architectures. On a CPU the loop and vitcore build the same weights (one CPU gen
 are also compared one by one; on a GPU vitcore's weights come from the CUDA generator and differ.
 
     python -m bench.score_report --out bench/results/h200-2026-11-29-score                  # 200 ImageNet-preset
-    python -m bench.score_report --device cpu --space small --n 50 --data digits --out bench/results/cpu-2026-11-29-score
+    python -m bench.score_report --device cpu --space small --n 50 --data digits --rounds 25 \
+        --out bench/results/cpu-2026-11-29-score
 
 ``run(out, ...)`` is the same as a function (the GPU suite calls it).
 """
@@ -51,7 +52,8 @@ SETS = {"grad_norm+snip": PROXIES, "data pass (7 proxies)": ["grad_norm", "snip"
                                                              "nwot", "zico"], "synflow": ["synflow"], "grasp": ["grasp"]}
 CPU_SPEEDUP, FP32_SPEEDUP, LOWP_SPEEDUP = 1.5, 10, 20  # issue 13's targets, architectures per second over the loop
 FP32_TAU, LOWP_TAU, CPU_REL = 0.99, 0.95, 1e-6
-WORKERS_TODO = ("not run: `vitcore score --workers K` is not available in this tree. TODO: when it lands, time "
+WORKERS_TODO = ("not run: `vitcore score --workers K` is not available in this tree. TODO: when it lands, "
+                "time "
                 "`vitcore score --workers K` for K = 2, 4, 8 on the same architectures as one more provider")
 
 
@@ -133,6 +135,7 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
     meta = {**environment(dev, command), "space": space_name, "n": n, "batch_size": batch_size, "data": data,
             "input_shape": list(batch.inputs.shape), "proxies": PROXIES, "rounds": rounds}
     seconds = {p: 0.0 for p in providers}
+    per_chunk = {p: [] for p in providers}  # seconds of each chunk: a load spike shows in one chunk's ratio
     step = -(-n // min(rounds, n))
     chunks = [archs[i:i + step] for i in range(0, n, step)]
     doc = {"meta": meta, "complete": False}
@@ -142,8 +145,9 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
             RUNNERS[p](archs[:1], batch, os.path.join(tmp, f"warm-{p}.jsonl"), dev)
         for k, chunk in enumerate(chunks):
             for p in providers:
-                seconds[p] += once_s(lambda: RUNNERS[p](chunk, batch, paths[p], dev), dev)[0]
-            doc["seconds_so_far"] = dict(seconds)
+                per_chunk[p].append(once_s(lambda: RUNNERS[p](chunk, batch, paths[p], dev), dev)[0])
+                seconds[p] += per_chunk[p][-1]
+            doc["chunk_seconds"] = per_chunk
             write_json(out + ".json", doc)
             print(f"[{k + 1}/{len(chunks)}] " + ", ".join(f"{p} {s:.2f} s" for p, s in seconds.items()),
                   file=sys.stderr, flush=True)
@@ -159,7 +163,9 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
     for p in providers:
         ref = refs["cpu" if p == "loop" else "device"]
         timings = [r["timing"][p] for r in rows if p in r["timing"]]
+        ratios = [a / b for a, b in zip(per_chunk["loop"], per_chunk[p])]
         summary[p] = {"seconds": seconds[p], "archs_per_s": n / seconds[p], "speedup": seconds["loop"] / seconds[p],
+                      "median_chunk_speedup": float(np.median(ratios)),
                       "tau": {q: _tau(results[p], ref, q) for q in PROXIES},
                       "mean_ms": {k: 1e3 * float(np.mean([t[k] for t in timings])) for k in timings[0]} if timings
                       else None}
@@ -169,7 +175,6 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
             for r in rows for q in PROXIES)
     family = _family(archs[:full_family_n], batch, dev)
     doc.update(complete=True, rows=rows, providers=summary, targets=_targets(summary, dev), family=family)
-    doc.pop("seconds_so_far")
     write_json(out + ".json", doc)
     text = report(doc)
     write_text(out + ".md", text)
@@ -231,19 +236,22 @@ def report(doc: dict) -> str:
              f"- load average (1, 5, 15 min) at the end: {', '.join(f'{v:.2f}' for v in meta['load_average_end'])}",
              f"- data: {meta['data']}, input {'x'.join(map(str, meta['input_shape']))}, proxies "
              f"{' + '.join(meta['proxies'])}, providers interleaved over {meta['rounds']} chunks", "",
-             "Timed from the architecture spec to the scores written (build, passes, host read, results line).", "",
-             "| provider | archs/s | total s | speed-up over loop | build / passes / read, mean ms | "
-             "τ grad_norm | τ snip |", "|---|---:|---:|---:|---|---:|---:|"]
+             "Timed from the architecture spec to the scores written (build, passes, host read, results line). "
+             "Speed-up: the loop's total time over the provider's; the median over the chunks of the same ratio "
+             "is less moved by a load spike that falls on one provider's turn.", "",
+             "| provider | archs/s | total s | speed-up over loop | median chunk speed-up | build / passes / read, "
+             "mean ms | τ grad_norm | τ snip |", "|---|---:|---:|---:|---:|---|---:|---:|"]
     names = {"loop": "loop (CPU-built model moved, SDPA, .item() per tensor)",
              "vitcore": "vitcore fp32 (`vitcore score`, built on the device, attention auto)",
              "bf16": "vitcore bf16 autocast"}
     for p, s in summary.items():
         ms = " / ".join(f"{s['mean_ms'][k]:.1f}" for k in ("build_s", "passes_s", "read_s")) if s["mean_ms"] else "—"
         taus = [f"{s['tau'][q]:.3f}" if s["tau"][q] is not None else "—" for q in PROXIES]
-        lines.append(f"| {names[p]} | {s['archs_per_s']:.2f} | {s['seconds']:.2f} | {s['speedup']:.2f}x | {ms} | "
+        lines.append(f"| {names[p]} | {s['archs_per_s']:.2f} | {s['seconds']:.2f} | {s['speedup']:.2f}x | "
+                     f"{s['median_chunk_speedup']:.2f}x | {ms} | "
                      + " | ".join(taus) + " |")
     if meta["device"] == "cuda":
-        lines.append(f"| vitcore with 2, 4, 8 workers | — | — | — | — | — | — |\n\n(d) workers: {WORKERS_TODO}.")
+        lines += ["| vitcore with 2, 4, 8 workers | — | — | — | — | — | — | — |", "", f"(d) workers: {WORKERS_TODO}."]
     if "max_rel_diff_vs_loop" in summary.get("vitcore", {}):
         lines += ["", f"Largest relative difference between vitcore's and the loop's scores (same weights): "
                       f"{summary['vitcore']['max_rel_diff_vs_loop']:.1e}."]
