@@ -28,7 +28,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -48,8 +47,9 @@ from vitcore.space import SPACES, sample
 PROXIES = ["grad_norm", "snip"]
 PROVIDERS = ("loop", "vitcore", "bf16")
 SEED = 0
-SETS = {"grad_norm+snip": PROXIES, "data pass (7 proxies)": ["grad_norm", "snip", "plain", "fisher", "jacob_cov",
-                                                             "nwot", "zico"], "synflow": ["synflow"], "grasp": ["grasp"]}
+SETS = {"grad_norm+snip": PROXIES,
+        "data pass (7 proxies)": ["grad_norm", "snip", "plain", "fisher", "jacob_cov", "nwot", "zico"],
+        "synflow": ["synflow"], "grasp": ["grasp"]}
 CPU_SPEEDUP, FP32_SPEEDUP, LOWP_SPEEDUP = 1.5, 10, 20  # issue 13's targets, architectures per second over the loop
 FP32_TAU, LOWP_TAU, CPU_REL = 0.99, 0.95, 1e-6
 WORKERS_TODO = ("not run: `vitcore score --workers K` is not available in this tree. TODO: when it lands, "
@@ -251,7 +251,8 @@ def report(doc: dict) -> str:
                      f"{s['median_chunk_speedup']:.2f}x | {ms} | "
                      + " | ".join(taus) + " |")
     if meta["device"] == "cuda":
-        lines += ["| vitcore with 2, 4, 8 workers | — | — | — | — | — | — | — |", "", f"(d) workers: {WORKERS_TODO}."]
+        lines += ["| vitcore with 2, 4, 8 workers | — | — | — | — | — | — | — |", "",
+                  f"(d) workers: {WORKERS_TODO}."]
     if "max_rel_diff_vs_loop" in summary.get("vitcore", {}):
         lines += ["", f"Largest relative difference between vitcore's and the loop's scores (same weights): "
                       f"{summary['vitcore']['max_rel_diff_vs_loop']:.1e}."]
