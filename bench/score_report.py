@@ -8,17 +8,17 @@ scores, write the results line):
             parameters summing per-tensor terms with ``.item()`` (grad_norm and snip), a JSON line per
             architecture;
 - vitcore:  ``vitcore.runs.score_archs``, what ``vitcore score`` runs: the model built on the device,
-            attention "auto", fp32, one fsynced JSON line per architecture;
+            attention "auto", fp32, a JSON line per architecture (flushed; fsynced at most once a second);
 - bf16:     the same under bf16 autocast (``--dtype bf16``).
 The providers take turns over chunks of the architectures (loop, vitcore, bf16, loop, ...), so a load
-that changes during the run falls on each alike; every provider scores the first architecture once
-before the timing (compilation, allocator warm-up). Each provider's Kendall τ is taken against a float64
-reference (its own weights in float64, eager attention, ``vitcore.score``) on the first ``ref_n``
-architectures. On a CPU the loop and vitcore build the same weights (one CPU generator), so their scores
+that changes during the run falls on each alike (``rounds=1, repeats=R``: R whole runs each, alternating);
+every provider scores the first architecture once before the timing (compilation, allocator warm-up).
+Each provider's Kendall τ is taken against a float64 reference (its own weights in float64, eager
+attention, ``vitcore.score``) on the first ``ref_n`` architectures. On a CPU the loop and vitcore build the same weights (one CPU generator), so their scores
 are also compared one by one; on a GPU vitcore's weights come from the CUDA generator and differ.
 
     python -m bench.score_report --out bench/results/h200-2026-11-29-score                  # 200 ImageNet-preset
-    python -m bench.score_report --device cpu --space small --n 50 --data digits --rounds 25 \
+    python -m bench.score_report --device cpu --space small --n 50 --data digits --rounds 1 --repeats 3 \
         --out bench/results/cpu-2026-11-29-score
 
 ``run(out, ...)`` is the same as a function (the GPU suite calls it).
@@ -111,7 +111,7 @@ def _tau(scores: Dict[str, dict], ref: Dict[str, dict], proxy: str) -> Optional[
 
 def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagenet", device: str = "cuda",
         full_family_n: int = 0, command: Optional[str] = None, data: str = "synthetic",
-        providers: Optional[Sequence[str]] = None, ref_n: int = 30, rounds: int = 10) -> dict:
+        providers: Optional[Sequence[str]] = None, ref_n: int = 30, rounds: int = 10, repeats: int = 1) -> dict:
     """Time ``providers`` (default: loop, vitcore, bf16 on CUDA; loop, vitcore on a CPU) on ``n``
     architectures of ``space_name`` with ``batch_size`` examples of ``data`` ("synthetic": images shaped
     for the space); τ against float64 on the first ``ref_n``; ``full_family_n`` architectures also timed
@@ -120,8 +120,9 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
     """
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda': no CUDA GPU is available")
-    if n < 1 or batch_size < 1 or ref_n < 0 or rounds < 1:
-        raise ValueError(f"n={n}, batch_size={batch_size}, rounds={rounds} must be positive, ref_n={ref_n} >= 0")
+    if n < 1 or batch_size < 1 or ref_n < 0 or rounds < 1 or repeats < 1:
+        raise ValueError(f"n={n}, batch_size={batch_size}, rounds={rounds}, repeats={repeats} must be positive, "
+                         f"ref_n={ref_n} >= 0")
     if space_name not in SPACES:
         raise ValueError(f"space {space_name!r}; valid: {', '.join(SPACES)}")
     dev = torch.device(device)
@@ -133,25 +134,28 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
     archs = sample(space, n, SEED)
     batch = load_batch(data, batch_size, SEED, space)
     meta = {**environment(dev, command), "space": space_name, "n": n, "batch_size": batch_size, "data": data,
-            "input_shape": list(batch.inputs.shape), "proxies": PROXIES, "rounds": rounds}
+            "input_shape": list(batch.inputs.shape), "proxies": PROXIES, "rounds": rounds,
+            "repeats": repeats}
     seconds = {p: 0.0 for p in providers}
     per_chunk = {p: [] for p in providers}  # seconds of each chunk: a load spike shows in one chunk's ratio
     step = -(-n // min(rounds, n))
     chunks = [archs[i:i + step] for i in range(0, n, step)]
     doc = {"meta": meta, "complete": False}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {p: os.path.join(tmp, f"{p}.jsonl") for p in providers}
         for p in providers:  # warm-up, not timed
             RUNNERS[p](archs[:1], batch, os.path.join(tmp, f"warm-{p}.jsonl"), dev)
-        for k, chunk in enumerate(chunks):
-            for p in providers:
-                per_chunk[p].append(once_s(lambda: RUNNERS[p](chunk, batch, paths[p], dev), dev)[0])
-                seconds[p] += per_chunk[p][-1]
-            doc["chunk_seconds"] = per_chunk
-            write_json(out + ".json", doc)
-            print(f"[{k + 1}/{len(chunks)}] " + ", ".join(f"{p} {s:.2f} s" for p, s in seconds.items()),
-                  file=sys.stderr, flush=True)
-        results = {p: _read(paths[p]) for p in providers}
+        for r in range(repeats):  # each repeat a fresh run per provider, into its own file
+            paths = {p: os.path.join(tmp, f"{p}-{r}.jsonl") for p in providers}
+            for k, chunk in enumerate(chunks):
+                for p in providers:
+                    per_chunk[p].append(once_s(lambda: RUNNERS[p](chunk, batch, paths[p], dev), dev)[0])
+                    seconds[p] += per_chunk[p][-1]
+                doc["chunk_seconds"] = per_chunk
+                write_json(out + ".json", doc)
+                print(f"[{r + 1}/{repeats}, {k + 1}/{len(chunks)}] "
+                      + ", ".join(f"{p} {s:.2f} s" for p, s in seconds.items()), file=sys.stderr, flush=True)
+            if r == 0:
+                results = {p: _read(paths[p]) for p in providers}
     meta["load_average_end"] = list(os.getloadavg())
     refs = {"cpu": reference(archs[:ref_n], batch, dev, "cpu")}
     refs["device"] = refs["cpu"] if dev.type == "cpu" else reference(archs[:ref_n], batch, dev, device)
@@ -164,7 +168,8 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
         ref = refs["cpu" if p == "loop" else "device"]
         timings = [r["timing"][p] for r in rows if p in r["timing"]]
         ratios = [a / b for a, b in zip(per_chunk["loop"], per_chunk[p])]
-        summary[p] = {"seconds": seconds[p], "archs_per_s": n / seconds[p], "speedup": seconds["loop"] / seconds[p],
+        summary[p] = {"seconds": seconds[p], "archs_per_s": n * repeats / seconds[p],
+                      "speedup": seconds["loop"] / seconds[p],
                       "median_chunk_speedup": float(np.median(ratios)),
                       "tau": {q: _tau(results[p], ref, q) for q in PROXIES},
                       "mean_ms": {k: 1e3 * float(np.mean([t[k] for t in timings])) for k in timings[0]} if timings
@@ -235,7 +240,8 @@ def report(doc: dict) -> str:
              "", *header_lines(meta),
              f"- load average (1, 5, 15 min) at the end: {', '.join(f'{v:.2f}' for v in meta['load_average_end'])}",
              f"- data: {meta['data']}, input {'x'.join(map(str, meta['input_shape']))}, proxies "
-             f"{' + '.join(meta['proxies'])}, providers interleaved over {meta['rounds']} chunks", "",
+             f"{' + '.join(meta['proxies'])}, providers interleaved over {meta['rounds']} chunks, "
+             f"{meta['repeats']} time(s) (each repeat a fresh run per provider)", "",
              "Timed from the architecture spec to the scores written (build, passes, host read, results line). "
              "Speed-up: the loop's total time over the provider's; the median over the chunks of the same ratio "
              "is less moved by a load spike that falls on one provider's turn.", "",
@@ -277,11 +283,13 @@ def main():
     p.add_argument("--providers", help=f"comma-separated from {', '.join(PROVIDERS)} (default: by device)")
     p.add_argument("--ref-n", type=int, default=30, help="architectures scored in float64 for Kendall τ")
     p.add_argument("--rounds", type=int, default=10, help="chunks the providers take turns over")
+    p.add_argument("--repeats", type=int, default=1, help="times the whole interleaved run is repeated")
     p.add_argument("--full-family-n", type=int, default=0, help="architectures timed with every proxy set")
     args = p.parse_args()
     try:
         run(args.out, args.n, args.batch_size, args.space, args.device, args.full_family_n, data=args.data,
-            providers=args.providers.split(",") if args.providers else None, ref_n=args.ref_n, rounds=args.rounds)
+            providers=args.providers.split(",") if args.providers else None, ref_n=args.ref_n, rounds=args.rounds,
+            repeats=args.repeats)
     except ValueError as e:
         p.exit(2, f"score_report: error: {e}\n")
 

@@ -54,6 +54,7 @@ def test_repeated_architectures_are_scored_once(tmp_path, capsys):
         (["--batch-size", "5000"], "batch_size=5000 is larger than the 1797 examples"),
         (["--rank-by", "plain"], "--rank-by 'plain' is not among --proxies grad_norm,snip"),
         (["--seed", "-1"], "--seed -1: expected a non-negative integer"),
+        (["--attention", "flash"], "argument --attention: invalid choice: 'flash'"),
         (["--out", "{tmp}"], "is a folder; name a file such as"),
         (["--out", "{tmp}/afile/x.jsonl"], "afile' is a file, not a folder"),
     ],
@@ -70,10 +71,10 @@ def test_bad_options_say_what_is_wrong(argv, message, tmp_path, capsys):
 def test_synthetic_data_and_module_entry_point(tmp_path):
     out = tmp_path / "syn.jsonl"
     cmd = [sys.executable, "-m", "vitcore", "score", "--n", "3", "--data", "synthetic", "--batch-size", "4",
-           "--proxies", "snip,plain", "--mode", "per_layer", "--out", str(out)]
+           "--proxies", "snip,plain", "--mode", "per_layer", "--attention", "eager", "--out", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "3 scored, 0 failed; ranked by snip" in result.stdout
-    assert all(set(r["scores"]) == {"snip", "plain"} for r in _lines(out))
+    assert all(set(r["scores"]) == {"snip", "plain"} and r["settings"]["attention"] == "eager" for r in _lines(out))
 
 
 def test_ranked_table_puts_nan_last(capsys):
