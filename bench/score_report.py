@@ -15,7 +15,8 @@ that changes during the run falls on each alike (``rounds=1, repeats=R``: R whol
 every provider scores the first architecture once before the timing (compilation, allocator warm-up).
 Each provider's Kendall τ is taken against a float64 reference (its own weights in float64, eager
 attention, ``vitcore.score``) on the first ``ref_n`` architectures. On a CPU the loop and vitcore build
-the same weights (one CPU generator), so their scores are also compared one by one; on a GPU vitcore's weights come from the CUDA generator and differ.
+the same weights (one CPU generator), so their scores are also compared one by one; on a GPU vitcore's
+weights come from the CUDA generator and differ.
 
     python -m bench.score_report --out bench/results/h200-2026-11-29-score                  # 200 ImageNet-preset
     python -m bench.score_report --device cpu --space small --n 50 --data digits --rounds 1 --repeats 3 \
