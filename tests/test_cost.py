@@ -12,6 +12,10 @@ CONFIGS = [
         num_heads=(1, 3, 4), mlp_ratio=(1.52, 2.0, 3.3), head_dim=20, qkv_bias=False,  # 1.52·40 rounds up
     ),
     ViTConfig(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=(3, 6), mlp_ratio=4.0),
+    ViTConfig(  # heads embed_dim / num_heads wide per block (AutoFormer's trained networks): E = D
+        img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=24, depth=3,
+        num_heads=(3, 4, 2), mlp_ratio=(3.5, 4.0, 3.5), head_dim=None,
+    ),
 ]
 
 
@@ -80,6 +84,13 @@ def test_flops_match_flop_counter_mode(config, batch):
     counts = both.get_flop_counts()
     assert sum(counts["ViT.patch_embed"].values()) == 2 * 2 * cost.macs["patch_embed"]  # fwd + weight grad
     assert sum(counts["ViT.head"].values()) == 3 * 2 * cost.macs["head"]
+
+
+def test_per_block_head_width_keeps_attention_width_at_D():
+    """head_dim=None: every block attends in E = H·(D/H) = D dimensions, so its MSA costs 4N'D² + 2N'²D."""
+    c = vit_cost(CONFIGS[3], batch=1)
+    N, D = 17, 24
+    assert all(b["msa_proj"] == 4 * N * D * D and b["msa_core"] == 2 * N * N * D for b in c.blocks)
 
 
 def test_vit_cost_rejects_bad_arguments():

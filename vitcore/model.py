@@ -3,7 +3,9 @@
 Pre-norm blocks: x + MSA(LN(x)), then x + MLP(LN(x)); a class token and learned positional
 embedding in front, a final LayerNorm and a linear head on the class token at the end.
 The head width ``head_dim`` is independent of ``embed_dim``: a block with H heads attends in
-H·head_dim dimensions and projects back to embed_dim with W^O.
+H·head_dim dimensions and projects back to embed_dim with W^O. ``head_dim=None`` makes each block's
+heads embed_dim / H wide (AutoFormer's networks trained from scratch, timm's ViT): then embed_dim must
+be divisible by every block's H (a ValueError naming both otherwise).
 """
 import math
 from dataclasses import dataclass
@@ -67,8 +69,12 @@ class ViTConfig:
             for h in heads:
                 if self.embed_dim % h:
                     raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={h}")
-        elif isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim <= 0:
+        elif isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int):
+            raise TypeError(f"head_dim={self.head_dim!r} must be a positive int or None")
+        elif self.head_dim <= 0:
             raise ValueError(f"head_dim={self.head_dim!r} must be a positive int or None")
+        if not isinstance(self.qkv_bias, bool):
+            raise TypeError(f"qkv_bias={self.qkv_bias!r} must be a bool")
 
     @property
     def num_patches(self) -> int:
@@ -143,6 +149,11 @@ class ViT(nn.Module):
     """The ViT of ``config``; ``fused`` picks flash attention (default) or eager attention in every MSA."""
 
     def __init__(self, config: ViTConfig, fused: bool = True):
+        if not isinstance(config, ViTConfig):
+            hint = ": build one with ViTConfig(**d)" if isinstance(config, dict) else ""
+            raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}{hint}")
+        if not isinstance(fused, bool):
+            raise TypeError(f"fused={fused!r} must be a bool")
         super().__init__()
         self.config = c = config
         self.patch_embed = nn.Conv2d(c.in_chans, c.embed_dim, c.patch_size, stride=c.patch_size)
@@ -172,6 +183,8 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4 or x.shape[1:] != (c.in_chans, c.img_size, c.img_size):
             raise ValueError(
                 f"input shape {tuple(x.shape)} does not match (B, {c.in_chans}, {c.img_size}, {c.img_size})"
@@ -192,6 +205,11 @@ def msa(
     x (N', D); wq, wk, wv (H, D, d); wo (H·d, D). Per head h: softmax(x Wq_h (x Wk_h)^T / sqrt(d)) x Wv_h.
     Returns ``(heads (H, N', d), out (N', D))`` where out = concat_h(heads) @ wo.
     """
+    for name, t in (("x", x), ("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}.dtype={t.dtype}: expected a floating dtype")
     if x.ndim != 2:
         raise ValueError(f"x has shape {tuple(x.shape)}, expected (N', D)")
     N, D = x.shape

@@ -18,6 +18,8 @@ from vitcore.ops.dispatch import eager
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # "layers" for fisher and params="weights"
 ACTIVATION_TYPES = (nn.ReLU, nn.GELU)  # NASWOT reads the sign pattern of their inputs
+PASSES = ("data", "halves", "synflow", "hessian")  # what a proxy unit may ask for (vitcore.proxies.base)
+DATA_TAPS = ("grads", "fisher", "jacobian", "codes")  # what the data pass may record, see DataPass
 
 
 def layer_weights(model: nn.Module) -> List[torch.Tensor]:
@@ -37,15 +39,27 @@ def split(n: int, chunks: int, groups: int = 1) -> List[Tuple[int, int, int]]:
     return [(a, b, next(g for g in range(groups) if a < (g + 1) * n // groups)) for a, b in zip(cuts, cuts[1:])]
 
 
+def loss_on(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``loss_fn(logits, targets)`` with integer targets outside 0..C-1 (C = logits.shape[1]) replaced
+    by 0 on the device, so a bad index neither raises inside torch (nor trips a CUDA device assert)
+    nor is silently ignored (-100): ``vitcore.score`` counts them and refuses them after its sync."""
+    if not targets.is_floating_point() and logits.ndim >= 2:
+        targets = torch.where((targets >= 0) & (targets < logits.shape[1]), targets, 0)
+    return loss_fn(logits, targets)
+
+
 @dataclass
 class DataPass:
-    """What the one data pass produced; fields the request did not need stay empty."""
+    """What one data pass produced; fields the request did not need stay empty."""
 
-    grads: List[Optional[torch.Tensor]] = field(default_factory=list)  # d(mean loss)/dθ per parameter
-    group_grads: List[List[Optional[torch.Tensor]]] = field(default_factory=list)  # per group, per parameter
-    fisher: List[torch.Tensor] = field(default_factory=list)  # per layer call: Σ_b (Σ_tokens a·da)², (C,)
-    jacobian: Optional[torch.Tensor] = None  # (B, input features): d(Σ outputs)/dx per example
-    kernel: Optional[torch.Tensor] = None  # (B, B) NASWOT kernel, float64
+    params: List[torch.Tensor] = field(default_factory=list)  # the tensors whose gradients were taken
+    grads: List[Optional[torch.Tensor]] = field(default_factory=list)  # d(mean loss)/dθ per params entry
+    group_grads: List[List[Optional[torch.Tensor]]] = field(default_factory=list)  # per group, per entry
+    fisher: List[torch.Tensor] = field(default_factory=list)  # per layer call: mean_b (Σ_n a·da)², (C,)
+    jacobian: Optional[torch.Tensor] = None  # (B, input features) float64: d(Σ outputs)/dx per example
+    codes: List[torch.Tensor] = field(default_factory=list)  # per ReLU/GELU call: (B, units) bool, input > 0
+    codes_nan: Optional[torch.Tensor] = None  # 0-d bool: did any ReLU/GELU input hold a NaN
+    num_outputs: int = 0  # logits.shape[1]: the number of classes targets index
 
 
 def _accumulate(total: List[Optional[torch.Tensor]], part: Sequence[Optional[torch.Tensor]], weight: float,
@@ -78,17 +92,21 @@ def data_pass(
     params: List[torch.Tensor],
     chunks: int,
     groups: int = 1,
-    fisher: bool = False,
-    jacobian: bool = False,
-    naswot: bool = False,
+    taps: Sequence[str] = (),
 ) -> DataPass:
-    """Forward and backward over the batch in chunks, with hooks for the activation-based proxies.
+    """Forward and backward over the batch in chunks, with the hooks ``taps`` asks for.
 
-    params: the tensors whose loss gradient is wanted (may be empty); groups > 1 also keeps the
-    gradient of each group's mean loss (the batch cut in ``groups`` equal parts, for ZiCo).
+    params: the tensors whose loss gradient is wanted (may be empty; "grads" records it);
+    groups > 1 also keeps the gradient of each group's mean loss (the batch cut in ``groups``
+    equal parts, for ZiCo). taps, from DATA_TAPS: "grads", "fisher" (every Linear/Conv output times
+    its loss gradient), "jacobian" (input gradients of Σ f(x)), "codes" (ReLU/GELU input signs).
     """
+    unknown = set(taps) - set(DATA_TAPS)
+    assert not unknown, unknown
+    fisher, jacobian, naswot = "fisher" in taps, "jacobian" in taps, "codes" in taps
     B = inputs.shape[0]
-    out = DataPass(grads=[None] * len(params), group_grads=[[None] * len(params) for _ in range(groups)])
+    out = DataPass(params=list(params), grads=[None] * len(params),
+                   group_grads=[[None] * len(params) for _ in range(groups)])
     layer_calls: List[Tuple[nn.Module, torch.Tensor]] = []
     codes: List[List[torch.Tensor]] = []  # per activation call (in forward order): its codes per chunk
     chunk_codes: List[torch.Tensor] = []
@@ -103,7 +121,7 @@ def data_pass(
         def keep_code(module, args):
             x = args[0]
             chunk_codes.append((x > 0).reshape(x.shape[0], -1))  # (n, units), one entry per call
-            nan_seen.append(x.isnan().any())  # a NaN reads as "off": the kernel alone would hide it
+            nan_seen.append(x.isnan().any())  # a NaN reads as "off": the codes alone would hide it
 
         handles += [m.register_forward_pre_hook(keep_code) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)]
     want_loss_grad = bool(params) or fisher
@@ -118,6 +136,7 @@ def data_pass(
             chunk_codes.clear()
             with torch.set_grad_enabled(want_loss_grad or jacobian):
                 logits = model(x)
+            out.num_outputs = logits.shape[1] if logits.ndim >= 2 else 0
             if naswot:
                 if not chunk_codes:
                     raise ValueError("nwot reads the inputs of nn.ReLU / nn.GELU modules, and the model ran none")
@@ -125,7 +144,7 @@ def data_pass(
                 for call, c in zip(codes, chunk_codes):
                     call.append(c)
             if want_loss_grad:
-                loss = loss_fn(logits, targets[start:end])
+                loss = loss_on(loss_fn, logits, targets[start:end])
                 acts = [a for _, a in layer_calls]
                 got = torch.autograd.grad(loss, params + acts, retain_graph=jacobian, allow_unused=True)
                 share = (end - start) / B
@@ -151,11 +170,8 @@ def data_pass(
     if jacobian:
         out.jacobian = torch.cat(jacobians).double()  # (B, features)
     if naswot:
-        out.kernel = torch.zeros(B, B, dtype=torch.float64, device=inputs.device)
-        for call_codes in codes:
-            c = torch.cat(call_codes).double()  # (B, units), 0/1
-            out.kernel += c @ c.T + (1 - c) @ (1 - c).T  # units where two examples agree
-        out.kernel = torch.where(torch.stack(nan_seen).any(), torch.nan, out.kernel)
+        out.codes = [torch.cat(call_codes) for call_codes in codes]  # each (B, units)
+        out.codes_nan = torch.stack(nan_seen).any()
     return out
 
 
@@ -218,7 +234,7 @@ def hessian_grad(
     ranges = split(B, chunks)
     with eager():
         for start, end, _ in ranges:
-            loss = loss_fn(model(inputs[start:end]), targets[start:end]) * ((end - start) / B)
+            loss = loss_on(loss_fn, model(inputs[start:end]), targets[start:end]) * ((end - start) / B)
             gf = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             z = sum((g.detach() * f).sum() for g, f in zip(grads, gf) if g is not None and f is not None)
             if not isinstance(z, torch.Tensor) or not z.requires_grad:

@@ -3,13 +3,18 @@
 An ``Arch`` is one point of a space: everything but the data's image size, channels and classes,
 which ``Arch.config(...)`` takes. Architectures serialise to JSON, and their ``id`` is a hash of
 that JSON, so the same architecture has the same id in every run and on every machine.
+
+Head width: ``head_dim`` fixes every head's width d whatever the embedding width D (AutoFormer's
+supernet: 64); ``head_dim=None`` (null or absent in JSON) gives each block heads D / H wide, as the
+AutoFormer networks trained from scratch have (the QKV projection maps D to 3·D); then D must be
+divisible by every block's H.
 """
 import hashlib
 import json
 import numbers
 import random
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from vitcore.model import ViTConfig
 
@@ -25,7 +30,15 @@ class SearchSpace:
     depths: Tuple[int, ...]
     num_heads: Tuple[int, ...]  # choices per block
     mlp_ratios: Tuple[float, ...]  # choices per block
-    head_dim: int  # every head is this wide, whatever the embedding width
+    head_dim: Optional[int]  # every head is this wide, whatever the embedding width; None: D / H
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            for d in self.embed_dims:
+                for h in self.num_heads:
+                    if d % h:
+                        raise ValueError(f"space {self.name!r}: embed_dim={d} is not divisible by num_heads={h} "
+                                         "(head_dim=None makes heads embed_dim / num_heads wide)")
 
 
 SPACES: Dict[str, SearchSpace] = {
@@ -41,10 +54,19 @@ SPACES: Dict[str, SearchSpace] = {
         patch_sizes=(16,), embed_dims=(192, 216, 240), depths=(12, 13, 14),
         num_heads=(3, 4), mlp_ratios=(3.5, 4.0), head_dim=64,
     ),
+    # The same choices with heads embed_dim / num_heads wide: the AutoFormer-Tiny networks trained on
+    # CIFAR-100 (../shared/data/autoformer-tiny-100.jsonl's c100 columns).
+    "autoformer": SearchSpace(
+        name="autoformer", img_size=224, in_chans=3, num_classes=100,
+        patch_sizes=(16,), embed_dims=(192, 216, 240), depths=(12, 13, 14),
+        num_heads=(3, 4), mlp_ratios=(3.5, 4.0), head_dim=None,
+    ),
 }
 
 
 def get_space(name: str) -> SearchSpace:
+    if not isinstance(name, str):
+        raise TypeError(f"space name must be a str, got {type(name).__name__}")
     if name not in SPACES:
         raise ValueError(f"unknown search space {name!r}; valid: {', '.join(sorted(SPACES))}")
     return SPACES[name]
@@ -82,7 +104,7 @@ class Arch:
     depth: int
     num_heads: Tuple[int, ...]  # one per block
     mlp_ratio: Tuple[float, ...]  # one per block
-    head_dim: int
+    head_dim: Optional[int]  # d for every head; None: embed_dim / num_heads per block
     patch_size: int
 
     def __post_init__(self):
@@ -114,24 +136,40 @@ class Arch:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Arch":
+        """An architecture from its fields (and optionally its ``id``, checked); ``head_dim`` may be
+        absent, meaning None (heads embed_dim / num_heads wide)."""
         fields = set(cls.__dataclass_fields__)
-        if not isinstance(d, dict) or set(d) - {"id"} != fields:
-            got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"architecture {got} must have exactly the fields {sorted(fields)}")
-        arch = cls(**{k: d[k] for k in fields})
+        if not isinstance(d, dict):
+            raise TypeError(f"architecture must be a dict, got {type(d).__name__}")
+        if set(d) - {"id"} not in (fields, fields - {"head_dim"}):
+            raise ValueError(f"architecture {sorted(d)} must have exactly the fields {sorted(fields)} "
+                             "(head_dim may be absent)")
+        arch = cls(**{k: d.get(k) for k in fields})
         if "id" in d and d["id"] != arch.id:
             raise ValueError(f"architecture id {d['id']!r} does not match its fields (id {arch.id!r})")
         return arch
 
     @classmethod
     def from_json(cls, text: str) -> "Arch":
+        if not isinstance(text, (str, bytes)):
+            raise TypeError(f"text must be a JSON string, got {type(text).__name__}")
         return cls.from_dict(json.loads(text))
 
 
 def sample(space: SearchSpace, n: int, seed: int = 0) -> List[Arch]:
-    """``n`` distinct architectures drawn uniformly from ``space``; the same (space, n, seed), the same list."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    """``n`` distinct architectures drawn uniformly from ``space``; the same (space, n, seed), the same list.
+
+    Raises TypeError for a ``space`` that is not a SearchSpace or an ``n`` / ``seed`` that is not an
+    int, ValueError for n < 1 or more than the space holds (found after 100·n draws).
+    """
+    if not isinstance(space, SearchSpace):
+        raise TypeError(f"space must be a SearchSpace (see get_space), got {type(space).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n={n!r} must be an int")
+    if n < 1:
         raise ValueError(f"n={n!r} must be a positive int")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed={seed!r} must be an int")
     rng = random.Random(f"{space.name}:{seed}")
     archs: Dict[str, Arch] = {}
     for _ in range(100 * n):

@@ -1,0 +1,82 @@
+"""What a proxy unit is (``Proxy``) and what its device-side step reads (``Context``).
+
+See ``vitcore.proxies.registry`` for the contract a proxy file follows.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitcore.ops.param_stats import param_stats
+from vitcore.passes import DATA_TAPS, PASSES, DataPass
+
+
+def scalar(value: np.ndarray) -> float:
+    """The default host-side finish: the one number ``reduce`` returned."""
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """One zero-cost proxy: what it needs, how it reduces on the device, how it finishes on the host.
+
+    name      the proxy's name as ``score`` takes it (the file ``vitcore/proxies/<name>.py``)
+    passes    the shared passes it reads, from ``vitcore.passes.PASSES``: "data" (forward and backward
+              on the batch), "halves" (the data pass over each half of the batch separately),
+              "synflow" (the |θ| pass), "hessian" (GraSP's H·g pass, which also needs "data" and the
+              "grads" tap); () for none
+    taps      what the "data" pass must record, from ``vitcore.passes.DATA_TAPS``
+    reduce    device side: ``reduce(ctx) -> torch.Tensor`` of any shape, computed without reading a
+              value on the host (no ``.item()``, ``bool(t)``, ``.cpu()``); None for a host-only proxy
+    finish    host side: ``finish(values) -> float`` on the numpy array of reduce's tensor (same shape)
+    host      host-only proxies (nothing to read from the device): ``host(ctx) -> float``
+    min_batch the fewest examples it is defined for (``score`` refuses fewer, naming the proxy)
+    """
+
+    name: str
+    passes: Tuple[str, ...] = ()
+    taps: Tuple[str, ...] = ()
+    reduce: Optional[Callable[["Context"], torch.Tensor]] = None
+    finish: Callable[[np.ndarray], float] = scalar
+    host: Optional[Callable[["Context"], float]] = None
+    min_batch: int = 1
+
+    def __post_init__(self):
+        assert (self.reduce is None) != (self.host is None), f"{self.name}: give reduce or host, not both"
+        assert set(self.passes) <= set(PASSES), (self.name, self.passes)
+        assert set(self.taps) <= set(DATA_TAPS), (self.name, self.taps)
+        assert not self.taps or "data" in self.passes, f"{self.name}: taps need the data pass"
+        assert "hessian" not in self.passes or "grads" in self.taps, f"{self.name}: H·g needs the grads"
+
+
+@dataclass
+class Context:
+    """The request and every pass's result, as a proxy's ``reduce`` (or ``host``) reads them."""
+
+    model: nn.Module
+    inputs: torch.Tensor  # (B, ...) the batch
+    targets: torch.Tensor  # (B,) class indices or (B, C) probabilities
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    mode: str  # grad_norm's mode, one of GRAD_NORM_MODES
+    counted: List[torch.Tensor]  # the counted parameter tensors (``params=``), in order
+    data: Optional[DataPass] = None  # the "data" pass; grads follow ``counted``
+    halves: Optional[DataPass] = None  # the "halves" pass; group_grads follow ``halves.params``
+    synflow: Optional[Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]] = None  # (|θ|, dR/d|θ|)
+    hessian: List[Optional[torch.Tensor]] = field(default_factory=list)  # H·g per counted tensor
+    _cache: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def param_stats(self) -> torch.Tensor:
+        """(T', 4) float64 Σg², Σ|g·θ|, Σg·θ, Σθ² over the counted tensors that got a gradient,
+        one reduction shared by every proxy that asks (``vitcore.ops.param_stats``)."""
+        if "param_stats" not in self._cache:
+            params, grads = present(self.counted, self.data.grads)
+            self._cache["param_stats"] = param_stats(params, grads).double()
+        return self._cache["param_stats"]
+
+
+def present(params, grads):
+    """(params, grads) without the tensors that got no gradient (unused or frozen)."""
+    kept = [(p.detach(), g) for p, g in zip(params, grads) if g is not None]
+    return [p for p, _ in kept], [g for _, g in kept]

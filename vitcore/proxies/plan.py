@@ -1,0 +1,237 @@
+"""``score``: plan the passes the requested proxies need, run each once, read everything in one sync."""
+import warnings
+from typing import Callable, Dict, Iterable, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from vitcore.passes import data_pass, hessian_grad, layer_weights, split, synflow_grads
+from vitcore.proxies.base import Context, Proxy
+from vitcore.proxies.grad_norm import GRAD_NORM_MODES
+from vitcore.proxies.registry import PROXIES, UNITS
+
+PARAM_SETS = ("all", "weights")
+
+
+def check_proxies(proxies: Iterable[str]) -> List[str]:
+    """The requested proxy names as a list; an unknown name raises, listing the valid ones."""
+    if isinstance(proxies, str):
+        names = [proxies]
+    elif isinstance(proxies, Iterable):
+        names = list(proxies)
+    else:
+        raise TypeError(f"proxies={proxies!r} must be a proxy name or a list of names")
+    if not names:
+        raise ValueError("proxies is empty; valid: " + ", ".join(PROXIES))
+    for name in names:
+        if name not in PROXIES:
+            raise ValueError(f"unknown proxy {name!r}; valid: {', '.join(PROXIES)}")
+    return names
+
+
+def counted_tensors(model: nn.Module, which: str) -> List[torch.Tensor]:
+    """``params="all"``: every trainable tensor once; ``"weights"``: Linear/Conv weights once each."""
+    if which == "weights":
+        return layer_weights(model)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class _Fresh:
+    """The model's state on entry (train/eval flags, buffers, RNG), put back before every pass and
+    every reduction, so no proxy sees what another one's pass changed (BatchNorm running statistics,
+    dropout masks), and for good at the end."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
+        self.modes = {m: m.training for m in model.modules()}
+        self.buffers = {name: b.clone() for name, b in model.named_buffers()}
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def reset(self, training: bool = True) -> None:
+        with torch.no_grad():
+            for name, b in self.model.named_buffers():
+                if name in self.buffers:
+                    b.copy_(self.buffers[name])
+        if training:
+            self.model.train()
+        else:
+            for m, mode in self.modes.items():
+                m.training = mode
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+
+
+def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -> Dict[str, float]:
+    units: List[Proxy] = [UNITS[n] for n in dict.fromkeys(names)]
+    passes = {p for u in units for p in u.passes}
+    taps = sorted({t for u in units for t in u.taps})
+    ctx = Context(model, inputs, targets, loss_fn, mode, counted)
+    B = inputs.shape[0]
+    weights = layer_weights(model)
+    # The halves pass shares the data pass's forward only where both cut the batch at the same places
+    # (then each chunk's computation is the same): asking for zico never changes another proxy's value.
+    shared = "halves" in passes and [r[:2] for r in split(B, chunks, 2)] == [r[:2] for r in split(B, chunks)]
+    if "data" in passes:
+        params = list(counted) if "grads" in taps else []
+        if shared:
+            ids = {id(p) for p in params}
+            params += [w for w in weights if id(w) not in ids]
+        fresh.reset()
+        ctx.data = data_pass(model, inputs, targets, loss_fn, params, chunks, 2 if shared else 1, taps)
+        if shared:
+            ctx.halves = ctx.data
+    if "halves" in passes and ctx.halves is None:
+        fresh.reset()
+        ctx.halves = data_pass(model, inputs, targets, loss_fn, weights, chunks, groups=2)
+    if "synflow" in passes:
+        fresh.reset()
+        ctx.synflow = synflow_grads(model, counted, inputs.shape[1:])
+    if "hessian" in passes:
+        fresh.reset()
+        ctx.hessian = hessian_grad(model, inputs, targets, loss_fn, counted, ctx.data.grads[: len(counted)],
+                                   chunks)
+    reduced: Dict[str, torch.Tensor] = {}
+    for unit in units:
+        if unit.reduce is not None:
+            fresh.reset()
+            reduced[unit.name] = unit.reduce(ctx)
+
+    # -- the one host sync: every proxy's tensor, with the counts of bad inputs and targets --
+    num_outputs = next((p.num_outputs for p in (ctx.data, ctx.halves) if p is not None), 0)
+    if num_outputs and not targets.is_floating_point():
+        bad = (targets < 0) | (targets >= num_outputs)
+        checks = [bad.sum(), targets.min(), targets.max()]
+    else:
+        checks = [torch.zeros((), device=inputs.device)] * 3
+    non_finite = inputs.numel() - torch.isfinite(inputs).sum()
+    parts = [torch.stack([non_finite.double()] + [c.double() for c in checks])]
+    parts += [t.double().reshape(-1) for t in reduced.values()]
+    flat = torch.cat(parts).cpu().numpy()
+    if flat[0]:
+        raise ValueError(f"inputs hold {int(flat[0])} NaN or infinite values of {inputs.numel()}")
+    if flat[1]:
+        raise ValueError(f"targets hold {int(flat[1])} class indices outside 0..{num_outputs - 1} for the "
+                         f"model's {num_outputs} outputs (min {int(flat[2])}, max {int(flat[3])}); "
+                         "ignore_index (-100) is not supported: drop those examples")
+    values, offset = {}, 4
+    for name, t in reduced.items():
+        values[name] = UNITS[name].finish(flat[offset: offset + t.numel()].reshape(t.shape))
+        offset += t.numel()
+    for unit in units:
+        if unit.host is not None:
+            fresh.reset()
+            values[unit.name] = unit.host(ctx)
+    return {name: float(values[name]) for name in names}
+
+
+def _check_targets(targets: torch.Tensor, B: int, loss_fn) -> None:
+    if targets.ndim == 0:
+        raise ValueError(f"targets is 0-d ({targets!r}); give one target per example, shape (B,) = ({B},)")
+    if targets.dtype == torch.bool or targets.is_complex() or (
+            not targets.is_floating_point() and targets.dtype != torch.int64):
+        raise TypeError(f"targets.dtype={targets.dtype}: class indices must be torch.int64 (long), "
+                        "class probabilities a floating dtype")
+    if len(targets) != B:
+        raise ValueError(f"inputs hold {B} examples and targets {len(targets)}; need the same number >= 1")
+    if targets.is_floating_point() and loss_fn is F.cross_entropy and targets.ndim != 2:
+        raise ValueError(f"floating targets of shape {tuple(targets.shape)}: cross_entropy takes class "
+                         "probabilities of shape (B, classes), or int64 class indices of shape (B,)")
+
+
+def score(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    proxies: Iterable[str] = ("grad_norm", "snip"),
+    mode: str = "global",
+    params: str = "all",
+    chunks: int = 1,
+) -> Dict[str, float]:
+    """Score ``model`` on one minibatch with the fewest passes the requested proxies need.
+
+    model: an ``nn.Module`` taking ``inputs`` (B, ...) floating, on the model's device, and returning
+    logits (B, C). targets: (B,) int64 class indices in 0..C-1, or (B, C) floating probabilities;
+    -100 (cross_entropy's ignore_index) and other out-of-range indices are refused (ValueError,
+    counted on the device and raised after the sync). proxies: names from ``PROXIES``.
+
+    The registry (``vitcore.proxies.registry``) says which passes each proxy needs; each pass runs
+    once: one data pass (forward + backward, with hooks) serves grad_norm, snip, plain, fisher,
+    jacob_cov and nwot; zico's two half-batches share it when the chunks cut there anyway, else run
+    as their own pass; synflow adds its pass on |θ|, grasp a Hessian-gradient pass. Every pass starts
+    from the model's buffers, mode and RNG state on entry, so asking for one proxy never changes
+    another's value. The model is scored in train mode (as foresight does) and left as it came in:
+    every module's train/eval flag, every buffer (BatchNorm statistics) and the global RNG state are
+    restored, and its weights are never changed. Gradients come from ``torch.autograd.grad``, so
+    existing ``.grad`` values are neither read nor changed. The device syncs with the host once.
+
+    ``mode`` changes grad_norm only (``GRAD_NORM_MODES``); ``params`` picks the counted tensors
+    (``"all"``: every trainable tensor once, ``"weights"``: each Linear/Conv weight once, even if
+    shared by several modules; ``vitcore.compat.find_measures`` counts per module instead);
+    ``chunks`` splits the batch to fit memory without changing the scores (up to rounding; except
+    with layers that normalise with batch statistics, such as BatchNorm in train mode), and on CUDA
+    out-of-memory the split doubles automatically, with a warning when the model has BatchNorm.
+    ``loss_fn`` must average over examples. Returns ``{proxy: float}`` in the order asked. Inputs
+    holding NaN or inf are refused (ValueError, raised after the one sync); a model that makes NaN
+    gets NaN scores. Errors: TypeError for a wrong type, ValueError for a wrong value, each naming it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    names = check_proxies(proxies)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn={loss_fn!r} must be callable (logits, targets) -> mean loss")
+    if mode not in GRAD_NORM_MODES:
+        raise ValueError(f"mode={mode!r}; valid: {', '.join(GRAD_NORM_MODES)}")
+    if params not in PARAM_SETS:
+        raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
+    return score_counted(model, inputs, targets, loss_fn, names, mode, counted_tensors(model, params),
+                         chunks, f"params={params!r}")
+
+
+def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks, which) -> Dict[str, float]:
+    """``score`` on an explicit list of counted tensors (``vitcore.compat`` counts per module)."""
+    for name, value in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs.dtype={inputs.dtype}: expected a floating dtype")
+    B = inputs.shape[0] if inputs.ndim else 0
+    if B < 1:
+        raise ValueError(f"inputs of shape {tuple(inputs.shape)} hold no examples; need (B, ...) with B >= 1")
+    _check_targets(targets, B, loss_fn)
+    if targets.device != inputs.device:
+        raise ValueError(f"targets are on {targets.device} and inputs on {inputs.device}")
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= B:
+        raise ValueError(f"chunks={chunks!r} must be an int in 1..{B} (the batch size)")
+    for name in names:
+        if B < UNITS[name].min_batch:
+            raise ValueError(f"{name} needs at least {UNITS[name].min_batch} examples; the batch holds {B}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("vitcore.score differentiates the model: call it outside torch.inference_mode()")
+    if not counted:
+        raise ValueError(f"the model has no trainable parameters for {which}")
+    if counted[0].device != inputs.device:
+        raise ValueError(f"the model is on {counted[0].device} and inputs on {inputs.device}")
+    fresh = _Fresh(model, inputs.device)
+    try:
+        while True:
+            try:
+                with torch.enable_grad():
+                    return _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh)
+            except torch.cuda.OutOfMemoryError:
+                if chunks >= B:
+                    raise
+                fresh.reset()
+                more = min(2 * chunks, B)
+                if any(isinstance(m, _BatchNorm) for m in model.modules()):
+                    warnings.warn(f"CUDA ran out of memory with chunks={chunks}; retrying with chunks={more}. "
+                                  "The model's BatchNorm layers normalise each chunk with its own statistics, "
+                                  "so these scores differ from those of the unsplit batch", RuntimeWarning)
+                chunks = more
+                torch.cuda.empty_cache()
+    finally:
+        fresh.reset(training=False)

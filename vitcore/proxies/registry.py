@@ -1,0 +1,43 @@
+"""The explicit list of proxies ``vitcore.score`` knows, in the order ``PROXIES`` lists them.
+
+Adding a proxy is one file and one test:
+
+1. ``vitcore/proxies/<name>.py`` defines ``PROXY = Proxy(name="<name>", ...)`` (``vitcore.proxies.base``)
+   and, in its docstring, the paper, the formula and every choice made for ViTs:
+
+   - ``passes``: the shared passes it reads, from ``vitcore.passes.PASSES``. "data" is one forward and
+     backward over the whole batch (split into ``chunks`` to fit memory); ``taps`` says what it records:
+     "grads" (``ctx.data.grads``: dL/dθ per tensor of ``ctx.counted``, None where unused), "fisher"
+     (``ctx.data.fisher``), "jacobian" (``ctx.data.jacobian``, (B, input features)), "codes"
+     (``ctx.data.codes``: per ReLU/GELU call, (B, units) bool, input > 0). "halves" runs the batch's
+     two halves as separate minibatches (``ctx.halves.group_grads[h][i]``: the mean-loss gradient of
+     half h for ``ctx.halves.params[i]``, every Linear/Conv weight included). "synflow" gives
+     ``ctx.synflow = (|θ|, dR/d|θ|)``; "hessian" gives ``ctx.hessian`` (H·g per counted tensor).
+     Each pass runs once per ``score`` call, whatever set was asked.
+   - ``reduce(ctx) -> torch.Tensor``: the device-side reduction, any shape, and no host read in it
+     (no ``.item()``, ``float(t)``, ``bool(t)``, ``.cpu()``, data-dependent Python ``if``). A proxy
+     that needs something no pass records may run its own forward/backward here (a private pass):
+     before every pass and every ``reduce`` the planner puts back the model's buffers (BatchNorm
+     statistics), its train mode and the RNG state, so no proxy sees another one's side effects.
+   - ``finish(values: np.ndarray) -> float``: the host-side step on reduce's tensor after the one sync
+     (default: ``float``). Eigenvalues, log-determinants and other small host steps go here.
+   - ``host(ctx) -> float`` instead of ``reduce`` for a value that needs no device data (params).
+   - ``min_batch``: the fewest examples the proxy is defined for.
+2. Add the module to ``REGISTRY`` below (a test fails for a file in ``vitcore/proxies/`` that is not
+   listed, and for a listed unit whose name is not its file's).
+3. One test file ``tests/test_proxy_<name>.py``: the proxy against a straightforward float64
+   implementation written in the test, on odd sizes; ``tests/test_proxy_registry.py`` then checks it
+   syncs with the host once and does not change another proxy's value.
+"""
+from typing import Dict, Tuple
+
+from vitcore.proxies import (fisher, flops, grad_norm, grasp, jacob_cov, nwot, params, plain, snip, synflow,
+                             zico)
+from vitcore.proxies.base import Proxy
+
+REGISTRY: Tuple[Proxy, ...] = tuple(module.PROXY for module in (
+    grad_norm, snip, plain, grasp, synflow, fisher, jacob_cov, nwot, zico, params, flops,
+))
+UNITS: Dict[str, Proxy] = {unit.name: unit for unit in REGISTRY}
+PROXIES: Tuple[str, ...] = tuple(UNITS)
+INFRASTRUCTURE = ("__init__", "base", "registry", "plan")  # the modules of vitcore/proxies/ that are not proxies

@@ -1,0 +1,31 @@
+"""zico: Σ_l log Σ_{i: σ_li > 0} E|g_li| / σ_li over the weights of Linear/Conv layers l (Li et al.,
+"ZiCo: Zero-shot NAS via Inverse Coefficient of Variation on Gradients", ICLR 2023).
+
+Mean and standard deviation are taken over two minibatches: the two halves of the batch, each
+forwarded on its own (the "halves" pass: BatchNorm sees each half's statistics, as in the paper,
+and the other proxies still see the whole batch). It always counts layer weights only, as the paper
+does: a bias can have an exactly zero gradient in exact arithmetic (the key bias of softmax
+attention), and then σ is rounding noise that decides the score. NaN gradients give NaN, not 0.
+"""
+import torch
+
+from vitcore.passes import layer_weights
+from vitcore.proxies.base import Context, Proxy
+
+
+def _reduce(ctx: Context) -> torch.Tensor:
+    total = torch.zeros((), dtype=torch.float64, device=ctx.inputs.device)
+    index = {id(p): i for i, p in enumerate(ctx.halves.params)}
+    for w in layer_weights(ctx.model):
+        per_group = [g[index[id(w)]] for g in ctx.halves.group_grads]
+        if any(g is None for g in per_group):
+            continue
+        G = torch.stack([g.double() for g in per_group])  # (2, *shape)
+        std, mean_abs = G.std(0, unbiased=False), G.abs().mean(0)
+        ratio = torch.where(std > 0, mean_abs / torch.where(std > 0, std, 1), 0).sum()
+        term = torch.where(ratio > 0, torch.log(torch.where(ratio > 0, ratio, 1)), 0)
+        total = total + torch.where(torch.isfinite(G).all(), term, torch.nan)
+    return total
+
+
+PROXY = Proxy(name="zico", passes=("halves",), reduce=_reduce, min_batch=2)
