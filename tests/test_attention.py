@@ -214,6 +214,17 @@ def test_bad_inputs_raise(shapes, dtypes, match):
         flash_attention(q, k, v)
 
 
+@pytest.mark.parametrize("args, error, match", [
+    (([1.0], torch.zeros(2, 4), torch.zeros(2, 4)), TypeError, "q must be a torch.Tensor, got list"),
+    ((torch.zeros(2, 4), torch.zeros(4), torch.zeros(2, 4)), ValueError, r"k has shape \(4,\)"),
+    ((torch.zeros(2, 4), torch.zeros(3, 5), torch.zeros(3, 4)), ValueError, "do not chain"),
+    ((torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(2, 4)), ValueError, "do not chain"),
+])
+def test_reference_bad_inputs_raise(args, error, match):
+    with pytest.raises(error, match=match):
+        attention_ref(*args)
+
+
 def test_bad_devices_scale_and_types_raise():
     q = torch.zeros(1, 1, 4, 16)
     with pytest.raises(ValueError, match="k=meta"):
