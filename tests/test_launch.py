@@ -46,8 +46,8 @@ def test_pointer_class_matches_triton():
 
 
 @pytest.mark.parametrize("version, interpreting, direct", [
-    ("3.6.0", False, True), ("3.9.0", False, True), ("3.7.1", False, True),
-    ("3.5.1", False, False), ("3.10.0", False, False), ("4.0.0", False, False), ("3.6.0", True, False),
+    ("3.6.0", False, True), ("3.9.0", False, True), ("3.6.1", False, True),
+    ("3.7.1", False, False), ("3.5.1", False, False), ("3.10.0", False, False), ("4.0.0", False, False), ("3.6.0", True, False),
 ])
 def test_direct_launch_only_where_the_internals_were_read(version, interpreting, direct):
     problem = launch.direct_problem(version, interpreting)
@@ -142,6 +142,16 @@ def test_a_changed_specialisation_gets_a_new_entry(toy, change, new_kernel):
     assert len(toy.kernels) == (2 if new_kernel else 1)
     assert len(toy.ordinary) == (2 if new_kernel else 1)
     assert len(toy.direct) == (0 if new_kernel else 1)
+
+
+def test_an_unexpected_kernel_object_falls_back(toy, monkeypatch, caplog):
+    monkeypatch.setattr(toy, "_ordinary", lambda *a: toy.ordinary.append(a) or object())
+    x, y = torch.zeros(64), torch.zeros(64)
+    with caplog.at_level(logging.INFO, logger="vitcore.kernels"):
+        for _ in range(3):
+            _call(toy, x, y)
+    assert len(toy.ordinary) == 3 and not toy.kernels and "without run/function" in toy.problem
+    assert sum("without run/function" in r.message for r in caplog.records) == 1
 
 
 def test_cache_is_bounded(toy, monkeypatch):
@@ -331,7 +341,7 @@ def test_env_table_is_loaded_and_saved_back(table, tmp_path, monkeypatch):
 
 @requires_cuda
 def test_direct_launches_on_the_gpu(triton_on):
-    """On a GPU with Triton 3.6-3.9 the second call of a shape launches the compiled kernels directly
+    """On a GPU with Triton 3.6 or 3.9 the second call of a shape launches the compiled kernels directly
     and gives bit-identical results (same kernel, same config)."""
     from vitcore.kernels import attention_bwd
     from vitcore.ops import param_stats, param_stats_ref
