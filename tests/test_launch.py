@@ -47,7 +47,8 @@ def test_pointer_class_matches_triton():
 
 @pytest.mark.parametrize("version, interpreting, direct", [
     ("3.6.0", False, True), ("3.9.0", False, True), ("3.6.1", False, True),
-    ("3.7.1", False, False), ("3.5.1", False, False), ("3.10.0", False, False), ("4.0.0", False, False), ("3.6.0", True, False),
+    ("3.7.1", False, False), ("3.5.1", False, False), ("3.10.0", False, False), ("4.0.0", False, False),
+    ("3.6.0", True, False),
 ])
 def test_direct_launch_only_where_the_internals_were_read(version, interpreting, direct):
     problem = launch.direct_problem(version, interpreting)
