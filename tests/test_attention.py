@@ -69,8 +69,8 @@ def _bound(q, k, size, eps_dot, eps_io, scale=None):
     Measured on the interpreter (fp32): errors up to 0.65 of eps (sqrt(N') + max|s|) max|ref64|.
     eps_io term: P (or dS) rounded to the input dtype is off by eps_io/2 per term of a sum whose
     terms' weights add up to about one output, and the stored output by eps_io/2 of itself: eps_io
-    size in all. Measured on the interpreter (fp16, this file's grid and d = 1, 3, 5): up to 0.71
-    eps16 size. The factor 2 on each leaves ~3x.
+    size in all. Measured on the interpreter (fp16, this file's grid and d = 1, 3, 5): up to 0.88
+    eps16 times the largest output. The factor 2 on each leaves over 2x.
     ``size`` is the largest of the four outputs and of the terms summed (v, dO): a gradient that
     cancels to 0 (N' = 1: dQ = dK = 0) still carries the rounding of terms the size of the others, and
     O = Σ p v is off by eps_io/2 · max|v| however much the average shrinks |O|.

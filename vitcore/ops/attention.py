@@ -42,7 +42,7 @@ def attention_ref(
 # otherwise: its host overhead is the lower one. Measured on this project's CPU host with a body that
 # only allocates (the wiring alone, not the kernels), best of 5 x 3000 calls: autograd.Function
 # 23 µs forward / 230 µs forward+autograd.grad, custom_op with register_autograd 135 / 513 µs (a busy
-# 2-core machine, so only the ratio carries; PyTorch's figures: ~8 µs against 23-30 µs on an H200).
+# 2-core machine, so only the ratio carries; issue 12 quotes ~8 µs against 23-30 µs on an H200).
 @torch.library.custom_op("vitcore::flash_attention_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     from vitcore.kernels import attention as _kernels
