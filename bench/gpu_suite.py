@@ -9,7 +9,8 @@ with its process group, and marked so; a part that fails does not stop the other
 under 8 minutes. The first part makes ``vitcore.kernels`` importable from the tree: ``setup.py`` maps it from
 ``kernels/``, which ``PYTHONPATH=.`` alone does not do, so where ``import vitcore.kernels`` fails the suite
 puts a small shim package on ``PYTHONPATH`` (no install, no network). Installing works too:
-``pip install -e . --no-deps``.
+``pip install -e . --no-deps``. The tests run with ``VITCORE_AUTOTUNE=0`` (each kernel at its default
+configuration: autotuning every test shape would not fit the budget); the reports run the tuned kernels.
 
 DIR receives at most 8 files, none in a subfolder, each under 16 MiB: ``summary.md`` (every target with its
 measured value and met / missed, or "not run: why"), ``tests.log``, one ``<part>.md`` report per part and
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, Dict, List, Optional
 
 from bench import suite_targets
 
@@ -40,6 +41,11 @@ MSA_ARGS = ["--device", "cuda", "--dtype", "fp32,bf16", "--graphs", "--providers
             "--n", "16,50,128,197,256,577,1024,1025,2048", "--no-plots"]
 ATTENTION_ARGS = ["--shapes", "vit-ti,vit-s,vit-b,vit-l,b-1025", "--providers", "sdpa,vitcore", "--graph",
                   "--no-long", "--prewarm", "8"]
+# vitcore and its kernels must come from this tree (not from an older install); then the environment record
+SETUP_CHECK = ("import json, os, vitcore.kernels, vitcore.ops; from vitcore.bench.env import environment; "
+               "here = [os.path.realpath(m.__file__) for m in (vitcore, vitcore.kernels)]; "
+               "assert all(p.startswith({repo!r} + os.sep) for p in here), f'vitcore imported from {{here}}'; "
+               "print(json.dumps(environment('cuda')))")
 SCORE_CALL = ("from bench.score_report import run; run({out!r}, n=16, batch_size=64, space_name='imagenet', "
               "device='cuda', full_family_n=2, command='python -m bench.gpu_suite (score part)')")
 
@@ -52,16 +58,17 @@ class Part:
     command: Callable[[str], List[str]]  # work folder -> argv (run from the repository root)
     report: str  # glob, in the work folder, of the markdown report copied to DIR/<name>.md
     data: str  # glob of the JSON merged into DIR/results.json
+    env: Optional[Dict[str, str]] = None  # set for this part's process only
 
 
 PY = sys.executable
 PARTS = [
-    Part("setup", 20, ["vitcore.bench.env"],
-         lambda w: [PY, "-c", "import json, vitcore.kernels, vitcore.ops; from vitcore.bench.env import environment; "
-                    "print(json.dumps(environment('cuda')))"], "", ""),
+    Part("setup", 20, ["vitcore.bench.env"], lambda w: [PY, "-c", SETUP_CHECK.format(repo=os.path.realpath(REPO))],
+         "", ""),
     Part("tests", 130, ["pytest"],
          lambda w: [PY, "-m", "pytest", "tests", "-q", "-rfEs", "-p", "no:cacheprovider",
-                    "--junitxml", os.path.join(w, "tests.xml")], "", "tests.xml"),
+                    "--junitxml", os.path.join(w, "tests.xml")], "", "tests.xml",
+         {"VITCORE_AUTOTUNE": "0"}),  # correctness at the default configs; the reports check the tuned ones
     Part("attention", 60, ["bench.attention_report"],
          lambda w: [PY, "-m", "bench.attention_report", "--out", w, *ATTENTION_ARGS], "*-attention.md",
          "*-attention.json"),
@@ -94,13 +101,16 @@ def shim_path(work: str) -> str:
     return root
 
 
+_CURRENT = {}  # the running part's process, for the signal handler
+
+
 def run_part(part: Part, work: str, env: dict, timeout_s: float) -> dict:
     """Run one part in its own process group; stop the group at ``timeout_s``. Returns its status."""
     start = time.time()
     log_path = os.path.join(work, f"{part.name}.log")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(part.command(work), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(part.command(work), cwd=REPO, env={**env, **(part.env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         _CURRENT["proc"] = proc
         try:
             rc = proc.wait(timeout=max(1.0, timeout_s))
@@ -115,9 +125,6 @@ def run_part(part: Part, work: str, env: dict, timeout_s: float) -> dict:
         text = f.read()
     return {"status": status, "rc": rc, "seconds": round(time.time() - start, 1), "budget_s": part.budget_s,
             "log": text}
-
-
-_CURRENT = {}
 
 
 def collect(part: Part, work: str, out: str, result: dict, doc: dict, env: dict) -> None:
