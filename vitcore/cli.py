@@ -11,13 +11,17 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from typing import List, Optional
 
 from vitcore.data import DATA_CHOICES
 from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
+from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring
 from vitcore.space import SPACES
+
+DESCRIPTION = "Zero-cost proxies for Vision Transformer search: score architectures, evaluate proxies, time MSA."
 
 
 def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
@@ -56,14 +60,20 @@ def cmd_evaluate(args) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a file; evaluate writes a folder")
     if args.scores:
-        if not os.path.isfile(args.scores):
-            raise FileNotFoundError(f"scores file {args.scores!r} does not exist")
+        check_input_file(args.scores, "scores file")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out).close()  # a folder we cannot write to fails here, not after scoring
+    except OSError as e:
+        raise ValueError(f"--out {args.out!r} cannot be written: {e.strerror}") from None
+    for name in ["evaluation.md", "scores.jsonl"] + [f"scatter-{p}.png" for p in PROXIES]:
+        check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device
+    if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
-    else:  # the built-in 50 with `vitcore score`'s defaults and every proxy
+    else:  # the built-in 50 with the defaults of vitcore score and every proxy
         records = run_scoring(os.path.join(args.out, "scores.jsonl"), proxies=PROXIES, resume=True)
     table = format_table(evaluate(records, truth, args.top_fraction))
     print(table)
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "evaluation.md"), "w") as f:
         f.write(f"scores: {args.scores or 'the built-in 50 architectures'}; truth: {args.truth}\n\n{table}\n")
     plots = scatter_plots(records, truth, args.out)
@@ -78,7 +88,7 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitcore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vitcore", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="score architectures with zero-cost proxies and rank them")
     s.add_argument("--archs", help="JSON or JSON-lines file of architectures (default: sample the space)")
@@ -97,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="keep --out's finished results and score the rest")
     s.set_defaults(func=cmd_score)
     e = sub.add_parser("evaluate", help="rank correlation of proxies with trained accuracy, with scatter plots")
-    e.add_argument("--scores", help="results of `vitcore score` (default: score the built-in 50 with every proxy)")
+    e.add_argument("--scores", help="results of vitcore score (default: score the built-in 50 with every proxy)")
     e.add_argument("--truth", default=DEFAULT_TRUTH, help="CSV with columns id, acc_mean (default: the built-in digits truth)")
     e.add_argument("--top-fraction", type=float, default=0.1, help="top-k overlap with k = this share of the archs")
     e.add_argument("--out", default=os.path.join("vitcore-results", "evaluate"), help="folder for the table and plots")
@@ -115,5 +125,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:  # OSError: a full disk, a file gone meanwhile
         parser.exit(2, f"vitcore {args.command}: error: {e}\n")
