@@ -15,6 +15,7 @@ import tempfile
 from typing import List, Optional
 
 from vitcore.data import DATA_CHOICES
+from vitcore.distributed import Rank, RankFailed
 from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
@@ -47,7 +48,10 @@ def cmd_score(args) -> int:
         raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(proxies)}")
     results = run_scoring(args.out, space=args.space, n=args.n, archs=args.archs, data=args.data,
                           batch_size=args.batch_size, seed=args.seed, proxies=proxies, mode=args.mode,
-                          params=args.params, device=args.device, dtype=args.dtype, resume=args.resume)
+                          params=args.params, device=args.device, dtype=args.dtype, resume=args.resume,
+                          workers=args.workers)
+    if Rank.from_env().rank != 0:  # under torchrun: rank 0 prints the merged table
+        return 0
     _print_table(results, proxies, rank_by)
     return 0 if any("scores" in r for r in results) else 1  # every architecture failed
 
@@ -92,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="score architectures with zero-cost proxies and rank them")
     s.add_argument("--archs", help="JSON or JSON-lines file of architectures (default: sample the space)")
-    s.add_argument("--n", type=int, default=50, help="architectures to sample (default 50)")
+    s.add_argument("--n", "--num-archs", dest="n", type=int, default=50,
+                   help="architectures to sample (default 50; --num-archs under torchrun, where --n is ambiguous)")
     s.add_argument("--seed", type=int, default=0, help="sampling, minibatch and initialisation seed")
     s.add_argument("--space", default="small", help=f"search space: {', '.join(SPACES)} (default small)")
     s.add_argument("--batch-size", type=int, default=64)
@@ -105,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="autocast precision (weights stay fp32)")
     s.add_argument("--out", default=DEFAULT_OUT, help=f"results, one JSON line per architecture (default {DEFAULT_OUT})")
     s.add_argument("--resume", action="store_true", help="keep --out's finished results and score the rest")
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes on this machine sharing the architectures (default 1; see also torchrun)")
     s.set_defaults(func=cmd_score)
     e = sub.add_parser("evaluate", help="rank correlation of proxies with trained accuracy, with scatter plots")
     e.add_argument("--scores", help="results of vitcore score (default: score the built-in 50 with every proxy)")
@@ -125,5 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except RankFailed as e:  # a worker died or raised: what it finished is kept for --resume
+        parser.exit(1, f"vitcore {args.command}: {e}\n")
     except (ValueError, TypeError, OSError) as e:  # OSError: a full disk, a file gone meanwhile
         parser.exit(2, f"vitcore {args.command}: error: {e}\n")

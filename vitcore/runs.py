@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from importlib import metadata
-from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import torch
 from tqdm import tqdm
@@ -145,8 +145,10 @@ def _batch_digest(batch: Batch) -> str:
     return h.hexdigest()[:16]
 
 
-def _open_results(out: str, settings: dict, resume: bool) -> Tuple[TextIO, Dict[str, dict]]:
-    """``out`` opened for appending and locked, and its finished records by id (with ``resume``)."""
+def open_results(out: str, resume: bool) -> TextIO:
+    """``out`` opened for appending and locked (``vitcore.paths.lock``); without ``resume`` an existing
+    ``out`` is first moved aside to ``out.bak`` (or ``.bak-2``, ...). ValueError when another run holds
+    the lock or ``out`` cannot be written."""
     existed = os.path.exists(out)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -154,25 +156,36 @@ def _open_results(out: str, settings: dict, resume: bool) -> Tuple[TextIO, Dict[
     except OSError as e:
         raise ValueError(f"--out {out!r} cannot be written: {e.strerror}") from None
     lock(f, out)  # before reading or moving anything: another run may be writing it
+    if resume or not existed:
+        return f
+    try:
+        backup = free_name(out + ".bak")
+        os.replace(out, backup)  # a regular file (check_out_file), still locked by us
+        print(f"moved the previous {out} to {backup}", file=sys.stderr)
+        try:
+            fresh = open(out, "x", encoding="utf-8")
+        except FileExistsError:
+            raise ValueError(f"--out {out!r} was created by another run meanwhile; use another --out") from None
+        lock(fresh, out)
+    finally:
+        f.close()
+    return fresh
+
+
+def _open_results(out: str, settings: dict, resume: bool,
+                  resume_from: Sequence[str] = ()) -> Tuple[TextIO, Dict[str, dict]]:
+    """``out`` opened by ``open_results``, and with ``resume`` the finished records by id of ``out`` and
+    of the files ``resume_from`` (read, not repaired: other writers' files); a score beats an error."""
+    f = open_results(out, resume)
     done: Dict[str, dict] = {}
     try:
-        if resume:
-            for r in read_results(out, repair=True):
+        for path in (out, *resume_from) if resume else ():
+            for r in read_results(path, repair=path == out):
                 if r.get("settings") != settings:
-                    raise ValueError(f"--resume: {out} holds results for settings {r.get('settings')}, "
+                    raise ValueError(f"--resume: {path} holds results for settings {r.get('settings')}, "
                                      f"not {settings}; use another --out")
-                done[r["id"]] = r
-        elif existed:
-            backup = free_name(out + ".bak")
-            os.replace(out, backup)  # a regular file (check_out_file), still locked by us
-            print(f"moved the previous {out} to {backup}", file=sys.stderr)
-            try:
-                fresh = open(out, "x", encoding="utf-8")
-            except FileExistsError:
-                raise ValueError(f"--out {out!r} was created by another run meanwhile; use another --out") from None
-            lock(fresh, out)
-            f.close()
-            f = fresh
+                if "scores" in r or "scores" not in done.get(r["id"], {}):
+                    done[r["id"]] = r
     except BaseException:
         f.close()
         raise
@@ -202,7 +215,8 @@ def _check_seed(seed) -> None:
 def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
                 seed: int = 0, device: str = "auto", dtype: str = "fp32", resume: bool = False,
-                space: Optional[str] = None) -> List[dict]:
+                space: Optional[str] = None, resume_from: Sequence[str] = (),
+                on_record: Optional[Callable[[dict], None]] = None) -> List[dict]:
     """Score ``archs`` on ``batch`` with ``proxies``, appending one JSON line per architecture to ``out``.
 
     Each architecture's weights are initialised from ``seed`` and its id, so a record is reproducible
@@ -221,6 +235,10 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
     ValueError if they were made with other settings. ValueError too when another run is writing
     ``out``, or ``out`` cannot be written or is not a regular file. Returns the records in the order
     of ``archs``.
+
+    With ``resume``, the records of the results files ``resume_from`` count as finished too (the
+    shards of a run on several processes, ``vitcore.distributed``). ``on_record``, when given, is
+    called with each record once its line is written and fsynced.
     """
     if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or \
             not all(isinstance(a, Arch) for a in archs):
@@ -245,7 +263,7 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
                 "params": params, "dtype": dtype, "device": run_device.type}
     versions = _versions()
 
-    f, done = _open_results(out, settings, resume)
+    f, done = _open_results(out, settings, resume, resume_from)
     with f:
         todo = [a for a in archs if "scores" not in done.get(a.id, {})]
         for arch in tqdm(todo, desc="scoring", unit="arch", disable=None, file=sys.stderr):
@@ -260,6 +278,8 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
             f.flush()
             os.fsync(f.fileno())
             done[arch.id] = record
+            if on_record is not None:
+                on_record(record)
     print(f"results: {out}", file=sys.stderr)
     return [done[a.id] for a in archs]
 
@@ -267,12 +287,23 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
 def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, archs: Optional[str] = None,
                 data: str = "digits", batch_size: int = 64, seed: int = 0,
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
-                device: str = "auto", dtype: str = "fp32", resume: bool = False) -> List[dict]:
+                device: str = "auto", dtype: str = "fp32", resume: bool = False, workers: int = 1) -> List[dict]:
     """The run of ``vitcore score``: ``n`` architectures sampled from ``space`` with ``seed`` (or those
     of the file ``archs``, see ``read_archs``), scored on ``batch_size`` examples of ``data`` ("digits",
     "synthetic" or an .npz path, see ``vitcore.data.load_batch``) by ``score_archs``, which documents
     the other arguments and the records returned. Everything is checked before the first
-    architecture is scored: ValueError for an ``n`` larger than the space, a bad file, bad settings."""
+    architecture is scored: ValueError for an ``n`` larger than the space, a bad file, bad settings.
+
+    Under torchrun with several ranks, or with ``workers`` > 1 (processes started on this machine),
+    the ranks share the architectures and rank 0 merges their records into ``out``; a resumed run
+    also takes the records of the shards an earlier such run left (``vitcore.distributed``).
+    RankFailed (a RuntimeError) when a worker fails."""
+    from vitcore import distributed  # imports this module
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers {workers!r}: expected a positive integer")
+    if workers > 1 and distributed.Rank.from_env().world > 1:
+        raise ValueError(f"--workers {workers}: this process is already one of torchrun's ranks; drop --workers")
     _check_seed(seed)
     out = check_out_file(out)
     search_space = get_space(space)
@@ -287,5 +318,11 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, ar
         chosen = read_archs(archs)
     resolve_device(device)
     batch = load_batch(data, batch_size, seed, search_space)
-    return score_archs(chosen, batch, out, proxies=proxies, mode=mode, params=params, seed=seed,
-                       device=device, dtype=dtype, resume=resume, space=space)
+    if workers > 1:  # the inputs above are checked once, here, before the workers start
+        return distributed.launch(workers, dict(out=out, space=space, n=n, archs=archs, data=data,
+                                                batch_size=batch_size, seed=seed, proxies=proxies, mode=mode,
+                                                params=params, device=device, dtype=dtype, resume=resume))
+    settings = dict(proxies=proxies, mode=mode, params=params, seed=seed, device=device, dtype=dtype, space=space)
+    if distributed.is_sharded(out):
+        return distributed.score_sharded(chosen, batch, out, resume=resume, **settings)
+    return score_archs(chosen, batch, out, resume=resume, **settings)
