@@ -3,7 +3,8 @@
 The README's bash blocks are run in order in one empty folder, as a new user would paste them, with
 these rewrites to keep CI cheap (each uses a documented option and changes how much is scored, not
 what the command does):
-- ``--n N`` becomes ``--n 2`` and ``--batch-size`` is 2 for the 224x224 spaces;
+- ``vitcore score --n N`` becomes ``--n 1`` and ``--batch-size`` is 2 for the 224x224 spaces;
+- ``vitcore evaluate`` without ``--scores`` gets ``--n 3 --proxies grad_norm,snip``;
 - ``--device cuda`` becomes ``--device cpu`` on a machine without CUDA;
 - ``pip install ...`` and ``pytest`` are what ``.ci/run`` runs (the README's test command), not run here;
 - ``vitcore evaluate --truth truth.csv`` gets a ``truth.csv`` made from the scores it reads (the
@@ -40,7 +41,9 @@ def _commands():
 
 def _cheap(argv):
     argv = list(argv)
-    for flag, value in (("--n", "2"), ("--batch-size", "2")):
+    if argv[0] == "evaluate" and "--scores" not in argv:
+        return argv + ["--n", "3", "--proxies", "grad_norm,snip"]
+    for flag, value in (("--n", "1"), ("--batch-size", "2")):
         if flag in argv:
             argv[argv.index(flag) + 1] = value
     if any(space in argv for space in LARGE_SPACES) and "--batch-size" not in argv:
@@ -81,6 +84,7 @@ def test_the_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
         ran.append(argv[0])
     assert ran.count("score") >= 3 and ran.count("evaluate") >= 2  # the blocks were found
     assert len(read_results("vitcore-results/scores.jsonl")) == 50  # the default run: the built-in 50
+    assert len(read_results("vitcore-results/evaluate/scores.jsonl")) == 3
 
 
 @pytest.mark.parametrize("block", _blocks("python"))
