@@ -1,11 +1,21 @@
-"""Evaluate proxies against trained accuracy: a table of τ, ρ and top-k overlap, and scatter plots."""
+"""Evaluate proxies against trained accuracy: a table of τ, ρ and top-k overlap, and scatter plots.
+
+Ground truth comes as a CSV (``id``, ``acc_mean`` or ``accuracy``: one column) or as JSON lines, one
+architecture per line with its fields and an ``acc`` object of several columns (the dev set's format,
+``../shared/data/autoformer-tiny-100.jsonl``); every column is evaluated on its own, and the mean τ
+over the columns a user names sums them up.
+"""
 import csv
+import json
 import math
 import os
-from typing import Dict, List
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
 
+from vitcore.ensemble import VIT_VOTE, vote
 from vitcore.paths import check_input_file
 from vitcore.ranking import CI_LEVEL, RankQuality, rank_quality
+from vitcore.space import Arch
 
 # The built-in ground truth, package data (made by bench/ground_truth.py, provenance in the .md beside
 # it): the 50 default `small` architectures trained on digits.
@@ -47,6 +57,108 @@ def _parse_truth(path: str, reader: csv.DictReader) -> Dict[str, float]:
             raise ValueError(f"{where}: id {arch_id!r} appears twice")
         truth[arch_id] = acc
     return truth
+
+
+@dataclass
+class Truth:
+    """Trained accuracies per column, {column: {architecture id: accuracy}}, and the architectures a
+    JSON-lines truth defines (empty for a CSV, whose ids refer to a scoring run's architectures)."""
+
+    columns: Dict[str, Dict[str, float]]
+    archs: Dict[str, Arch] = field(default_factory=dict)
+
+
+def _accuracy(where: str, column: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: {column}={value!r} is not a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {column}={value!r} is not finite")
+    return float(value)
+
+
+def read_truth_jsonl(path: str) -> Truth:
+    """Architectures with an ``acc`` object of columns, one JSON object per line (blank lines skipped).
+
+    Each line holds an architecture's fields (``vitcore.space.Arch``; ``head_dim`` absent or null for
+    heads embed_dim / num_heads wide) and ``"acc": {column: accuracy, ...}``. A column may be missing
+    on some lines; those architectures are left out of that column. Raises ValueError naming the file,
+    line and bad value; the same architecture twice is an error.
+    """
+    path = check_input_file(path, "ground-truth file")
+    truth = Truth(columns={})
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("acc"), dict) or not row["acc"]:
+                raise ValueError(f"{where}: expected an architecture with an \"acc\" object of accuracies")
+            fields = {k: v for k, v in row.items() if k != "acc"}
+            try:
+                arch = Arch.from_dict(fields)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: {e}") from None
+            if arch.id in truth.archs:
+                raise ValueError(f"{where}: architecture {arch.id} appears twice")
+            truth.archs[arch.id] = arch
+            for column, value in row["acc"].items():
+                truth.columns.setdefault(column, {})[arch.id] = _accuracy(where, column, value)
+    if not truth.archs:
+        raise ValueError(f"ground-truth file {path!r} holds no architectures")
+    return truth
+
+
+def read_truth_any(path: str) -> Truth:
+    """A JSON-lines truth (``.jsonl``) with its columns, or a CSV truth as one column named "acc"."""
+    if path.endswith(".jsonl"):
+        return read_truth_jsonl(path)
+    return Truth(columns={"acc": read_truth(path)})
+
+
+def with_vote(records: List[dict], members: Sequence[str] = VIT_VOTE, name: str = "vit_vote") -> List[dict]:
+    """The records with ``name`` added to each scored record's scores (``vitcore.ensemble.vote``),
+    when every member was scored; the records unchanged otherwise."""
+    scored = [r for r in records if "scores" in r]
+    if not scored or not all(m in r["scores"] for r in scored for m in members):
+        return records
+    votes = vote(records, members)
+    return [dict(r, scores={**r["scores"], name: v}) if "scores" in r else r for r, v in zip(records, votes)]
+
+
+def evaluate_columns(records: List[dict], truth: Truth, top_fraction: float = 0.1) -> Dict[str, Dict[str, RankQuality]]:
+    """``evaluate`` for every column of ``truth``: {column: {proxy: RankQuality}}."""
+    return {column: evaluate(records, acc, top_fraction) for column, acc in truth.columns.items()}
+
+
+def mean_tau(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str]) -> Dict[str, float]:
+    """{proxy: mean Kendall τ over ``columns``}; a column that is not in ``results`` is a ValueError."""
+    for c in columns:
+        if c not in results:
+            raise ValueError(f"column {c!r} is not in the truth; it has {', '.join(results)}")
+    if not columns:
+        raise ValueError("name at least one column to average")
+    proxies = next(iter(results.values()))
+    return {p: sum(results[c][p].kendall_tau for c in columns) / len(columns) for p in proxies}
+
+
+def format_columns(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str] = ()) -> str:
+    """A τ summary (proxy x column, with the mean over ``columns``), then each column's full table."""
+    names = list(results)
+    proxies = list(next(iter(results.values())))
+    means = mean_tau(results, columns) if columns else {}
+    head = "| proxy | " + " | ".join(f"τ {c}" for c in names) + (f" | mean τ ({', '.join(columns)}) |" if columns else " |")
+    lines = [head, "| --- |" + " ---: |" * (len(names) + bool(columns))]
+    for p in proxies:
+        row = f"| {p} | " + " | ".join(f"{results[c][p].kendall_tau:.3f}" for c in names)
+        lines.append(row + (f" | {means[p]:.3f} |" if columns else " |"))
+    parts = ["\n".join(lines)]
+    for c in names:
+        parts.append(f"### {c}\n\n{format_table(results[c])}")
+    return "\n\n".join(parts)
 
 
 def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float = 0.1) -> Dict[str, RankQuality]:

@@ -1,0 +1,125 @@
+"""The dev-set report: every scored proxy x every accuracy column of ../shared/data/autoformer-tiny-100.jsonl.
+
+Reads one or more results files of ``vitcore score`` (runs over the dev set's architectures, possibly
+with different proxy sets, merged by architecture id), the JSON-lines truth, and writes a markdown
+report: τ per proxy and column with the mean over the named columns, each column's full table (τ
+with its bootstrap interval, p, ρ, top-k overlap), the time per architecture of each run, the batch,
+and the machine, versions, date and commands. ``vit_vote`` (``vitcore.ensemble``) joins when its
+members were scored. The truth is read where it lies, never copied.
+
+    python -m bench.autoformer_dev_report --scores RUN1.jsonl RUN2.jsonl \\
+        --truth ../shared/data/autoformer-tiny-100.jsonl --out bench/results/cpu-2026-11-29-autoformer-dev.md
+"""
+import argparse
+import os
+import sys
+from typing import Dict, List
+
+import numpy as np
+
+from vitcore.ensemble import VIT_VOTE
+from vitcore.evaluate import evaluate_columns, format_columns, mean_tau, read_truth_jsonl, with_vote
+from vitcore.runs import read_results
+from vitcore.bench.env import environment
+
+KD_COLUMNS = ("c100_kd", "flower_kd", "chaoyang_kd")
+
+
+def merge(paths: List[str]) -> List[dict]:
+    """One record per architecture id, with the scores of every file (a later file's value wins)."""
+    merged: Dict[str, dict] = {}
+    for path in paths:
+        for r in read_results(path):
+            if "scores" not in r:
+                continue
+            into = merged.setdefault(r["id"], {"id": r["id"], "scores": {}})
+            into["scores"].update(r["scores"])
+    return list(merged.values())
+
+
+def run_summary(path: str) -> str:
+    records = [r for r in read_results(path) if "scores" in r]
+    failed = [r for r in read_results(path) if "scores" not in r]
+    if not records:
+        return f"| {path} | 0 | - | - | {len(failed)} |"
+    times = np.array([r["time_s"] for r in records])
+    s = records[0]["settings"]
+    proxies = ", ".join(s["proxies"])
+    return (f"| {os.path.basename(path)} | {len(records)} | {proxies} | {times.mean():.1f} "
+            f"(median {np.median(times):.1f}, max {times.max():.1f}) | {len(failed)} |")
+
+
+def report(args) -> str:
+    truth = read_truth_jsonl(args.truth)
+    records = with_vote(merge(args.scores))
+    ids = set(truth.archs)
+    records = [r for r in records if r["id"] in ids]
+    results = evaluate_columns(records, truth, args.top_fraction)
+    means = mean_tau(results, args.columns)
+    settings = read_results(args.scores[0])[0]["settings"]
+    env = environment("cpu", command=args.command)
+    lines = [
+        "# AutoFormer-Tiny dev set: every proxy x every accuracy column (CPU)",
+        "",
+        f"- truth: `{args.truth}` ({len(truth.archs)} architectures, columns {', '.join(truth.columns)}), "
+        "read in place",
+        f"- networks: built exactly as the truth's README says (heads embed_dim / num_heads wide, 224x224, "
+        f"16x16 patches, a class token), {settings.get('space', 'autoformer')} space: 3 channels, 100 classes; "
+        "each architecture's weights from `torch.manual_seed(int(id, 16) + seed)` (vitcore's convention)",
+        f"- batch: {settings['batch_size']} examples of `{settings['data']}` data (N(0, 1) images at 224², "
+        f"labels uniform over the classes), seed {settings['seed']}, {settings.get('dtype', 'fp32')}, one batch "
+        "for every architecture",
+        f"- machine: {env['device_name']}, shared with other jobs (load average at report time "
+        f"{', '.join(f'{v:.1f}' for v in env['load_average'])}); date {env['date']}",
+        f"- versions: python {env['versions']['python']}, torch {env['versions']['torch']}, "
+        f"numpy {env['versions']['numpy']}, vitcore git {env['versions']['git']}",
+        "- commands: the scoring runs below (`python -m vitcore score --space autoformer --archs ARCHS.jsonl "
+        "--data synthetic --batch-size 8 --seed 0 --device cpu --proxies ... --out ... --resume`, ARCHS.jsonl the "
+        "truth's architectures without their accuracies), then",
+        f"  `{env['command']}`",
+        "",
+        "## Runs and time per architecture (seconds, all of a run's proxies in one `vitcore.score` call)",
+        "",
+        "| results file | architectures | proxies | time per architecture, mean | failed |",
+        "| --- | ---: | --- | --- | ---: |",
+        *[run_summary(p) for p in args.scores],
+        "",
+        f"## Kendall τ per column; mean over {', '.join(args.columns)}",
+        "",
+        f"`vit_vote` = mean rank of {', '.join(VIT_VOTE)} (form fixed before this evaluation, see "
+        "`vitcore/ensemble.py`). Each proxy is ranked over the architectures it scored (n in the tables).",
+        "",
+        format_columns(results, args.columns),
+        "",
+        "## Target",
+        "",
+    ]
+    if "params" in means and "vit_vote" in means:
+        gap = means["vit_vote"] - means["params"]
+        met = "met" if gap >= 0.10 else "not met"
+        lines.append(f"Mean τ over {', '.join(args.columns)}: vit_vote {means['vit_vote']:.3f}, params "
+                     f"{means['params']:.3f}, difference {gap:+.3f} (target +0.10: {met}).")
+        best = max(means, key=means.get)
+        lines.append(f"Highest mean τ of any proxy here: {best} {means[best]:.3f}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scores", nargs="+", required=True, help="results files of `vitcore score` on the dev set")
+    p.add_argument("--truth", required=True, help="the JSON-lines truth (../shared/data/autoformer-tiny-100.jsonl)")
+    p.add_argument("--columns", default=",".join(KD_COLUMNS), help="columns to average τ over")
+    p.add_argument("--top-fraction", type=float, default=0.1)
+    p.add_argument("--out", required=True, help="markdown report to write")
+    args = p.parse_args(argv)
+    args.columns = [c for c in args.columns.split(",") if c]
+    args.command = " ".join(["python -m bench.autoformer_dev_report", *(argv if argv is not None else sys.argv[1:])])
+    text = report(args)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""JSON-lines ground truth with several accuracy columns: reading, per-column ranking, mean τ, the vote."""
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from vitcore.evaluate import (evaluate_columns, format_columns, mean_tau, read_truth_any, read_truth_jsonl,
+                              with_vote)
+from vitcore.space import Arch
+
+
+def _arch(depth, heads, head_dim=None):
+    return {"embed_dim": 24, "depth": depth, "num_heads": [heads] * depth, "mlp_ratio": [2.0] * depth,
+            "patch_size": 4, **({"head_dim": head_dim} if head_dim else {})}
+
+
+ROWS = [
+    (_arch(1, 1), {"a": 50.0, "b": 61.5}),
+    (_arch(2, 2), {"a": 52.5, "b": 60.0}),
+    (_arch(3, 3), {"a": 51.0, "b": 63.25}),
+    (_arch(2, 4, head_dim=16), {"a": 55.0}),  # no column b
+    (_arch(1, 2), {"a": 49.0, "b": 59.0}),
+]
+
+
+def _write(tmp_path, rows, name="truth.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps({**arch, "acc": acc}) for arch, acc in rows) + "\n\n")
+    return str(path)
+
+
+def test_reads_architectures_and_every_column(tmp_path):
+    truth = read_truth_jsonl(_write(tmp_path, ROWS))
+    ids = [Arch.from_dict(arch).id for arch, _ in ROWS]
+    assert list(truth.archs) == ids
+    assert truth.archs[ids[0]].head_dim is None and truth.archs[ids[3]].head_dim == 16
+    assert truth.columns["a"] == {i: acc["a"] for i, (_, acc) in zip(ids, ROWS)}
+    assert set(truth.columns["b"]) == set(ids) - {ids[3]}
+    assert read_truth_any(_write(tmp_path, ROWS)).columns == truth.columns
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "line 1: not JSON"),
+    (json.dumps(_arch(1, 1)), "line 1: expected an architecture with an \"acc\" object"),
+    (json.dumps({**_arch(1, 1), "acc": {"a": "high"}}), "line 1: a='high' is not a number"),
+    (json.dumps({**_arch(1, 1), "acc": {"a": float("nan")}}), "line 1: a=nan is not finite"),
+    (json.dumps({**_arch(1, 1), "depth": 2, "acc": {"a": 1.0}}), "line 1: num_heads="),
+])
+def test_bad_lines_name_file_line_and_value(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_truth_jsonl(str(path))
+
+
+def test_the_same_architecture_twice_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="line 2: architecture .* appears twice"):
+        read_truth_jsonl(_write(tmp_path, [ROWS[0], ROWS[0]]))
+
+
+def test_each_column_is_ranked_on_its_own_and_averaged(tmp_path):
+    truth = read_truth_jsonl(_write(tmp_path, ROWS))
+    ids = list(truth.archs)
+    scores = [3.0, 1.0, 4.0, 1.5, 9.0]
+    records = [{"id": i, "scores": {"x": s, "y": -s}} for i, s in zip(ids, scores)]
+    results = evaluate_columns(records, truth)
+    for column, acc in truth.columns.items():
+        common = [k for k, i in enumerate(ids) if i in acc]
+        tau = stats.kendalltau([scores[k] for k in common], [acc[ids[k]] for k in common]).statistic
+        assert results[column]["x"].kendall_tau == pytest.approx(tau)
+        assert results[column]["x"].n == len(common)
+    means = mean_tau(results, ["a", "b"])
+    assert means["x"] == pytest.approx((results["a"]["x"].kendall_tau + results["b"]["x"].kendall_tau) / 2)
+    table = format_columns(results, ["a", "b"])
+    assert "mean τ (a, b)" in table and "### a" in table and "### b" in table
+    with pytest.raises(ValueError, match="column 'c' is not in the truth"):
+        mean_tau(results, ["a", "c"])
+
+
+def test_the_vote_joins_when_its_members_were_scored():
+    records = [{"id": str(i), "scores": {"params": p, "nwot": n, "lswag": s}}
+               for i, (p, n, s) in enumerate([(1, 5, 2), (2, 4, 3), (3, 6, 1)])]
+    voted = with_vote(records + [{"id": "x", "error": "RuntimeError"}])
+    assert [r["scores"]["vit_vote"] for r in voted[:3]] == pytest.approx([(1 + 2 + 2) / 3, (2 + 1 + 3) / 3,
+                                                                           (3 + 3 + 1) / 3])
+    assert "scores" not in voted[3]
+    partial = [{"id": "a", "scores": {"params": 1.0}}, {"id": "b", "scores": {"params": 2.0}}]
+    assert with_vote(partial) == partial
+    assert not any(math.isnan(r["scores"]["vit_vote"]) for r in voted[:3])

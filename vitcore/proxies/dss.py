@@ -1,0 +1,89 @@
+"""dss: TF-TAS's synaptic diversity and saliency (Zhou et al., "Training-free Transformer
+Architecture Search", CVPR 2022).
+
+    DSS = Σ_{W ∈ MSA}  ‖∂R/∂W‖_* · ‖W‖_*   +   Σ_{W ∈ MLP}  Σ_ij |∂R/∂W_ij · W_ij|
+
+‖·‖_* is the nuclear norm (sum of singular values). The first sum is the synaptic diversity of the
+multi-head self-attention, the second the synaptic saliency of the MLPs.
+
+What the paper leaves open, taken from the authors' code (decemberzhou/TF_TAS,
+``lib/training_free/indicators/dss.py``):
+- R is synflow's objective: every parameter replaced by its absolute value, one all-ones input
+  example, R = Σ of the network's outputs. vitcore reads synflow's pass ("synflow": float64, eval
+  mode), so W above is |θ| and ∂R/∂W its gradient; a weight outside the counted tensors
+  (``params=``) or frozen counts 0.
+- MSA weights: the QKV projection and the output projection W^O of every block (the authors pick
+  Linear layers named ``qkv`` or square ones; vitcore picks them by role, so an MLP with ratio 1 is
+  not mistaken for attention).
+- MLP weights: both MLP layers of every block and the classifier head (the authors count the
+  1000-way head as saliency, and, because it also passes their "sampled Linear" test, twice;
+  vitcore counts it once).
+- Not counted, as in the authors' code: the patch embedding, biases, LayerNorms, the class token
+  and positional embedding.
+
+The nuclear norms run batched on the device: the MSA matrices are grouped by shape and each group
+goes through one ``torch.linalg.svdvals`` call, before the one host sync. A model that is not a
+``vitcore.ViT`` is refused (TypeError): DSS must tell attention from MLP layers.
+"""
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from vitcore.model import MLP, MSA, ViT
+from vitcore.proxies.base import Context, Proxy
+
+
+def dss_weights(model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """(MSA weights, MLP weights) of a vitcore ViT, in module order, as DSS counts them.
+
+    Raises TypeError for a model that is not a ``vitcore.ViT``: DSS needs to know which layers
+    are attention and which are MLP.
+    """
+    if not isinstance(model, ViT):
+        raise TypeError(f"dss needs a vitcore.ViT (it tells MSA from MLP layers), got {type(model).__name__}")
+    msa = [w for m in model.modules() if isinstance(m, MSA) for w in (m.qkv.weight, m.proj.weight)]
+    mlp = [w for m in model.modules() if isinstance(m, MLP) for w in (m.fc1.weight, m.fc2.weight)]
+    return msa, mlp + [model.head.weight]
+
+
+def dss_reduce(msa_w: Sequence[torch.Tensor], msa_g: Sequence[torch.Tensor],
+               mlp_w: Sequence[torch.Tensor], mlp_g: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ ‖G‖_*·‖W‖_* over the MSA pairs + Σ |G ⊙ W| over the MLP pairs, as a 0-d float64 tensor.
+
+    Every W, G is a 2-D matrix (out, in); a G of None (a weight the objective does not reach)
+    contributes 0, as in the authors' code.
+    """
+    device = (list(msa_w) + list(mlp_w))[0].device  # callers pass at least one weight
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    groups: Dict[torch.Size, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
+    for w, g in zip(msa_w, msa_g):
+        if g is not None:
+            groups.setdefault(w.shape, []).append((w, g))
+    for pairs in groups.values():
+        W = torch.stack([w.detach().double() for w, _ in pairs])  # (L, out, in)
+        G = torch.stack([g.double() for _, g in pairs])  # (L, out, in)
+        both = torch.linalg.svdvals(torch.cat([W, G]))  # (2L, min(out, in)), one batched call
+        nuc_w, nuc_g = both[: len(pairs)].sum(-1), both[len(pairs):].sum(-1)  # (L,), (L,)
+        total = total + (nuc_w * nuc_g).sum()
+    for w, g in zip(mlp_w, mlp_g):
+        if g is not None:
+            total = total + (g.double() * w.detach().double()).abs().sum()
+    return total
+
+
+def _reduce(ctx: Context) -> torch.Tensor:
+    msa_w, mlp_w = dss_weights(ctx.model)
+    theta, grads = ctx.synflow  # aligned with ctx.counted
+    index = {id(p): i for i, p in enumerate(ctx.counted)}
+
+    def pairs(weights):
+        found = [index[id(w)] for w in weights if id(w) in index]
+        return [theta[i] for i in found], [grads[i] for i in found]
+
+    if not any(id(w) in index for w in msa_w + mlp_w):
+        return torch.zeros((), dtype=torch.float64, device=ctx.inputs.device)
+    return dss_reduce(*pairs(msa_w), *pairs(mlp_w))
+
+
+PROXY = Proxy(name="dss", passes=("synflow",), reduce=_reduce)

@@ -1,0 +1,87 @@
+"""meco: MeCo, the minimum eigenvalue of correlation (Jiang et al., "MeCo: Zero-Shot NAS with One Data
+and Single Forward Pass via Minimum Eigenvalue of Correlation", NeurIPS 2023).
+
+    MeCo = Σ_l λ_min(P(f_l(x)))
+
+for one input example x; f_l(x) is layer l's feature map, reshaped to (rows, -1), and P the Pearson
+correlation matrix of its rows.
+
+What the paper leaves open for a ViT, and vitcore's choices:
+- Which example and which rows: the authors' code (HamsterMimi/MeCo, ``get_score``) takes the first
+  example of the batch, ``output[0]``, and reshapes it to (its first axis, -1). For a conv map that
+  is channels x pixels; for a ViT's (N', C) token map it is tokens x channels, so P is the N' x N'
+  correlation of the tokens over their C features. vitcore keeps that reading of the authors' code:
+  rows are the N' tokens, the class token one of them. (Channels as rows would give a C x C matrix
+  from N' observations, singular whenever C >= N', as every MLP hidden layer is at 224².)
+- Which layers: the authors hook every module. vitcore takes the output of every block's MLP
+  activation (the GELU, (N', hidden)), once each. The output of a Linear layer cannot serve: it is
+  a linear map of its block's LayerNorm output, so its N' token rows span at most D dimensions, and
+  at D < N' (D = 192 < 197 at 224²) every such P is singular, λ_min = 0 up to rounding, whatever
+  the network (measured: the sum over the Linear outputs of a dev-set network was 8e-13). The GELU
+  is the first non-linear map of each block, and its hidden width (3.5·D or more) exceeds N'.
+- NaN or infinite correlations (a constant row) are set to 0 before the eigenvalues, as the
+  authors' code does.
+- The authors' foresight measure scores one N(0, 1) example it draws itself; vitcore scores the
+  first example of the batch it is given (real images when the run has them).
+
+All P matrices are N' x N', so their eigenvalues come from one batched ``torch.linalg.eigvalsh``
+call in float64, before the one host sync. MeCo runs its own forward of one example without
+gradients (no shared pass keeps activation values).
+"""
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+from vitcore.model import Block, ViT
+from vitcore.proxies.base import Context, Proxy
+
+
+def meco_layers(model: nn.Module) -> List[nn.Module]:
+    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT, in forward order."""
+    if not isinstance(model, ViT):
+        raise TypeError(f"meco needs a vitcore.ViT (it reads the blocks' GELUs), got {type(model).__name__}")
+    return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.GELU)]
+
+
+def _row_correlation(f: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the rows of f (N', C) in float64, NaN/inf set to 0 (the authors' code)."""
+    f = f.double()
+    centred = f - f.mean(1, keepdim=True)  # (N', C)
+    norms = centred.norm(dim=1)  # (N',)
+    corr = (centred @ centred.T) / (norms[:, None] * norms[None, :])  # (N', N')
+    return torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def meco_reduce(feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_l λ_min of the row correlation of each (rows, C_l) map; 0-d float64.
+
+    Maps with the same number of rows share one batched eigenvalue call.
+    """
+    groups = {}
+    for f in feature_maps:
+        groups.setdefault(f.shape[0], []).append(_row_correlation(f))
+    total = torch.zeros((), dtype=torch.float64, device=feature_maps[0].device)
+    for mats in groups.values():
+        total = total + torch.linalg.eigvalsh(torch.stack(mats))[:, 0].sum()  # (L, rows) ascending
+    return total
+
+
+def _reduce(ctx: Context) -> torch.Tensor:
+    maps: List[torch.Tensor] = []
+
+    def keep_map(module, args, output):
+        maps.append(output[0].detach().reshape(output.shape[1], -1))  # example 0: (rows, -1), (N', hidden)
+
+    # a private forward of the first example: the data pass keeps no activation values
+    handles = [m.register_forward_hook(keep_map) for m in meco_layers(ctx.model)]
+    try:
+        with torch.no_grad():
+            ctx.model(ctx.inputs[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return meco_reduce(maps)
+
+
+PROXY = Proxy(name="meco", reduce=_reduce)
