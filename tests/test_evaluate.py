@@ -149,3 +149,17 @@ def test_a_pipe_in_the_out_folder_is_never_written(tmp_path, capsys, monkeypatch
 def test_evaluate_names_inputs_of_the_wrong_kind(records, truth, message):
     with pytest.raises(TypeError, match=message):
         evaluate(records, truth)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "51"], "--n 51: the built-in truth has 50 architectures; score 2 to 50"),
+    (["--n", "1"], "--n 1: the built-in truth has 50 architectures"),
+    (["--proxies", "grad_norm,synflo"], "unknown proxy 'synflo'"),
+])
+def test_options_of_the_built_in_run_are_checked_first(argv, message, tmp_path, capsys, monkeypatch):
+    import vitcore.cli
+
+    monkeypatch.setattr(vitcore.cli, "run_scoring", lambda *a, **k: pytest.fail("scored before checking"))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--out", str(tmp_path / "ev")] + argv)
+    assert message in capsys.readouterr().err

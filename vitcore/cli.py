@@ -22,6 +22,7 @@ from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring
 from vitcore.space import SPACES
 
+BUILTIN_N = 50  # architectures of the built-in ground truth: the default sample of vitcore score
 DESCRIPTION = "Zero-cost proxies for Vision Transformer search: score architectures, evaluate proxies, time MSA."
 
 
@@ -63,6 +64,9 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"--top-fraction {args.top_fraction}: expected a share in (0, 1]")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a file; evaluate writes a folder")
+    proxies = check_proxies(args.proxies.split(",")) if args.proxies else list(PROXIES)
+    if not 2 <= args.n <= BUILTIN_N:
+        raise ValueError(f"--n {args.n}: the built-in truth has {BUILTIN_N} architectures; score 2 to {BUILTIN_N}")
     if args.scores:
         check_input_file(args.scores, "scores file")
     try:
@@ -74,12 +78,13 @@ def cmd_evaluate(args) -> int:
         check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device
     if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
-    else:  # the built-in 50 with the defaults of vitcore score and every proxy
-        records = run_scoring(os.path.join(args.out, "scores.jsonl"), proxies=PROXIES, resume=True)
+    else:  # the first n of the built-in 50, with the other defaults of vitcore score
+        records = run_scoring(os.path.join(args.out, "scores.jsonl"), n=args.n, proxies=proxies, resume=True)
     table = format_table(evaluate(records, truth, args.top_fraction))
     print(table)
     with open(os.path.join(args.out, "evaluation.md"), "w") as f:
-        f.write(f"scores: {args.scores or 'the built-in 50 architectures'}; truth: {args.truth}\n\n{table}\n")
+        builtin = f"the built-in {BUILTIN_N} architectures" if args.n == BUILTIN_N else f"the first {args.n} built-in"
+        f.write(f"scores: {args.scores or builtin}; truth: {args.truth}\n\n{table}\n")
     plots = scatter_plots(records, truth, args.out)
     print(f"table and {len(plots)} scatter plots: {args.out}", file=sys.stderr)
     return 0
@@ -116,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="rank correlation of proxies with trained accuracy, with scatter plots")
     e.add_argument("--scores", help="results of vitcore score (default: score the built-in 50 with every proxy)")
     e.add_argument("--truth", default=DEFAULT_TRUTH, help="CSV with columns id, acc_mean (default: the built-in digits truth)")
+    e.add_argument("--proxies", help="without --scores: comma-separated proxies to score with (default: every proxy)")
+    e.add_argument("--n", type=int, default=BUILTIN_N,
+                   help=f"without --scores: score the first n of the built-in {BUILTIN_N} (default {BUILTIN_N})")
     e.add_argument("--top-fraction", type=float, default=0.1, help="top-k overlap with k = this share of the archs")
     e.add_argument("--out", default=os.path.join("vitcore-results", "evaluate"), help="folder for the table and plots")
     e.set_defaults(func=cmd_evaluate)

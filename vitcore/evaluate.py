@@ -84,8 +84,7 @@ def read_truth_jsonl(path: str) -> Truth:
     on some lines; those architectures are left out of that column. Raises ValueError naming the file,
     line and bad value; the same architecture twice is an error.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ground-truth file {path!r} does not exist")
+    path = check_input_file(path, "ground-truth file")
     truth = Truth(columns={})
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
