@@ -9,7 +9,8 @@ Files. Rank r of w appends its records to its own shard ``<out>.rank<r>-of-<w>.j
 line per architecture (fsynced at most once a second and at the end) and locked by its writer, as a
 one-process run writes ``out``: a killed rank loses at most the architecture it was on. When every
 rank has finished, rank 0 appends the shards' records to ``out`` in architecture order, fsyncs it and
-removes the shards, so ``out`` holds what a one-process run writes, line for line, apart from each line's timing fields (``TIMING_FIELDS``).
+removes the shards, so ``out`` holds what a one-process run writes, line for line, apart from each
+line's timing fields (``TIMING_FIELDS``).
 Rank 0 holds ``out``'s lock from start to end: a second run on the same ``out`` stops with a clear
 error. Without ``resume`` rank 0 first moves ``out`` and any shard beside it to ``.bak`` names; with
 ``resume`` every rank reads ``out`` and every shard beside it, whatever world size wrote them, so a
