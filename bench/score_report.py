@@ -53,9 +53,9 @@ SETS = {"grad_norm+snip": PROXIES,
         "synflow": ["synflow"], "grasp": ["grasp"]}
 CPU_SPEEDUP, FP32_SPEEDUP, LOWP_SPEEDUP = 1.5, 10, 20  # issue 13's targets, architectures per second over the loop
 FP32_TAU, LOWP_TAU, CPU_REL = 0.99, 0.95, 1e-6
-WORKERS_TODO = ("not run: `vitcore score --workers K` is not available in this tree. TODO: when it lands, "
-                "time "
-                "`vitcore score --workers K` for K = 2, 4, 8 on the same architectures as one more provider")
+WORKERS_TODO = ("not run: this report has no `--workers` provider yet (`vitcore score --workers K` landed after it "
+                "was written). TODO: time `vitcore score --workers K` for K = 2, 4, 8 on the same architectures, "
+                "batch and seed (--archs, --data, --batch-size, --seed 0) as whole runs, beside the others")
 
 
 def loop_run(archs, batch, out: str, device: torch.device) -> None:
