@@ -11,13 +11,19 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from typing import List, Optional
 
 from vitcore.data import DATA_CHOICES
+from vitcore.distributed import Rank, RankFailed
 from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
+from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring
 from vitcore.space import SPACES
+
+BUILTIN_N = 50  # architectures of the built-in ground truth: the default sample of vitcore score
+DESCRIPTION = "Zero-cost proxies for Vision Transformer search: score architectures, evaluate proxies, time MSA."
 
 
 def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
@@ -43,7 +49,10 @@ def cmd_score(args) -> int:
         raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(proxies)}")
     results = run_scoring(args.out, space=args.space, n=args.n, archs=args.archs, data=args.data,
                           batch_size=args.batch_size, seed=args.seed, proxies=proxies, mode=args.mode,
-                          params=args.params, device=args.device, dtype=args.dtype, resume=args.resume)
+                          params=args.params, device=args.device, dtype=args.dtype, resume=args.resume,
+                          workers=args.workers)
+    if Rank.from_env().rank != 0:  # under torchrun: rank 0 prints the merged table
+        return 0
     _print_table(results, proxies, rank_by)
     return 0 if any("scores" in r for r in results) else 1  # every architecture failed
 
@@ -55,17 +64,27 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"--top-fraction {args.top_fraction}: expected a share in (0, 1]")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a file; evaluate writes a folder")
+    proxies = check_proxies(args.proxies.split(",")) if args.proxies else list(PROXIES)
+    if not 2 <= args.n <= BUILTIN_N:
+        raise ValueError(f"--n {args.n}: the built-in truth has {BUILTIN_N} architectures; score 2 to {BUILTIN_N}")
     if args.scores:
-        if not os.path.isfile(args.scores):
-            raise FileNotFoundError(f"scores file {args.scores!r} does not exist")
+        check_input_file(args.scores, "scores file")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out).close()  # a folder we cannot write to fails here, not after scoring
+    except OSError as e:
+        raise ValueError(f"--out {args.out!r} cannot be written: {e.strerror}") from None
+    for name in ["evaluation.md", "scores.jsonl"] + [f"scatter-{p}.png" for p in PROXIES]:
+        check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device
+    if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
-    else:  # the built-in 50 with `vitcore score`'s defaults and every proxy
-        records = run_scoring(os.path.join(args.out, "scores.jsonl"), proxies=PROXIES, resume=True)
+    else:  # the first n of the built-in 50, with the other defaults of vitcore score
+        records = run_scoring(os.path.join(args.out, "scores.jsonl"), n=args.n, proxies=proxies, resume=True)
     table = format_table(evaluate(records, truth, args.top_fraction))
     print(table)
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "evaluation.md"), "w") as f:
-        f.write(f"scores: {args.scores or 'the built-in 50 architectures'}; truth: {args.truth}\n\n{table}\n")
+        builtin = f"the built-in {BUILTIN_N} architectures" if args.n == BUILTIN_N else f"the first {args.n} built-in"
+        f.write(f"scores: {args.scores or builtin}; truth: {args.truth}\n\n{table}\n")
     plots = scatter_plots(records, truth, args.out)
     print(f"table and {len(plots)} scatter plots: {args.out}", file=sys.stderr)
     return 0
@@ -78,11 +97,12 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitcore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vitcore", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="score architectures with zero-cost proxies and rank them")
     s.add_argument("--archs", help="JSON or JSON-lines file of architectures (default: sample the space)")
-    s.add_argument("--n", type=int, default=50, help="architectures to sample (default 50)")
+    s.add_argument("--n", "--num-archs", dest="n", type=int, default=50,
+                   help="architectures to sample (default 50; --num-archs under torchrun, where --n is ambiguous)")
     s.add_argument("--seed", type=int, default=0, help="sampling, minibatch and initialisation seed")
     s.add_argument("--space", default="small", help=f"search space: {', '.join(SPACES)} (default small)")
     s.add_argument("--batch-size", type=int, default=64)
@@ -95,10 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="autocast precision (weights stay fp32)")
     s.add_argument("--out", default=DEFAULT_OUT, help=f"results, one JSON line per architecture (default {DEFAULT_OUT})")
     s.add_argument("--resume", action="store_true", help="keep --out's finished results and score the rest")
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes on this machine sharing the architectures (default 1; see also torchrun)")
     s.set_defaults(func=cmd_score)
     e = sub.add_parser("evaluate", help="rank correlation of proxies with trained accuracy, with scatter plots")
-    e.add_argument("--scores", help="results of `vitcore score` (default: score the built-in 50 with every proxy)")
+    e.add_argument("--scores", help="results of vitcore score (default: score the built-in 50 with every proxy)")
     e.add_argument("--truth", default=DEFAULT_TRUTH, help="CSV with columns id, acc_mean (default: the built-in digits truth)")
+    e.add_argument("--proxies", help="without --scores: comma-separated proxies to score with (default: every proxy)")
+    e.add_argument("--n", type=int, default=BUILTIN_N,
+                   help=f"without --scores: score the first n of the built-in {BUILTIN_N} (default {BUILTIN_N})")
     e.add_argument("--top-fraction", type=float, default=0.1, help="top-k overlap with k = this share of the archs")
     e.add_argument("--out", default=os.path.join("vitcore-results", "evaluate"), help="folder for the table and plots")
     e.set_defaults(func=cmd_evaluate)
@@ -115,5 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except RankFailed as e:  # a worker died or raised: what it finished is kept for --resume
+        parser.exit(1, f"vitcore {args.command}: {e}\n")
+    except (ValueError, TypeError, OSError) as e:  # OSError: a full disk, a file gone meanwhile
         parser.exit(2, f"vitcore {args.command}: error: {e}\n")
