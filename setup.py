@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Triton ships wheels for Linux x86_64 only; elsewhere vitcore runs its eager paths.
 TRITON = 'triton; platform_system == "Linux" and platform_machine == "x86_64"'
@@ -9,8 +9,9 @@ setup(
     description="Fast zero-cost proxies for Vision Transformer search: Triton kernels, "
     "a ViT search space, proxies, ranking and cost models.",
     python_requires=">=3.9",
-    packages=["vitcore", "vitcore.ops", "vitcore.kernels"],
+    packages=find_packages(include=["vitcore", "vitcore.*"]) + ["vitcore.kernels"],  # every subpackage
     package_dir={"vitcore.kernels": "kernels"},
+    package_data={"vitcore": ["truth/*.csv", "truth/*.md"]},  # the built-in ground truth of `vitcore evaluate`
     install_requires=[
         "torch>=2.3",
         "numpy",

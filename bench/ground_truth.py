@@ -6,7 +6,7 @@ recorded. Results are appended one JSON line per (architecture, seed) as they fi
 interrupted run resumes where it stopped; the CSV (mean and std over seeds) and a provenance file
 are written at the end.
 
-    python bench/ground_truth.py --out bench/data/digits-small-50
+    python bench/ground_truth.py --out vitcore/truth/digits-small-50
 """
 import argparse
 import csv
@@ -100,7 +100,7 @@ def summarise(records, archs, seeds, csv_path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="bench/data/digits-small-50", help="path stem for .jsonl, .csv, .md")
+    p.add_argument("--out", default="vitcore/truth/digits-small-50", help="path stem for .jsonl, .csv, .md")
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes, one thread each")

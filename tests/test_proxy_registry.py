@@ -1,8 +1,15 @@
 """The registry: every proxy file is listed, every listed unit is its file's, and the contract holds."""
+import copy
 import importlib
+import math
 import pathlib
+import traceback
 
 import pytest
+import torch
+import torch.nn.functional as F
+from proxy_helpers import VIT_ONLY, U, batch, bn_net, bound64, small_vit
+from torch import nn
 
 import vitcore
 from vitcore.passes import DATA_TAPS, PASSES
@@ -32,3 +39,50 @@ def test_public_names_keep_their_order():
     assert vitcore.PROXIES == PROXIES == tuple(u.name for u in REGISTRY)
     assert PROXIES[:9] == ("grad_norm", "snip", "plain", "grasp", "synflow", "fisher", "jacob_cov", "nwot", "zico")
     assert set(PROXIES) >= {"params", "flops"}
+
+
+def _models():
+    torch.manual_seed(0)
+    dropout = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    return {"batchnorm": bn_net().double(), "dropout": dropout.double()}
+
+
+@pytest.mark.parametrize("model_name", ["batchnorm", "dropout"])
+def test_asking_for_a_proxy_never_changes_another(model_name, triton_off):
+    """Issue 15 item 4: zico's half-batch forward changed grad_norm on a BatchNorm model (2.40036 alone,
+    2.40382 with zico); a pass's BatchNorm statistics or dropout draws must not reach another pass.
+    Each proxy alone equals the same proxy asked with every other (up to its fp32 output rounding)."""
+    model = _models()[model_name]
+    x, y = batch(6, seed=1, classes=3)
+    names = [p for p in PROXIES if p not in VIT_ONLY]  # these models are not ViTs
+    together = vitcore.score(model, x, y, proxies=names)
+    rel = U[torch.float32] + bound64(model, 6)
+    for name in names:
+        alone = vitcore.score(model, x, y, proxies=[name])[name]
+        assert alone == pytest.approx(together[name], rel=rel, abs=rel * abs(together["snip"])), name
+    pairs = vitcore.score(model, x, y, proxies=["grad_norm", "zico"])
+    assert pairs["grad_norm"] == pytest.approx(together["grad_norm"], rel=rel, abs=0)
+
+
+def test_grad_norm_with_zico_is_the_whole_batch_gradient_on_batchnorm(triton_off):
+    model = _models()["batchnorm"]
+    x, y = batch(6, seed=2, classes=3)
+    net = copy.deepcopy(model).train()
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+    ref = math.sqrt(sum(g.pow(2).sum().item() for g in grads))
+    got = vitcore.score(model, x, y, proxies=["zico", "grad_norm"])["grad_norm"]
+    assert got == pytest.approx(ref, rel=U[torch.float32] + bound64(model, 6), abs=0)
+
+
+@pytest.mark.parametrize("name", [p for p in PROXIES if UNITS[p].reduce is not None])
+def test_the_only_host_read_is_the_final_transfer(name, triton_off):
+    """On fake tensors (no data) the first operation that needs values stops the run: for every proxy
+    with a device step it must be the one transfer in vitcore.proxies.plan, so nothing before it syncs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model, (x, y) = small_vit(), batch(4, seed=3, dtype=torch.float32)
+    with pytest.raises(Exception) as info:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            vitcore.score(model, x, y, proxies=[name])
+    frame = [f for f in traceback.extract_tb(info.value.__traceback__) if f.filename.endswith("plan.py")][-1]
+    assert "torch.cat(parts).cpu()" in frame.line, (frame.lineno, frame.line)

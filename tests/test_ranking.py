@@ -1,5 +1,3 @@
-import csv
-import json
 import math
 import warnings
 
@@ -7,10 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vitcore.cli import main
-from vitcore.evaluate import read_truth
 from vitcore.ranking import kendall_tau, kendall_test, rank_quality, spearman_rho, top_k_overlap
-from vitcore.space import SPACES, sample
 
 
 def test_against_scipy_on_random_data():
@@ -90,72 +85,3 @@ def test_bad_input():
         spearman_rho([1, 2], [1, math.nan])
     with pytest.raises(ValueError, match="top_fraction=0"):
         rank_quality([1, 2], [1, 2], 0)
-
-
-def test_evaluate_cli_table_and_plots(tmp_path, capsys):
-    scores = tmp_path / "scores.jsonl"
-    main(["score", "--n", "8", "--batch-size", "16", "--proxies", "grad_norm,params,synflow", "--out", str(scores)])
-    records = [json.loads(line) for line in scores.read_text().splitlines()]
-    truth = tmp_path / "truth.csv"
-    with open(truth, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "acc_mean"])
-        for r in records:
-            w.writerow([r["id"], r["params"] / 1e6])  # accuracy = size: params must rank perfectly
-    capsys.readouterr()
-    main(["evaluate", "--scores", str(scores), "--truth", str(truth), "--out", str(tmp_path / "ev")])
-    table = capsys.readouterr().out
-    assert "| params | 1.000 | [1.00, 1.00] | " in table and "| 1.000 | 1.00 | 8 | 0 |" in table
-    assert "| grad_norm |" in table and "| synflow |" in table
-    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
-        "evaluation.md", "scatter-grad_norm.png", "scatter-params.png", "scatter-synflow.png"]
-
-
-def test_evaluate_cli_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--scores", str(tmp_path / "none.jsonl"), "--truth", str(tmp_path / "t.csv")])
-    assert "ground-truth file" in capsys.readouterr().err  # checked first: before any scoring
-    good = tmp_path / "good.csv"
-    good.write_text("id,acc_mean\nx,1\n")
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--scores", str(tmp_path / "none.jsonl"), "--truth", str(good)])
-    assert "scores file" in capsys.readouterr().err
-    bad = tmp_path / "t.csv"
-    bad.write_text("name,acc\nx,1\n")
-    scores = tmp_path / "s.jsonl"
-    scores.write_text(json.dumps({"id": sample(SPACES["small"], 1)[0].id, "scores": {"snip": 1.0}}) + "\n")
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--scores", str(scores), "--truth", str(bad)])
-    assert "needs columns 'id' and 'acc_mean'" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("csv_text, message", [
-    ("id,acc_mean\na,0.5\nb,\n", "line 3: acc_mean='' is not a number"),
-    ("id,acc_mean\na,0.5\nb\n", "line 3: acc_mean=None is not a number"),
-    ("id,acc_mean\na,inf\n", "line 2: acc_mean='inf' is not finite"),
-    ("id,acc_mean\na,0.5\nb,0.7\na,0.6\n", "line 4: id 'a' appears twice"),
-])
-def test_bad_truth_rows_name_file_and_line(tmp_path, csv_text, message):
-    path = tmp_path / "t.csv"
-    path.write_text(csv_text)
-    with pytest.raises(ValueError, match=f"{path}, {message}"):
-        read_truth(str(path))
-
-
-def test_truth_with_a_byte_order_mark(tmp_path):
-    path = tmp_path / "t.csv"
-    path.write_bytes("id,acc_mean\na,0.5\n".encode("utf-8-sig"))
-    assert read_truth(str(path)) == {"a": 0.5}
-
-
-def test_evaluate_checks_its_options_before_scoring(tmp_path, capsys, monkeypatch):
-    import vitcore.cli
-
-    monkeypatch.setattr(vitcore.cli, "run_scoring", lambda args: pytest.fail("scored before checking"))
-    afile = tmp_path / "afile"
-    afile.write_text("")
-    for argv, message in [(["--top-fraction", "0"], "--top-fraction 0.0: expected a share in (0, 1]"),
-                          (["--out", str(afile)], "is a file; evaluate writes a folder")]:
-        with pytest.raises(SystemExit):
-            main(["evaluate"] + argv)
-        assert message in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """vitcore: fast zero-cost proxies for Vision Transformer architecture search."""
 from vitcore.cost import msa_macs, vit_cost
+from vitcore.data import Batch, load_batch
 from vitcore.model import ViT, ViTConfig, msa
 from vitcore.proxies import PROXIES, score
+from vitcore.runs import read_archs, read_results, run_scoring, score_archs
 from vitcore.space import SPACES, Arch, SearchSpace, get_space, sample
 
 __all__ = ["ViT", "ViTConfig", "msa", "PROXIES", "score", "SPACES", "Arch", "SearchSpace", "get_space", "sample",
-           "msa_macs", "vit_cost"]
+           "msa_macs", "vit_cost", "Batch", "load_batch", "score_archs", "run_scoring", "read_archs", "read_results"]

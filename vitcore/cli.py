@@ -7,95 +7,17 @@ Results go to a JSON-lines file one architecture at a time, so an interrupted ru
 ``vitcore bench`` times one MSA block over N' x D and writes a scaling report (``vitcore.scaling_report``).
 """
 import argparse
-import contextlib
-import json
 import math
 import os
 import sys
-import time
 from typing import List, Optional
 
-import torch
-from tqdm import tqdm
-
 from vitcore import scaling_report
-from vitcore.data import DATA_CHOICES, load_batch
+from vitcore.data import DATA_CHOICES
 from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
-from vitcore.model import ViT
-from vitcore.paths import free_name
-from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies, score
-from vitcore.space import SPACES, Arch, get_space, sample
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
-
-
-def read_archs(path: str) -> List[Arch]:
-    """Architectures from a JSON list or JSON lines; each entry an arch or a result with an "arch" field."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"architectures file {path!r} does not exist")
-    with open(path) as f:
-        text = f.read()
-    try:
-        entries = json.loads(text)
-        entries = entries if isinstance(entries, list) else [entries]
-    except json.JSONDecodeError:
-        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
-    archs = [Arch.from_dict(e["arch"] if isinstance(e, dict) and "arch" in e else e) for e in entries]
-    if not archs:
-        raise ValueError(f"architectures file {path!r} holds no architectures")
-    unique = list({a.id: a for a in archs}.values())  # a results file holds a retried id twice
-    if len(unique) < len(archs):
-        print(f"{path}: {len(archs) - len(unique)} repeated architectures scored once", file=sys.stderr)
-    return unique
-
-
-def read_results(path: str, repair: bool = False) -> List[dict]:
-    """The complete lines of a results file. A line cut off by an interruption is skipped, and with
-    ``repair`` (before appending to the file) also dropped from the file."""
-    if not os.path.isfile(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    complete = data[: data.rfind(b"\n") + 1]
-    if repair and len(complete) != len(data):
-        with open(path, "wb") as f:
-            f.write(complete)
-    records = []
-    for number, line in enumerate(complete.decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {number}: not JSON ({e})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-            raise ValueError(f"{path}, line {number}: expected a JSON object with a string \"id\", got {line[:80]!r}")
-        if not isinstance(record.get("scores", {}), dict):
-            raise ValueError(f"{path}, line {number}: \"scores\" is {record['scores']!r}, not an object")
-        records.append(record)
-    return records
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is available")
-    return torch.device(name)
-
-
-def _score_one(arch: Arch, batch, args, device: torch.device) -> dict:
-    torch.manual_seed((int(arch.id, 16) + args.seed) % 2**31)  # same arch and seed, same weights
-    model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes)).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    dtype = DTYPES[args.dtype]
-    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    start = time.perf_counter()
-    with amp:
-        scores = score(model, batch.inputs.to(device), batch.targets.to(device), proxies=args.proxies,
-                       mode=args.mode, params=args.params)
-    return {"params": n_params, "scores": scores, "time_s": round(time.perf_counter() - start, 6)}
+from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
+from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring
+from vitcore.space import SPACES
 
 
 def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
@@ -114,69 +36,15 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     print(f"{len(ok)} scored, {len(failed)} failed; ranked by {rank_by}")
 
 
-def check_out_file(path: str) -> None:
-    """A results file (``--out``) may not be a folder, nor sit below a file."""
-    if os.path.isdir(path):
-        raise ValueError(f"--out {path!r} is a folder; name a file such as {os.path.join(path, 'scores.jsonl')!r}")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"--out {path!r}: {parent!r} is a file, not a folder")
-
-
-def run_scoring(args) -> List[dict]:
-    """Score every architecture ``args`` names, appending to ``args.out``; the records in arch order."""
-    if args.seed < 0:
-        raise ValueError(f"--seed {args.seed}: expected a non-negative integer")
-    check_out_file(args.out)
-    space = get_space(args.space)
-    archs = read_archs(args.archs) if args.archs else sample(space, args.n, args.seed)
-    device = _device(args.device)
-    batch = load_batch(args.data, args.batch_size, args.seed, space)
-    settings = {k: getattr(args, k) for k in ("data", "batch_size", "seed", "proxies", "mode", "params", "dtype")}
-    settings["device"] = device.type
-
-    done = {}
-    if args.resume:
-        for r in read_results(args.out, repair=True):
-            if r.get("settings") != settings:
-                raise ValueError(
-                    f"--resume: {args.out} holds results for settings {r.get('settings')}, not {settings}; "
-                    "use another --out"
-                )
-            done[r["id"]] = r
-    elif os.path.exists(args.out):
-        backup = free_name(args.out + ".bak")
-        os.replace(args.out, backup)
-        print(f"moved the previous {args.out} to {backup}", file=sys.stderr)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-
-    todo = [a for a in archs if "scores" not in done.get(a.id, {})]
-    with open(args.out, "a") as out:
-        for arch in tqdm(todo, desc="scoring", unit="arch", disable=None, file=sys.stderr):
-            record = {"id": arch.id, "arch": arch.to_dict(), "settings": settings}
-            try:
-                record.update(_score_one(arch, batch, args, device))
-            except (RuntimeError, ValueError) as e:  # out of memory, an invalid config: record and go on
-                record["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-            done[arch.id] = record
-    print(f"results: {args.out}", file=sys.stderr)
-    return [done[a.id] for a in archs]
-
-
 def cmd_score(args) -> int:
-    args.proxies = check_proxies(args.proxies.split(","))
-    rank_by = args.rank_by or args.proxies[0]
-    if rank_by not in args.proxies:
-        raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(args.proxies)}")
-    results = run_scoring(args)
-    _print_table(results, args.proxies, rank_by)
+    proxies = check_proxies(args.proxies.split(","))
+    rank_by = args.rank_by or proxies[0]
+    if rank_by not in proxies:
+        raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(proxies)}")
+    results = run_scoring(args.out, space=args.space, n=args.n, archs=args.archs, data=args.data,
+                          batch_size=args.batch_size, seed=args.seed, proxies=proxies, mode=args.mode,
+                          params=args.params, device=args.device, dtype=args.dtype, resume=args.resume)
+    _print_table(results, proxies, rank_by)
     return 0 if any("scores" in r for r in results) else 1  # every architecture failed
 
 
@@ -191,12 +59,8 @@ def cmd_evaluate(args) -> int:
         if not os.path.isfile(args.scores):
             raise FileNotFoundError(f"scores file {args.scores!r} does not exist")
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
-    else:
-        score_args = build_parser().parse_args(
-            ["score", "--proxies", ",".join(PROXIES), "--out", os.path.join(args.out, "scores.jsonl"), "--resume"]
-        )
-        score_args.proxies = check_proxies(score_args.proxies.split(","))
-        records = run_scoring(score_args)
+    else:  # the built-in 50 with `vitcore score`'s defaults and every proxy
+        records = run_scoring(os.path.join(args.out, "scores.jsonl"), proxies=PROXIES, resume=True)
     table = format_table(evaluate(records, truth, args.top_fraction))
     print(table)
     os.makedirs(args.out, exist_ok=True)

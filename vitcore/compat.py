@@ -107,6 +107,8 @@ def find_measures(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn={loss_fn!r} must be callable (logits, targets) -> mean loss")
+    if not isinstance(dataload_info, (tuple, list)) or len(dataload_info) != 3:
+        raise ValueError(f"dataload_info={dataload_info!r} must be (dataload, num_imgs_or_batches, num_classes)")
     dataload, count, num_classes = dataload_info
     _positive("num_imgs_or_batches", count)
     if dataload == "grasp":

@@ -16,16 +16,15 @@ from vitcore.ensemble import VIT_VOTE, vote
 from vitcore.ranking import CI_LEVEL, RankQuality, rank_quality
 from vitcore.space import Arch
 
-# The built-in ground truth (bench/ground_truth.py): the 50 default `small` architectures on digits.
-DEFAULT_TRUTH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "bench", "data", "digits-small-50.csv")
+# The built-in ground truth, package data (made by bench/ground_truth.py, provenance in the .md beside
+# it): the 50 default `small` architectures trained on digits.
+DEFAULT_TRUTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "truth", "digits-small-50.csv")
 
 
 def read_truth(path: str) -> Dict[str, float]:
     """{architecture id: accuracy} from a CSV with columns ``id`` and ``acc_mean`` (or ``accuracy``)."""
     if not os.path.isfile(path):
-        hint = " (the built-in truth ships with a source checkout; pass --truth)" if path == DEFAULT_TRUTH else ""
-        raise FileNotFoundError(f"ground-truth file {path!r} does not exist{hint}")
+        raise FileNotFoundError(f"ground-truth file {path!r} does not exist")
     truth: Dict[str, float] = {}
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(f)

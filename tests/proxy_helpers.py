@@ -1,0 +1,85 @@
+"""Shared by the proxy tests: small models, the counted tensors, float64 references' plumbing and
+tolerances derived from the dtypes' rounding and the problems' sizes.
+
+Tolerances. ``U[dtype]`` is the unit roundoff u (half an ulp of 1). A length-n sum or dot product
+computed in any order is within n·u·Σ|terms| of the exact one (Higham, "Accuracy and Stability of
+Numerical Algorithms", eq. 3.5, γ_n ≈ n·u): ``bound64(n)`` is that relative bound for float64 with n
+the number of multiply-adds the scores depend on (the forward and backward of the batch), which
+covers every reduction in the passes however it is ordered. Where a value passes through fp32
+(``param_stats`` returns fp32 sums per tensor), one more fp32 rounding per tensor adds u32 relative
+to that tensor's Σ|terms|. Ill-conditioned host steps (eigenvalues, log-determinants, ratios of small
+spreads) get first-order perturbation bounds in their own tests.
+"""
+import copy
+
+import torch
+from torch import nn
+
+from vitcore.cost import vit_cost
+from vitcore.model import ViT, ViTConfig
+
+LAYERS = (nn.Linear, nn.Conv2d)
+VIT_ONLY = ("dss", "meco", "lswag")  # they read a vitcore.ViT's blocks and refuse other models
+U = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+TF32 = 2.0**-11  # a GPU's convolutions and matmuls in fp32 run in TF32 by default: 10 mantissa bits
+
+
+def small_vit_config():
+    return ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=5, embed_dim=12, depth=2,
+                     num_heads=[1, 3], mlp_ratio=[2.0, 1.5], head_dim=5)
+
+
+def small_vit():
+    return ViT(small_vit_config())
+
+
+def small_mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 17), nn.ReLU(), nn.Linear(17, 9), nn.GELU(), nn.Linear(9, 5))
+
+
+def small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 3 * 3, 5),
+    )
+
+
+def bn_net():
+    """The BatchNorm model of issue 15 item 4: Conv2d(1,4,3)-BatchNorm2d-ReLU-Flatten-Linear(144,3)."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+
+
+MODELS = {"vit": small_vit, "mlp": small_mlp}
+
+
+def macs(model: nn.Module, batch: int) -> int:
+    """Multiply-adds of one forward of ``batch`` examples (8x8 one-channel inputs): the problem size."""
+    if isinstance(model, ViT):
+        return vit_cost(model.config, batch).macs_fwd
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            total += m.in_features * m.out_features
+        elif isinstance(m, nn.Conv2d):
+            total += m.weight.numel() * 64  # at most one output position per input pixel
+    return batch * total
+
+
+def bound64(model: nn.Module, batch: int) -> float:
+    """Relative bound for a float64 score: γ_n with n the forward + backward multiply-adds (3x forward)."""
+    return 3 * macs(model, batch) * U[torch.float64]
+
+
+def counted(model, which):
+    if which == "weights":
+        return [m.weight for m in model.modules() if isinstance(m, LAYERS)]
+    return list(model.parameters())
+
+
+def float64_train_copy(model):
+    return copy.deepcopy(model).double().train()
+
+
+def batch(n, seed, dtype=torch.float64, classes=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)

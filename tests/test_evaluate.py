@@ -1,0 +1,102 @@
+"""vitcore evaluate: the ground truth, the table of rank quality per proxy, the scatter plots."""
+import csv
+import json
+import os
+
+import pytest
+
+import vitcore
+from vitcore.cli import main
+from vitcore.evaluate import DEFAULT_TRUTH, read_truth
+from vitcore.space import SPACES, sample
+
+
+def test_builtin_truth_is_package_data_for_the_default_50():
+    package = os.path.dirname(os.path.abspath(vitcore.__file__))
+    assert os.path.commonpath([package, DEFAULT_TRUTH]) == package
+    truth = read_truth(DEFAULT_TRUTH)
+    assert list(truth) == [a.id for a in sample(SPACES["small"], 50, 0)]
+    assert all(0 < acc <= 1 for acc in truth.values())
+    assert os.path.isfile(os.path.join(os.path.dirname(DEFAULT_TRUTH), "digits-small-50.md"))  # its provenance
+
+
+def test_evaluate_leaves_a_cut_off_scores_file_alone(tmp_path, capsys):
+    scores = tmp_path / "s.jsonl"
+    main(["score", "--n", "3", "--batch-size", "8", "--out", str(scores)])
+    with open(scores, "a") as f:
+        f.write('{"id": "still-being-writ')
+    before = scores.read_text()
+    truth = tmp_path / "t.csv"
+    truth.write_text("id,acc_mean\n" + "".join(f"{json.loads(l)['id']},0.{i}\n"
+                                             for i, l in enumerate(before.splitlines()[:3])))
+    main(["evaluate", "--scores", str(scores), "--truth", str(truth), "--out", str(tmp_path / "ev")])
+    assert scores.read_text() == before
+
+
+def test_evaluate_cli_table_and_plots(tmp_path, capsys):
+    scores = tmp_path / "scores.jsonl"
+    main(["score", "--n", "8", "--batch-size", "16", "--proxies", "grad_norm,params,synflow", "--out", str(scores)])
+    records = [json.loads(line) for line in scores.read_text().splitlines()]
+    truth = tmp_path / "truth.csv"
+    with open(truth, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "acc_mean"])
+        for r in records:
+            w.writerow([r["id"], r["params"] / 1e6])  # accuracy = size: params must rank perfectly
+    capsys.readouterr()
+    main(["evaluate", "--scores", str(scores), "--truth", str(truth), "--out", str(tmp_path / "ev")])
+    table = capsys.readouterr().out
+    assert "| params | 1.000 | [1.00, 1.00] | " in table and "| 1.000 | 1.00 | 8 | 0 |" in table
+    assert "| grad_norm |" in table and "| synflow |" in table
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
+        "evaluation.md", "scatter-grad_norm.png", "scatter-params.png", "scatter-synflow.png"]
+
+
+def test_evaluate_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--scores", str(tmp_path / "none.jsonl"), "--truth", str(tmp_path / "t.csv")])
+    assert "ground-truth file" in capsys.readouterr().err  # checked first: before any scoring
+    good = tmp_path / "good.csv"
+    good.write_text("id,acc_mean\nx,1\n")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--scores", str(tmp_path / "none.jsonl"), "--truth", str(good)])
+    assert "scores file" in capsys.readouterr().err
+    bad = tmp_path / "t.csv"
+    bad.write_text("name,acc\nx,1\n")
+    scores = tmp_path / "s.jsonl"
+    scores.write_text(json.dumps({"id": sample(SPACES["small"], 1)[0].id, "scores": {"snip": 1.0}}) + "\n")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--scores", str(scores), "--truth", str(bad)])
+    assert "needs columns 'id' and 'acc_mean'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    ("id,acc_mean\na,0.5\nb,\n", "line 3: acc_mean='' is not a number"),
+    ("id,acc_mean\na,0.5\nb\n", "line 3: acc_mean=None is not a number"),
+    ("id,acc_mean\na,inf\n", "line 2: acc_mean='inf' is not finite"),
+    ("id,acc_mean\na,0.5\nb,0.7\na,0.6\n", "line 4: id 'a' appears twice"),
+])
+def test_bad_truth_rows_name_file_and_line(tmp_path, csv_text, message):
+    path = tmp_path / "t.csv"
+    path.write_text(csv_text)
+    with pytest.raises(ValueError, match=f"{path}, {message}"):
+        read_truth(str(path))
+
+
+def test_truth_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("id,acc_mean\na,0.5\n".encode("utf-8-sig"))
+    assert read_truth(str(path)) == {"a": 0.5}
+
+
+def test_evaluate_checks_its_options_before_scoring(tmp_path, capsys, monkeypatch):
+    import vitcore.cli
+
+    monkeypatch.setattr(vitcore.cli, "run_scoring", lambda *a, **k: pytest.fail("scored before checking"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for argv, message in [(["--top-fraction", "0"], "--top-fraction 0.0: expected a share in (0, 1]"),
+                          (["--out", str(afile)], "is a file; evaluate writes a folder")]:
+        with pytest.raises(SystemExit):
+            main(["evaluate"] + argv)
+        assert message in capsys.readouterr().err
