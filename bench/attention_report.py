@@ -1,28 +1,25 @@
 """Time every attention provider in one process and write a markdown report plus JSON.
 
-    python bench/attention_report.py --out bench/results [--shapes vit-b,b-1025] [--dtypes bf16]
+    python -m bench.attention_report --out bench/results [--shapes vit-b,b-1025] [--dtypes bf16]
 
 One process, same inputs, same timer (``triton.testing.do_bench``, median) for every provider.
 Before timing it checks vitcore's output and gradients against a float64 reference on each shape,
-and runs N'=16384, H=16 to check memory. Shapes, dtypes and providers live in bench_attention.py.
+and runs N'=16384, H=16 to check memory. Shapes, dtypes and providers live in ``bench.bench_attention``.
 Kernels are compiled first by a pool of processes (filling Triton's on-disk cache), so the timed
 process only loads them; its autotuner still benchmarks every config itself.
 """
 import argparse
-import datetime
-import json
 import multiprocessing
-import os
-import platform
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_attention import DTYPES, MODES, SHAPES, flops, make_inputs, matmul_precision, providers, step  # noqa: E402
-
-from vitcore.ops import attention_ref, flash_attention  # noqa: E402
+from bench.bench_attention import DTYPES, MODES, SHAPES, flops, make_inputs, providers, step
+from vitcore.bench.ceilings import matmul_precision, matmul_tflops
+from vitcore.bench.env import environment, header_lines
+from vitcore.bench.timers import device_ms, graph_ms
+from vitcore.bench.writer import result_stem, write_json, write_text
+from vitcore.ops import attention_ref, flash_attention
 
 # fp32-tf32: Triton's TF32 MMA truncates fp32 operands where cuBLAS rounds them: ~10 TF32 ulps.
 ATOL = {"bf16": 1e-2, "fp16": 1e-3, "fp32": 5e-5, "fp32-tf32": 5e-3}
@@ -77,35 +74,14 @@ def check(shape, dtype):
 
 
 def time_ms(fn, mode, q, k, v, do):
-    import triton
-
-    step(fn, mode, q, k, v, do)  # first call compiles / autotunes outside the timing
-    torch.cuda.synchronize()
-    return triton.testing.do_bench(lambda: step(fn, mode, q, k, v, do), warmup=10, rep=50, return_mode="median")
-
-
-def graph_ms(fn, q, k, v, do):
-    """forward+backward device time: the call replayed from a CUDA graph, so no host launch cost."""
-    import triton
-
-    step(fn, "fwd+bwd", q, k, v, do)
-    torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(lambda: step(fn, "fwd+bwd", q, k, v, do), rep=20, return_mode="median")
+    """do_bench median (ms) of one call of ``step``; the first call compiles / autotunes untimed."""
+    return device_ms(lambda: step(fn, mode, q, k, v, do))
 
 
 def ceilings():
-    """Dense 8192^3 matmul TFLOP/s per dtype: the measured ceiling the attention numbers are read against."""
-    import triton
-
-    out = {}
-    n = 8192
-    for dtype, (torch_dtype, precision) in DTYPES.items():
-        a = torch.randn(n, n, device="cuda", dtype=torch_dtype)
-        b = torch.randn(n, n, device="cuda", dtype=torch_dtype)
-        with matmul_precision(precision):
-            ms = triton.testing.do_bench(lambda: a @ b, warmup=25, rep=100, return_mode="median")
-        out[dtype] = 2 * n**3 / ms / 1e9
-    return out
+    """Dense 8192^3 matmul TFLOP/s per dtype (fp32-tf32: fp32 at precision 'high'), measured in this run."""
+    return {name: matmul_tflops("cuda", name.split("-")[0], precision=precision)
+            for name, (_, precision) in DTYPES.items()}
 
 
 def long_sequence():
@@ -126,12 +102,6 @@ def long_sequence():
         res[name]["tflops"] = flops(*LONG, "fwd+bwd") / res[name]["fwd+bwd_ms"] / 1e9
         del q, k, v, do
     return res
-
-
-def tuned_configs():
-    from vitcore.kernels import attention
-
-    return attention.tuned_configs()
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -171,12 +141,9 @@ def targets(results, mode="fwd+bwd"):
 
 def write_report(path, meta, results, checks, long_res, ceil):
     lines = [
-        f"# Flash attention on {meta['device']}: vitcore vs PyTorch SDPA",
+        f"# Flash attention on {meta['device_name']}: vitcore vs PyTorch SDPA",
         "",
-        f"- date: {meta['date']}",
-        f"- device: {meta['device']}; torch {meta['torch']} (CUDA {meta['cuda']}, cuDNN {meta['cudnn']}); "
-        f"triton {meta['triton']}; Python {meta['python']}",
-        f"- command: `{meta['command']}`",
+        *header_lines(meta),
         "- timer: `triton.testing.do_bench` median (warmup 10 ms, rep 50 ms, L2 flushed between calls), "
         "all providers in one process on the same inputs",
         "- inputs: q, k, v are (B, H, N', d) views of one packed (B, N', 3, H, d) tensor (timm's QKV "
@@ -184,7 +151,7 @@ def write_report(path, meta, results, checks, long_res, ceil):
         "- TFLOP/s: 4·B·H·N'²·d per forward, 3.5x that for forward+backward (backward = 2.5x forward); "
         "`% peak`: of a dense 8192³ matmul measured in the same run and dtype",
         "- `graph fwd+bwd`: the same forward+backward captured in a CUDA graph and replayed "
-        "(`triton.testing.do_bench_cudagraph`, median): device time without host launch cost",
+        "(`triton.testing.do_bench` median of the replay): device time without host launch cost",
         "- fp32 rows run with `torch.set_float32_matmul_precision('highest')`, fp32-tf32 rows with 'high'",
         "",
         "Matmul ceilings (TFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in ceil.items()),
@@ -250,14 +217,14 @@ def write_report(path, meta, results, checks, long_res, ceil):
                 graph = [f"{g['ms']:.3f}", f"{g['tflops']:.0f}"] if g and g.get("ms") else ["", ""]
                 lines.append(f"| {shape} {SHAPES[shape]} | {provider} | {' | '.join(cells)} | {pct} | {' | '.join(graph)} |")
         lines.append("")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--name", default=None, help="report file stem (default: <device>-<date>-attention)")
+    parser.add_argument("--name", default=None, help="what the files are named for: <device>-<date>-<name> "
+                        "(default attention; -2, -3, ... if taken)")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--dtypes", default=",".join(DTYPES))
     parser.add_argument("--providers", default=",".join(providers()))
@@ -266,23 +233,13 @@ def main():
     parser.add_argument("--graph", action="store_true", help="also time fwd+bwd replayed from a CUDA graph")
     parser.add_argument("--no-long", action="store_true", help="skip the N'=16384 memory check")
     args = parser.parse_args()
-    import triton
-
+    if not torch.cuda.is_available():
+        parser.exit(2, "attention_report: needs a CUDA GPU (none is available)\n")
     shapes, dtypes = args.shapes.split(","), args.dtypes.split(",")
     wanted = args.providers.split(",")
-    meta = {
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "command": "python " + " ".join(sys.argv),
-    }
-    os.makedirs(args.out, exist_ok=True)
-    stem = args.name or f"{meta['device'].split()[1].lower()}-{meta['date']}-attention"
-    md_path, json_path = os.path.join(args.out, stem + ".md"), os.path.join(args.out, stem + ".json")
+    meta = environment("cuda")
+    stem = result_stem(args.out, args.name or "attention", "cuda")
+    md_path, json_path = stem + ".md", stem + ".json"
     t0 = time.time()
     if args.prewarm:
         prewarm([(s, d) for s in shapes for d in dtypes], args.prewarm)
@@ -293,11 +250,12 @@ def main():
     results, checks, long_res = [], {}, {}
     ceil = ceilings()
 
+    from vitcore.kernels.attention import tuned_configs  # Triton: imported where a GPU run needs it
+
     def dump():
         doc = {"meta": meta, "ceilings": ceil, "checks": {f"{s}/{d}": c for (s, d), c in checks.items()},
                "long": long_res, "results": results, "tuned": tuned_configs()}
-        with open(json_path, "w") as f:
-            json.dump(doc, f, indent=1)
+        write_json(json_path, doc)
         write_report(md_path, meta, results, checks, long_res, ceil)
 
     for shape in shapes:
@@ -328,7 +286,7 @@ def main():
                     row.pop("ms", None), row.pop("tflops", None), row.pop("skip", None)
                     try:
                         with matmul_precision(precision):
-                            ms = graph_ms(fn, q, k, v, do)
+                            ms = graph_ms(lambda: step(fn, "fwd+bwd", q, k, v, do))
                         row.update(ms=ms, tflops=flops(B, H, N, d, "fwd+bwd") / ms / 1e9)
                     except Exception as e:  # e.g. a backend that cannot be captured
                         row["skip"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"

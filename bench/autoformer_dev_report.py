@@ -7,7 +7,7 @@ with its bootstrap interval, p, ρ, top-k overlap), the time per architecture of
 and the machine, versions, date and commands. ``vit_vote`` (``vitcore.ensemble``) joins when its
 members were scored. The truth is read where it lies, never copied.
 
-    python bench/autoformer_dev_report.py --scores RUN1.jsonl RUN2.jsonl \\
+    python -m bench.autoformer_dev_report --scores RUN1.jsonl RUN2.jsonl \\
         --truth ../shared/data/autoformer-tiny-100.jsonl --out bench/results/cpu-2026-11-29-autoformer-dev.md
 """
 import argparse
@@ -20,7 +20,7 @@ import numpy as np
 from vitcore.ensemble import VIT_VOTE
 from vitcore.evaluate import evaluate_columns, format_columns, mean_tau, read_truth_jsonl, with_vote
 from vitcore.runs import read_results
-from vitcore.scaling import environment
+from vitcore.bench.env import environment
 
 KD_COLUMNS = ("c100_kd", "flower_kd", "chaoyang_kd")
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="markdown report to write")
     args = p.parse_args(argv)
     args.columns = [c for c in args.columns.split(",") if c]
-    args.command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    args.command = " ".join(["python -m bench.autoformer_dev_report", *(argv if argv is not None else sys.argv[1:])])
     text = report(args)
     with open(args.out, "w") as f:
         f.write(text)

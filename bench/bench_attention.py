@@ -5,16 +5,16 @@
 x-axis: ViT shapes; providers: SDPA's default dispatch, each SDPA backend forced, the eager
 reference (``attention_ref``) and vitcore's Triton kernels; modes: ``fwd`` and ``fwd+bwd``.
 All providers read q, k, v as views of one packed (B, N', 3, H, d) tensor, as a ViT's QKV
-projection produces them (timm's layout). ``bench/attention_report.py`` times the same providers
+projection produces them (timm's layout). ``python -m bench.attention_report`` times the same providers
 with ``triton.testing.do_bench`` and writes the markdown report.
 """
-import contextlib
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from vitcore.bench.ceilings import matmul_precision
 from vitcore.ops import attention_ref, flash_attention
 
 # name: (B, H, N', d). ViT-Ti/S/B/L at 224 (197 tokens), then longer sequences and other head dims.
@@ -94,16 +94,6 @@ def flops(B, H, N, d, mode):
     """4 B H N'^2 d per forward (two matmuls), 2.5x that for the backward (five matmuls)."""
     fwd = 4 * B * H * N * N * d
     return fwd if mode == "fwd" else fwd * 3.5
-
-
-@contextlib.contextmanager
-def matmul_precision(precision):
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -2,7 +2,7 @@
 
     pytest bench/bench_msa.py --benchmark-only [-k "vitcore and fwd+bwd"]
 
-The grid is ``vitcore.scaling``'s (the full sweep on CUDA in bf16, the ``--quick`` one on CPU in fp32),
+The grid is ``vitcore.bench.scaling``'s (the full sweep on CUDA in bf16, the ``--quick`` one on CPU in fp32),
 with the same MSA block, providers and modes as the ``vitcore bench`` report. Each benchmark records
 its FLOPs (``vitcore.cost``: 2 per MAC, fwd+bwd = 3x forward) and achieved TFLOP/s in extra_info.
 """
@@ -11,8 +11,10 @@ import torch
 
 from vitcore.cost import vit_cost
 from vitcore.model import ViT, ViTConfig
-from vitcore.scaling import MODES, PROVIDERS, QUICK_D, QUICK_N, SWEEP_D, SWEEP_N, TOKENS, MSACase, synchronizer
-from vitcore.scaling_fit import BACKWARD_FACTOR
+from vitcore.bench.options import MODES, PROVIDERS, QUICK_D, QUICK_N, SWEEP_D, SWEEP_N
+from vitcore.bench.scaling import TOKENS, MSACase
+from vitcore.bench.scaling_fit import BACKWARD_FACTOR
+from vitcore.bench.timers import synchronizer
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

@@ -3,14 +3,14 @@
     pytest bench/bench_param_stats.py --benchmark-group-by=param:model
 
 Each round is one call ending in its host sync (what a caller waits for). Providers and the ViT
-parameter shapes come from param_stats_report.py, which also writes the markdown report.
+parameter shapes come from ``bench.param_stats_report``, which also writes the markdown report.
 ``test_vitcore_fresh_grads`` calls param_stats as vitcore.score does: fresh gradient tensors at new
 addresses and fresh detached weight views every call.
 """
 import pytest
 import torch
 
-from param_stats_report import PROVIDERS, VIT, fresh_calls, grad_norm_snip, make_tensors, rotate, vit_shapes
+from bench.param_stats_report import PROVIDERS, VIT, fresh_calls, grad_norm_snip, make_tensors, rotate, vit_shapes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

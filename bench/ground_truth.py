@@ -6,14 +6,12 @@ recorded. Results are appended one JSON line per (architecture, seed) as they fi
 interrupted run resumes where it stopped; the CSV (mean and std over seeds) and a provenance file
 are written at the end.
 
-    python bench/ground_truth.py --out vitcore/truth/digits-small-50
+    python -m bench.ground_truth --out vitcore/truth/digits-small-50
 """
 import argparse
 import csv
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +23,7 @@ from scipy import stats
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from vitcore.bench.env import environment, header_lines
 from vitcore.model import ViT
 from vitcore.space import SPACES, Arch, sample
 
@@ -124,9 +123,8 @@ def main():
     taus = summarise(list(done.values()), archs, seeds, args.out + ".csv")
     with open(args.out + ".md", "w") as f:
         f.write(f"# Ground truth: {args.n} `small`-space ViTs trained on digits\n\n"
-                f"- command: `python {' '.join(sys.argv)}`\n- date: {datetime.date.today()}\n"
-                f"- machine: {platform.machine()} CPU, {os.cpu_count()} cores ({args.workers} workers); "
-                f"python {platform.python_version()}, torch {torch.__version__}\n"
+                + "".join(line + "\n" for line in header_lines(environment("cpu")))
+                + f"- machine: {os.cpu_count()} cores ({args.workers} workers, one thread each)\n"
                 f"- split: digits stratified 80/20 (random_state={SPLIT_SEED}): 1437 train, 360 test\n"
                 f"- budget: {EPOCHS} epochs, batch {BATCH}, AdamW lr {LR} wd {WEIGHT_DECAY}, cosine schedule\n"
                 f"- seeds: {seeds}; wall time this invocation {time.time() - start:.0f} s\n\n"

@@ -1,7 +1,8 @@
 """Report: per-parameter gradient statistics (grad_norm + snip) for ViT-Ti/S/B/L parameter sets.
 
-Run on a GPU:   python bench/param_stats_report.py --out DIR
-Writes DIR/<device>-<date>-param_stats.md and .json (device, date, versions, command in both).
+Run on a GPU:   python -m bench.param_stats_report --out DIR
+Writes DIR/<device>-<date>-param_stats.md and .json (device, date, versions, command in both; -2, -3, ...
+if that name is taken).
 
 Providers, all computing grad_norm and snip for the whole model from the same fp32 tensors:
   loop     per tensor g.pow(2).sum().item() and (g*θ).abs().sum().item(): 2 host syncs a tensor
@@ -22,19 +23,18 @@ Memory floor = (bytes of g + bytes of θ) / measured copy bandwidth, where the c
 20 us).
 """
 import argparse
-import datetime
 import functools
 import itertools
-import json
 import math
-import os
 import statistics
-import sys
-import time
 
 import torch
 
-from vitcore.scaling import graphed
+from vitcore.bench.ceilings import copy_gbps
+from vitcore.bench.env import environment, header_lines
+from vitcore.bench.timers import device_ms, graph_ms, host_us, once_s, sync_ms
+from vitcore.bench.writer import result_stem, write_json, write_text
+from vitcore.ops import param_stats, param_stats_ref
 
 # (embed dim, depth) of the ViT/16 models at 224 px; heads do not change parameter shapes
 VIT = {"ViT-Ti": (192, 12), "ViT-S": (384, 12), "ViT-B": (768, 12), "ViT-L": (1024, 24)}
@@ -82,8 +82,6 @@ def cat(params, grads):
 
 
 def vitcore(params, grads):
-    from vitcore.ops import param_stats
-
     return param_stats(params, grads).sum(0)  # (4,) totals; sqrt of [0] on the host
 
 
@@ -118,54 +116,9 @@ def rotate(name, calls):
     return lambda: PROVIDERS[name](*next(it))
 
 
-# -- timers --
-_FLUSH = None
-
-
-def _flush_l2():
-    global _FLUSH
-    if _FLUSH is None:
-        _FLUSH = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")  # > H100's 50 MB L2
-    _FLUSH.zero_()
-
-
-def time_sync(fn, reps=30, min_reps=5, budget_s=0.3):
-    times = []
-    start = time.perf_counter()
-    while len(times) < reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
-        _flush_l2()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)  # ms
-
-
-def time_stream(fn):
-    import triton
-
-    return triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median")
-
-
-def time_graph(fn):
-    # graphed warms up (plans, compiles, foreach buffers) on the stream it then captures on
-    return time_stream(graphed(fn))
-
-
-def copy_bandwidth():
-    """GB/s of a 1 GiB device-to-device copy, bytes read + bytes written."""
-    import triton
-
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=50, return_mode="median")
-    return 2 * src.numel() / (ms * 1e-3) / 1e9
-
-
 # -- correctness on the device --
 def check(models):
-    from vitcore.kernels import param_stats as _kernels
-    from vitcore.ops import param_stats, param_stats_ref
+    from vitcore.kernels import param_stats as kernels  # Triton: imported where a GPU run needs it
 
     def rel_err(out, ref):
         scale = ref.abs().clone()
@@ -189,14 +142,13 @@ def check(models):
     tp, tg = make_tensors(sizes, torch.float32, seed=1)
     res["odd + 480 tiny tensors max rel err"] = rel_err(param_stats(tp, tg), param_stats_ref(tp, tg))
     first = param_stats(p, g)
-    key = tuple(map(torch.Tensor.data_ptr, p))
-    n_plans = len(_kernels._PLANS[key])
+    n_plans = kernels.cached_plans()
     calls = fresh_calls(p, g, 3)
     same = all(torch.equal(first, param_stats(p, g)) for _ in range(20))
     same = same and all(torch.equal(first, param_stats(*c)) for c in calls)  # new addresses
     res["ViT-B plans built by 20 more calls on the same and 3 on fresh grads / views"] = (
-        len(_kernels._PLANS[key]) - n_plans)
-    _kernels._PLANS.clear()
+        kernels.cached_plans() - n_plans)
+    kernels.clear_plans()
     same = same and torch.equal(first, param_stats(p, g))
     res["ViT-B 25 runs (fresh plan, cached plan, fresh grads at new addresses) bit-identical"] = same
     strided = list(g)
@@ -218,38 +170,23 @@ def check(models):
     return res
 
 
-def host_us(fn, n=100):
-    """Host microseconds a call takes without a sync (launches queue up behind the GPU)."""
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    us = (time.perf_counter() - t0) / n * 1e6
-    torch.cuda.synchronize()
-    return us
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--models", default=",".join(VIT))
     args = parser.parse_args()
-    import triton
-
-    from vitcore.kernels import param_stats as _kernels
+    if not torch.cuda.is_available():
+        parser.exit(2, "param_stats_report: needs a CUDA GPU (none is available)\n")
+    from vitcore.kernels import param_stats as kernels
 
     models = {m: VIT[m] for m in args.models.split(",")}
-    device = torch.cuda.get_device_name()
-    meta = {
-        "device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-        "triton": triton.__version__, "python": sys.version.split()[0],
-        "command": "python " + " ".join(sys.argv),
-    }
+    meta = environment("cuda")
+    stem = result_stem(args.out, "param_stats", "cuda")
     try:
         meta["correctness"] = check(models)
     except Exception as e:  # noqa: BLE001  (report it, still time the providers)
         meta["correctness"] = {"error": repr(e)}
-    bw = copy_bandwidth()
+    bw = copy_gbps("cuda")["copy_gbps"]
     meta["copy_GBps"] = bw
     rows = []
     for model, (dim, depth) in models.items():
@@ -266,36 +203,35 @@ def main():
             row = {"model": model, "provider": name, "n_params": sum(x.numel() for x in params),
                    "n_tensors": len(params), "bytes": nbytes, "floor_ms": floor_ms,
                    "agrees": all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(got, ref))}
-            row["sync_ms"] = time_sync(lambda: finish(fn()))
+            row["sync_ms"] = sync_ms(lambda: finish(fn()))
             if name != "loop":
-                row["stream_ms"] = time_stream(fn)
+                row["stream_ms"] = device_ms(fn, warmup_ms=5, rep_ms=25)
             if name in ("foreach", "cat", "vitcore"):
                 try:  # a provider that cannot be captured keeps its other timings
-                    row["graph_ms"] = time_graph(fn)
+                    row["graph_ms"] = graph_ms(fn, warmup_ms=5, rep_ms=25)
                 except Exception as e:  # noqa: BLE001
                     row["graph_error"] = repr(e)
             rows.append(row)
             print(row, flush=True)
         # host cost of one cached vitcore call (no sync): the GPU is idle-bound below this
-        plan = _kernels._lookup(tuple(map(torch.Tensor.data_ptr, params)), params, grads)
+        plan = kernels.find_plan(params, grads)
         new_args = itertools.cycle(calls)
-        h = {"same_tensors": host_us(lambda: _kernels.param_stats(params, grads, None)),
-             "fresh_g_new_addresses": host_us(lambda: _kernels.param_stats(*next(new_args), None)),
-             "metadata_guard": host_us(lambda: plan.guard.check(*params, *grads)),
+        h = {"same_tensors": host_us(lambda: kernels.param_stats(plan, params, grads)),
+             "fresh_g_new_addresses": host_us(lambda: kernels.param_stats(plan, *next(new_args))),
+             "plan_lookup": host_us(lambda: kernels.find_plan(params, grads)),
              "pointer_maps": host_us(lambda: (tuple(map(torch.Tensor.data_ptr, params)),
                                               tuple(map(torch.Tensor.data_ptr, grads))))}
         uncached = []  # a first call on these tensors: validate, build + upload the plan (compiled)
         for _ in range(3):
-            _kernels._PLANS.clear()
-            t0 = time.perf_counter()
-            grad_norm_snip("vitcore", params, grads)
-            uncached.append(time.perf_counter() - t0)
+            kernels.clear_plans()
+            uncached.append(once_s(lambda: grad_norm_snip("vitcore", params, grads), "cuda")[0])
         h["uncached_sync"] = 1e6 * statistics.median(uncached)
         meta.setdefault("host_us", {})[model] = h
         del params, grads, calls, fresh
         torch.cuda.empty_cache()
-    meta["rows"] = rows
-    write(meta, args.out)
+        meta["rows"] = rows
+        write(meta, stem)  # after each model: a run cut off keeps what it measured
+    print(open(stem + ".md").read())
 
 
 def _targets(meta):
@@ -322,16 +258,13 @@ def _targets(meta):
     return lines
 
 
-def write(meta, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    stem = f"{meta['device'].replace('NVIDIA', '').split()[0].lower()}-{meta['date']}-param_stats"
-    with open(os.path.join(out_dir, stem + ".json"), "w") as f:
-        json.dump(meta, f, indent=1)
+def write(meta, stem):
+    """``stem``.json and ``stem``.md from the rows measured so far."""
+    write_json(stem + ".json", meta)
     bw = meta["copy_GBps"]
     nan = float("nan")
-    lines = [f"# param_stats (grad_norm + snip over every parameter tensor), {meta['device']}", "",
-             f"date {meta['date']}, torch {meta['torch']}, triton {meta['triton']}, "
-             f"python {meta['python']}; command: `{meta['command']}`", "",
+    lines = [f"# param_stats (grad_norm + snip over every parameter tensor), {meta['device_name']}", "",
+             *header_lines(meta), "",
              f"Measured copy bandwidth: {bw:.0f} GB/s (1 GiB device-to-device copy, read + write).",
              "fp32 g and θ; GB/s = (bytes g + bytes θ) / time; floor = bytes / copy bandwidth; "
              "target: vitcore sync <= 1.3 x (floor + 0.020 ms). `vitcore fresh g` = fresh gradient "
@@ -352,7 +285,7 @@ def write(meta, out_dir):
             f"| {100 * (gbg or 0) / bw:.1f} | {r['sync_ms'] / floor20:.2f} |")
     lines += ["", "| model | floor ms | vitcore sync ms | fresh g sync ms | target ms | speedup vs loop "
               "(sync) | vs foreach (sync) | vs cat (sync) | vitcore graph / floor | host us/call "
-              "(same / fresh g) | guard us | pointer maps us | first call (plan built) ms |",
+              "(same / fresh g) | plan lookup us | pointer maps us | first call (plan built) ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["model"], r["provider"]): r for r in meta["rows"]}
     for model in dict.fromkeys(r["model"] for r in meta["rows"]):
@@ -365,16 +298,14 @@ def write(meta, out_dir):
             f"| {by[(model, 'foreach')]['sync_ms'] / v['sync_ms']:.1f}x "
             f"| {by[(model, 'cat')]['sync_ms'] / v['sync_ms']:.1f}x "
             f"| {v.get('graph_ms', nan) / v['floor_ms']:.2f} "
-            f"| {h['same_tensors']:.1f} / {h['fresh_g_new_addresses']:.1f} | {h['metadata_guard']:.1f} "
+            f"| {h['same_tensors']:.1f} / {h['fresh_g_new_addresses']:.1f} | {h['plan_lookup']:.1f} "
             f"| {h['pointer_maps']:.1f} | {h['uncached_sync'] / 1e3:.3f} |")
     lines += [""] + _targets(meta)
     lines += ["", "Correctness on the device (vs float64 `param_stats_ref`):", ""]
     lines += [f"- {k}: {v}" for k, v in meta["correctness"].items()]
     lines += ["", "All providers agree with vitcore on grad_norm and snip to 1e-4: "
               + str(all(r["agrees"] for r in meta["rows"])), ""]
-    with open(os.path.join(out_dir, stem + ".md"), "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_text(stem + ".md", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -9,21 +9,22 @@ Model construction is not timed; each timing ends with a device synchronisation.
 is also timed per pass (data pass set, synflow, grasp, all together). The JSON is rewritten after
 every architecture ("complete": false until the end), so a run cut off loses nothing it measured.
 
-    python bench/score_report.py --out bench/results/h100-2026-11-23-score             # ImageNet preset
-    python bench/score_report.py --device cpu --space small --out bench/results/cpu-2026-11-23-score
+    python -m bench.score_report --out bench/results/h200-2026-11-29-score             # ImageNet preset
+    python -m bench.score_report --device cpu --space small --out bench/results/cpu-2026-11-23-score
+
+``run(out, ...)`` is the same as a function (the GPU suite calls it).
 """
 import argparse
-import datetime
-import json
-import os
-import platform
 import sys
-import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 import vitcore
+from vitcore.bench.env import environment, header_lines
+from vitcore.bench.timers import once_s
+from vitcore.bench.writer import write_json, write_text
 from vitcore.model import MSA, ViT
 from vitcore.space import SPACES, sample
 
@@ -55,46 +56,27 @@ def set_fused(model, fused):
             m.fused = fused
 
 
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="path stem: writes .json and .md")
-    p.add_argument("--n", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--full-family-n", type=int, default=10, help="architectures timed with every proxy set")
-    p.add_argument("--space", default="imagenet", choices=sorted(SPACES))
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    args = p.parse_args()
-    space = SPACES[args.space]
-    device = torch.device(args.device)
-    archs = sample(space, args.n, 0)
+def run(out: str, n: int = 50, batch_size: int = 64, space_name: str = "imagenet", device: str = "cuda",
+        full_family_n: int = 10, command: Optional[str] = None) -> dict:
+    """Score ``n`` architectures of ``space_name`` with both providers; write ``out``.json (after every
+    architecture) and ``out``.md. Returns {"meta", "complete", "rows", "speedup", "max_rel_diff"}.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda': no CUDA GPU is available")
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n={n} and batch_size={batch_size} must be positive")
+    space = SPACES[space_name]
+    device = torch.device(device)
+    archs = sample(space, n, 0)
     gen = torch.Generator(device=device).manual_seed(0)
-    shape = (args.batch_size, space.in_chans, space.img_size, space.img_size)
+    shape = (batch_size, space.in_chans, space.img_size, space.img_size)
     x = torch.randn(shape, device=device, generator=gen)
-    y = torch.randint(0, space.num_classes, (args.batch_size,), device=device, generator=gen)
-    meta = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda"
-        else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
-        "date": str(datetime.date.today()),
-        "torch": torch.__version__, "triton": __import__("triton").__version__,
-        "python": platform.python_version(), "command": "python " + " ".join(sys.argv),
-        "batch_size": args.batch_size, "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
+    y = torch.randint(0, space.num_classes, (batch_size,), device=device, generator=gen)
+    meta = {**environment(device, command), "batch_size": batch_size, "space": space_name}
     rows = []
 
     def save(complete):
-        with open(args.out + ".json.tmp", "w") as f:
-            json.dump({"meta": meta, "complete": complete, "rows": rows}, f, indent=1)
-        os.replace(args.out + ".json.tmp", args.out + ".json")
+        write_json(out + ".json", {"meta": meta, "complete": complete, "rows": rows})
 
     for i, arch in enumerate(archs):
         torch.manual_seed(i)
@@ -105,14 +87,14 @@ def main():
             loop_score(model, x, y)
             set_fused(model, True)
         row = {"id": arch.id, "params": sum(q.numel() for q in model.parameters())}
-        row["vitcore_s"], ours = timed(lambda: vitcore.score(model, x, y), device)
+        row["vitcore_s"], ours = once_s(lambda: vitcore.score(model, x, y), device)
         set_fused(model, False)
-        row["loop_s"], theirs = timed(lambda: loop_score(model, x, y), device)
+        row["loop_s"], theirs = once_s(lambda: loop_score(model, x, y), device)
         set_fused(model, True)
         model.zero_grad(set_to_none=True)
         row["rel_diff"] = {k: abs(ours[k] - theirs[k]) / abs(theirs[k]) for k in ours}
-        if i < args.full_family_n:
-            row["sets_s"] = {name: timed(lambda: vitcore.score(model, x, y, proxies=names), device)[0]
+        if i < full_family_n:
+            row["sets_s"] = {name: once_s(lambda: vitcore.score(model, x, y, proxies=names), device)[0]
                              for name, names in SETS.items()}
         rows.append(row)
         save(complete=False)
@@ -127,8 +109,8 @@ def main():
     worst = max(max(r["rel_diff"].values()) for r in rows)
     fam = [r for r in rows if "sets_s" in r]
     lines = [
-        f"# Scoring {len(rows)} `{args.space}`-space ViTs: vitcore vs the per-parameter loop",
-        "", *(f"- {k}: {v}" for k, v in meta.items()), "",
+        f"# Scoring {len(rows)} `{space_name}`-space ViTs: vitcore vs the per-parameter loop",
+        "", *header_lines(meta), f"- batch size: {batch_size}", "",
         f"Batch {'x'.join(map(str, shape))}, fp32, grad_norm + snip, one forward + backward per architecture.",
         "", "| provider | total over the set (s) | per architecture (ms) |", "| --- | ---: | ---: |",
         f"| per-parameter loop (eager attention, .item() per tensor) | {total_l:.3f} | {total_l / len(rows) * 1e3:.1f} |",
@@ -139,9 +121,24 @@ def main():
         "| proxies | ms per architecture |", "| --- | ---: |",
         *(f"| {name} | {sum(r['sets_s'][name] for r in fam) / len(fam) * 1e3:.1f} |" for name in SETS),
     ]
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+    return {"meta": meta, "complete": True, "rows": rows, "speedup": total_l / total_v, "max_rel_diff": worst}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="path stem: writes .json and .md")
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--full-family-n", type=int, default=10, help="architectures timed with every proxy set")
+    p.add_argument("--space", default="imagenet", choices=sorted(SPACES))
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    args = p.parse_args()
+    try:
+        run(args.out, args.n, args.batch_size, args.space, args.device, args.full_family_n)
+    except ValueError as e:
+        p.exit(2, f"score_report: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Supported:
     two, at least 16 for ``tl.dot``, and masked);
   - float16, bfloat16 (fp32 accumulation) and float32. float32 follows
     ``torch.get_float32_matmul_precision()``: "highest" -> Triton's "tf32x3" dot (fp32 accuracy on the
-    tensor cores), "high" / "medium" -> "tf32".
+    tensor cores), "high" / "medium" -> "tf32", with every fp32 dot operand rounded to TF32 first
+    (``cvt.rna.tf32.f32``, as cuBLAS does; the MMA alone truncates). Compiled kernels only: the
+    interpreter computes fp32 dots in full precision. Not yet run on a GPU.
 Not supported: causal or arbitrary masks, dropout, different lengths or head dims for q, k and v.
 
 Outputs (O, dQ, dK, dV) are written laid out (B, N', H, d) and returned as (B, H, N', d) views, so the
@@ -19,14 +21,25 @@ The forward kernel, its launcher and the launch machinery the backward shares (b
 autotuning) are here; the backward's two kernels (dQ, then dK and dV; deterministic, no atomics) and
 their launcher ``attention_bwd`` are in ``kernels/attention_bwd.py``.
 
-Block sizes are autotuned per (N', d, dtype, dot precision). ``VITCORE_AUTOTUNE=0`` (and Triton's
-interpreter, ``TRITON_INTERPRET=1``) skip the search and use one fixed config per kernel.
+Block sizes are autotuned once per (phase, device, dtype, N', d, dot precision): every candidate
+config is timed with ``triton.testing.do_bench`` and the fastest kept in a table that
+``save_tuned(path)`` / ``load_tuned(path)`` write and read (``VITCORE_TUNED=path`` loads it at import
+and writes it back at exit when something new was tuned), so a scoring run tunes nothing twice.
+``VITCORE_AUTOTUNE=0`` (and Triton's interpreter, ``TRITON_INTERPRET=1``) skip the search and use one
+fixed config per kernel. Launches go through ``kernels/launch.py``: after the first call of a
+specialisation the compiled kernel is launched directly.
 """
+import atexit
+import functools
+import json
 import os
+from typing import Dict, Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from .launch import CachedLauncher
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 (exp2 is one MUFU instruction)
 # Shared-memory budget for the (rough) tile estimate below: H100 has 227 KiB per block, and the
@@ -34,6 +47,22 @@ LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 (exp2 is one MUFU i
 _SMEM_BYTES = 160 * 1024
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _AUTOTUNE = os.environ.get("VITCORE_AUTOTUNE", "1") != "0" and not _INTERPRET
+_ROUND_TF32 = not _INTERPRET  # cvt.rna.tf32.f32 is PTX: compiled kernels only
+
+
+# ----------------------------------------------------------------------------------------------
+# TF32 operands
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _tf32(x, ROUND_TF32: tl.constexpr):
+    """``x`` (fp32) rounded to TF32 (10 mantissa bits, to nearest, ties away from zero) when
+    ROUND_TF32, else unchanged. The TF32 tensor-core MMA reads only the top 19 bits of each fp32
+    operand, i.e. truncates; cuBLAS rounds first, and so does this (PTX ``cvt.rna.tf32.f32``; its
+    result is a .b32 register holding an fp32 bit pattern with the low 13 bits zero)."""
+    if ROUND_TF32:
+        x = tl.inline_asm_elementwise("cvt.rna.tf32.f32 $0, $1;", "=r,f", [x], dtype=tl.uint32,
+                                      is_pure=True, pack=1).to(tl.float32, bitcast=True)
+    return x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -44,7 +73,7 @@ def _attention_fwd_inner(
     acc, l_i, m_i, q,  # running output, row sums, row maxima (base 2, scaled), query tile
     K, V, stride_kn, stride_kd, stride_vn, stride_vd,
     lo, hi, N_CTX, qk_scale,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
     BLOCK_N: tl.constexpr, MASK_KEYS: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
@@ -62,6 +91,8 @@ def _attention_fwd_inner(
         else:
             kT = tl.load(kT_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
             v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        kT = _tf32(kT, ROUND_TF32)
+        v = _tf32(v, ROUND_TF32)
         # -- scores, in base-2 units --
         qk = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         if MASK_KEYS:
@@ -72,7 +103,7 @@ def _attention_fwd_inner(
         alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old maximum
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)  # (BLOCK_M, D_PAD)
+        acc = tl.dot(_tf32(p.to(v.dtype), ROUND_TF32), v, acc, input_precision=DOT_PRECISION)  # (BLOCK_M, D_PAD)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -89,7 +120,7 @@ def _attention_fwd_kernel(
     # Sizes and scale
     H, N_CTX, qk_scale,  # qk_scale = softmax scale / ln 2
     # Meta-parameters
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)  # (batch, head) on axis 0: its limit is 2^31 - 1, axis 1's 65535
@@ -106,6 +137,7 @@ def _attention_fwd_kernel(
     offs_d = tl.arange(0, D_PAD)
     io_mask = (rows[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(Q + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=io_mask, other=0.0)
+    q = _tf32(q, ROUND_TF32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -115,14 +147,14 @@ def _attention_fwd_kernel(
     acc, l_i, m_i = _attention_fwd_inner(
         acc, l_i, m_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
         0, n_full, N_CTX, qk_scale,
-        HEAD_DIM, D_PAD, DOT_PRECISION, BLOCK_N, False,
+        HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_N, False,
     )
     # -- ragged tail block (e.g. the 197th token), masked --
     if n_full < N_CTX:
         acc, l_i, m_i = _attention_fwd_inner(
             acc, l_i, m_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             n_full, N_CTX, N_CTX, qk_scale,
-            HEAD_DIM, D_PAD, DOT_PRECISION, BLOCK_N, True,
+            HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_N, True,
         )
     # -- epilogue: normalise, save the row log-sum-exp (base 2) for the backward --
     acc = acc / l_i[:, None]
@@ -154,27 +186,16 @@ def _smem_bytes(phase, outer, inner, stages, d_pad, elsize):
     return (n_outer * outer + n_inner * max(stages, 1) * inner) * d_pad * elsize
 
 
-def _make_config(phase, outer, inner, warps, stages):
-    meta = {_OUTER[phase]: outer, _INNER[phase]: inner}
-    return triton.Config(meta, num_warps=warps, num_stages=stages)
-
-
-def _pruner(phase):
-    def prune(configs, named_args, **kwargs):
-        d_pad = kwargs["D_PAD"]
-        elsize = named_args["Q"].element_size()
-        n_ctx = named_args["N_CTX"]
-        kept = []
-        for c in configs:
-            outer, inner = c.kwargs[_OUTER[phase]], c.kwargs[_INNER[phase]]
-            if _smem_bytes(phase, outer, inner, c.num_stages, d_pad, elsize) > _SMEM_BYTES:
-                continue
-            if outer > 64 and n_ctx <= 64:  # one short sequence: a 128-row tile is mostly masked
-                continue
-            kept.append(c)
-        return kept or [_make_config(phase, *_SMALLEST_CONFIG)]
-
-    return prune
+def _candidates(phase, n_ctx, d_pad, elsize):
+    """The listed configs that fit shared memory and are not mostly masked at this N'."""
+    kept = []
+    for outer, inner, warps, stages in _CONFIGS[phase]:
+        if _smem_bytes(phase, outer, inner, stages, d_pad, elsize) > _SMEM_BYTES:
+            continue
+        if outer > 64 and n_ctx <= 64:  # one short sequence: a 128-row tile is mostly masked
+            continue
+        kept.append((outer, inner, warps, stages))
+    return kept or [_SMALLEST_CONFIG]
 
 
 def _default_config(phase, d_pad, elsize):
@@ -188,41 +209,119 @@ def _default_config(phase, d_pad, elsize):
     return _SMALLEST_CONFIG
 
 
-_KEY = ["N_CTX", "HEAD_DIM", "DOT_PRECISION"]  # the autotuner adds the tensors' dtypes to the key
-_TUNERS = {}  # phase -> its autotuner, whose cache holds the chosen configs
+# The tuned table: (phase, device name, dtype, N', d, dot precision) -> (outer, inner, warps, stages).
+# Filled once per key by autotuning, or by ``load_tuned``; ``VITCORE_TUNED=path`` loads it at import
+# and writes it back at exit when this process tuned something new.
+_TUNED: Dict[tuple, tuple] = {}
+_TUNED_ENV = "VITCORE_TUNED"
+_TUNED_FORMAT = 1
+_new_entries = []
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(index: Optional[int]) -> str:
+    return "cpu" if index is None else torch.cuda.get_device_name(index)
 
 
 class Launchable:
-    """A phase's kernel with its autotuned wrapper; ``launch`` picks one per ``_AUTOTUNE``."""
+    """A phase's kernel: its config (tuned once per key, then read from ``_TUNED``) and its direct
+    launcher (``kernels/launch.py``). Per call: two dict lookups, the grid from cached block sizes."""
 
     def __init__(self, phase: str, kernel):
-        self.phase, self.plain = phase, kernel
-        self.tuned = triton.autotune(
-            configs=[_make_config(phase, *c) for c in _CONFIGS[phase]],
-            key=_KEY,
-            prune_configs_by={"early_config_prune": _pruner(phase)},
-        )(kernel)
-        _TUNERS[phase] = self.tuned
+        self.phase = phase
+        self.launcher = CachedLauncher(kernel)
+        self.defaults: Dict[tuple, tuple] = {}  # (d_pad, elsize) -> config, without autotuning
 
-    def launch(self, args, n_ctx, n_bh, head_dim, dot_precision, elsize):
-        phase = self.phase
+    def _tune(self, key, tensors, ints, floats, meta, n_bh, n_ctx, elsize):
+        """Time every candidate config once (median of Triton's ``do_bench``) and keep the fastest.
+        The kernels only write their outputs, so repeated launches are harmless."""
+        outer_name, inner_name = _OUTER[self.phase], _INNER[self.phase]
+        timed = []
+        for outer, inner, warps, stages in _candidates(self.phase, n_ctx, meta["D_PAD"], elsize):
+            m = {**meta, outer_name: outer, inner_name: inner}
+            grid = (n_bh, triton.cdiv(n_ctx, outer))
+            run = functools.partial(self.launcher, grid, tensors, ints, floats, m, warps, stages)
+            try:
+                ms = triton.testing.do_bench(run, return_mode="median")
+            except triton.runtime.errors.OutOfResources:  # compiled larger than the estimate
+                continue
+            timed.append((ms, (outer, inner, warps, stages)))
+        config = min(timed)[1] if timed else _SMALLEST_CONFIG
+        _TUNED[key] = config
+        _new_entries.append(key)
+        return config
+
+    def launch(self, tensors: tuple, ints: tuple, floats: tuple, n_ctx: int, n_bh: int, head_dim: int,
+               dot_precision: str) -> None:
+        q = tensors[0]
+        elsize = q.element_size()
         d_pad = max(16, triton.next_power_of_2(head_dim))
-        meta = dict(HEAD_DIM=head_dim, D_PAD=d_pad, DOT_PRECISION=dot_precision)
-        outer_name = _OUTER[phase]
+        meta = dict(HEAD_DIM=head_dim, D_PAD=d_pad, DOT_PRECISION=dot_precision,
+                    ROUND_TF32=_ROUND_TF32 and q.dtype == torch.float32 and dot_precision == "tf32")
         if _AUTOTUNE:
-            grid = lambda m: (n_bh, triton.cdiv(n_ctx, m[outer_name]))  # noqa: E731
-            self.tuned[grid](*args, **meta)
+            key = (self.phase, _device_name(q.device.index), str(q.dtype)[6:], n_ctx, head_dim, dot_precision)
+            config = _TUNED.get(key)
+            if config is None:
+                config = self._tune(key, tensors, ints, floats, meta, n_bh, n_ctx, elsize)
         else:
-            outer, inner, warps, stages = _default_config(phase, d_pad, elsize)
-            meta.update({outer_name: outer, _INNER[phase]: inner})
-            self.plain[(n_bh, triton.cdiv(n_ctx, outer))](*args, **meta, num_warps=warps, num_stages=stages)
+            config = self.defaults.get((d_pad, elsize))
+            if config is None:
+                config = self.defaults[(d_pad, elsize)] = _default_config(self.phase, d_pad, elsize)
+        outer, inner, warps, stages = config
+        meta[_OUTER[self.phase]], meta[_INNER[self.phase]] = outer, inner
+        self.launcher((n_bh, triton.cdiv(n_ctx, outer)), tensors, ints, floats, meta, warps, stages)
 
 
 def tuned_configs() -> dict:
-    """{phase: {autotuner key: chosen config}} of every call autotuned so far in this process."""
-    return {phase: {str(key): str(cfg) for key, cfg in tuner.cache.items()} for phase, tuner in _TUNERS.items()}
+    """{(phase, device, dtype, N', d, dot precision): (outer block, inner block, warps, stages)}:
+    every config autotuned or loaded so far in this process."""
+    return dict(_TUNED)
 
 
+def save_tuned(path: str) -> int:
+    """Write the tuned table to ``path`` (JSON, replaced atomically); returns the entries written."""
+    rows = [{"key": list(k), "config": list(c)} for k, c in _TUNED.items()]
+    doc = {"format": _TUNED_FORMAT, "triton": triton.__version__, "entries": rows}
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
+    return len(rows)
+
+
+def load_tuned(path: str) -> int:
+    """Add the table in ``path`` (written by ``save_tuned``) to this process's; returns the entries
+    read. Entries for another device or Triton release are kept but never match (the key names the
+    device; a different Triton release is refused: its compiled kernels time differently)."""
+    with open(path) as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a tuned-config table ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != _TUNED_FORMAT or not isinstance(doc.get("entries"), list):
+        raise ValueError(f"{path}: not a tuned-config table (format {_TUNED_FORMAT} expected)")
+    if doc.get("triton") != triton.__version__:
+        raise ValueError(f"{path} was tuned with Triton {doc.get('triton')}, this is {triton.__version__}")
+    table = {}
+    for i, row in enumerate(doc["entries"]):
+        key, config = row.get("key") if isinstance(row, dict) else None, row.get("config") if isinstance(row, dict) else None
+        if not (isinstance(key, list) and len(key) == 6 and key[0] in _CONFIGS and isinstance(config, list)
+                and len(config) == 4 and all(isinstance(x, int) and x > 0 for x in config)):
+            raise ValueError(f"{path}: entry {i} is malformed: {row!r}")
+        table[tuple(key)] = tuple(config)
+    _TUNED.update(table)
+    return len(table)
+
+
+def _load_env_table() -> None:
+    path = os.environ.get(_TUNED_ENV)
+    if path:
+        if os.path.isfile(path):
+            load_tuned(path)
+        atexit.register(lambda: _new_entries and save_tuned(path))
+
+
+_load_env_table()
 _FWD = Launchable("fwd", _attention_fwd_kernel)
 
 
@@ -262,6 +361,6 @@ def attention_fwd(q, k, v, sm_scale: float, out=None):
     o = _bhnd_like(q) if out is None else out
     _check(q, o)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
-    args = (q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, N, sm_scale * LOG2E)
-    _FWD.launch(args, N, B * H, d, dot_precision(q.dtype), q.element_size())
+    ints = (*q.stride(), *k.stride(), *v.stride(), *o.stride(), H, N)
+    _FWD.launch((q, k, v, o, lse), ints, (sm_scale * LOG2E,), N, B * H, d, dot_precision(q.dtype))
     return o, lse

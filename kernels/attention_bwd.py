@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import LOG2E, Launchable, _bhnd_like, _check, dot_precision
+from .attention import LOG2E, Launchable, _bhnd_like, _check, _tf32, dot_precision
 
 
 @triton.jit
@@ -19,7 +19,7 @@ def _attention_bwd_dq_inner(
     dq, q, do, lse, delta,  # dQ accumulator and this block's query-side tiles / row statistics
     K, V, stride_kn, stride_kd, stride_vn, stride_vd,
     lo, hi, N_CTX, qk_scale,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
     BLOCK_N: tl.constexpr, MASK_KEYS: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
@@ -37,6 +37,8 @@ def _attention_bwd_dq_inner(
         else:
             k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
             vT = tl.load(vT_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
+        k = _tf32(k, ROUND_TF32)
+        vT = _tf32(vT, ROUND_TF32)
         # -- recompute the probabilities from the saved log-sum-exp --
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         p = tl.exp2(qk * qk_scale - lse[:, None])
@@ -45,7 +47,7 @@ def _attention_bwd_dq_inner(
         # -- dS = P * (dP - delta), dQ += dS K --
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)  # (BLOCK_M, D_PAD)
+        dq = tl.dot(_tf32(ds.to(k.dtype), ROUND_TF32), k, dq, input_precision=DOT_PRECISION)  # (BLOCK_M, D_PAD)
     return dq
 
 
@@ -63,7 +65,7 @@ def _attention_bwd_dq_kernel(
     # Sizes and scale
     H, N_CTX, sm_scale, qk_scale,  # qk_scale = sm_scale / ln 2
     # Meta-parameters
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)  # (batch, head) on axis 0: its limit is 2^31 - 1, axis 1's 65535
@@ -90,19 +92,21 @@ def _attention_bwd_dq_kernel(
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
     tl.store(DELTA + rows, delta, mask=row_ok)
     lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
+    q = _tf32(q, ROUND_TF32)
+    do = _tf32(do, ROUND_TF32)
 
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     n_full = (N_CTX // BLOCK_N) * BLOCK_N
     dq = _attention_bwd_dq_inner(
         dq, q, do, lse, delta, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
         0, n_full, N_CTX, qk_scale,
-        HEAD_DIM, D_PAD, DOT_PRECISION, BLOCK_N, False,
+        HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_N, False,
     )
     if n_full < N_CTX:
         dq = _attention_bwd_dq_inner(
             dq, q, do, lse, delta, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             n_full, N_CTX, N_CTX, qk_scale,
-            HEAD_DIM, D_PAD, DOT_PRECISION, BLOCK_N, True,
+            HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_N, True,
         )
     dq_ptrs = DQ + rows[:, None] * stride_dqn + offs_d[None, :] * stride_dqd
     tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=io_mask)
@@ -113,7 +117,7 @@ def _attention_bwd_dkdv_inner(
     dk, dv, k, v,  # accumulators and this block's key / value tiles
     Q, DO, LSE, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
     lo, hi, N_CTX, qk_scale,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, MASK_ROWS: tl.constexpr,
 ):
     offs_m = tl.arange(0, BLOCK_M)
@@ -136,16 +140,18 @@ def _attention_bwd_dkdv_inner(
                 do = tl.load(do_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
             lse = tl.load(LSE + rows)
             delta = tl.load(DELTA + rows)
+        qT = _tf32(qT, ROUND_TF32)
+        do = _tf32(do, ROUND_TF32)
         # -- P^T from the saved log-sum-exp; dV += P^T dO --
         qkT = tl.dot(k, qT, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         pT = tl.exp2(qkT * qk_scale - lse[None, :])
         if MASK_ROWS:
             pT = tl.where(rows[None, :] < N_CTX, pT, 0.0)
-        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
+        dv = tl.dot(_tf32(pT.to(do.dtype), ROUND_TF32), do, dv, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
         # -- dS^T = P^T * (dP^T - delta), dK += dS^T Q --
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
+        dk = tl.dot(_tf32(dsT.to(qT.dtype), ROUND_TF32), tl.trans(qT), dk, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
     return dk, dv
 
 
@@ -162,7 +168,7 @@ def _attention_bwd_dkdv_kernel(
     # Sizes and scale
     H, N_CTX, sm_scale, qk_scale,  # qk_scale = sm_scale / ln 2
     # Meta-parameters
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)  # (batch, head) on axis 0: its limit is 2^31 - 1, axis 1's 65535
@@ -183,6 +189,8 @@ def _attention_bwd_dkdv_kernel(
     io_mask = (cols[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM)
     k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=io_mask, other=0.0)
     v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=io_mask, other=0.0)
+    k = _tf32(k, ROUND_TF32)
+    v = _tf32(v, ROUND_TF32)
 
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
@@ -190,13 +198,13 @@ def _attention_bwd_dkdv_kernel(
     dk, dv = _attention_bwd_dkdv_inner(
         dk, dv, k, v, Q, DO, LSE, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
         0, m_full, N_CTX, qk_scale,
-        HEAD_DIM, D_PAD, DOT_PRECISION, BLOCK_M, False,
+        HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_M, False,
     )
     if m_full < N_CTX:
         dk, dv = _attention_bwd_dkdv_inner(
             dk, dv, k, v, Q, DO, LSE, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
             m_full, N_CTX, N_CTX, qk_scale,
-            HEAD_DIM, D_PAD, DOT_PRECISION, BLOCK_M, True,
+            HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_M, True,
         )
     out_offs = cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
     tl.store(DK + out_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=io_mask)
@@ -215,14 +223,13 @@ def attention_bwd(do, q, k, v, o, lse, sm_scale: float):
     _check(q, k, v, o, do)
     B, H, N, d = q.shape
     assert lse.shape == (B, H, N) and lse.is_contiguous() and lse.dtype == torch.float32
-    precision, elsize = dot_precision(q.dtype), q.element_size()
+    precision = dot_precision(q.dtype)
     dq, dk, dv = _bhnd_like(q), _bhnd_like(k), _bhnd_like(v)
     delta = torch.empty_like(lse)  # (B, H, N') rowsum(dO * O), written by the dQ kernel
-    scales = (H, N, sm_scale, sm_scale * LOG2E)
-    dq_args = (q, k, v, o, do, lse, delta, dq,
-               *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(), *scales)
-    _DQ.launch(dq_args, N, B * H, d, precision, elsize)
-    dkdv_args = (q, k, v, do, lse, delta, dk, dv,
-                 *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *scales)
-    _DKDV.launch(dkdv_args, N, B * H, d, precision, elsize)
+    scales = (sm_scale, sm_scale * LOG2E)
+    strides = (*q.stride(), *k.stride(), *v.stride())
+    _DQ.launch((q, k, v, o, do, lse, delta, dq), (*strides, *o.stride(), *do.stride(), *dq.stride(), H, N),
+               scales, N, B * H, d, precision)
+    _DKDV.launch((q, k, v, do, lse, delta, dk, dv), (*strides, *do.stride(), *dk.stride(), H, N),
+                 scales, N, B * H, d, precision)
     return dq, dk, dv

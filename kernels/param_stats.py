@@ -4,7 +4,11 @@ Supported: any number of (gradient, weight) pairs of equal shape, any sizes (0 a
 included), fp32 / fp16 / bf16 / fp64 in any mix (g and θ may differ), contiguous or strided tensors
 whose layout collapses to a 2-D strided view (slices, transposes, ``x[:, ::2]``). Anything else (a
 permuted 3-D view that does not collapse) is copied with ``.contiguous()`` on every call.
-Accumulates in fp32; outputs fp32 (T, 4). Fast paths: contiguous, 16-byte aligned fp32/fp32,
+Accumulates in float64 and outputs float64 (T, 4): every product of two fp32 values is exact in
+float64 and no sum of squares of fp32/fp16/bf16 values can overflow it (an fp32 accumulator overflows
+once Σg² passes 3.4e38, e.g. gradients of 1e20; fp64 inputs keep their own precision). The fp64
+arithmetic is about 7 operations per element pair: by the published fp64 rates of H100/H200 it
+should stay under the memory time, on GPUs with 1/64-rate fp64 it may not (neither measured). Fast paths: contiguous, 16-byte aligned fp32/fp32,
 bf16/bf16 and fp16/fp16 pairs; every other pair takes the generic (strided, per-load dtype) path.
 
 Design, for the real caller: ``vitcore.score`` passes fresh gradients from ``torch.autograd.grad``
@@ -26,7 +30,7 @@ identity, and the one host sync of a score call may not gain a second one here.
   reused while the addresses repeat (the caching allocator often hands autograd the same blocks).
   The kernel casts each address to a typed pointer; 16-byte alignment is tested in the kernel, so
   the host checks nothing per address.
-- One launch (``_param_stats_kernel``), one program per chunk: it adds its chunk in fp32. A tensor
+- One launch (``_param_stats_kernel``), one program per chunk: it adds its chunk in fp64. A tensor
   of one chunk writes its output row directly. Otherwise the program writes its 4 partial sums,
   takes a ticket from the tensor's counter (integer ``atomic_add``, acq_rel at GPU scope, after a
   CTA barrier: the classic threadfence reduction, as in Inductor's ``x_grid_barrier``), and the
@@ -44,6 +48,8 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from .launch import CachedLauncher
 
 _NF: tl.constexpr = tl.constexpr(9)  # int64 fields per tensor row of the static table
 _TABLE_FIELDS = ("numel", "first_chunk", "n_chunks", "kind",
@@ -68,22 +74,22 @@ _TABLES_PER_STREAM = 4  # address tables kept per (plan, stream): grads and GraS
 
 # -- device code --
 @triton.jit
-def _load_f32(addr, code, offs, mask):
-    """Elements ``offs`` of the tensor at int64 address ``addr`` with dtype ``code``, as fp32."""
+def _load_f64(addr, code, offs, mask):
+    """Elements ``offs`` of the tensor at int64 address ``addr`` with dtype ``code``, as fp64."""
     if code == 0:
-        x = tl.load(addr.to(tl.pointer_type(tl.float32)) + offs, mask=mask, other=0.0)
+        x = tl.load(addr.to(tl.pointer_type(tl.float32)) + offs, mask=mask, other=0.0).to(tl.float64)
     elif code == 1:
-        x = tl.load(addr.to(tl.pointer_type(tl.float16)) + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(addr.to(tl.pointer_type(tl.float16)) + offs, mask=mask, other=0.0).to(tl.float64)
     elif code == 2:
-        x = tl.load(addr.to(tl.pointer_type(tl.bfloat16)) + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(addr.to(tl.pointer_type(tl.bfloat16)) + offs, mask=mask, other=0.0).to(tl.float64)
     else:
-        x = tl.load(addr.to(tl.pointer_type(tl.float64)) + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(addr.to(tl.pointer_type(tl.float64)) + offs, mask=mask, other=0.0)
     return x
 
 
 @triton.jit
 def _accumulate(acc_gg, acc_agw, acc_gw, acc_ww, g, w):
-    """The four running sums after adding fp32 blocks g and θ elementwise."""
+    """The four running sums after adding fp64 blocks g and θ elementwise."""
     gw = g * w
     return acc_gg + g * g, acc_agw + tl.abs(gw), acc_gw + gw, acc_ww + w * w
 
@@ -94,21 +100,21 @@ def _contiguous_sums(G, W, start, length, BLOCK: tl.constexpr):
     G, W, hinted 16-byte aligned by the caller (a hint on an argument here would be lost); full
     blocks unmasked (a masked load of a runtime length would not vectorise), then the ragged tail
     masked."""
-    acc_gg = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_agw = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_gw = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_ww = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_gg = tl.zeros([BLOCK], dtype=tl.float64)
+    acc_agw = tl.zeros([BLOCK], dtype=tl.float64)
+    acc_gw = tl.zeros([BLOCK], dtype=tl.float64)
+    acc_ww = tl.zeros([BLOCK], dtype=tl.float64)
     n_full = length - length % BLOCK
     for i in range(0, n_full, BLOCK):
         offs = tl.max_contiguous(tl.multiple_of(start + i + tl.arange(0, BLOCK), BLOCK), BLOCK)
-        g = tl.load(G + offs).to(tl.float32)
-        w = tl.load(W + offs).to(tl.float32)
+        g = tl.load(G + offs).to(tl.float64)
+        w = tl.load(W + offs).to(tl.float64)
         acc_gg, acc_agw, acc_gw, acc_ww = _accumulate(acc_gg, acc_agw, acc_gw, acc_ww, g, w)
     if n_full < length:
         idx = n_full + tl.arange(0, BLOCK)
         mask = idx < length
-        g = tl.load(G + start + idx, mask=mask, other=0.0).to(tl.float32)
-        w = tl.load(W + start + idx, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(G + start + idx, mask=mask, other=0.0).to(tl.float64)
+        w = tl.load(W + start + idx, mask=mask, other=0.0).to(tl.float64)
         acc_gg, acc_agw, acc_gw, acc_ww = _accumulate(acc_gg, acc_agw, acc_gw, acc_ww, g, w)
     return tl.sum(acc_gg, axis=0), tl.sum(acc_agw, axis=0), tl.sum(acc_gw, axis=0), tl.sum(acc_ww, axis=0)
 
@@ -123,17 +129,17 @@ def _strided_sums(g_addr, w_addr, kind, start, length, row, BLOCK: tl.constexpr)
     stride_w1 = tl.load(row + 8)
     code_g = kind % 4
     code_w = (kind // 4) % 4
-    acc_gg = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_agw = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_gw = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_ww = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_gg = tl.zeros([BLOCK], dtype=tl.float64)
+    acc_agw = tl.zeros([BLOCK], dtype=tl.float64)
+    acc_gw = tl.zeros([BLOCK], dtype=tl.float64)
+    acc_ww = tl.zeros([BLOCK], dtype=tl.float64)
     for i in range(0, length, BLOCK):
         idx = start + i + tl.arange(0, BLOCK)  # (BLOCK,) element indices in the tensor
         mask = i + tl.arange(0, BLOCK) < length
         r = idx // n_cols
         col = idx - r * n_cols
-        g = _load_f32(g_addr, code_g, r * stride_g0 + col * stride_g1, mask)
-        w = _load_f32(w_addr, code_w, r * stride_w0 + col * stride_w1, mask)
+        g = _load_f64(g_addr, code_g, r * stride_g0 + col * stride_g1, mask)
+        w = _load_f64(w_addr, code_w, r * stride_w0 + col * stride_w1, mask)
         acc_gg, acc_agw, acc_gw, acc_ww = _accumulate(acc_gg, acc_agw, acc_gw, acc_ww, g, w)
     return tl.sum(acc_gg, axis=0), tl.sum(acc_agw, axis=0), tl.sum(acc_gw, axis=0), tl.sum(acc_ww, axis=0)
 
@@ -143,9 +149,9 @@ def _param_stats_kernel(
     # Pointers
     TABLE,  # int64: (T, _NF) static tensor rows, then the chunk -> tensor map
     ADDRS,  # int64 (T, 2): this call's data pointers of g and θ
-    PARTIALS,  # fp32 (n_chunks, 4): a chunk's Σg², Σ|g·θ|, Σg·θ, Σθ² (multi-chunk tensors only)
+    PARTIALS,  # fp64 (n_chunks, 4): a chunk's Σg², Σ|g·θ|, Σg·θ, Σθ² (multi-chunk tensors only)
     COUNTERS,  # int32 (T,): chunks of the tensor finished in this launch; 0 between launches
-    OUT,  # fp32 (T, 4)
+    OUT,  # fp64 (T, 4)
     # Sizes
     chunk_map_start,  # where the chunk -> tensor map starts in TABLE (T * _NF)
     chunk_size,  # elements per chunk, a multiple of BLOCK
@@ -197,7 +203,7 @@ def _param_stats_kernel(
         ticket = tl.atomic_add(COUNTERS + t, 1, sem="acq_rel", scope="gpu")
         if ticket == n_chunks - 1:  # the other chunks' partials are visible (acquire)
             tl.debug_barrier()
-            acc = tl.zeros([BLOCK_C, 4], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_C, 4], dtype=tl.float64)
             for i in range(0, n_chunks, BLOCK_C):  # fixed chunk order: deterministic
                 rows = i + tl.arange(0, BLOCK_C)
                 ptrs = PARTIALS + (first_chunk + rows)[:, None] * 4 + cols[None, :]  # (BLOCK_C, 4)
@@ -240,7 +246,7 @@ _Guard = _make_guard_type()
 
 # -- host: plans --
 class _Workspace(NamedTuple):
-    partials: torch.Tensor  # fp32 (n_chunks, 4)
+    partials: torch.Tensor  # fp64 (n_chunks, 4)
     counters: torch.Tensor  # int32 (T,), zero between launches
     tables: Dict[tuple, torch.Tensor]  # (g pointers, θ pointers) -> int64 (T, 2) on the device
 
@@ -355,7 +361,7 @@ def _workspace(plan: _Plan) -> _Workspace:
         stream = triton.runtime.driver.active.get_current_stream(plan.device.index)
     ws = plan.workspaces.get(stream)
     if ws is None:
-        ws = _Workspace(torch.empty((plan.n_chunks, 4), dtype=torch.float32, device=plan.device),
+        ws = _Workspace(torch.empty((plan.n_chunks, 4), dtype=torch.float64, device=plan.device),
                         torch.zeros(plan.n_tensors, dtype=torch.int32, device=plan.device), {})
         plan.workspaces[stream] = ws
     return ws
@@ -408,16 +414,18 @@ def make_plan(params: List[torch.Tensor], grads: List[torch.Tensor]) -> _Plan:
 
 
 def param_stats(plan: _Plan, params: List[torch.Tensor], grads: List[torch.Tensor]) -> torch.Tensor:
-    """(T, 4) fp32 Σg², Σ|g·θ|, Σg·θ, Σθ² per tensor, with ``plan`` from ``find_plan``/``make_plan``."""
+    """(T, 4) float64 Σg², Σ|g·θ|, Σg·θ, Σθ² per tensor, with ``plan`` from ``find_plan``/``make_plan``."""
     if plan.copies:
         params, grads = list(params), list(grads)
         for i in plan.copies:
             params[i], grads[i] = params[i].contiguous(), grads[i].contiguous()
     ws = _workspace(plan)
     addrs = _addresses(plan, ws, tuple(map(_ptr, grads)), tuple(map(_ptr, params)))
-    out = torch.empty((plan.n_tensors, 4), dtype=torch.float32, device=plan.device)
-    _param_stats_kernel[(plan.n_chunks,)](
-        plan.table, addrs, ws.partials, ws.counters, out, plan.n_tensors * _NF.value, plan.chunk_size,
-        BLOCK=BLOCK, BLOCK_C=BLOCK_C, num_warps=4,
-    )
+    out = torch.empty((plan.n_tensors, 4), dtype=torch.float64, device=plan.device)
+    _launch((plan.n_chunks,), (plan.table, addrs, ws.partials, ws.counters, out),
+            (plan.n_tensors * _NF.value, plan.chunk_size), (), _META, 4, 3)
     return out
+
+
+_META = dict(BLOCK=BLOCK, BLOCK_C=BLOCK_C)
+_launch = CachedLauncher(_param_stats_kernel)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import DEVICE, requires_cuda, requires_triton
-from vitcore.ops import attention_ref, flash_attention
+from vitcore.ops import attention_ref, dispatch, flash_attention
 
 # (B, H, N') x d: the grid the issue asks for, every list with odd cases (N' = 1, 7, 197, 300;
 # d = 48, 80), a few batch / head counts.
@@ -246,3 +246,15 @@ def test_long_sequence_memory_is_linear(triton_on):
     q64, k64, v64 = (t.detach().double() for t in (q, k, v))
     ref = attention_ref(q64[:, :, :64], k64, v64)
     assert _max_err(out[:, :, :64], ref) < 2e-2
+
+
+@requires_triton
+def test_bf16_on_the_interpreter_runs_the_reference(triton_on, monkeypatch):
+    """The interpreter multiplies bf16 bit patterns in tl.dot (off by ~8e8 here): the eager reference runs."""
+    if DEVICE != "cpu":
+        pytest.skip("compiled kernels compute bf16")
+    monkeypatch.setattr(dispatch, "_warned_dtypes", set())
+    q, k, v = _packed_qkv(1, 2, 40, 32, torch.bfloat16, seed=21)
+    with pytest.warns(UserWarning, match="bfloat16"):
+        out = flash_attention(q, k, v)
+    assert torch.equal(out, attention_ref(q, k, v))

@@ -1,4 +1,6 @@
 """The Triton-or-eager switch: its settings, its errors, the interpreter's version check."""
+import warnings
+
 import pytest
 import torch
 
@@ -51,3 +53,28 @@ def test_forcing_the_interpreter_with_a_known_problem_says_so(monkeypatch):
     monkeypatch.setattr(dispatch, "interpreter_problem", lambda: "Triton 3.6.0's interpreter fails with NumPy 2.4.1")
     with pytest.raises(RuntimeError, match="Triton 3.6.0's interpreter fails"):
         dispatch.use_triton(torch.zeros(1))
+
+
+@pytest.mark.parametrize("dtype, dot_ok", [(torch.float32, True), (torch.float16, True), (torch.bfloat16, False)])
+def test_interpreter_dot_dtypes(triton_on, monkeypatch, dtype, dot_ok):
+    """On the interpreter an op built on tl.dot runs eager for bf16 (bit patterns multiplied), and says
+    so once; an op without tl.dot (param_stats) keeps its kernel."""
+    if DEVICE != "cpu":
+        pytest.skip("compiled kernels compute every dtype")
+    monkeypatch.setattr(dispatch, "_warned_dtypes", set())
+    x = torch.zeros(2, dtype=dtype)
+    assert dispatch.use_triton(x)
+    if dot_ok:
+        assert dispatch.use_triton(x, uses_dot=True)
+        return
+    with pytest.warns(UserWarning, match="bfloat16"):
+        assert not dispatch.use_triton(x, uses_dot=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call is quiet
+        assert not dispatch.use_triton(x, uses_dot=True)
+
+
+@pytest.mark.parametrize("value", [None, [0.0], 3.0])
+def test_use_triton_needs_a_tensor(value):
+    with pytest.raises(TypeError, match="expects a torch.Tensor"):
+        dispatch.use_triton(value)

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from proxy_helpers import VIT_ONLY, U, batch, bn_net, bound64, small_mlp, small_vit
+from proxy_helpers import ANY_MODEL, U, batch, bn_net, bound64, small_mlp, small_vit
 from torch import nn
 
 import vitcore
@@ -15,7 +15,6 @@ from vitcore.passes import split
 from vitcore.proxies import PROXIES
 
 DATA_PROXIES = [p for p in PROXIES if p != "flops"]
-ANY_MODEL = [p for p in PROXIES if p not in VIT_ONLY]  # for the models that are not a vitcore.ViT
 
 
 def test_split_cuts_at_every_chunk_and_group_boundary():
@@ -103,7 +102,7 @@ def test_batchnorm_buffers_and_per_module_modes_are_restored(triton_off):
     model[1].eval()  # a frozen BatchNorm inside a training model
     before = copy.deepcopy(model.state_dict())
     x, y = batch(4, seed=7, dtype=torch.float32)
-    got = vitcore.score(model, x, y, proxies=ANY_MODEL)
+    got = vitcore.score(model, x, y, proxies=list(ANY_MODEL))
     assert all(math.isfinite(v) for k, v in got.items() if k != "jacob_cov")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and not model[1].training and model[5].training
@@ -179,5 +178,5 @@ def test_nan_weights_give_nan_not_a_plausible_score(triton_off):
     with torch.no_grad():
         model[1].weight[0, 0] = float("nan")
     x, y = batch(6, seed=12, dtype=torch.float32)
-    got = vitcore.score(model, x, y, proxies=ANY_MODEL)
+    got = vitcore.score(model, x, y, proxies=list(ANY_MODEL))
     assert {k for k, v in got.items() if math.isnan(v)} == set(ANY_MODEL) - {"params", "flops"}

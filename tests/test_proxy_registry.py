@@ -8,7 +8,7 @@ import traceback
 import pytest
 import torch
 import torch.nn.functional as F
-from proxy_helpers import VIT_ONLY, U, batch, bn_net, bound64, small_vit
+from proxy_helpers import ANY_MODEL, U, batch, bn_net, bound64, small_vit
 from torch import nn
 
 import vitcore
@@ -44,17 +44,17 @@ def test_public_names_keep_their_order():
 def _models():
     torch.manual_seed(0)
     dropout = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
-    return {"batchnorm": bn_net().double(), "dropout": dropout.double()}
+    return {"batchnorm": bn_net().double(), "dropout": dropout.double(), "vit": small_vit().double()}
 
 
-@pytest.mark.parametrize("model_name", ["batchnorm", "dropout"])
+@pytest.mark.parametrize("model_name", ["batchnorm", "dropout", "vit"])
 def test_asking_for_a_proxy_never_changes_another(model_name, triton_off):
     """Issue 15 item 4: zico's half-batch forward changed grad_norm on a BatchNorm model (2.40036 alone,
     2.40382 with zico); a pass's BatchNorm statistics or dropout draws must not reach another pass.
     Each proxy alone equals the same proxy asked with every other (up to its fp32 output rounding)."""
     model = _models()[model_name]
     x, y = batch(6, seed=1, classes=3)
-    names = [p for p in PROXIES if p not in VIT_ONLY]  # these models are not ViTs
+    names = list(PROXIES if model_name == "vit" else ANY_MODEL)
     together = vitcore.score(model, x, y, proxies=names)
     rel = U[torch.float32] + bound64(model, 6)
     for name in names:

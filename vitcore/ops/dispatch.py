@@ -5,15 +5,20 @@
                       (how the tests run kernels without a GPU).
 unset                 Triton for CUDA tensors when Triton imports, eager otherwise.
 
+Triton's interpreter has no bfloat16 arithmetic of its own (NumPy has no bf16): its ``tl.dot`` on
+bf16 tiles multiplies the bit patterns (Triton 3.9: flash attention off by 8e8), so an op whose kernel
+has a bf16 ``tl.dot`` (``uses_dot=True``) runs its eager reference for bf16 CPU tensors, with one
+warning per process. Loads and conversions of bf16 are right there (param_stats, checked in its tests).
+
 ``with eager():`` forces the eager references for a region whatever the setting: passes that
 differentiate twice (GraSP's Hessian-gradient product) or run in float64 (synflow) need them,
 since the kernels' backward passes are not differentiable and the kernels take no float64.
 """
 import contextlib
 import contextvars
-import functools
 import importlib.util
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -22,20 +27,33 @@ _ENV = "VITCORE_TRITON"
 _FORCE_EAGER = contextvars.ContextVar("vitcore_force_eager", default=False)
 
 
+# The same state as a plain global, read while torch.compile traces (Dynamo cannot read a ContextVar;
+# it guards a global's value, so entering ``eager()`` recompiles). Per process, not per thread.
+_eager_depth = 0
+
+
 @contextlib.contextmanager
 def eager():
     """Run every vitcore op through its eager reference inside the ``with`` block."""
+    global _eager_depth
     token = _FORCE_EAGER.set(True)
+    _eager_depth += 1
     try:
         yield
     finally:
         _FORCE_EAGER.reset(token)
+        _eager_depth -= 1
 
 
-@functools.lru_cache(maxsize=None)
+_FIXED: dict = {}  # per-process facts (installed packages), computed once
+
+
+@torch.compiler.assume_constant_result  # fixed per process: torch.compile reads it once, untraced
 def triton_available() -> bool:
     """True when the ``triton`` package is installed (checked once, without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    if "triton" not in _FIXED:
+        _FIXED["triton"] = importlib.util.find_spec("triton") is not None
+    return _FIXED["triton"]
 
 
 def _interpreting() -> bool:
@@ -48,13 +66,15 @@ def _release(version: str) -> tuple:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-@functools.lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result
 def interpreter_problem() -> Optional[str]:
     """Why Triton's interpreter cannot run vitcore's kernels with the installed versions, or None."""
-    import numpy
-    import triton
+    if "interpreter" not in _FIXED:
+        import numpy
+        import triton
 
-    return versions_problem(triton.__version__, numpy.__version__)
+        _FIXED["interpreter"] = versions_problem(triton.__version__, numpy.__version__)
+    return _FIXED["interpreter"]
 
 
 def versions_problem(triton_version: str, numpy_version: str) -> Optional[str]:
@@ -67,12 +87,36 @@ def versions_problem(triton_version: str, numpy_version: str) -> Optional[str]:
     return None
 
 
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether ops on ``tensor`` run their Triton kernel (True) or eager reference (False)."""
+_INTERPRETER_DOT_DTYPES = (torch.float32, torch.float16)  # what the interpreter's tl.dot computes right
+_warned_dtypes = set()
+
+
+def _interpreter_cannot(dtype: torch.dtype) -> bool:
+    """True (with one warning per dtype) when the interpreter's tl.dot gets ``dtype`` wrong."""
+    if dtype in _INTERPRETER_DOT_DTYPES:
+        return False
+    if dtype not in _warned_dtypes:
+        _warned_dtypes.add(dtype)
+        warnings.warn(f"Triton's interpreter computes tl.dot on {dtype} wrongly (it multiplies bit patterns): "
+                      f"{dtype} CPU tensors run the eager references of ops built on tl.dot", stacklevel=3)
+    return True
+
+
+def use_triton(tensor: torch.Tensor, uses_dot: bool = False) -> bool:
+    """Whether ops on ``tensor`` run their Triton kernel (True) or eager reference (False).
+
+    ``uses_dot``: the op's kernel multiplies ``tensor.dtype`` tiles with ``tl.dot``, which Triton's
+    interpreter computes right for fp32 and fp16 only; other dtypes then run eager on CPU (a warning).
+    Raises TypeError for a non-tensor, ValueError for a bad ``VITCORE_TRITON``, RuntimeError when
+    ``VITCORE_TRITON=1`` cannot be honoured (no Triton, a CPU tensor without ``TRITON_INTERPRET=1``).
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"use_triton expects a torch.Tensor, got {type(tensor).__name__}")
     setting = os.environ.get(_ENV, "")
     if setting not in ("", "0", "1"):
         raise ValueError(f"{_ENV}={setting!r}: expected '0', '1' or unset")
-    if setting == "0" or _FORCE_EAGER.get():
+    forced = _eager_depth > 0 if torch.compiler.is_compiling() else _FORCE_EAGER.get()
+    if setting == "0" or forced:
         return False
     if setting == "1":
         if not triton_available():
@@ -83,5 +127,5 @@ def use_triton(tensor: torch.Tensor) -> bool:
             )
         if tensor.device.type == "cpu" and (problem := interpreter_problem()):
             raise RuntimeError(problem)
-        return True
+        return not (uses_dot and tensor.device.type == "cpu" and _interpreter_cannot(tensor.dtype))
     return tensor.device.type == "cuda" and triton_available()

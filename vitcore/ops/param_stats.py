@@ -3,6 +3,8 @@
 The proxies read them all: grad_norm = sqrt(Σ Σg²), snip = Σ Σ|g·θ|, plain = Σ Σg·θ. On CUDA one
 multi-tensor Triton reduction (``kernels/param_stats.py``) replaces three or more launches and a host
 sync per tensor. Not differentiable: runs under ``torch.no_grad()`` and returns a plain tensor.
+Sums are float64 on both paths (no sum of squares of fp32 values overflows on the way; a loss
+scaled by 1e20 gives Σg² ~ 1e40, beyond fp32).
 """
 from typing import Iterable, List
 
@@ -11,6 +13,17 @@ import torch
 from vitcore.ops.dispatch import use_triton
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _as_list(name: str, tensors) -> list:
+    """``tensors`` as a list; a single tensor (whose rows would iterate) or a non-iterable is a TypeError."""
+    if isinstance(tensors, torch.Tensor):
+        raise TypeError(f"{name} must be a sequence of tensors, got one tensor of shape {tuple(tensors.shape)} "
+                        f"(pass [{name[:-1]}] for a single pair)")
+    try:
+        return list(tensors)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of tensors, got {type(tensors).__name__}") from None
 
 
 def _validate(params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
@@ -34,7 +47,7 @@ def _validate(params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
 
 def param_stats_ref(params: Iterable[torch.Tensor], grads: Iterable[torch.Tensor]) -> torch.Tensor:
     """(T, 4) float64 Σg², Σ|g·θ|, Σg·θ, Σθ² per tensor, computed in float64 (for tests)."""
-    params, grads = list(params), list(grads)
+    params, grads = _as_list("params", params), _as_list("grads", grads)
     _validate(params, grads)
     with torch.no_grad():
         rows = []
@@ -46,25 +59,27 @@ def param_stats_ref(params: Iterable[torch.Tensor], grads: Iterable[torch.Tensor
 
 
 def _param_stats_eager(params: List[torch.Tensor], grads: List[torch.Tensor]) -> torch.Tensor:
-    # fp32 accumulation like the kernel (fp64 inputs keep fp64 until the fp32 output, for the
-    # float64 reference passes); per-tensor ops stacked on the device, no host sync
+    # float64 like the kernel: squares of fp32 values cannot overflow, products of two fp32 values
+    # are exact; per-tensor ops stacked on the device, no host sync
     rows = []
     for w, g in zip(params, grads):
-        acc = torch.promote_types(torch.promote_types(g.dtype, w.dtype), torch.float32)
-        g, w = g.to(acc), w.to(acc)
+        g, w = g.double(), w.double()
         gw = g * w
         rows.append(torch.stack((g.square().sum(), gw.abs().sum(), gw.sum(), w.square().sum())))
-    return torch.stack(rows).float()  # (T, 4)
+    return torch.stack(rows)  # (T, 4)
 
 
 @torch.no_grad()
 def param_stats(params: Iterable[torch.Tensor], grads: Iterable[torch.Tensor]) -> torch.Tensor:
-    """(T, 4) fp32 [Σg², Σ|g·θ|, Σg·θ, Σθ²] for each (weight θ, gradient g) pair, on their device.
+    """(T, 4) float64 [Σg², Σ|g·θ|, Σg·θ, Σθ²] for each (weight θ, gradient g) pair, on their device.
 
-    params, grads: equal-length sequences of floating tensors (fp32/fp16/bf16, mixed freely), each
-    gradient shaped like its weight, all on one device. ``None`` gradients are the caller's to skip.
+    params, grads: equal-length sequences (not single tensors) of floating tensors (fp32 / fp16 /
+    bf16 / fp64, mixed freely), each gradient shaped like its weight, all on one device. ``None``
+    gradients are the caller's to skip. Accumulated in float64 on both paths: no sum overflows
+    unless its float64 result would. Raises TypeError for a non-sequence, a non-tensor or an
+    unsupported dtype, ValueError for mismatched lengths, shapes or devices (naming the index).
     """
-    params, grads = list(params), list(grads)
+    params, grads = _as_list("params", params), _as_list("grads", grads)
     if params and grads and all(isinstance(t, torch.Tensor) for t in (params[0], grads[0])) \
             and use_triton(params[0]):
         from vitcore.kernels import param_stats as _kernels

@@ -20,35 +20,28 @@ With ``graphs`` (CUDA only) each call is captured once into a CUDA graph and the
 the time is then the GPU's alone, without Python's dispatch and the launch path, which is what the
 MAC model describes where the host, not the SMs, sets the time (small bf16 blocks on an H100).
 """
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vitcore.bench import env
+from vitcore.bench.ceilings import DTYPES, measure_ceiling
+from vitcore.bench.scaling_fit import analyse
+from vitcore.bench.options import HEAD_DIM, MODES, PROVIDERS, SWEEP_D, SWEEP_N
+from vitcore.bench.timers import graphed, time_windows
+from vitcore.bench.writer import write_text
 from vitcore.cost import msa_macs
 from vitcore.model import MSA
 from vitcore.ops import attention as _attention
 from vitcore.ops.dispatch import use_triton
-from vitcore.scaling_fit import analyse
 
-SWEEP_N = (16, 32, 50, 64, 128, 197, 256, 512, 577, 1024, 1025, 2048, 4096)  # powers of two + ViT sizes
-SWEEP_D = (192, 384, 768, 1024)  # ViT-Ti, -S, -B, -L widths
-QUICK_N = (16, 50, 64, 128, 197, 256)  # --quick: a CPU-sized sweep (under a minute on two cores)
-QUICK_D = (192, 384)
-HEAD_DIM = 64  # d; H = D / 64 as in ViT-Ti..L
-PROVIDERS = ("eager", "sdpa", "vitcore")
-MODES = ("fwd", "fwd+bwd")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Default B·N' per call. On an H100 in bf16 a 16k-token MSA block is mostly below the launch floor
 # (bench/results/h100-2026-11-23-msa-scaling): time CUDA-graph replays (graphs=True) to measure the SMs.
 TOKENS = {"cuda": 16384, "cpu": 1024}
@@ -190,115 +183,11 @@ class MSACase:
 
 
 # ----------------------------------------------------------------------------------------------
-# Timer and the device's ceiling
-# ----------------------------------------------------------------------------------------------
-def synchronizer(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-
-def time_fn(fn: Callable, device: str, budget_s: float, windows: int) -> Tuple[List[float], int]:
-    """Per-call seconds of each window (median = the time) and the calls per window."""
-    sync = synchronizer(device)
-    fn()  # warm-up: compilation, autotuning, the allocator's first allocations
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    estimate = max(time.perf_counter() - start, 1e-7)
-    reps = int(min(1000, max(1, budget_s / windows / estimate)))
-    times = []
-    for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        times.append((time.perf_counter() - start) / reps)
-    return times, reps
-
-
-def graphed(fn: Callable) -> Callable[[], None]:
-    """``fn`` captured once into a CUDA graph; the returned callable replays it.
-
-    Warm-up calls run first on the capture's side stream (Triton compiles and autotunes, cuBLAS and
-    the caching allocator set up there, as capture requires); outputs live in the graph's memory pool.
-    """
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        fn()
-    return graph.replay
-
-
-def measure_ceiling(device: str, dtypes: Sequence[str], budget_s: float, windows: int) -> dict:
-    """The device's measured peak: a large square matmul per dtype (TFLOP/s) and a large copy (GB/s).
-
-    The fastest window counts (a ceiling is the best the device does, not its typical time).
-    """
-    n = 8192 if device == "cuda" else 1024
-    out = {"matmul_n": n, "matmul_tflops": {}}
-    for name in dtypes:
-        a, b = (torch.randn(n, n, device=device, dtype=DTYPES[name]) for _ in range(2))
-        t = min(min(time_fn(lambda: a @ b, device, 4 * budget_s, windows)[0]) for _ in range(2))  # 1st: clocks up
-        out["matmul_tflops"][name] = 2 * n**3 / t / 1e12  # 2·n³ FLOPs
-        del a, b
-    numel = (1 << 28) if device == "cuda" else (1 << 24)  # 1 GiB / 64 MiB of fp32
-    src, dst = torch.empty(numel, device=device), torch.empty(numel, device=device)
-    t = min(time_fn(lambda: dst.copy_(src), device, 4 * budget_s, windows)[0])
-    out["copy_gbps"] = 2 * numel * 4 / t / 1e9  # bytes read + bytes written
-    out["copy_bytes"] = numel * 4
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # The sweep
 # ----------------------------------------------------------------------------------------------
-def _git_commit() -> Optional[str]:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True)
-        return (rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")) or None
-    except OSError:
-        return None
-
-
 def environment(device: str, command: Optional[str] = None) -> dict:
-    """Device, versions, date and command (default: this process's), recorded in every results file."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def pkg(name):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        name = platform.processor() or platform.machine()
-        if os.path.exists("/proc/cpuinfo"):
-            with open("/proc/cpuinfo") as f:
-                name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
-        threads = torch.get_num_threads()
-        name = f"{name} ({threads} thread{'' if threads == 1 else 's'})"
-    return {
-        "device": device,
-        "device_name": name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command or " ".join(sys.argv),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "triton": pkg("triton"), "numpy": np.__version__, "vitcore": pkg("vitcore"),
-                     "git": _git_commit()},
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # other work on the host
-        "env": {k: os.environ.get(k) for k in ("VITCORE_TRITON", "VITCORE_AUTOTUNE", "TRITON_INTERPRET")},
-        "providers": {p: provider_path(p, device) for p in PROVIDERS},
-    }
+    """The harness's environment record (``vitcore.bench.env``) with what each provider runs here."""
+    return {**env.environment(device, command), "providers": {p: provider_path(p, device) for p in PROVIDERS}}
 
 
 def write_results(path: str, obj: dict) -> None:
@@ -306,9 +195,7 @@ def write_results(path: str, obj: dict) -> None:
     text = json.dumps({**obj, "timings": "@TIMINGS@"}, indent=1)
     rows = ",\n  ".join(json.dumps(r) for r in obj["timings"])
     text = text.replace('"@TIMINGS@"', "[\n  " + rows + "\n ]" if rows else "[]", 1)
-    with open(path + ".tmp", "w") as f:
-        f.write(text + "\n")
-    os.replace(path + ".tmp", path)
+    write_text(path, text + "\n")
 
 
 def run_sweep(cfg: SweepConfig, out_dir: str, progress: bool = True, command: Optional[str] = None) -> dict:
@@ -345,7 +232,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str, progress: bool = True, command: Op
                 continue
             try:
                 fn = case.fn(what, mode, provider)
-                times, reps = time_fn(graphed(fn) if cfg.graphs else fn, cfg.device, cfg.budget_s, cfg.windows)
+                times, reps = time_windows(graphed(fn) if cfg.graphs else fn, cfg.device, cfg.budget_s, cfg.windows)
             except Exception as e:  # out of memory, a kernel that fails to build: record it, time the rest
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 if cfg.device == "cuda":

@@ -1,5 +1,4 @@
-"""``vitcore bench``: run the MSA scaling sweep (``vitcore.scaling``), then write ``report.md`` and PNG plots."""
-import datetime
+"""``vitcore bench``: run the MSA scaling sweep (``vitcore.bench.scaling``), then write ``report.md`` and PNG plots."""
 import json
 import os
 import sys
@@ -8,12 +7,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
+from vitcore.bench.env import device_tag, header_lines, today
+from vitcore.bench.options import QUICK_D, QUICK_N, SWEEP_D, SWEEP_N, budget_ms
+from vitcore.bench.scaling import BUDGET_S, TOKENS, WINDOWS, SweepConfig, run_sweep, write_results
+from vitcore.bench.scaling_fit import BACKWARD_FACTOR, analyse, select
 from vitcore.paths import free_name
-from vitcore.scaling import (
-    BUDGET_S, HEAD_DIM, MODES, PROVIDERS, QUICK_D, QUICK_N, SWEEP_D, SWEEP_N, TOKENS, WINDOWS, SweepConfig, run_sweep,
-    write_results,
-)
-from vitcore.scaling_fit import BACKWARD_FACTOR, analyse, select
 
 DPI = 80  # modest: the reports are committed
 
@@ -28,17 +26,7 @@ def _pct(x: float) -> str:
 
 def _header(results: dict) -> List[str]:
     m, cfg, ceil = results["meta"], results["sweep"], results["ceiling"]
-    v = m["versions"]
-    lines = [
-        f"# MSA scaling: {m['device_name']}",
-        "",
-        f"- date: {m['date']}; command: `{m['command']}`",
-        f"- versions: python {v['python']}, torch {v['torch']}, CUDA {v['cuda']}, triton {v['triton']}, "
-        f"numpy {v['numpy']}, vitcore {v['vitcore']} (git {v['git']})",
-        f"- fp32 matmul precision: `{m['float32_matmul_precision']}`; environment: "
-        + ", ".join(f"{k}={val}" for k, val in m["env"].items())
-        + (f"; host load average at the start (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in m['load_average'])}"
-           if m.get("load_average") else ""),
+    lines = [f"# MSA scaling: {m['device_name']}", ""] + header_lines(m) + [
         f"- sweep: N' ∈ {cfg['ns']}, D ∈ {cfg['ds']}, heads of width {results['head_dim']} (H = D/64), "
         f"batch B = max(1, {cfg['tokens']} // N'); dtypes {', '.join(cfg['dtypes'])}; "
         f"modes {', '.join(cfg['modes'])}",
@@ -96,7 +84,7 @@ def _fit_table(fits: List[dict]) -> List[str]:
 
 
 def _noise_table(fits: List[dict]) -> List[str]:
-    """The lack-of-fit test of each fit (``vitcore.scaling_fit.noise_check``); none without replicates."""
+    """The lack-of-fit test of each fit (``vitcore.bench.scaling_fit.noise_check``); none without replicates."""
     tested = [f for f in fits if f["base"]["noise"] is not None]
     if not tested:
         return []
@@ -305,37 +293,6 @@ def _names(text: str) -> Tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def add_arguments(p) -> None:
-    """The ``vitcore bench`` options, added to an argparse (sub)parser."""
-    p.add_argument("--out", help="report folder, which must hold no run yet (default "
-                   "bench/results/<device>-<date>-msa-scaling, then -2, -3, ... if that one does)")
-    p.add_argument("--quick", action="store_true", help=f"CPU-sized sweep: N' {QUICK_N}, D {QUICK_D}")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--dtype", help="comma-separated fp32,bf16,fp16 (default bf16,fp32 on CUDA, fp32 on CPU)")
-    p.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma-separated: {', '.join(PROVIDERS)}")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {', '.join(MODES)}")
-    p.add_argument("--n", help="comma-separated N' values (overrides the sweep's)")
-    p.add_argument("--d", help=f"comma-separated D values, multiples of {HEAD_DIM} (overrides the sweep's)")
-    p.add_argument("--tokens", type=int, help="B·N' per call (default 16384 on CUDA, 1024 on CPU)")
-    p.add_argument("--budget-ms", type=float, help="milliseconds per measurement (default 10 on CUDA, 50 on CPU)")
-    p.add_argument("--windows", type=int, help="timing windows per measurement, median taken (default 5 CUDA, 3 CPU)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="passes over the whole sweep, median taken per measurement (for a shared, noisy host)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--graphs", action="store_true",
-                   help="CUDA only: time replays of each call captured in a CUDA graph (GPU time, no launch cost)")
-    p.add_argument("--no-plots", action="store_true", help="write report.md and results.json only")
-    p.add_argument("--report-only", action="store_true",
-                   help="re-analyse --out's results.json (a finished or interrupted run) and rewrite the report")
-
-
-def _device_tag(device: str) -> str:
-    if device == "cpu":
-        return "cpu"
-    words = torch.cuda.get_device_name().lower().replace("nvidia", "").split()
-    return next((w for w in words if any(ch.isdigit() for ch in w)), words[0] if words else "gpu")
-
-
 def _command(args) -> str:
     """The ``vitcore bench`` command line that repeats this run (every option spelled out)."""
     words = ["vitcore", "bench"]
@@ -352,6 +309,8 @@ def _free_folder(base: str) -> str:
 
 def run_bench(args) -> int:
     """``vitcore bench``: run the sweep, fit, write results.json, report.md and the plots."""
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a file: give a folder for the report")
     if args.report_only:
         if not args.out:
             raise ValueError("--report-only needs --out, the folder holding results.json")
@@ -375,12 +334,12 @@ def run_bench(args) -> int:
         providers=_names(args.providers), modes=_names(args.modes),
         dtypes=_names(args.dtype) if args.dtype is not None else (("bf16", "fp32") if device == "cuda" else ("fp32",)),
         device=device, tokens=TOKENS[device] if args.tokens is None else args.tokens,
-        budget_s=BUDGET_S[device] if args.budget_ms is None else args.budget_ms / 1e3,
+        budget_s=BUDGET_S[device] if args.budget_ms is None else budget_ms(args.budget_ms) / 1e3,
         windows=WINDOWS[device] if args.windows is None else args.windows, repeat=args.repeat, graphs=args.graphs,
     )
     cfg.validate()
     out = args.out or _free_folder(os.path.join(
-        "bench", "results", f"{_device_tag(device)}-{datetime.date.today().isoformat()}-msa-scaling"))
+        "bench", "results", f"{device_tag(device)}-{today()}-msa-scaling"))
     results = run_sweep(cfg, out, command=_command(args))
     report = write_report(results, out, plots=not args.no_plots)
     for f in results["analysis"]["fits"]:

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from vitcore.cli import main
-from vitcore.scaling import (
-    MODES, PROVIDERS, MSACase, SweepConfig, attention_fn, graphed, msa_forward, run_sweep, time_fn,
-)
-from vitcore.scaling_fit import crossover, fit, fit_floor, noise_check
-from vitcore.scaling_report import _free_folder
+from vitcore.bench.scaling import MODES, PROVIDERS, MSACase, SweepConfig, attention_fn, msa_forward, run_sweep
+from vitcore.bench.scaling_fit import crossover, fit, fit_floor, noise_check
+from vitcore.bench.scaling_report import _free_folder
+from vitcore.bench.timers import graphed, time_windows
 
 from conftest import DEVICE, requires_cuda
 
@@ -38,7 +37,7 @@ def test_timed_calls_run_in_every_mode(what, provider, mode):
     if mode == "fwd+bwd":  # gradients of every input and parameter, none accumulated in .grad
         assert all(g is not None for g in result)
         assert all(p.grad is None for p in case.params)
-    times, reps = time_fn(case.fn(what, mode, provider), "cpu", budget_s=0.003, windows=2)
+    times, reps = time_windows(case.fn(what, mode, provider), "cpu", budget_s=0.003, windows=2)
     assert len(times) == 2 and reps >= 1 and min(times) > 0
 
 
@@ -152,7 +151,7 @@ def test_graph_replay_recomputes_the_call(mode):
     torch.cuda.synchronize()
     for got, ref in zip(box["out"], want):
         torch.testing.assert_close(got, ref)
-    times, reps = time_fn(replay, "cuda", budget_s=0.01, windows=2)
+    times, reps = time_windows(replay, "cuda", budget_s=0.01, windows=2)
     assert len(times) == 2 and reps >= 1 and min(times) > 0
 
 
@@ -184,8 +183,19 @@ def test_bench_cli_writes_report_json_and_plots(tmp_path, capsys):
                                             (["--modes", "bwd"], "bwd"), (["--tokens", "0"], "tokens=0"),
                                             (["--windows", "0"], "windows=0"), (["--budget-ms", "0"], "budget_s=0"),
                                             (["--d="], "'' is not a comma-separated list"),
-                                            (["--dtype="], "dtypes=[]")])
+                                            (["--dtype="], "dtypes=[]"), (["--budget-ms", "inf"], "'inf'"),
+                                            (["--budget-ms", "nan"], "'nan'"), (["--budget-ms", "x"], "'x'")])
 def test_bench_cli_errors_exit_2_with_the_bad_value(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--quick", "--out", str(tmp_path)] + extra)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_cli_out_naming_a_file_exits_2_and_leaves_the_file(tmp_path, capsys):
+    path = tmp_path / "report.md"
+    path.write_text("a finished report")
+    for extra in ([], ["--report-only"]):
+        with pytest.raises(SystemExit) as e:
+            main(["bench", "--quick", "--out", str(path)] + extra)
+        assert e.value.code == 2 and f"--out {str(path)!r} is a file" in capsys.readouterr().err
+    assert path.read_text() == "a finished report"

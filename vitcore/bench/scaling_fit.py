@@ -1,4 +1,4 @@
-"""Fitting the MSA timings of ``vitcore.scaling``: the MAC model, the launch floor, the crossover.
+"""Fitting the MSA timings of ``vitcore.bench.scaling``: the MAC model, the launch floor, the crossover.
 
 The MAC model: t ≈ a·B·4N'D² + b·B·2N'²D + c (``vitcore.cost.msa_macs``), by least squares (numpy) on
 relative residuals, each row divided by its measured time, so a 20 µs and a 20 ms point weigh alike.

@@ -1,0 +1,74 @@
+"""The report scripts' writers and target rules on synthetic rows (their timing runs need a CUDA GPU):
+a GPU run must not be lost to a formatting error, and each target must be judged from its numbers."""
+import json
+
+import pytest
+
+from bench import attention_report, launch_overhead, param_stats_report, score_report
+from bench.bench_attention import DTYPES, SHAPES
+from vitcore.bench.env import environment
+
+
+def _attention_rows(shape, dtype, N, ours_us, sdpa_us):
+    return [{"shape": shape, "B": 64, "H": 12, "N": N, "dtype": dtype, "provider": p, "mode": m, "call_us": t,
+             "host_us": 30.0, "gpu_us": t / 2} for p, t in (("vitcore", ours_us), ("sdpa", sdpa_us))
+            for m in ("fwd", "fwd+bwd")]
+
+
+def test_launch_overhead_judges_issue_12_targets_and_writes_its_report(tmp_path):
+    doc = {"meta": environment("cpu"), "copy_gbps": 4000.0,
+           "attention": _attention_rows("ViT-B", "bf16", 197, 90.0, 100.0)
+           + _attention_rows("ViT-L", "fp16", 197, 110.0, 100.0) + _attention_rows("ViT-B N'=197", "fp32", 197, 50.0, 100.0)
+           + _attention_rows("ViT-B N'=197", "fp32-tf32", 197, 40.0, 100.0),
+           "param_stats": [{"model": "ViT-B", "n_tensors": 152, "bytes": 693e6, "floor_us": 173.25,
+                            "vitcore_host_us": 12.0, "vitcore_gpu_us": 180.0, "vitcore_caller_us": 240.0,
+                            "foreach_norm_host_us": 400.0, "foreach_norm_gpu_us": 300.0,
+                            "foreach_norm_caller_us": 700.0}]}
+    stem = str(tmp_path / "x-launch_overhead")
+    launch_overhead.write(doc, stem)
+    targets = {t["target"]: t for t in json.loads(open(stem + ".json").read())["targets"]}
+    assert targets["flash_attention host time per fwd+bwd <= 60 µs"]["met"] is True
+    limit = 1.3 * 173.25 + 20  # 245.2 µs
+    assert targets[f"param_stats caller time, fresh grads, ViT-B <= 1.3 x floor + 20 µs = {limit:.1f} µs"]["met"]
+    assert targets["bf16 fwd+bwd ViT-B: no slower than SDPA"]["met"] is True  # 100 / 90
+    assert targets["fp16 fwd+bwd ViT-L: no slower than SDPA"]["met"] is False  # 100 / 110
+    assert targets["fp32 fwd+bwd ViT-B N'=197: >= 1.5x SDPA fp32"]["met"] is True  # 2.0x
+    assert targets["fp32-tf32 fwd+bwd ViT-B N'=197: >= 3.0x SDPA fp32"]["met"] is False  # 2.5x
+    text = open(stem + ".md").read()
+    assert "| fp16 fwd+bwd ViT-L: no slower than SDPA | 0.91x SDPA (110 vs 100 µs) | MISSED |" in text
+
+
+def test_attention_report_writes_every_table(tmp_path):
+    results = [{"shape": s, "dtype": d, "provider": p, "mode": m, "ms": 1.0 + (p == "vitcore"), "tflops": 10.0}
+               for s in ("vit-b", "b-1025") for d in DTYPES for p in ("sdpa", "vitcore")
+               for m in ("fwd", "fwd+bwd", "graph fwd+bwd")]
+    checks = {("vit-b", "bf16"): {"vitcore": [1e-3] * 4, "torch": [1e-3] * 4, "ok": True},
+              ("vit-b", "fp32"): {"error": "RuntimeError: x"}}
+    path = tmp_path / "a.md"
+    attention_report.write_report(str(path), environment("cpu"), results, checks, {}, {d: 100.0 for d in DTYPES})
+    text = path.read_text()
+    assert "## Targets" in text and f"vit-b {SHAPES['vit-b']}" in text and "error: RuntimeError: x" in text
+    rows = attention_report.targets(results)
+    assert rows and all(not met for *_, met in rows)  # vitcore at 2 ms against SDPA's 1 ms meets none
+
+
+def test_param_stats_report_writes_rows_per_model(tmp_path):
+    rows = [{"model": "ViT-Ti", "provider": p, "n_params": 5.7e6, "n_tensors": 152, "bytes": 45e6, "floor_ms": 0.015,
+             "agrees": True, "sync_ms": t, "stream_ms": t, "graph_ms": t / 4}
+            for p, t in (("loop", 17.0), ("foreach", 2.0), ("cat", 1.2), ("vitcore", 0.04), ("vitcore fresh g", 0.05))]
+    meta = {**environment("cpu"), "rows": rows, "copy_GBps": 3000.0, "correctness": {"ok": True},
+            "host_us": {"ViT-Ti": {"same_tensors": 10.0, "fresh_g_new_addresses": 12.0, "plan_lookup": 2.0,
+                                   "pointer_maps": 3.0, "uncached_sync": 900.0}}}
+    stem = str(tmp_path / "p")
+    param_stats_report.write(meta, stem)
+    text = open(stem + ".md").read()
+    assert "ViT-Ti vitcore: sync 0.040 ms" in text and json.loads(open(stem + ".json").read())["rows"] == rows
+
+
+def test_score_report_run_on_cpu_writes_both_files(tmp_path):
+    out = str(tmp_path / "score")
+    result = score_report.run(out, n=2, batch_size=2, space_name="small", device="cpu", full_family_n=1)
+    assert result["complete"] and len(result["rows"]) == 2 and result["speedup"] > 0
+    assert json.loads(open(out + ".json").read())["complete"] is True and open(out + ".md").read().startswith("#")
+    with pytest.raises(ValueError, match="n=0"):
+        score_report.run(out, n=0, device="cpu")
