@@ -218,6 +218,9 @@ _TUNED_FORMAT = 1
 _new_entries = []
 
 
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+
+
 @functools.lru_cache(maxsize=None)
 def _device_name(index: Optional[int]) -> str:
     return "cpu" if index is None else torch.cuda.get_device_name(index)
@@ -259,7 +262,7 @@ class Launchable:
         meta = dict(HEAD_DIM=head_dim, D_PAD=d_pad, DOT_PRECISION=dot_precision,
                     ROUND_TF32=_ROUND_TF32 and q.dtype == torch.float32 and dot_precision == "tf32")
         if _AUTOTUNE:
-            key = (self.phase, _device_name(q.device.index), str(q.dtype)[6:], n_ctx, head_dim, dot_precision)
+            key = (self.phase, _device_name(q.device.index), _DTYPE_NAMES[q.dtype], n_ctx, head_dim, dot_precision)
             config = _TUNED.get(key)
             if config is None:
                 config = self._tune(key, tensors, ints, floats, meta, n_bh, n_ctx, elsize)
@@ -273,9 +276,13 @@ class Launchable:
 
 
 def tuned_configs() -> dict:
-    """{(phase, device, dtype, N', d, dot precision): (outer block, inner block, warps, stages)}:
-    every config autotuned or loaded so far in this process."""
-    return dict(_TUNED)
+    """{phase: {"(device, dtype, N', d, dot precision)": "BLOCK_M: .., BLOCK_N: .., num_warps: .., num_stages: .."}}
+    of every config autotuned or loaded so far in this process (strings: it goes into JSON reports)."""
+    table: Dict[str, dict] = {}
+    for (phase, *rest), (outer, inner, warps, stages) in sorted(_TUNED.items()):
+        config = f"{_OUTER[phase]}: {outer}, {_INNER[phase]}: {inner}, num_warps: {warps}, num_stages: {stages}"
+        table.setdefault(phase, {})[str(tuple(rest))] = config
+    return table
 
 
 def save_tuned(path: str) -> int:
@@ -304,7 +311,7 @@ def load_tuned(path: str) -> int:
         raise ValueError(f"{path} was tuned with Triton {doc.get('triton')}, this is {triton.__version__}")
     table = {}
     for i, row in enumerate(doc["entries"]):
-        key, config = row.get("key") if isinstance(row, dict) else None, row.get("config") if isinstance(row, dict) else None
+        key, config = (row.get("key"), row.get("config")) if isinstance(row, dict) else (None, None)
         if not (isinstance(key, list) and len(key) == 6 and key[0] in _CONFIGS and isinstance(config, list)
                 and len(config) == 4 and all(isinstance(x, int) and x > 0 for x in config)):
             raise ValueError(f"{path}: entry {i} is malformed: {row!r}")

@@ -151,7 +151,8 @@ def _attention_bwd_dkdv_inner(
         # -- dS^T = P^T * (dP^T - delta), dK += dS^T Q --
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(_tf32(dsT.to(qT.dtype), ROUND_TF32), tl.trans(qT), dk, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
+        dsT = _tf32(dsT.to(qT.dtype), ROUND_TF32)
+        dk = tl.dot(dsT, tl.trans(qT), dk, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
     return dk, dv
 
 

@@ -19,7 +19,8 @@ Fallback: Triton 3.6 (the GPU machines) and 3.9 (the CPU machines) launch a ``Co
 same way (``kernel.run(grid0, grid1, grid2, stream, function, packed_metadata, launch_metadata,
 enter_hook, exit_hook, *args)``, read in both versions' ``runtime/jit.py``). Any other release, a
 kernel object without those attributes, and Triton's interpreter (which compiles nothing) take the
-ordinary ``kernel[grid](...)`` on every call; ``direct_problem()`` says why, and it is logged once.
+ordinary ``kernel[grid](...)`` on every call; ``direct_problem()`` says why, logged once per kernel
+(INFO on the interpreter, WARNING otherwise).
 A launch hook (a profiler) added to ``triton.knobs.runtime`` also takes the ordinary path; without
 one the direct launch passes None for the hooks, which both versions' C launchers then skip.
 """
@@ -32,7 +33,7 @@ import torch
 import triton
 
 _LOG = logging.getLogger("vitcore.kernels")
-_RELEASES = ((3, 6), (3, 7), (3, 8), (3, 9))  # whose JITFunction.run launches as described above
+_RELEASES = ((3, 6), (3, 9))  # whose JITFunction.run and launchers were read (module docstring)
 _I32, _I64, _U64 = 0, 1, 2
 _CACHE_SIZE = 1024  # keys kept per kernel (each a few hundred bytes); the oldest is dropped past it
 
@@ -66,7 +67,8 @@ def direct_problem(triton_version: str, interpreting: bool) -> Optional[str]:
     if interpreting:
         return "Triton's interpreter compiles no kernels: every launch goes through kernel[grid](...)"
     if _release(triton_version) not in _RELEASES:
-        return (f"Triton {triton_version}: the direct launch was written for {_RELEASES[0]}..{_RELEASES[-1]}; "
+        read = ", ".join(f"{major}.{minor}" for major, minor in _RELEASES)
+        return (f"Triton {triton_version}: the direct launch was written against Triton {read}; "
                 "using the ordinary kernel[grid](...) launch")
     return None
 
@@ -91,7 +93,7 @@ def _parameters(fn) -> tuple:
 
 
 def _hooked(hook) -> bool:
-    """Whether a launch hook is set: Triton 3.6-3.9 keep a ``HookChain``, empty unless a profiler adds to it."""
+    """Whether a launch hook is set: Triton 3.6 and 3.9 keep a ``HookChain``, empty unless a profiler adds to it."""
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
@@ -129,6 +131,10 @@ class CachedLauncher:
         entry = self.kernels.get(key)
         if entry is None:
             kernel = self._ordinary(grid, args, meta, num_warps, num_stages)  # compiles, launches
+            if not all(hasattr(kernel, name) for name in ("run", "function", "packed_metadata")):
+                self.problem = (f"Triton {triton.__version__} returned a {type(kernel).__name__} without "
+                                "run/function/packed_metadata; using the ordinary kernel[grid](...) launch")
+                return None, True
             entry = self.kernels[key] = (kernel.run, kernel.function, kernel.packed_metadata)
             return entry, True
         return entry, False
@@ -139,7 +145,8 @@ class CachedLauncher:
         args = (*tensors, *ints, *floats)
         if self.problem is not None:
             if not self._said:
-                _LOG.info("%s: %s", self.name, self.problem)
+                level = logging.INFO if _interpreting() else logging.WARNING  # expected there; a surprise here
+                _LOG.log(level, "%s: %s", self.name, self.problem)
                 self._said = True
             self._ordinary(grid, args, meta, num_warps, num_stages)
             return
@@ -154,6 +161,8 @@ class CachedLauncher:
         entry = self.calls.get(call)
         if entry is None:
             entry, launched = self._compiled(grid, tensors, ints, args, meta, constexprs, num_warps, num_stages)
+            if entry is None:  # not a kernel this file can launch: said on the next call
+                return
             if len(self.calls) >= _CACHE_SIZE:
                 self.calls.pop(next(iter(self.calls)))
             self.calls[call] = entry

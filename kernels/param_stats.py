@@ -8,8 +8,9 @@ Accumulates in float64 and outputs float64 (T, 4): every product of two fp32 val
 float64 and no sum of squares of fp32/fp16/bf16 values can overflow it (an fp32 accumulator overflows
 once Σg² passes 3.4e38, e.g. gradients of 1e20; fp64 inputs keep their own precision). The fp64
 arithmetic is about 7 operations per element pair: by the published fp64 rates of H100/H200 it
-should stay under the memory time, on GPUs with 1/64-rate fp64 it may not (neither measured). Fast paths: contiguous, 16-byte aligned fp32/fp32,
-bf16/bf16 and fp16/fp16 pairs; every other pair takes the generic (strided, per-load dtype) path.
+should stay under the memory time, on GPUs with 1/64-rate fp64 it may not (neither measured).
+Fast paths: contiguous, 16-byte aligned fp32/fp32, bf16/bf16 and fp16/fp16 pairs; every other
+pair takes the generic (strided, per-load dtype) path.
 
 Design, for the real caller: ``vitcore.score`` passes fresh gradients from ``torch.autograd.grad``
 and fresh ``p.detach()`` views of the weights on every call, so nothing may be keyed on tensor

@@ -1,5 +1,7 @@
 """The `vitcore` command line: options, exit status, the ranked table."""
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -13,16 +15,16 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_default_run_scores_and_ranks_50_architectures(tmp_path, capsys):
+def test_a_run_scores_and_ranks(tmp_path, capsys):  # the default run is the README's (test_readme)
     out = tmp_path / "scores.jsonl"
-    assert main(["score", "--out", str(out)]) == 0
+    assert main(["score", "--n", "7", "--batch-size", "8", "--out", str(out)]) == 0
     table = capsys.readouterr().out.splitlines()
     records = _lines(out)
-    assert len(records) == 50 and all("scores" in r for r in records)
-    assert [r["id"] for r in records] == [a.id for a in sample(SPACES["small"], 50, 0)]
-    assert table[-1] == "50 scored, 0 failed; ranked by grad_norm"
+    assert len(records) == 7 and all("scores" in r for r in records)
+    assert [r["id"] for r in records] == [a.id for a in sample(SPACES["small"], 7, 0)]
+    assert table[-1] == "7 scored, 0 failed; ranked by grad_norm"
     ranked = [float(line.split()[-2]) for line in table[1:-1]]  # the grad_norm column
-    assert len(ranked) == 50 and ranked == sorted(ranked, reverse=True)
+    assert len(ranked) == 7 and ranked == sorted(ranked, reverse=True)
 
 
 def test_every_architecture_failing_exits_nonzero(tmp_path, capsys):
@@ -56,11 +58,23 @@ def test_repeated_architectures_are_scored_once(tmp_path, capsys):
         (["--seed", "-1"], "--seed -1: expected a non-negative integer"),
         (["--out", "{tmp}"], "is a folder; name a file such as"),
         (["--out", "{tmp}/afile/x.jsonl"], "afile' is a file, not a folder"),
+        (["--out", os.devnull], f"--out '{os.devnull}' is not a regular file"),
+        (["--out", "/sys/vitcore-test.jsonl"], "--out '/sys/vitcore-test.jsonl' cannot be written"),
+        (["--archs", "{tmp}"], "architectures file '{tmp}' is a directory, not a file"),
+        (["--data", "{tmp}/adir.npz"], "data file '{tmp}/adir.npz' is a directory, not a file"),
+        (["--data", "{tmp}/afile.npz"], "afile.npz: not a readable .npz of images and labels (EOFError"),
+        (["--n", "44281"], "--n 44281: the 'small' space holds 44,280 architectures"),
+        (["--space", "imagenet", "--data", "synthetic", "--batch-size", "1000000000"],
+         "batch_size=1000000000: synthetic images of shape (1000000000, 3, 224, 224) need 560760.5 GiB"),
     ],
 )
 def test_bad_options_say_what_is_wrong(argv, message, tmp_path, capsys):
+    if "/sys/" in message and not os.path.isdir("/sys"):
+        pytest.skip("needs Linux's /sys, read-only even for root")
     (tmp_path / "afile").write_text("")
-    argv = [a.format(tmp=tmp_path) for a in argv]
+    (tmp_path / "afile.npz").write_text("")  # an empty .npz
+    (tmp_path / "adir.npz").mkdir()
+    argv, message = [a.format(tmp=tmp_path) for a in argv], message.format(tmp=tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(["score", "--n", "2", "--out", str(tmp_path / "x.jsonl")] + argv)
     assert exit_info.value.code == 2
@@ -83,3 +97,41 @@ def test_ranked_table_puts_nan_last(capsys):
     _print_table(records, ["jacob_cov"], "jacob_cov")
     rows = capsys.readouterr().out.splitlines()[1:-1]
     assert [r.split()[1] for r in rows] == ["a2", "a4", "a0", "a3", "a1"]
+
+
+def test_resume_with_another_space_is_refused(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    common = ["score", "--data", "synthetic", "--n", "2", "--batch-size", "4", "--out", str(out)]
+    assert main(common + ["--space", "small"]) == 0
+    before = out.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main(common + ["--space", "imagenet", "--resume"])
+    assert exit_info.value.code == 2 and "holds results for settings" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
+def test_the_null_device_is_left_alone(tmp_path, capsys):
+    if not os.path.exists(os.devnull) or os.path.isfile(os.devnull):
+        pytest.skip("no null device here")
+    mode = os.stat(os.devnull).st_mode
+    with pytest.raises(SystemExit):
+        main(["score", "--n", "1", "--out", os.devnull])
+    assert os.stat(os.devnull).st_mode == mode and stat.S_ISCHR(mode) and not os.path.exists(os.devnull + ".bak")
+
+
+def test_a_bad_archs_line_is_named_with_file_and_line(tmp_path, capsys):
+    archs = tmp_path / "archs.jsonl"
+    good = json.dumps(sample(SPACES["small"], 1)[0].to_dict())
+    archs.write_text(f"{good}\n\n{good[:-1]}\n")
+    with pytest.raises(SystemExit):
+        main(["score", "--archs", str(archs), "--out", str(tmp_path / "r.jsonl")])
+    assert f"{archs}, line 3: not JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["score", "--help"], ["evaluate", "--help"]])
+def test_help_is_plain_text(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "usage: vitcore" in text
+    assert "`" not in text and ":func:" not in text and ".. " not in text  # no reStructuredText markup

@@ -7,7 +7,7 @@ import pytest
 
 import vitcore
 from vitcore.cli import main
-from vitcore.evaluate import DEFAULT_TRUTH, read_truth
+from vitcore.evaluate import DEFAULT_TRUTH, evaluate, read_truth
 from vitcore.space import SPACES, sample
 
 
@@ -100,3 +100,66 @@ def test_evaluate_checks_its_options_before_scoring(tmp_path, capsys, monkeypatc
         with pytest.raises(SystemExit):
             main(["evaluate"] + argv)
         assert message in capsys.readouterr().err
+
+
+def test_directories_are_reported_as_directories(tmp_path, capsys):
+    good = tmp_path / "t.csv"
+    good.write_text("id,acc_mean\nx,1\n")
+    for argv, message in [(["--truth", str(tmp_path)], f"ground-truth file '{tmp_path}' is a directory"),
+                          (["--truth", str(good), "--scores", str(tmp_path)], f"scores file '{tmp_path}' is a directory")]:
+        with pytest.raises(SystemExit):
+            main(["evaluate", "--out", str(tmp_path / "ev")] + argv)
+        assert message in capsys.readouterr().err
+
+
+def test_a_truth_file_that_is_not_text(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"id,acc_mean\n\xff\xfe,1\n")
+    with pytest.raises(ValueError, match=f"ground-truth file '{path}' is not UTF-8 text"):
+        read_truth(str(path))
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs Linux's /sys, read-only even for root")
+def test_an_unwritable_out_fails_before_scoring(capsys, monkeypatch):
+    import vitcore.cli
+
+    monkeypatch.setattr(vitcore.cli, "run_scoring", lambda *a, **k: pytest.fail("scored before checking"))
+    for out in ("/sys/vitcore-test", "/sys"):
+        with pytest.raises(SystemExit):
+            main(["evaluate", "--out", out])
+        assert f"--out '{out}' cannot be written" in capsys.readouterr().err
+
+
+def test_a_pipe_in_the_out_folder_is_never_written(tmp_path, capsys, monkeypatch):
+    import vitcore.cli
+
+    monkeypatch.setattr(vitcore.cli, "run_scoring", lambda *a, **k: pytest.fail("scored before checking"))
+    os.mkfifo(tmp_path / "evaluation.md")  # writing it would wait for a reader forever
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--out", str(tmp_path)])
+    assert "evaluation.md' is not a regular file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("records, truth, message", [
+    (None, {}, "records must be a list of result dicts"),
+    ("scores.jsonl", {}, "records must be a list of result dicts"),
+    ([{"scores": {}}], {}, "records must be dicts with a string 'id'"),
+    ([{"id": "a"}], "truth.csv", "truth must be a dict"),
+])
+def test_evaluate_names_inputs_of_the_wrong_kind(records, truth, message):
+    with pytest.raises(TypeError, match=message):
+        evaluate(records, truth)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "51"], "--n 51: the built-in truth has 50 architectures; score 2 to 50"),
+    (["--n", "1"], "--n 1: the built-in truth has 50 architectures"),
+    (["--proxies", "grad_norm,synflo"], "unknown proxy 'synflo'"),
+])
+def test_options_of_the_built_in_run_are_checked_first(argv, message, tmp_path, capsys, monkeypatch):
+    import vitcore.cli
+
+    monkeypatch.setattr(vitcore.cli, "run_scoring", lambda *a, **k: pytest.fail("scored before checking"))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--out", str(tmp_path / "ev")] + argv)
+    assert message in capsys.readouterr().err

@@ -146,6 +146,7 @@ def test_bad_class_indices_are_refused(targets, message, chunks, proxies, triton
     (torch.zeros(6, dtype=torch.bool), TypeError, "targets.dtype=torch.bool"),
     (torch.zeros(6), ValueError, r"floating targets of shape \(6,\): cross_entropy takes class probabilities"),
     (torch.zeros(5, dtype=torch.long), ValueError, "inputs hold 6 examples and targets 5"),
+    (torch.full((6, 4), 0.25), ValueError, r"class probabilities of shape \(6, 4\) for the model's outputs of shape \(6, 3\)"),
     ([0, 1, 2, 0, 1, 2], TypeError, "targets must be a torch.Tensor, got list"),
 ])
 def test_bad_targets_name_the_value(targets, error, message, triton_off):

@@ -85,3 +85,17 @@ def test_bad_input():
         spearman_rho([1, 2], [1, math.nan])
     with pytest.raises(ValueError, match="top_fraction=0"):
         rank_quality([1, 2], [1, 2], 0)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: kendall_tau(None, [1, 2]), TypeError, "scores must be a sequence of numbers, got NoneType"),
+    (lambda: spearman_rho([1, 2], "ab"), TypeError, "truth must be a sequence of numbers, got str"),
+    (lambda: kendall_test(["a", "b"], [1, 2]), TypeError, r"scores must be a sequence of numbers, got \['a', 'b'\]"),
+    (lambda: top_k_overlap([1, 2], [1, 2], 1.0), ValueError, "k=1.0 must be an int in 1..2"),
+    (lambda: rank_quality([1, 2], [1, 2], "0.5"), TypeError, "top_fraction='0.5' must be a number"),
+    (lambda: rank_quality([1, 2], [1, 2], math.nan), ValueError, "top_fraction=nan must be in"),
+    (lambda: rank_quality({"a": 1}, [1, 2]), TypeError, "scores must be a sequence of numbers, got dict"),
+])
+def test_inputs_of_the_wrong_kind_are_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -1,12 +1,22 @@
-"""Scoring runs (vitcore.runs): the records, resume, backups, the readers of architectures and results."""
+"""Scoring runs (vitcore.runs): the records, the resume key, backups, the lock, the readers."""
+import hashlib
+import itertools
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
+import torch
 
 from vitcore.data import load_batch
-from vitcore.runs import read_archs, read_results, run_scoring, score_archs
-from vitcore.space import SPACES, sample
+from vitcore.runs import read_archs, read_results, run_scoring, score_archs, space_size
+from vitcore.space import SPACES, Arch, SearchSpace, sample
+
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
 
 
 def _lines(path):
@@ -23,8 +33,11 @@ def test_score_archs_records_in_arch_order(tmp_path):
     for r, a in zip(records, archs):
         assert r["arch"] == a.to_dict() and set(r["scores"]) == {"snip", "params"}
         assert r["scores"]["params"] == r["params"] > 0
-        assert r["settings"] == {"data": "digits", "batch_size": 8, "seed": 5, "proxies": ["snip", "params"],
+        digest = hashlib.sha256(batch.inputs.numpy().tobytes() + batch.targets.numpy().tobytes()).hexdigest()[:16]
+        assert r["settings"] == {"space": None, "data": "digits", "batch_size": 8, "input_shape": [1, 8, 8],
+                                 "num_classes": 10, "batch_sha256": digest, "seed": 5, "proxies": ["snip", "params"],
                                  "mode": "global", "params": "all", "dtype": "fp32", "device": "cpu"}
+        assert r["versions"]["torch"] == torch.__version__ and r["versions"]["vitcore"]
     again = score_archs(archs[:1], batch, str(tmp_path / "again.jsonl"), proxies=["snip", "params"], seed=5)
     assert again[0]["scores"] == records[0]["scores"]  # same arch and seed, same weights and batch
 
@@ -104,3 +117,128 @@ def test_score_archs_refuses_bad_settings(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         score_archs(sample(SPACES["small"], 1), load_batch("digits", 4), str(tmp_path / "r.jsonl"), **kwargs)
     assert not (tmp_path / "r.jsonl").exists()
+
+
+BASE = dict(space="small", n=1, data="synthetic", batch_size=4, proxies=["grad_norm"])
+
+
+@pytest.mark.parametrize("change", [
+    dict(space="imagenet"), dict(data="digits"), dict(batch_size=3), dict(seed=1), dict(proxies=["snip"]),
+    dict(proxies=["grad_norm", "snip"]), dict(mode="per_layer"), dict(params="weights"), dict(dtype="bf16"),
+])
+def test_every_setting_that_changes_a_score_is_in_the_resume_key(tmp_path, change):
+    out = tmp_path / "r.jsonl"
+    run_scoring(str(out), **BASE)
+    before = out.read_text()
+    with pytest.raises(ValueError, match="holds results for settings"):
+        run_scoring(str(out), resume=True, **{**BASE, **change})
+    assert out.read_text() == before
+
+
+def test_a_changed_data_file_is_not_resumed(tmp_path):
+    data, out = tmp_path / "d.npz", tmp_path / "r.jsonl"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((6, 8, 8)), y=np.arange(6) % 3)
+    run_scoring(str(out), n=1, data=str(data), batch_size=4)
+    np.savez(data, x=rng.random((6, 8, 8)), y=np.arange(6) % 3)  # same name, other images
+    with pytest.raises(ValueError, match="holds results for settings"):
+        run_scoring(str(out), n=1, data=str(data), batch_size=4, resume=True)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_out_that_is_not_a_regular_file_is_never_moved(tmp_path, kind):
+    if kind == "fifo":
+        out = str(tmp_path / "pipe")
+        os.mkfifo(out)
+    else:
+        out = os.devnull
+        if not os.path.exists(out) or os.path.isfile(out):
+            pytest.skip("no null device here")
+    before = os.stat(out)
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="is not a regular file"):
+            run_scoring(out, **BASE, resume=resume)
+    after = os.stat(out)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode) and not stat.S_ISREG(after.st_mode)
+    assert not os.path.exists(out + ".bak")
+
+
+@pytest.mark.skipif(fcntl is None, reason="no fcntl: results files are not locked here")
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_second_writer_is_refused_and_changes_nothing(tmp_path, resume):
+    out = tmp_path / "r.jsonl"
+    run_scoring(str(out), **BASE)
+    before = out.read_text()
+    with open(out, "a") as held:  # another run writing it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="is being written by another run"):
+            run_scoring(str(out), **{**BASE, "n": 2}, resume=resume)
+    assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+    run_scoring(str(out), **{**BASE, "n": 2}, resume=True)  # released: the next run goes ahead
+    assert len(_lines(out)) == 2
+
+
+def test_space_size_counts_every_architecture():
+    tiny = SearchSpace(name="tiny", img_size=8, in_chans=1, num_classes=2, patch_sizes=(2, 4), embed_dims=(8,),
+                       depths=(1, 3), num_heads=(1, 2), mlp_ratios=(2.0,), head_dim=4)
+    every = {Arch(embed_dim=d, depth=L, num_heads=h, mlp_ratio=(2.0,) * L, head_dim=4, patch_size=p).id
+             for p in tiny.patch_sizes for d in tiny.embed_dims for L in tiny.depths
+             for h in itertools.product(tiny.num_heads, repeat=L)}
+    assert space_size(tiny) == len(every) == 2 * (2 + 8)
+    assert {a.id for a in sample(tiny, len(every))} == every
+    assert space_size(SPACES["small"]) == 44_280
+
+
+@pytest.mark.parametrize("n", [44_281, 0])
+def test_n_outside_the_space_fails_before_sampling(tmp_path, n):
+    with pytest.raises(ValueError, match=f"--n {n}: the 'small' space holds 44,280 architectures"):
+        run_scoring(str(tmp_path / "r.jsonl"), n=n)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs Linux's /sys, read-only even for root")
+def test_an_unwritable_out_is_a_clean_error():
+    with pytest.raises(ValueError, match="--out '/sys/vitcore-test/r.jsonl' cannot be written"):
+        run_scoring("/sys/vitcore-test/r.jsonl", **BASE)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"depth": 1}\n\nnot json\n', "line 1: not an architecture"),
+    ('{A}\n\n{B}\nnot json\n', "line 4: not JSON"),
+    ('{A}\n\n[1]\n', "line 3: not an architecture"),
+    ('[{A},\n {B},\n 7]', "entry 3: not an architecture"),
+    ('[{A},\n {B}\n {A}]', "line 3: not JSON"),
+    ('{"arch": {A}, "id": "x"}\n{"arch": 5}\n', "line 2: not an architecture"),
+])
+def test_a_bad_architecture_is_reported_with_file_and_line(tmp_path, content, message):
+    a, b = (json.dumps(x.to_dict()) for x in sample(SPACES["small"], 2))
+    path = tmp_path / "archs.jsonl"
+    path.write_text(content.replace("{A}", a).replace("{B}", b))
+    with pytest.raises(ValueError, match=f"{path}, {message}"):
+        read_archs(str(path))
+
+
+@pytest.mark.parametrize("reader", [read_archs, read_results])
+def test_a_directory_is_reported_as_one(tmp_path, reader):
+    with pytest.raises(ValueError, match="is a directory, not a file"):
+        reader(str(tmp_path))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda b, o: score_archs(None, b, o), TypeError, "archs must be a list of Arch"),
+    (lambda b, o: score_archs(["x"], b, o), TypeError, "archs must be a list of Arch"),
+    (lambda b, o: score_archs(sample(SPACES["small"], 1), "digits", o), TypeError, "batch must be a vitcore.data.Batch"),
+    (lambda b, o: score_archs(sample(SPACES["small"], 1), b, None), TypeError, "--out must be a path"),
+    (lambda b, o: score_archs(sample(SPACES["small"], 1), b, o, seed=1.5), TypeError, "--seed 1.5: expected an int"),
+    (lambda b, o: score_archs(sample(SPACES["small"], 1), b, o, device="gpu"), ValueError, "device='gpu'"),
+    (lambda b, o: score_archs(sample(SPACES["small"], 1), b, o, mode="max"), ValueError, "mode='max'"),
+    (lambda b, o: score_archs(sample(SPACES["small"], 1), b, o, params="some"), ValueError, "params='some'"),
+    (lambda b, o: score_archs(sample(SPACES["small"], 1), b, o, resume="yes"), TypeError, "resume='yes'"),
+    (lambda b, o: run_scoring(o, n="5"), TypeError, "--n '5': expected an int"),
+    (lambda b, o: run_scoring(o, space=None), TypeError, "space name must be a str"),
+])
+def test_api_inputs_of_the_wrong_kind_are_named(tmp_path, call, error, message):
+    out = str(tmp_path / "r.jsonl")
+    with pytest.raises(error, match=message):
+        call(load_batch("digits", 4), out)
+    assert not os.path.exists(out)

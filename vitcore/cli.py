@@ -11,15 +11,21 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from typing import List, Optional
 
 from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
+from vitcore.distributed import Rank, RankFailed
 from vitcore.evaluate import (DEFAULT_TRUTH, evaluate_columns, format_columns, format_table, mean_tau,
                               read_truth_any, scatter_plots, with_vote)
+from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
 from vitcore.space import SPACES, get_space
+
+BUILTIN_N = 50  # architectures of the built-in ground truth: the default sample of vitcore score
+DESCRIPTION = "Zero-cost proxies for Vision Transformer search: score architectures, evaluate proxies, time MSA."
 
 
 def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
@@ -45,7 +51,10 @@ def cmd_score(args) -> int:
         raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(proxies)}")
     results = run_scoring(args.out, space=args.space, n=args.n, archs=args.archs, data=args.data,
                           batch_size=args.batch_size, seed=args.seed, proxies=proxies, mode=args.mode,
-                          params=args.params, device=args.device, dtype=args.dtype, resume=args.resume)
+                          params=args.params, device=args.device, dtype=args.dtype, resume=args.resume,
+                          workers=args.workers)
+    if Rank.from_env().rank != 0:  # under torchrun: rank 0 prints the merged table
+        return 0
     _print_table(results, proxies, rank_by)
     return 0 if any("scores" in r for r in results) else 1  # every architecture failed
 
@@ -70,17 +79,30 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"--out {args.out!r} is a file; evaluate writes a folder")
     proxies = check_proxies(args.proxies.split(",")) if args.proxies else list(PROXIES)
     scores_file = os.path.join(args.out, "scores.jsonl")
+    if not 2 <= args.n <= BUILTIN_N:
+        raise ValueError(f"--n {args.n}: the built-in truth has {BUILTIN_N} architectures; score 2 to {BUILTIN_N}")
     if args.scores:
-        if not os.path.isfile(args.scores):
-            raise FileNotFoundError(f"scores file {args.scores!r} does not exist")
+        check_input_file(args.scores, "scores file")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out).close()  # a folder we cannot write to fails here, not after scoring
+    except OSError as e:
+        raise ValueError(f"--out {args.out!r} cannot be written: {e.strerror}") from None
+    folders = [args.out] if len(truth.columns) == 1 else [os.path.join(args.out, c) for c in truth.columns]
+    for name in ["evaluation.md", "scores.jsonl"]:
+        check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device
+    for folder in folders:
+        for p in list(PROXIES) + ["vit_vote"]:
+            check_out_file(os.path.join(folder, f"scatter-{p}.png"))
+    if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
     elif truth.archs:  # a JSON-lines truth names its architectures: score them
         space = get_space(args.space or "autoformer")
         batch = load_batch(args.data or "synthetic", args.batch_size or 8, args.seed, space)
         records = score_archs(list(truth.archs.values()), batch, scores_file, proxies=proxies, seed=args.seed,
                               device=args.device, resume=True)
-    else:  # the built-in 50 with `vitcore score`'s defaults and every proxy
-        records = run_scoring(scores_file, space=args.space or "small", data=args.data or "digits",
+    else:  # the first n of the built-in 50, with the other defaults of vitcore score unless given
+        records = run_scoring(scores_file, n=args.n, space=args.space or "small", data=args.data or "digits",
                               batch_size=args.batch_size or 64, seed=args.seed, proxies=proxies,
                               device=args.device, resume=True)
     records = with_vote(records)
@@ -90,7 +112,6 @@ def cmd_evaluate(args) -> int:
     if columns:
         best = max(mean_tau(results, columns).items(), key=lambda kv: kv[1])
         print(f"highest mean τ over {', '.join(columns)}: {best[0]} {best[1]:.3f}")
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "evaluation.md"), "w") as f:
         f.write(f"scores: {args.scores or scores_file}; truth: {args.truth}; {_batch_line(records)}\n\n{text}\n")
     plots = []
@@ -108,11 +129,12 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitcore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vitcore", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="score architectures with zero-cost proxies and rank them")
     s.add_argument("--archs", help="JSON or JSON-lines file of architectures (default: sample the space)")
-    s.add_argument("--n", type=int, default=50, help="architectures to sample (default 50)")
+    s.add_argument("--n", "--num-archs", dest="n", type=int, default=50,
+                   help="architectures to sample (default 50; --num-archs under torchrun, where --n is ambiguous)")
     s.add_argument("--seed", type=int, default=0, help="sampling, minibatch and initialisation seed")
     s.add_argument("--space", default="small", help=f"search space: {', '.join(SPACES)} (default small)")
     s.add_argument("--batch-size", type=int, default=64)
@@ -125,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="autocast precision (weights stay fp32)")
     s.add_argument("--out", default=DEFAULT_OUT, help=f"results, one JSON line per architecture (default {DEFAULT_OUT})")
     s.add_argument("--resume", action="store_true", help="keep --out's finished results and score the rest")
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes on this machine sharing the architectures (default 1; see also torchrun)")
     s.set_defaults(func=cmd_score)
     e = sub.add_parser("evaluate", help="rank correlation of proxies with trained accuracy, with scatter plots")
     e.add_argument("--scores", help="results of `vitcore score` (default: score the built-in 50 with every proxy)")
@@ -132,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV with columns id, acc_mean, or JSON lines of architectures with an \"acc\" object of "
                         "columns (default: the built-in digits truth)")
     e.add_argument("--columns", help="comma-separated truth columns to average τ over (JSON-lines truth)")
-    e.add_argument("--proxies", help="comma-separated proxies to score (default: every proxy)")
+    e.add_argument("--proxies", help="without --scores: comma-separated proxies to score with (default: every proxy)")
+    e.add_argument("--n", type=int, default=BUILTIN_N,
+                   help=f"without --scores, CSV truth: score the first n of the built-in {BUILTIN_N} (default {BUILTIN_N})")
     e.add_argument("--space", help="search space giving image size, channels and classes when scoring "
                                    "(default: autoformer for a JSON-lines truth, else small)")
     e.add_argument("--data", help=f"{' | '.join(DATA_CHOICES)}: the batch to score with; data-dependent proxies "
@@ -156,5 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except RankFailed as e:  # a worker died or raised: what it finished is kept for --resume
+        parser.exit(1, f"vitcore {args.command}: {e}\n")
+    except (ValueError, TypeError, OSError) as e:  # OSError: a full disk, a file gone meanwhile
         parser.exit(2, f"vitcore {args.command}: error: {e}\n")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 from vitcore.ensemble import VIT_VOTE, vote
+from vitcore.paths import check_input_file
 from vitcore.ranking import CI_LEVEL, RankQuality, rank_quality
 from vitcore.space import Arch
 
@@ -22,28 +23,39 @@ DEFAULT_TRUTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "truth"
 
 
 def read_truth(path: str) -> Dict[str, float]:
-    """{architecture id: accuracy} from a CSV with columns ``id`` and ``acc_mean`` (or ``accuracy``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ground-truth file {path!r} does not exist")
+    """{architecture id: accuracy} from a CSV with columns ``id`` and ``acc_mean`` (or ``accuracy``).
+
+    Raises FileNotFoundError for a missing file; ValueError for a directory, a file that is not UTF-8
+    text, or a bad row (naming the file and line).
+    """
+    path = check_input_file(path, "ground-truth file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+            return _parse_truth(path, csv.DictReader(f))
+    except UnicodeDecodeError:
+        raise ValueError(f"ground-truth file {path!r} is not UTF-8 text") from None
+    except csv.Error as e:
+        raise ValueError(f"ground-truth file {path!r} is not a CSV file ({e})") from None
+
+
+def _parse_truth(path: str, reader: csv.DictReader) -> Dict[str, float]:
     truth: Dict[str, float] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        column = next((c for c in ("acc_mean", "accuracy") if c in fields), None)
-        if "id" not in fields or column is None:
-            raise ValueError(f"{path}: needs columns 'id' and 'acc_mean' (or 'accuracy'); has {fields}")
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            arch_id, value = row["id"], row[column]
-            try:
-                acc = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}: {column}={value!r} is not a number") from None
-            if not math.isfinite(acc):
-                raise ValueError(f"{where}: {column}={value!r} is not finite")
-            if arch_id in truth:
-                raise ValueError(f"{where}: id {arch_id!r} appears twice")
-            truth[arch_id] = acc
+    fields = reader.fieldnames or []
+    column = next((c for c in ("acc_mean", "accuracy") if c in fields), None)
+    if "id" not in fields or column is None:
+        raise ValueError(f"{path}: needs columns 'id' and 'acc_mean' (or 'accuracy'); has {fields}")
+    for row in reader:
+        where = f"{path}, line {reader.line_num}"
+        arch_id, value = row["id"], row[column]
+        try:
+            acc = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {column}={value!r} is not a number") from None
+        if not math.isfinite(acc):
+            raise ValueError(f"{where}: {column}={value!r} is not finite")
+        if arch_id in truth:
+            raise ValueError(f"{where}: id {arch_id!r} appears twice")
+        truth[arch_id] = acc
     return truth
 
 
@@ -72,8 +84,7 @@ def read_truth_jsonl(path: str) -> Truth:
     on some lines; those architectures are left out of that column. Raises ValueError naming the file,
     line and bad value; the same architecture twice is an error.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ground-truth file {path!r} does not exist")
+    path = check_input_file(path, "ground-truth file")
     truth = Truth(columns={})
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -153,8 +164,19 @@ def format_columns(results: Dict[str, Dict[str, RankQuality]], columns: Sequence
 def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float = 0.1) -> Dict[str, RankQuality]:
     """Rank quality per proxy over the architectures that have both scores and a true accuracy.
 
-    A failed architecture (a record with an error) counts as NaN for every proxy.
+    ``records`` are results as ``read_results`` gives them, ``truth`` maps ids to accuracies (as
+    ``read_truth`` gives it). A failed architecture (a record with an error) counts as NaN for every
+    proxy. Raises TypeError for arguments of the wrong type, ValueError for fewer than 2
+    architectures in common.
     """
+    if isinstance(records, (str, bytes, dict)) or not hasattr(records, "__iter__"):
+        raise TypeError(f"records must be a list of result dicts, got {type(records).__name__}")
+    records = list(records)
+    bad = next((r for r in records if not isinstance(r, dict) or not isinstance(r.get("id"), str)), None)
+    if bad is not None:
+        raise TypeError(f"records must be dicts with a string 'id' (see read_results), got {bad!r:.80}")
+    if not isinstance(truth, dict):
+        raise TypeError(f"truth must be a dict of id -> accuracy (see read_truth), got {type(truth).__name__}")
     proxies = list(dict.fromkeys(p for r in records for p in r.get("scores", {})))  # first-seen order
     common = [r for r in records if r["id"] in truth]
     if len(common) < 2:

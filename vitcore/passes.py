@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -45,6 +46,9 @@ def loss_on(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor) -> t
     nor is silently ignored (-100): ``vitcore.score`` counts them and refuses them after its sync."""
     if not targets.is_floating_point() and logits.ndim >= 2:
         targets = torch.where((targets >= 0) & (targets < logits.shape[1]), targets, 0)
+    elif loss_fn is F.cross_entropy and targets.shape != logits.shape:
+        raise ValueError(f"class probabilities of shape {tuple(targets.shape)} for the model's outputs of "
+                         f"shape {tuple(logits.shape)}: they must match")
     return loss_fn(logits, targets)
 
 

@@ -1,6 +1,12 @@
-"""File names that never overwrite a finished result."""
+"""Files of a run: inputs checked before they are read, outputs that never overwrite a finished result."""
 import os
-from typing import Callable
+import sys
+from typing import Callable, TextIO
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: results files go unlocked there, with a warning
+    fcntl = None
 
 
 def free_name(base: str, taken: Callable[[str], bool] = os.path.exists) -> str:
@@ -10,3 +16,58 @@ def free_name(base: str, taken: Callable[[str], bool] = os.path.exists) -> str:
         k += 1
         path = f"{base}-{k}"
     return path
+
+
+def check_input_file(path, what: str) -> str:
+    """``path`` if it names a regular file; ``what`` ("data file", ...) names it in the error.
+
+    Raises TypeError for a path that is not a str or os.PathLike, FileNotFoundError for a missing
+    file, ValueError for a directory or something that is not a regular file (a FIFO, a device).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a directory, not a file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} is not a regular file")
+    return path
+
+
+def check_out_file(path, option: str = "--out") -> str:
+    """``path`` if a results file may be written there: not a folder, not something other than a regular
+    file (a device, a FIFO: never moved aside or replaced), not below a file. ValueError otherwise."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{option} must be a path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a folder; name a file such as {os.path.join(path, 'scores.jsonl')!r}")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{option} {path!r} is not a regular file (a device or a pipe?); name a file")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option} {path!r}: {parent!r} is a file, not a folder")
+    return path
+
+
+def lock(f: TextIO, path: str, option: str = "--out") -> None:
+    """Take ``f``'s exclusive lock without waiting (``fcntl.flock``): one writer per results file.
+
+    ValueError (after closing ``f``) when another process holds it. Where files cannot be locked
+    (no ``fcntl``, a file system without locks) a warning says so and the run goes on unlocked.
+    """
+    if fcntl is None:
+        print(f"{path}: results files cannot be locked on this system; run one writer at a time", file=sys.stderr)
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"{option} {path!r} is being written by another run; wait for it or use another {option}") \
+            from None
+    except OSError as e:  # e.g. ENOLCK on a network file system
+        print(f"{path}: not locked ({e.strerror}); run one writer at a time", file=sys.stderr)

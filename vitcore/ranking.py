@@ -33,9 +33,17 @@ class RankQuality:
     n_nan: int  # of which the proxy scored NaN
 
 
+def _as_numbers(values, name: str) -> np.ndarray:
+    if isinstance(values, (str, bytes, dict)) or values is None:
+        raise TypeError(f"{name} must be a sequence of numbers, got {type(values).__name__}")
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a sequence of numbers, got {values!r:.80}") from None
+
+
 def _scores(scores: Sequence[float], truth: Sequence[float]):
-    s = np.asarray(scores, dtype=np.float64)
-    t = np.asarray(truth, dtype=np.float64)
+    s, t = _as_numbers(scores, "scores"), _as_numbers(truth, "truth")
     if s.ndim != 1 or s.shape != t.shape:
         raise ValueError(f"scores has shape {s.shape} and truth {t.shape}: need two equal-length 1-D sequences")
     if len(s) < 2:
@@ -84,10 +92,16 @@ def top_k_overlap(scores: Sequence[float], truth: Sequence[float], k: int) -> fl
 
 
 def rank_quality(scores: Sequence[float], truth: Sequence[float], top_fraction: float = 0.1) -> RankQuality:
-    """All the measures at once; top_k = ceil(top_fraction · n)."""
+    """All the measures at once; top_k = ceil(top_fraction · n).
+
+    Raises TypeError for scores, truth or top_fraction that are not numbers, ValueError for a
+    top_fraction outside (0, 1] (NaN included) and for the inputs the measures refuse.
+    """
+    if isinstance(top_fraction, bool) or not isinstance(top_fraction, (int, float, np.floating, np.integer)):
+        raise TypeError(f"top_fraction={top_fraction!r} must be a number in (0, 1]")
     if not 0 < top_fraction <= 1:
         raise ValueError(f"top_fraction={top_fraction} must be in (0, 1]")
-    s = np.asarray(scores, dtype=np.float64)
+    s = _as_numbers(scores, "scores")
     k = max(1, math.ceil(top_fraction * len(s) - 1e-9))  # 0.07 · 100 is 7.000000000000001 in floats
     p, ci = kendall_test(scores, truth)
     return RankQuality(

@@ -2,47 +2,72 @@
 
 ``score_archs`` appends each architecture's record to the results file as soon as it is scored, so an
 interrupted run loses nothing; with ``resume`` it keeps the records already there for the same
-settings and scores the rest (failed architectures are retried). ``run_scoring`` is the whole run
-of ``vitcore score``: it samples or reads the architectures, loads the minibatch and calls
+settings and scores the rest (failed architectures are retried). One run writes a results file at a
+time: the file is locked while a run writes it (``vitcore.paths.lock``). ``run_scoring`` is the
+whole run of ``vitcore score``: it samples or reads the architectures, loads the minibatch and calls
 ``score_archs``. The readers (``read_archs``, ``read_results``) are what ``vitcore evaluate`` and
 users' scripts load results with.
 """
 import contextlib
+import hashlib
 import json
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from importlib import metadata
+from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import torch
 from tqdm import tqdm
 
 from vitcore.data import Batch, load_batch
 from vitcore.model import ViT
-from vitcore.paths import free_name
-from vitcore.proxies import check_proxies, score
-from vitcore.space import Arch, get_space, sample
+from vitcore.paths import check_input_file, check_out_file, free_name, lock
+from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, check_proxies, score
+from vitcore.space import Arch, SearchSpace, get_space, sample
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
 
 
+def _entry_arch(entry, where: str) -> Arch:
+    try:
+        return Arch.from_dict(entry["arch"] if isinstance(entry, dict) and "arch" in entry else entry)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{where}: not an architecture ({e})") from None
+
+
 def read_archs(path: str) -> List[Arch]:
-    """Architectures from a JSON list or JSON lines; each entry an arch or a result with an "arch" field.
+    """Architectures from a JSON list, one JSON object, or JSON lines; each entry an arch or a result with
+    an "arch" field.
 
     Repeated architectures (a results file holds a retried id twice) are kept once, in first-seen
-    order. Raises FileNotFoundError for a missing file, ValueError for a file with no architecture.
+    order. Raises FileNotFoundError for a missing file; ValueError for a directory, a file with no
+    architecture, or a bad entry (naming the file and the line, or the entry of a list).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"architectures file {path!r} does not exist")
-    with open(path) as f:
-        text = f.read()
+    path = check_input_file(path, "architectures file")
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
     try:
-        entries = json.loads(text)
-        entries = entries if isinstance(entries, list) else [entries]
-    except json.JSONDecodeError:
-        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
-    archs = [Arch.from_dict(e["arch"] if isinstance(e, dict) and "arch" in e else e) for e in entries]
+        document = json.loads(text)
+    except json.JSONDecodeError as e:
+        if text.lstrip().startswith("["):  # a JSON list with a syntax error
+            raise ValueError(f"{path}, line {e.lineno}: not JSON ({e.msg})") from None
+        document = None
+    if isinstance(document, list):
+        archs = [_entry_arch(e, f"{path}, entry {i}") for i, e in enumerate(document, 1)]
+    elif document is not None:
+        archs = [_entry_arch(document, path)]
+    else:  # JSON lines: numbered as an editor numbers them
+        archs = []
+        for number, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not JSON ({e.msg})") from None
+            archs.append(_entry_arch(entry, f"{path}, line {number}"))
     if not archs:
         raise ValueError(f"architectures file {path!r} holds no architectures")
     unique = list({a.id: a for a in archs}.values())
@@ -56,18 +81,23 @@ def read_results(path: str, repair: bool = False) -> List[dict]:
 
     A line cut off by an interruption is skipped, and with ``repair`` (before appending to the file)
     also dropped from the file. A missing file reads as no results. Raises ValueError naming the file
-    and line for a line that is not such a record.
+    and line for a line that is not such a record, and for a directory or a non-regular file.
     """
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return []
+    path = check_input_file(path, "results file")
     with open(path, "rb") as f:
         data = f.read()
     complete = data[: data.rfind(b"\n") + 1]
     if repair and len(complete) != len(data):
-        with open(path, "wb") as f:
-            f.write(complete)
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
     records = []
-    for number, line in enumerate(complete.decode().splitlines(), 1):
+    for number, raw in enumerate(complete.split(b"\n")[:-1], 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}, line {number}: not UTF-8 text") from None
         if not line.strip():
             continue
         try:
@@ -84,6 +114,8 @@ def read_results(path: str, repair: bool = False) -> List[dict]:
 
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``; ValueError for CUDA without a GPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={name!r}; valid: auto, cpu, cuda")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -91,15 +123,73 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_out_file(path: str) -> None:
-    """A results file (``--out``) may not be a folder, nor sit below a file (ValueError)."""
-    if os.path.isdir(path):
-        raise ValueError(f"--out {path!r} is a folder; name a file such as {os.path.join(path, 'scores.jsonl')!r}")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"--out {path!r}: {parent!r} is a file, not a folder")
+def space_size(space: SearchSpace) -> int:
+    """How many distinct architectures ``space`` holds: Σ over depths L of |patch|·|D|·(|H|·|mlp ratio|)^L."""
+    per_block = len(space.num_heads) * len(space.mlp_ratios)
+    return len(space.patch_sizes) * len(space.embed_dims) * sum(per_block ** depth for depth in space.depths)
+
+
+def _versions() -> Dict[str, str]:
+    try:
+        vitcore_version = metadata.version("vitcore")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        vitcore_version = "not installed"
+    return {"vitcore": vitcore_version, "torch": torch.__version__}
+
+
+def _batch_digest(batch: Batch) -> str:
+    """The first 16 hex digits of the SHA-256 of the batch's images and labels: the data in the resume key."""
+    h = hashlib.sha256()
+    for t in (batch.inputs, batch.targets):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def open_results(out: str, resume: bool) -> TextIO:
+    """``out`` opened for appending and locked (``vitcore.paths.lock``); without ``resume`` an existing
+    ``out`` is first moved aside to ``out.bak`` (or ``.bak-2``, ...). ValueError when another run holds
+    the lock or ``out`` cannot be written."""
+    existed = os.path.exists(out)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        f = open(out, "a", encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"--out {out!r} cannot be written: {e.strerror}") from None
+    lock(f, out)  # before reading or moving anything: another run may be writing it
+    if resume or not existed:
+        return f
+    try:
+        backup = free_name(out + ".bak")
+        os.replace(out, backup)  # a regular file (check_out_file), still locked by us
+        print(f"moved the previous {out} to {backup}", file=sys.stderr)
+        try:
+            fresh = open(out, "x", encoding="utf-8")
+        except FileExistsError:
+            raise ValueError(f"--out {out!r} was created by another run meanwhile; use another --out") from None
+        lock(fresh, out)
+    finally:
+        f.close()
+    return fresh
+
+
+def _open_results(out: str, settings: dict, resume: bool,
+                  resume_from: Sequence[str] = ()) -> Tuple[TextIO, Dict[str, dict]]:
+    """``out`` opened by ``open_results``, and with ``resume`` the finished records by id of ``out`` and
+    of the files ``resume_from`` (read, not repaired: other writers' files); a score beats an error."""
+    f = open_results(out, resume)
+    done: Dict[str, dict] = {}
+    try:
+        for path in (out, *resume_from) if resume else ():
+            for r in read_results(path, repair=path == out):
+                if r.get("settings") != settings:
+                    raise ValueError(f"--resume: {path} holds results for settings {r.get('settings')}, "
+                                     f"not {settings}; use another --out")
+                if "scores" in r or "scores" not in done.get(r["id"], {}):
+                    done[r["id"]] = r
+    except BaseException:
+        f.close()
+        raise
+    return f, done
 
 
 def _score_one(arch: Arch, batch: Batch, proxies: List[str], mode: str, params: str, seed: int,
@@ -115,50 +205,69 @@ def _score_one(arch: Arch, batch: Batch, proxies: List[str], mode: str, params: 
     return {"params": n_params, "scores": scores, "time_s": round(time.perf_counter() - start, 6)}
 
 
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"--seed {seed!r}: expected an int")
+    if seed < 0:
+        raise ValueError(f"--seed {seed}: expected a non-negative integer")
+
+
 def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
-                seed: int = 0, device: str = "auto", dtype: str = "fp32", resume: bool = False) -> List[dict]:
+                seed: int = 0, device: str = "auto", dtype: str = "fp32", resume: bool = False,
+                space: Optional[str] = None, resume_from: Sequence[str] = (),
+                on_record: Optional[Callable[[dict], None]] = None) -> List[dict]:
     """Score ``archs`` on ``batch`` with ``proxies``, appending one JSON line per architecture to ``out``.
 
     Each architecture's weights are initialised from ``seed`` and its id, so a record is reproducible
-    on its own. ``dtype`` ("fp32", "bf16", "fp16") is the autocast precision (weights stay fp32);
-    ``device`` is "auto", "cpu" or "cuda". A record is ``{"id", "arch", "settings", "params",
-    "scores", "time_s"}`` (``time_s`` in seconds), or ``{"id", "arch", "settings", "error"}`` for an
-    architecture that failed (out of memory, an invalid config); the run goes on after a failure.
+    on its own. ``mode`` and ``params`` are those of ``vitcore.score``; ``dtype`` ("fp32", "bf16",
+    "fp16") is the autocast precision (weights stay fp32); ``device`` is "auto", "cpu" or "cuda";
+    ``space`` names the space the architectures come from (recorded; None when they come from
+    elsewhere). A record is ``{"id", "arch", "settings", "versions", "params", "scores", "time_s"}``
+    (``time_s`` in seconds; ``versions`` of vitcore and torch), or ``{"id", "arch", "settings",
+    "versions", "error"}`` for an architecture that failed (out of memory, an invalid config); the run
+    goes on after a failure.
 
-    Without ``resume`` an existing ``out`` is moved aside to ``out.bak`` (or ``.bak-2``, ...). With
-    ``resume`` the finished records in ``out`` are kept and not scored again; ValueError if they were
-    made with other settings. Returns the records in the order of ``archs``.
+    ``settings`` is the resume key: everything that changes a score (space, the data's name, batch
+    size, image shape, classes and a digest of the batch's contents, seed, proxies, mode, params,
+    dtype, device type). Without ``resume`` an existing ``out`` is moved aside to ``out.bak`` (or
+    ``.bak-2``, ...). With ``resume`` the finished records in ``out`` are kept and not scored again;
+    ValueError if they were made with other settings. ValueError too when another run is writing
+    ``out``, or ``out`` cannot be written or is not a regular file. Returns the records in the order
+    of ``archs``.
+
+    With ``resume``, the records of the results files ``resume_from`` count as finished too (the
+    shards of a run on several processes, ``vitcore.distributed``). ``on_record``, when given, is
+    called with each record once its line is written and fsynced.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"--seed {seed}: expected a non-negative integer")
+    if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or \
+            not all(isinstance(a, Arch) for a in archs):
+        raise TypeError(f"archs must be a list of Arch (see read_archs, sample), got {archs!r:.80}")
+    if not isinstance(batch, Batch):
+        raise TypeError(f"batch must be a vitcore.data.Batch (see load_batch), got {type(batch).__name__}")
+    _check_seed(seed)
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
+    if mode not in GRAD_NORM_MODES:
+        raise ValueError(f"mode={mode!r}; valid: {', '.join(GRAD_NORM_MODES)}")
+    if params not in PARAM_SETS:
+        raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume={resume!r} must be a bool")
     proxies = check_proxies(proxies)
-    check_out_file(out)
+    out = check_out_file(out)
     run_device = resolve_device(device)
-    settings = {"data": batch.name, "batch_size": len(batch.targets), "seed": seed, "proxies": proxies,
-                "mode": mode, "params": params, "dtype": dtype, "device": run_device.type}
+    settings = {"space": space, "data": batch.name, "batch_size": len(batch.targets),
+                "input_shape": list(batch.inputs.shape[1:]), "num_classes": batch.num_classes,
+                "batch_sha256": _batch_digest(batch), "seed": seed, "proxies": proxies, "mode": mode,
+                "params": params, "dtype": dtype, "device": run_device.type}
+    versions = _versions()
 
-    done = {}
-    if resume:
-        for r in read_results(out, repair=True):
-            if r.get("settings") != settings:
-                raise ValueError(
-                    f"--resume: {out} holds results for settings {r.get('settings')}, not {settings}; "
-                    "use another --out"
-                )
-            done[r["id"]] = r
-    elif os.path.exists(out):
-        backup = free_name(out + ".bak")
-        os.replace(out, backup)
-        print(f"moved the previous {out} to {backup}", file=sys.stderr)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-
-    todo = [a for a in archs if "scores" not in done.get(a.id, {})]
-    with open(out, "a") as f:
+    f, done = _open_results(out, settings, resume, resume_from)
+    with f:
+        todo = [a for a in archs if "scores" not in done.get(a.id, {})]
         for arch in tqdm(todo, desc="scoring", unit="arch", disable=None, file=sys.stderr):
-            record = {"id": arch.id, "arch": arch.to_dict(), "settings": settings}
+            record = {"id": arch.id, "arch": arch.to_dict(), "settings": settings, "versions": versions}
             try:
                 record.update(_score_one(arch, batch, proxies, mode, params, seed, run_device, DTYPES[dtype]))
             except (RuntimeError, ValueError) as e:  # out of memory, an invalid config: record and go on
@@ -169,6 +278,8 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
             f.flush()
             os.fsync(f.fileno())
             done[arch.id] = record
+            if on_record is not None:
+                on_record(record)
     print(f"results: {out}", file=sys.stderr)
     return [done[a.id] for a in archs]
 
@@ -176,17 +287,42 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
 def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, archs: Optional[str] = None,
                 data: str = "digits", batch_size: int = 64, seed: int = 0,
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
-                device: str = "auto", dtype: str = "fp32", resume: bool = False) -> List[dict]:
+                device: str = "auto", dtype: str = "fp32", resume: bool = False, workers: int = 1) -> List[dict]:
     """The run of ``vitcore score``: ``n`` architectures sampled from ``space`` with ``seed`` (or those
     of the file ``archs``, see ``read_archs``), scored on ``batch_size`` examples of ``data`` ("digits",
     "synthetic" or an .npz path, see ``vitcore.data.load_batch``) by ``score_archs``, which documents
-    the other arguments and the records returned."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"--seed {seed}: expected a non-negative integer")
-    check_out_file(out)
+    the other arguments and the records returned. Everything is checked before the first
+    architecture is scored: ValueError for an ``n`` larger than the space, a bad file, bad settings.
+
+    Under torchrun with several ranks, or with ``workers`` > 1 (processes started on this machine),
+    the ranks share the architectures and rank 0 merges their records into ``out``; a resumed run
+    also takes the records of the shards an earlier such run left (``vitcore.distributed``).
+    RankFailed (a RuntimeError) when a worker fails."""
+    from vitcore import distributed  # imports this module
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers {workers!r}: expected a positive integer")
+    if workers > 1 and distributed.Rank.from_env().world > 1:
+        raise ValueError(f"--workers {workers}: this process is already one of torchrun's ranks; drop --workers")
+    _check_seed(seed)
+    out = check_out_file(out)
     search_space = get_space(space)
-    chosen = read_archs(archs) if archs else sample(search_space, n, seed)
+    if archs is None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"--n {n!r}: expected an int")
+        if not 1 <= n <= space_size(search_space):
+            raise ValueError(f"--n {n}: the {space!r} space holds {space_size(search_space):,} architectures; "
+                             "ask for 1 to that many")
+        chosen = sample(search_space, n, seed)
+    else:
+        chosen = read_archs(archs)
     resolve_device(device)
     batch = load_batch(data, batch_size, seed, search_space)
-    return score_archs(chosen, batch, out, proxies=proxies, mode=mode, params=params, seed=seed,
-                       device=device, dtype=dtype, resume=resume)
+    if workers > 1:  # the inputs above are checked once, here, before the workers start
+        return distributed.launch(workers, dict(out=out, space=space, n=n, archs=archs, data=data,
+                                                batch_size=batch_size, seed=seed, proxies=proxies, mode=mode,
+                                                params=params, device=device, dtype=dtype, resume=resume))
+    settings = dict(proxies=proxies, mode=mode, params=params, seed=seed, device=device, dtype=dtype, space=space)
+    if distributed.is_sharded(out):
+        return distributed.score_sharded(chosen, batch, out, resume=resume, **settings)
+    return score_archs(chosen, batch, out, resume=resume, **settings)

@@ -17,10 +17,18 @@ _MIN_HEAD_DIM, _MAX_HEAD_DIM = 1, 256  # tiles pad d to max(16, 2^k) for tl.dot;
 def attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None
 ) -> torch.Tensor:
-    """softmax(q k^T * scale) v, non-causal; q, k, v (..., N', d), scale defaults to 1/sqrt(d).
-
-    Computes in the inputs' dtype (upcast them for a float64 reference).
+    """softmax(q k^T * scale) v, non-causal; q (..., N', d), k (..., M, d), v (..., M, d_v), scale
+    defaults to 1/sqrt(d). Computes in the inputs' dtype (upcast them for a float64 reference).
+    TypeError for a non-tensor, ValueError for shapes that do not chain (named in the message).
     """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}; expected (..., N', d)")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"shapes q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)} do not chain: "
+                         "q and k need the same d, k and v the same number of keys")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., N', N')
@@ -34,7 +42,7 @@ def attention_ref(
 # otherwise: its host overhead is the lower one. Measured on this project's CPU host with a body that
 # only allocates (the wiring alone, not the kernels), best of 5 x 3000 calls: autograd.Function
 # 23 µs forward / 230 µs forward+autograd.grad, custom_op with register_autograd 135 / 513 µs (a busy
-# 2-core machine, so only the ratio carries; PyTorch's figures: ~8 µs against 23-30 µs on an H200).
+# 2-core machine, so only the ratio carries; issue 12 quotes ~8 µs against 23-30 µs on an H200).
 @torch.library.custom_op("vitcore::flash_attention_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     from vitcore.kernels import attention as _kernels

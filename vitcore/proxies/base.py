@@ -61,6 +61,7 @@ class Context:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     mode: str  # grad_norm's mode, one of GRAD_NORM_MODES
     counted: List[torch.Tensor]  # the counted parameter tensors (``params=``), in order
+    chunks: int = 1  # the split the passes use to fit memory; a private pass in reduce should use it too
     data: Optional[DataPass] = None  # the "data" pass; grads follow ``counted``
     halves: Optional[DataPass] = None  # the "halves" pass; group_grads follow ``halves.params``
     synflow: Optional[Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]] = None  # (|θ|, dR/d|θ|)

@@ -69,7 +69,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
     units: List[Proxy] = [UNITS[n] for n in dict.fromkeys(names)]
     passes = {p for u in units for p in u.passes}
     taps = sorted({t for u in units for t in u.taps})
-    ctx = Context(model, inputs, targets, loss_fn, mode, counted)
+    ctx = Context(model, inputs, targets, loss_fn, mode, counted, chunks)
     B = inputs.shape[0]
     weights = layer_weights(model)
     # The halves pass shares the data pass's forward only where both cut the batch at the same places

@@ -16,7 +16,8 @@ Adding a proxy is one file and one test:
      Each pass runs once per ``score`` call, whatever set was asked.
    - ``reduce(ctx) -> torch.Tensor``: the device-side reduction, any shape, and no host read in it
      (no ``.item()``, ``float(t)``, ``bool(t)``, ``.cpu()``, data-dependent Python ``if``). A proxy
-     that needs something no pass records may run its own forward/backward here (a private pass):
+     that needs something no pass records may run its own forward/backward here (a private pass,
+     split into ``ctx.chunks`` with ``vitcore.passes.split`` and ``vitcore.passes.loss_on`` for the loss):
      before every pass and every ``reduce`` the planner puts back the model's buffers (BatchNorm
      statistics), its train mode and the RNG state, so no proxy sees another one's side effects.
    - ``finish(values: np.ndarray) -> float``: the host-side step on reduce's tensor after the one sync

@@ -1,0 +1,234 @@
+"""Scoring on several processes (vitcore.distributed): shards, the merge, resume across world sizes, a
+killed rank, and the README's `--workers` and torchrun commands run on 2 CPU processes (gloo).
+
+Every comparison with a one-process run is exact: the same architectures, seed and minibatch on one
+CPU thread per process give the same floating-point operations in the same order.
+"""
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vitcore.cli import main
+from vitcore.data import load_batch
+from vitcore.distributed import KILL_ENV, TIMING_FIELDS, Rank, shard_path, shard_paths
+from vitcore.paths import lock
+from vitcore.runs import read_results, run_scoring, score_archs
+from vitcore.space import SPACES, sample
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+RUN = dict(n=4, data="synthetic", batch_size=8)  # the cheap stand-in for the README's run: 4 tiny archs
+CHEAP = {"--workers": "2", "--nproc-per-node": "2", "--num-archs": "4"}
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One CPU thread here and in every process started (torchrun sets OMP_NUM_THREADS=1 itself)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", KILL_ENV):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def reference(tmp_path, one_thread):
+    """The records of a one-process run of RUN, without their timing."""
+    return _untimed(run_scoring(str(tmp_path / "one.jsonl"), **RUN))
+
+
+def _untimed(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
+def _lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _readme_commands():
+    with open(README, encoding="utf-8") as f:
+        blocks = re.findall(r"^```sh\n(.*?)^```", f.read(), flags=re.S | re.M)
+    assert blocks, "README: no sh block of --workers / torchrun commands"
+    for line in "".join(blocks).splitlines():
+        argv = shlex.split(line)
+        argv = [CHEAP.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)]
+        yield argv + ["--data", RUN["data"], "--batch-size", str(RUN["batch_size"])]
+
+
+def test_rank_from_env_and_shard_names(tmp_path, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert Rank.from_env() == Rank(0, 1, 0)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert Rank.from_env() == Rank(3, 4, 1)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="RANK=4 is not below WORLD_SIZE=4"):
+        Rank.from_env()
+    monkeypatch.setenv("RANK", "-1")
+    with pytest.raises(ValueError, match="RANK='-1': expected a non-negative integer"):
+        Rank.from_env()
+
+    out = str(tmp_path / "s.jsonl")
+    assert shard_path(out, 2, 10) == out + ".rank2-of-10.jsonl"
+    for rank, world in ((1, 10), (0, 2), (2, 10), (1, 2)):
+        open(shard_path(out, rank, world), "w").close()
+    os.mkdir(shard_path(out, 3, 10))  # not a regular file: never read, moved or removed
+    os.mkfifo(shard_path(out, 4, 10))
+    for other in (out + ".rank0-of-2.jsonl.bak", str(tmp_path / "t.jsonl.rank0-of-2.jsonl")):
+        open(other, "w").close()
+    assert shard_paths(out) == [shard_path(out, r, w) for r, w in ((0, 2), (1, 2), (1, 10), (2, 10))]
+    assert shard_paths(str(tmp_path / "missing" / "s.jsonl")) == []
+
+
+def _killed_run(out, shares, cut=True):
+    """Shards as a killed run of len(shares) ranks leaves them: rank r scored shares[r], then a cut line."""
+    archs = sample(SPACES["small"], RUN["n"], 0)
+    batch = load_batch(RUN["data"], RUN["batch_size"], 0, SPACES["small"])
+    for rank, share in enumerate(shares):
+        shard = shard_path(out, rank, len(shares))
+        score_archs([archs[i] for i in share], batch, shard, space="small")
+        with open(shard, "a") as f:
+            f.write('{"id": "cut off by the kill' if cut else "")
+
+
+def test_resume_on_one_process_merges_shards_of_another_world_size(tmp_path, reference):
+    out = str(tmp_path / "r.jsonl")
+    _killed_run(out, [[0, 3], [1], []])  # three ranks; rank 2 killed on its first architecture
+    records = run_scoring(out, resume=True, **RUN)
+    assert _untimed(records) == _untimed(_lines(out)) == reference  # every arch once, in order
+    assert shard_paths(out) == []
+
+
+def test_resume_counts_a_failed_architecture_once_retried(tmp_path, reference):
+    out = str(tmp_path / "r.jsonl")
+    _killed_run(out, [[0], [1, 2]], cut=False)
+    record = _lines(shard_path(out, 0, 2))[0]
+    failed = {k: v for k, v in record.items() if k not in ("scores", "params", "time_s")}
+    with open(shard_path(out, 1, 2), "a") as f:  # rank 1 recorded a failure for arch 3
+        f.write(json.dumps(dict(failed, id=reference[3]["id"], arch=reference[3]["arch"],
+                                error="RuntimeError: out of memory")) + "\n")
+    run_scoring(out, resume=True, **RUN)
+    assert _untimed(_lines(out)) == reference  # retried: the score replaces the error
+
+
+def test_a_fresh_run_moves_old_shards_aside(tmp_path, reference, capsys):
+    out = str(tmp_path / "r.jsonl")
+    _killed_run(out, [[0], [1]])
+    run_scoring(out, **RUN)
+    assert _untimed(_lines(out)) == reference and shard_paths(out) == []
+    assert len(read_results(shard_path(out, 0, 2) + ".bak")) == 1
+    assert f"moved the previous {shard_path(out, 1, 2)} to {shard_path(out, 1, 2)}.bak" in capsys.readouterr().err
+
+
+def test_resume_refuses_shards_of_other_settings(tmp_path, one_thread):
+    out = str(tmp_path / "r.jsonl")
+    _killed_run(out, [[0], [1]])
+    before = [read_results(path) for path in shard_paths(out)]
+    with pytest.raises(ValueError, match=re.escape(f"--resume: {shard_path(out, 0, 2)} holds results for settings")):
+        run_scoring(out, resume=True, seed=1, **RUN)
+    assert [read_results(shard_path(out, r, 2)) for r in (0, 1)] == before  # nothing merged or removed
+    assert read_results(out) == []
+
+
+def test_the_results_file_is_locked_while_shards_are_merged(tmp_path, one_thread):
+    out = str(tmp_path / "r.jsonl")
+    _killed_run(out, [[0], [1]])
+    with open(out, "a") as f:
+        lock(f, out)  # another run writes out
+        with pytest.raises(ValueError, match="is being written by another run"):
+            run_scoring(out, resume=True, **RUN)
+    assert shard_paths(out) == [shard_path(out, 0, 2), shard_path(out, 1, 2)]
+
+
+@pytest.mark.parametrize("kwargs, env, message", [
+    (dict(workers=0), {}, "--workers 0: expected a positive integer"),
+    (dict(workers=2), {"RANK": "0", "WORLD_SIZE": "2"}, "already one of torchrun's ranks"),
+    (dict(), {KILL_ENV: "1"}, f"{KILL_ENV}='1': expected RANK:RECORDS"),
+])
+def test_bad_worker_settings(tmp_path, monkeypatch, kwargs, env, message):
+    _killed_run(str(tmp_path / "r.jsonl"), [[0], [1]])  # the test hook is read by a run on shards
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_scoring(str(tmp_path / "r.jsonl"), resume=True, **RUN, **kwargs)
+
+
+def test_torchrun_then_a_killed_worker_then_resume(tmp_path, monkeypatch, capsys, reference):
+    """The README's commands on 2 processes: torchrun gives the one-process results; `--workers` with
+    rank 1 killed after its first architecture exits 1 naming it and loses nothing finished;
+    `--resume` on one process completes the run."""
+    monkeypatch.chdir(tmp_path)
+    (workers, torchrun) = _readme_commands()
+    assert workers[:2] == ["vitcore", "score"] and torchrun[0] == "torchrun"
+    out = workers[workers.index("--out") + 1]
+    assert torchrun[torchrun.index("--out") + 1] == out
+
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", *torchrun[1:]], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _untimed(_lines(out)) == reference and shard_paths(out) == []
+    assert run.stdout.count("4 scored, 0 failed") == 1  # rank 0's table only
+
+    monkeypatch.setenv(KILL_ENV, "1:1")
+    with pytest.raises(SystemExit) as exit:
+        main(workers[1:])
+    assert exit.value.code == 1
+    assert re.search(r"rank 1 of 2 failed \(Signal 9 \(SIGKILL\).*rerun with --resume", capsys.readouterr().err)
+    assert _lines(out) == []  # moved to .bak at the start; never merged
+    assert _untimed(_lines(out + ".bak")) == reference
+    assert _untimed(_lines(shard_path(out, 1, 2))) == reference[1:2]  # killed right after its first record
+    rank0 = _untimed(_lines(shard_path(out, 0, 2)))  # stopped by the launcher: all, some or none of its share
+    assert rank0 == reference[0::2][:len(rank0)]
+
+    monkeypatch.delenv(KILL_ENV)
+    assert main(["score", "--resume", *workers[workers.index("--num-archs"):]]) == 0
+    assert _untimed(_lines(out)) == reference and shard_paths(out) == []
+
+
+def test_two_nodes_by_rendezvous_share_one_results_file(tmp_path, monkeypatch, one_thread):
+    """The README's multi-node command, as two torchrun agents ("nodes") of one process each on this
+    machine: HOST is 127.0.0.1 (a free port), the space the small one, the device the CPU."""
+    monkeypatch.chdir(tmp_path)
+    with open(README, encoding="utf-8") as f:
+        (template,) = re.findall(r"^```text\n(torchrun --nnodes.*?)^```", f.read(), flags=re.S | re.M)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    template = template.replace("\\\n", " ").replace("HOST:29400", f"127.0.0.1:{port}")
+    argv = shlex.split(template.replace("/shared/", ""))  # the shared folder: this test's own
+    cheap = {"--nproc-per-node": "1", "--num-archs": "4", "--space": "small", "--device": "cpu"}
+    argv = [cheap.get(argv[i - 1], a) for i, a in enumerate(argv)][1:]
+    argv += ["--data", RUN["data"], "--batch-size", str(RUN["batch_size"])]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    out = argv[argv.index("--out") + 1]
+    assert _untimed(_lines(out)) == _untimed(run_scoring(str(tmp_path / "one.jsonl"), **RUN))
+    assert shard_paths(out) == []
+    assert sum("4 scored, 0 failed" in stdout for stdout, _ in outputs) == 1  # rank 0's table, on one node
+
+
+def test_a_shard_missing_at_the_merge_is_named_and_nothing_is_lost(tmp_path, monkeypatch, reference):
+    """Rank 0 of 2 whose partner's shard is not beside --out (on another node, in a folder not shared)."""
+    from vitcore import distributed
+
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "_barrier", lambda me: None)  # rank 1 finished elsewhere
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *args, **kwargs: None)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: None)
+    out = str(tmp_path / "r.jsonl")
+    with pytest.raises(ValueError, match="no record of 2 architectures .* every node shares"):
+        run_scoring(out, **RUN)
+    assert read_results(out) == [] and _untimed(read_results(shard_path(out, 0, 2))) == reference[0::2]
