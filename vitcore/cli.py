@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes on this machine sharing the architectures (default 1; see also torchrun)")
     s.set_defaults(func=cmd_score)
     e = sub.add_parser("evaluate", help="rank correlation of proxies with trained accuracy, with scatter plots")
-    e.add_argument("--scores", help="results of `vitcore score` (default: score the built-in 50 with every proxy)")
+    e.add_argument("--scores", help="results of vitcore score (default: score the built-in 50 with every proxy)")
     e.add_argument("--truth", default=DEFAULT_TRUTH,
                    help="CSV with columns id, acc_mean, or JSON lines of architectures with an \"acc\" object of "
                         "columns (default: the built-in digits truth)")
