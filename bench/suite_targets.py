@@ -83,7 +83,7 @@ def suite_targets(doc: dict) -> list:
     if tests:
         passed = tests["tests"] - tests["failures"] - tests["errors"] - tests["skipped"]
         rows = [_row(target, f"{passed} passed, {tests['failures']} failed, {tests['errors']} errors, "
-                     f"{tests['skipped']} skipped", tests["failures"] == 0 and tests["errors"] == 0)]
+                     f"{tests['skipped']} skipped", passed > 0 and tests["failures"] == 0 and tests["errors"] == 0)]
     else:
         rows = [_row(target, "—", _why(doc, "tests"))]
     checks = (doc["parts"].get("attention", {}).get("data") or {}).get("checks", {})

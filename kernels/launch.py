@@ -24,6 +24,7 @@ ordinary ``kernel[grid](...)`` on every call; ``direct_problem()`` says why, log
 A launch hook (a profiler) added to ``triton.knobs.runtime`` also takes the ordinary path; without
 one the direct launch passes None for the hooks, which both versions' C launchers then skip.
 """
+import functools
 import inspect
 import logging
 import os
@@ -171,3 +172,36 @@ class CachedLauncher:
         run, function, packed = entry
         grid = (*grid, 1, 1)
         run(grid[0], grid[1], grid[2], _stream(device), function, packed, None, None, None, *args, *constexprs)
+
+
+# -- metadata guards: what a cached plan checks before it is reused --
+def _python_signature(tensors: Sequence[torch.Tensor]) -> tuple:
+    return (tuple(map(type, tensors)), tuple(t.dtype for t in tensors),
+            tuple(t.device for t in tensors), tuple(t.shape for t in tensors),
+            tuple(t.stride() for t in tensors))
+
+
+class PythonGuard:
+    """Fallback for ``TensorGuards``: the same metadata compared through Python maps."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        self._sig = _python_signature(tensors)
+
+    def check(self, *tensors) -> bool:
+        if not all(isinstance(t, torch.Tensor) for t in tensors):
+            return False
+        return _python_signature(tensors) == self._sig
+
+
+def _make_guard_type():
+    try:
+        from torch._C._dynamo.guards import TensorGuards
+    except ImportError:
+        return PythonGuard
+    # the keyword arguments are required: without them some versions crash in C++
+    return functools.partial(TensorGuards, dynamic_dims_sizes=None, dynamic_dims_strides=None)
+
+
+# ``MetadataGuard(*tensors).check(*others)``: True when the others have the same types, dtypes, devices,
+# sizes and strides (the C++ check torch.compile runs per call; PythonGuard where it is missing)
+MetadataGuard = _make_guard_type()

@@ -43,14 +43,14 @@ identity, and the one host sync of a score call may not gain a second one here.
   capture is kept alive with the plan, since replays copy from its pinned buffer.
 """
 import functools
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from .launch import CachedLauncher
+from .launch import CachedLauncher, MetadataGuard as _Guard
 
 _NF: tl.constexpr = tl.constexpr(9)  # int64 fields per tensor row of the static table
 _TABLE_FIELDS = ("numel", "first_chunk", "n_chunks", "kind",
@@ -212,37 +212,6 @@ def _param_stats_kernel(
                 acc += tl.load(ptrs, mask=(rows < n_chunks)[:, None], other=0.0, cache_modifier=".cg")
             tl.store(OUT + t * 4 + cols, tl.sum(acc, axis=0))
             tl.store(COUNTERS + t, 0)  # ready for the next launch (stream-ordered)
-
-
-# -- host: metadata guard --
-def _python_signature(tensors: Sequence[torch.Tensor]) -> tuple:
-    return (tuple(map(type, tensors)), tuple(t.dtype for t in tensors),
-            tuple(t.device for t in tensors), tuple(t.shape for t in tensors),
-            tuple(t.stride() for t in tensors))
-
-
-class _PythonGuard:
-    """Fallback for ``TensorGuards``: the same metadata compared through Python maps."""
-
-    def __init__(self, *tensors: torch.Tensor):
-        self._sig = _python_signature(tensors)
-
-    def check(self, *tensors) -> bool:
-        if not all(isinstance(t, torch.Tensor) for t in tensors):
-            return False
-        return _python_signature(tensors) == self._sig
-
-
-def _make_guard_type():
-    try:
-        from torch._C._dynamo.guards import TensorGuards
-    except ImportError:
-        return _PythonGuard
-    # the keyword arguments are required: without them some versions crash in C++
-    return functools.partial(TensorGuards, dynamic_dims_sizes=None, dynamic_dims_strides=None)
-
-
-_Guard = _make_guard_type()
 
 
 # -- host: plans --

@@ -5,9 +5,9 @@ Tolerances. ``U[dtype]`` is the unit roundoff u (half an ulp of 1). A length-n s
 computed in any order is within n·u·Σ|terms| of the exact one (Higham, "Accuracy and Stability of
 Numerical Algorithms", eq. 3.5, γ_n ≈ n·u): ``bound64(n)`` is that relative bound for float64 with n
 the number of multiply-adds the scores depend on (the forward and backward of the batch), which
-covers every reduction in the passes however it is ordered. Where a value passes through fp32
-(``param_stats`` returns fp32 sums per tensor), one more fp32 rounding per tensor adds u32 relative
-to that tensor's Σ|terms|. Ill-conditioned host steps (eigenvalues, log-determinants, ratios of small
+covers every reduction in the passes however it is ordered; ``param_stats`` sums in float64, so a
+float64 model's grad_norm, snip, plain and grasp get no fp32 slack (an fp32 rounding of the
+per-tensor sums fails their tests). Ill-conditioned host steps (eigenvalues, log-determinants, ratios of small
 spreads) get first-order perturbation bounds in their own tests.
 """
 import copy

@@ -108,6 +108,15 @@ def test_compat_bad_arguments():
         find_measures(small_cnn(), [], ("random", 1, 2), "cpu", measure_names="snip")
     with pytest.raises(TypeError, match="net must be a torch.nn.Module, got NoneType"):
         find_measures(None, [], ("random", 1, 2), "cpu")
+    with pytest.raises(ValueError, match="device='gpu0' is not a torch device"):
+        find_measures(small_cnn(), [], ("random", 1, 2), "gpu0")
+    x, y = torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)
+    for loader, message in [([(x, y), (x.tolist(), y)], r"batch 1 is \(list, Tensor\): expected a pair"),
+                            ([x], r"batch 0 is Tensor: expected a pair"),
+                            ([(x, y, y)], r"batch 0 is \(Tensor, Tensor, Tensor\)")]:
+        for info in [("random", 2, 2), ("grasp", 2, 2)]:
+            with pytest.raises(TypeError, match=message):
+                find_measures(small_cnn(), loader, info, "cpu")
 
 
 def test_compat_scores_are_finite_on_a_vit(triton_off):

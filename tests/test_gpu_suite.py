@@ -79,6 +79,11 @@ def test_summary_judges_each_target_from_measured_data():
     assert rows["MSA scaling fit, vitcore, bf16 fwd+bwd (graph replay): R² >= 0.98"]["met"] is False
     tests = next(r for t, r in rows.items() if t.startswith("issue 16"))
     assert tests["measured"].startswith("7 passed, 1 failed") and tests["met"] is False
+    for counts in ({"tests": 0, "failures": 0, "errors": 0, "skipped": 0},
+                   {"tests": 3, "failures": 0, "errors": 0, "skipped": 3}):  # nothing ran: not met
+        doc["parts"]["tests"]["data"] = counts
+        assert not any(r["met"] is True for r in suite_targets.suite_targets(doc) if r["target"].startswith("issue 16"))
+    doc["parts"]["tests"]["data"] = {"tests": 10, "failures": 1, "errors": 0, "skipped": 2}
     launch = suite_targets.launch_targets(doc)
     assert launch[0]["met"] is True and all("not run" in r["met"] for r in launch[1:])
     text = suite_targets.summary(doc, suite.PARTS)

@@ -252,9 +252,9 @@ def test_one_key_several_layouts(kernels):
 
 @pytest.mark.parametrize("guard", ["default", "python"])
 def test_metadata_guard(guard):
-    from vitcore.kernels import param_stats as _kernels
+    from vitcore.kernels import launch
 
-    make = _kernels._Guard if guard == "default" else _kernels._PythonGuard
+    make = launch.MetadataGuard if guard == "default" else launch.PythonGuard
     ts = [torch.randn(4, 6), torch.randn(5).half()]
     g = make(*ts)
     assert g.check(*ts)

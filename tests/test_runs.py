@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitcore.data import load_batch
-from vitcore.runs import read_archs, read_results, run_scoring, score_archs, space_size
+from vitcore.runs import read_archs, read_results, run_scoring, score_archs
 from vitcore.space import SPACES, Arch, SearchSpace, sample
 
 try:
@@ -184,9 +184,9 @@ def test_space_size_counts_every_architecture():
     every = {Arch(embed_dim=d, depth=L, num_heads=h, mlp_ratio=(2.0,) * L, head_dim=4, patch_size=p).id
              for p in tiny.patch_sizes for d in tiny.embed_dims for L in tiny.depths
              for h in itertools.product(tiny.num_heads, repeat=L)}
-    assert space_size(tiny) == len(every) == 2 * (2 + 8)
+    assert tiny.size == len(every) == 2 * (2 + 8)
     assert {a.id for a in sample(tiny, len(every))} == every
-    assert space_size(SPACES["small"]) == 44_280
+    assert SPACES["small"].size == 44_280
 
 
 @pytest.mark.parametrize("n", [44_281, 0])

@@ -176,3 +176,17 @@ def test_a_space_with_per_block_head_widths():
 def test_public_entry_points_name_bad_values(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_space_size_is_the_count_of_distinct_architectures():
+    """Issue 15 item 9: n beyond the space is refused before drawing (it used to make 100·n draws first:
+    4.4 million for the small space's n=44,281). The count: Σ_L |patch|·|D|·(|H|·|ratio|)^L."""
+    assert get_space("small").size == 2 * 3 * sum(9**L for L in (1, 2, 3, 4)) == 44_280
+    tiny = SearchSpace(name="tiny", img_size=8, in_chans=1, num_classes=2, patch_sizes=(4,), embed_dims=(8, 16),
+                       depths=(1, 2), num_heads=(1, 2), mlp_ratios=(2.0,), head_dim=4)
+    assert tiny.size == 2 * (2 + 4)
+    assert len({a.id for a in sample(tiny, tiny.size)}) == tiny.size  # every one of them can be drawn
+    with pytest.raises(ValueError, match="n=13: space 'tiny' holds 12 distinct architectures"):
+        sample(tiny, 13)
+    with pytest.raises(ValueError, match="n=44281: space 'small' holds 44,280 distinct architectures"):
+        sample(get_space("small"), 44_281)

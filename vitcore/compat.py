@@ -29,9 +29,20 @@ from vitcore.proxies.plan import score_counted
 FORESIGHT_MEASURES = ("grad_norm", "snip", "grasp", "fisher", "jacob_cov", "plain", "synflow")
 
 
+def _batches(loader: Iterable):
+    """The dataloader's (inputs, targets) pairs; anything else is refused, naming the batch and its type."""
+    for i, item in enumerate(loader):
+        if not isinstance(item, (tuple, list)) or len(item) != 2 \
+                or not all(isinstance(t, torch.Tensor) for t in item):
+            got = type(item).__name__ if not isinstance(item, (tuple, list)) else \
+                "(" + ", ".join(type(t).__name__ for t in item) + ")"
+            raise TypeError(f"the dataloader's batch {i} is {got}: expected a pair (inputs, targets) of tensors")
+        yield item
+
+
 def _random_batches(loader: Iterable, num_batches: int) -> Tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
-    for x, y in loader:
+    for x, y in _batches(loader):
         xs.append(x)
         ys.append(y)
         if len(xs) == num_batches:
@@ -42,7 +53,7 @@ def _random_batches(loader: Iterable, num_batches: int) -> Tuple[torch.Tensor, t
 def _per_class(loader: Iterable, num_classes: int, per_class: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` examples of each class, ordered by class (foresight's 'grasp' loading)."""
     buckets = {c: [] for c in range(num_classes)}
-    for x, y in loader:
+    for x, y in _batches(loader):
         for xi, yi in zip(x, y):
             c = int(yi)
             if c in buckets and len(buckets[c]) < per_class:
@@ -109,6 +120,10 @@ def find_measures(
         raise TypeError(f"loss_fn={loss_fn!r} must be callable (logits, targets) -> mean loss")
     if not isinstance(dataload_info, (tuple, list)) or len(dataload_info) != 3:
         raise ValueError(f"dataload_info={dataload_info!r} must be (dataload, num_imgs_or_batches, num_classes)")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:0')") from None
     dataload, count, num_classes = dataload_info
     _positive("num_imgs_or_batches", count)
     if dataload == "grasp":

@@ -43,13 +43,20 @@ def split(n: int, chunks: int, groups: int = 1) -> List[Tuple[int, int, int]]:
 def loss_on(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``loss_fn(logits, targets)`` with integer targets outside 0..C-1 (C = logits.shape[1]) replaced
     by 0 on the device, so a bad index neither raises inside torch (nor trips a CUDA device assert)
-    nor is silently ignored (-100): ``vitcore.score`` counts them and refuses them after its sync."""
+    nor is silently ignored (-100): ``vitcore.score`` counts them and refuses them after its sync.
+    A loss that is not one number (a 0-d tensor: the batch's mean) is refused, naming what came back."""
     if not targets.is_floating_point() and logits.ndim >= 2:
         targets = torch.where((targets >= 0) & (targets < logits.shape[1]), targets, 0)
     elif loss_fn is F.cross_entropy and targets.shape != logits.shape:
         raise ValueError(f"class probabilities of shape {tuple(targets.shape)} for the model's outputs of "
                          f"shape {tuple(logits.shape)}: they must match")
-    return loss_fn(logits, targets)
+    loss = loss_fn(logits, targets)
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn returned a {type(loss).__name__}: it must return the mean loss as a 0-d tensor")
+    if loss.ndim != 0:
+        raise ValueError(f"loss_fn returned a tensor of shape {tuple(loss.shape)}: it must return the mean loss "
+                         "over the examples, a 0-d tensor (e.g. reduction='mean')")
+    return loss
 
 
 @dataclass

@@ -24,7 +24,7 @@ from vitcore.data import Batch, load_batch
 from vitcore.model import ViT
 from vitcore.paths import check_input_file, check_out_file, free_name, lock
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, check_proxies, score
-from vitcore.space import Arch, SearchSpace, get_space, sample
+from vitcore.space import Arch, get_space, sample
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
@@ -121,12 +121,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available")
     return torch.device(name)
-
-
-def space_size(space: SearchSpace) -> int:
-    """How many distinct architectures ``space`` holds: Σ over depths L of |patch|·|D|·(|H|·|mlp ratio|)^L."""
-    per_block = len(space.num_heads) * len(space.mlp_ratios)
-    return len(space.patch_sizes) * len(space.embed_dims) * sum(per_block ** depth for depth in space.depths)
 
 
 def _versions() -> Dict[str, str]:
@@ -310,8 +304,8 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, ar
     if archs is None:
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"--n {n!r}: expected an int")
-        if not 1 <= n <= space_size(search_space):
-            raise ValueError(f"--n {n}: the {space!r} space holds {space_size(search_space):,} architectures; "
+        if not 1 <= n <= search_space.size:
+            raise ValueError(f"--n {n}: the {space!r} space holds {search_space.size:,} architectures; "
                              "ask for 1 to that many")
         chosen = sample(search_space, n, seed)
     else:

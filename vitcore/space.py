@@ -40,6 +40,13 @@ class SearchSpace:
                         raise ValueError(f"space {self.name!r}: embed_dim={d} is not divisible by num_heads={h} "
                                          "(head_dim=None makes heads embed_dim / num_heads wide)")
 
+    @property
+    def size(self) -> int:
+        """How many distinct architectures the space holds: Σ over depths L of
+        |patch sizes| · |embed dims| · (|num_heads| · |mlp ratios|)^L (heads and ratio chosen per block)."""
+        per_block = len(set(self.num_heads)) * len(set(self.mlp_ratios))
+        return len(set(self.patch_sizes)) * len(set(self.embed_dims)) * sum(per_block**L for L in set(self.depths))
+
 
 SPACES: Dict[str, SearchSpace] = {
     # Small images (8x8 digits up to 32x32): patches of 2 or 4 divide 8, 16 and 32.
@@ -160,7 +167,7 @@ def sample(space: SearchSpace, n: int, seed: int = 0) -> List[Arch]:
     """``n`` distinct architectures drawn uniformly from ``space``; the same (space, n, seed), the same list.
 
     Raises TypeError for a ``space`` that is not a SearchSpace or an ``n`` / ``seed`` that is not an
-    int, ValueError for n < 1 or more than the space holds (found after 100·n draws).
+    int, ValueError for n < 1 or more than the space holds (``space.size``, checked before drawing).
     """
     if not isinstance(space, SearchSpace):
         raise TypeError(f"space must be a SearchSpace (see get_space), got {type(space).__name__}")
@@ -170,6 +177,8 @@ def sample(space: SearchSpace, n: int, seed: int = 0) -> List[Arch]:
         raise ValueError(f"n={n!r} must be a positive int")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed={seed!r} must be an int")
+    if n > space.size:
+        raise ValueError(f"n={n}: space {space.name!r} holds {space.size:,} distinct architectures")
     rng = random.Random(f"{space.name}:{seed}")
     archs: Dict[str, Arch] = {}
     for _ in range(100 * n):
