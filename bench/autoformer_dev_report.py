@@ -18,7 +18,8 @@ from typing import Dict, List
 import numpy as np
 
 from vitcore.ensemble import VIT_VOTE
-from vitcore.evaluate import evaluate_columns, format_columns, mean_tau, read_truth_jsonl, with_vote
+from vitcore.evaluate import Truth, evaluate_columns, format_table, mean_tau, read_truth_jsonl, with_vote
+from vitcore.ranking import kendall_tau
 from vitcore.runs import read_results
 from vitcore.bench.env import environment
 
@@ -49,12 +50,29 @@ def run_summary(path: str) -> str:
             f"(median {np.median(times):.1f}, max {times.max():.1f}) | {len(failed)} |")
 
 
+def tau_table(records: List[dict], truth: Truth, columns: List[str]) -> str:
+    """Kendall τ of every proxy against every column (no bootstrap: cheap), with the mean over ``columns``."""
+    proxies = list(dict.fromkeys(p for r in records for p in r["scores"]))
+    names = list(truth.columns)
+    lines = ["| proxy | " + " | ".join(f"τ {c}" for c in names) + f" | mean τ ({', '.join(columns)}) |",
+             "| --- |" + " ---: |" * (len(names) + 1)]
+    for p in proxies:
+        taus = {}
+        for c, acc in truth.columns.items():
+            common = [r for r in records if r["id"] in acc]
+            taus[c] = kendall_tau([r["scores"].get(p, float("nan")) for r in common], [acc[r["id"]] for r in common])
+        mean = sum(taus[c] for c in columns) / len(columns)
+        lines.append(f"| {p} | " + " | ".join(f"{taus[c]:.3f}" for c in names) + f" | {mean:.3f} |")
+    return "\n".join(lines)
+
+
 def report(args) -> str:
     truth = read_truth_jsonl(args.truth)
     records = with_vote(merge(args.scores))
     ids = set(truth.archs)
     records = [r for r in records if r["id"] in ids]
-    results = evaluate_columns(records, truth, args.top_fraction)
+    named = Truth(columns={c: truth.columns[c] for c in args.columns}, archs=truth.archs)
+    results = evaluate_columns(records, named, args.top_fraction)  # bootstrap intervals: the named columns
     means = mean_tau(results, args.columns)
     settings = read_results(args.scores[0])[0]["settings"]
     env = environment("cpu", command=args.command)
@@ -87,9 +105,12 @@ def report(args) -> str:
         f"## Kendall τ per column; mean over {', '.join(args.columns)}",
         "",
         f"`vit_vote` = mean rank of {', '.join(VIT_VOTE)} (form fixed before this evaluation, see "
-        "`vitcore/ensemble.py`). Each proxy is ranked over the architectures it scored (n in the tables).",
+        "`vitcore/ensemble.py`). Each proxy is ranked over the {n} architectures scored (a NaN ranks last).".replace(
+            "{n}", str(len(records))),
         "",
-        format_columns(results, args.columns),
+        tau_table(records, truth, args.columns),
+        "",
+        *[f"### {c}\n\n{format_table(results[c])}\n" for c in args.columns],
         "",
         "## Target",
         "",

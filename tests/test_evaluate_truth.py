@@ -88,3 +88,36 @@ def test_the_vote_joins_when_its_members_were_scored():
     partial = [{"id": "a", "scores": {"params": 1.0}}, {"id": "b", "scores": {"params": 2.0}}]
     assert with_vote(partial) == partial
     assert not any(math.isnan(r["scores"]["vit_vote"]) for r in voted[:3])
+
+
+def test_cli_scores_a_jsonl_truths_architectures_and_reports_every_column(tmp_path, capsys):
+    from vitcore.cli import main
+    from vitcore.runs import read_results
+
+    truth = _write(tmp_path, ROWS)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--truth", truth, "--columns", "a,b", "--proxies", "params,nwot,lswag",
+            "--space", "small", "--data", "synthetic", "--batch-size", "4", "--seed", "3", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    records = read_results(str(out / "scores.jsonl"))
+    assert len(records) == len(ROWS) and all("scores" in r for r in records)
+    assert {(r["settings"]["batch_size"], r["settings"]["data"], r["settings"]["seed"]) for r in records} == {
+        (4, "synthetic", 3)}
+    report = (out / "evaluation.md").read_text()
+    assert "batch of 4 from 'synthetic', seed 3" in report
+    assert "mean τ (a, b)" in report and "| vit_vote |" in report and "### b" in report
+    assert "highest mean τ over a, b:" in printed
+    assert sorted(p.name for p in (out / "a").iterdir()) == ["scatter-lswag.png", "scatter-nwot.png",
+                                                             "scatter-params.png", "scatter-vit_vote.png"]
+    assert main(argv) == 0  # a second run resumes: nothing is scored again
+    assert read_results(str(out / "scores.jsonl")) == records
+
+
+def test_cli_names_a_column_the_truth_does_not_have(tmp_path, capsys):
+    from vitcore.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--truth", _write(tmp_path, ROWS), "--columns", "a,c", "--out", str(tmp_path / "e")])
+    assert exit_info.value.code == 2
+    assert "--columns: 'c' is not a column of" in capsys.readouterr().err

@@ -16,12 +16,14 @@ from typing import List, Optional
 
 from vitcore.attention_choice import ATTENTION_CHOICES
 from vitcore.data import DATA_CHOICES
+from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed
-from vitcore.evaluate import DEFAULT_TRUTH, evaluate, format_table, read_truth, scatter_plots
+from vitcore.evaluate import (DEFAULT_TRUTH, evaluate_columns, format_columns, format_table, mean_tau,
+                              read_truth_any, scatter_plots, with_vote)
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
-from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring
-from vitcore.space import SPACES
+from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
+from vitcore.space import SPACES, get_space
 
 BUILTIN_N = 50  # architectures of the built-in ground truth: the default sample of vitcore score
 DESCRIPTION = "Zero-cost proxies for Vision Transformer search: score architectures, evaluate proxies, time MSA."
@@ -58,14 +60,26 @@ def cmd_score(args) -> int:
     return 0 if any("scores" in r for r in results) else 1  # every architecture failed
 
 
+def _batch_line(records: List[dict]) -> str:
+    """The batch the records were scored with, from their settings (size, data, seed)."""
+    kinds = {(r["settings"].get("batch_size"), r["settings"].get("data"), r["settings"].get("seed"))
+             for r in records if "settings" in r}
+    return "; ".join(f"batch of {b} from {d!r}, seed {s}" for b, d, s in sorted(kinds, key=str)) or "not recorded"
+
+
 def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
-    truth = read_truth(args.truth)
+    truth = read_truth_any(args.truth)
+    columns = [c for c in args.columns.split(",") if c] if args.columns else []
+    for c in columns:
+        if c not in truth.columns:
+            raise ValueError(f"--columns: {c!r} is not a column of {args.truth}; it has {', '.join(truth.columns)}")
     if not 0 < args.top_fraction <= 1:
         raise ValueError(f"--top-fraction {args.top_fraction}: expected a share in (0, 1]")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a file; evaluate writes a folder")
     proxies = check_proxies(args.proxies.split(",")) if args.proxies else list(PROXIES)
+    scores_file = os.path.join(args.out, "scores.jsonl")
     if not 2 <= args.n <= BUILTIN_N:
         raise ValueError(f"--n {args.n}: the built-in truth has {BUILTIN_N} architectures; score 2 to {BUILTIN_N}")
     if args.scores:
@@ -75,19 +89,37 @@ def cmd_evaluate(args) -> int:
         tempfile.TemporaryFile(dir=args.out).close()  # a folder we cannot write to fails here, not after scoring
     except OSError as e:
         raise ValueError(f"--out {args.out!r} cannot be written: {e.strerror}") from None
-    for name in ["evaluation.md", "scores.jsonl"] + [f"scatter-{p}.png" for p in PROXIES]:
+    folders = [args.out] if len(truth.columns) == 1 else [os.path.join(args.out, c) for c in truth.columns]
+    for name in ["evaluation.md", "scores.jsonl"]:
         check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device
+    for folder in folders:
+        for p in list(PROXIES) + ["vit_vote"]:
+            check_out_file(os.path.join(folder, f"scatter-{p}.png"))
     if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
-    else:  # the first n of the built-in 50, with the other defaults of vitcore score
-        records = run_scoring(os.path.join(args.out, "scores.jsonl"), n=args.n, proxies=proxies, resume=True)
-    table = format_table(evaluate(records, truth, args.top_fraction))
-    print(table)
+    elif truth.archs:  # a JSON-lines truth names its architectures: score them
+        space = get_space(args.space or "autoformer")
+        batch = load_batch(args.data or "synthetic", args.batch_size or 8, args.seed, space)
+        records = score_archs(list(truth.archs.values()), batch, scores_file, proxies=proxies, seed=args.seed,
+                              device=args.device, resume=True)
+    else:  # the first n of the built-in 50, with the other defaults of vitcore score unless given
+        records = run_scoring(scores_file, n=args.n, space=args.space or "small", data=args.data or "digits",
+                              batch_size=args.batch_size or 64, seed=args.seed, proxies=proxies,
+                              device=args.device, resume=True)
+    records = with_vote(records)
+    results = evaluate_columns(records, truth, args.top_fraction)
+    text = format_columns(results, columns) if len(results) > 1 or columns else format_table(results["acc"])
+    print(text)
+    if columns:
+        best = max(mean_tau(results, columns).items(), key=lambda kv: kv[1])
+        print(f"highest mean τ over {', '.join(columns)}: {best[0]} {best[1]:.3f}")
     with open(os.path.join(args.out, "evaluation.md"), "w") as f:
-        builtin = f"the built-in {BUILTIN_N} architectures" if args.n == BUILTIN_N else f"the first {args.n} built-in"
-        f.write(f"scores: {args.scores or builtin}; truth: {args.truth}\n\n{table}\n")
-    plots = scatter_plots(records, truth, args.out)
-    print(f"table and {len(plots)} scatter plots: {args.out}", file=sys.stderr)
+        f.write(f"scores: {args.scores or scores_file}; truth: {args.truth}; {_batch_line(records)}\n\n{text}\n")
+    plots = []
+    for column, acc in truth.columns.items():
+        folder = args.out if len(truth.columns) == 1 else os.path.join(args.out, column)
+        plots += scatter_plots(records, acc, folder)
+    print(f"tables and {len(plots)} scatter plots: {args.out}", file=sys.stderr)
     return 0
 
 
@@ -124,10 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
     e = sub.add_parser("evaluate", help="rank correlation of proxies with trained accuracy, with scatter plots")
     e.add_argument("--scores", help="results of vitcore score (default: score the built-in 50 with every proxy)")
-    e.add_argument("--truth", default=DEFAULT_TRUTH, help="CSV with columns id, acc_mean (default: the built-in digits truth)")
+    e.add_argument("--truth", default=DEFAULT_TRUTH,
+                   help="CSV with columns id, acc_mean, or JSON lines of architectures with an \"acc\" object of "
+                        "columns (default: the built-in digits truth)")
+    e.add_argument("--columns", help="comma-separated truth columns to average τ over (JSON-lines truth)")
     e.add_argument("--proxies", help="without --scores: comma-separated proxies to score with (default: every proxy)")
     e.add_argument("--n", type=int, default=BUILTIN_N,
-                   help=f"without --scores: score the first n of the built-in {BUILTIN_N} (default {BUILTIN_N})")
+                   help=f"without --scores, CSV truth: score the first n of the built-in {BUILTIN_N} (default {BUILTIN_N})")
+    e.add_argument("--space", help="search space giving image size, channels and classes when scoring "
+                                   "(default: autoformer for a JSON-lines truth, else small)")
+    e.add_argument("--data", help=f"{' | '.join(DATA_CHOICES)}: the batch to score with; data-dependent proxies "
+                                  "read it (default: synthetic for a JSON-lines truth, else digits)")
+    e.add_argument("--batch-size", type=int, help="examples in the batch (default: 8 for a JSON-lines truth, else 64)")
+    e.add_argument("--seed", type=int, default=0, help="batch and initialisation seed (default 0)")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     e.add_argument("--top-fraction", type=float, default=0.1, help="top-k overlap with k = this share of the archs")
     e.add_argument("--out", default=os.path.join("vitcore-results", "evaluate"), help="folder for the table and plots")
     e.set_defaults(func=cmd_evaluate)
