@@ -8,19 +8,24 @@ what the command does):
 - ``--device cuda`` becomes ``--device cpu`` on a machine without CUDA;
 - ``pip install ...`` and ``pytest`` are what ``.ci/run`` runs (the README's test command), not run here;
 - ``vitcore evaluate --truth truth.csv`` gets a ``truth.csv`` made from the scores it reads (the
-  README says what the file holds: columns id and acc_mean).
+  README says what the file holds: columns id and acc_mean); ``--truth truth.jsonl`` gets three
+  architectures of the ``autoformer`` space with made-up ``acc`` columns, and ``--data images.npz``
+  eight random images of that space's size (the formats the README gives).
 Python blocks run as written.
 """
 import csv
+import json
 import os
 import re
 import shlex
 
+import numpy as np
 import pytest
 import torch
 
 from vitcore.cli import main
 from vitcore.runs import read_results
+from vitcore.space import get_space, sample
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 LARGE_SPACES = ("imagenet", "autoformer")
@@ -61,6 +66,20 @@ def _write_truth(scores_path, truth_path):
             w.writerow([r["id"], i / 100])
 
 
+def _write_truth_jsonl(truth_path, columns):
+    rows = sample(get_space("autoformer"), n=3, seed=0)
+    with open(truth_path, "w") as f:
+        for i, arch in enumerate(rows):
+            f.write(json.dumps({**arch.to_dict(), "acc": {c: 70.0 + i + j for j, c in enumerate(columns)}}) + "\n")
+
+
+def _write_images(npz_path):
+    space = get_space("autoformer")
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((8, space.in_chans, space.img_size, space.img_size)).astype(np.float32)
+    np.savez(npz_path, x=x, y=gen.integers(0, space.num_classes, 8))
+
+
 def test_the_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ran = []
@@ -71,8 +90,13 @@ def test_the_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
             continue
         assert argv[0] == "vitcore" and argv[1] in ("score", "evaluate"), f"no test runs README's {command!r}"
         argv = _cheap(argv[1:])
-        if "--truth" in argv and not os.path.exists(argv[argv.index("--truth") + 1]):
-            _write_truth(argv[argv.index("--scores") + 1], argv[argv.index("--truth") + 1])
+        truth = argv[argv.index("--truth") + 1] if "--truth" in argv else None
+        if truth and not os.path.exists(truth) and truth.endswith(".jsonl"):
+            _write_truth_jsonl(truth, argv[argv.index("--columns") + 1].split(","))
+        elif truth and not os.path.exists(truth):
+            _write_truth(argv[argv.index("--scores") + 1], truth)
+        if "--data" in argv and argv[argv.index("--data") + 1].endswith(".npz"):
+            _write_images(argv[argv.index("--data") + 1])
         capsys.readouterr()
         assert main(argv) == 0, command
         out = capsys.readouterr().out
@@ -85,6 +109,7 @@ def test_the_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
     assert ran.count("score") >= 3 and ran.count("evaluate") >= 2  # the blocks were found
     assert len(read_results("vitcore-results/scores.jsonl")) == 50  # the default run: the built-in 50
     assert len(read_results("vitcore-results/evaluate/scores.jsonl")) == 3
+    assert len(read_results("vitcore-results/dev/scores.jsonl")) == 3  # the JSON-lines truth's architectures
 
 
 @pytest.mark.parametrize("block", _blocks("python"))
