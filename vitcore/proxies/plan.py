@@ -1,6 +1,6 @@
 """``score``: plan the passes the requested proxies need, run each once, read everything in one sync."""
 import warnings
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,11 @@ class _Fresh:
             torch.cuda.set_rng_state(self.cuda_rng, self.device)
 
 
+def _tensors(out) -> Tuple[torch.Tensor, ...]:
+    """A reduce's result as a tuple of tensors (it returns one tensor or a tuple of them)."""
+    return out if isinstance(out, tuple) else (out,)
+
+
 def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -> Dict[str, float]:
     units: List[Proxy] = [UNITS[n] for n in dict.fromkeys(names)]
     passes = {p for u in units for p in u.passes}
@@ -94,7 +99,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
         fresh.reset()
         ctx.hessian = hessian_grad(model, inputs, targets, loss_fn, counted, ctx.data.grads[: len(counted)],
                                    chunks)
-    reduced: Dict[str, torch.Tensor] = {}
+    reduced: Dict[str, object] = {}  # per proxy: a tensor or a tuple of tensors
     for unit in units:
         if unit.reduce is not None:
             fresh.reset()
@@ -109,7 +114,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
         checks = [torch.zeros((), device=inputs.device)] * 3
     non_finite = inputs.numel() - torch.isfinite(inputs).sum()
     parts = [torch.stack([non_finite.double()] + [c.double() for c in checks])]
-    parts += [t.double().reshape(-1) for t in reduced.values()]
+    parts += [t.double().reshape(-1) for out in reduced.values() for t in _tensors(out)]
     flat = torch.cat(parts).cpu().numpy()
     if flat[0]:
         raise ValueError(f"inputs hold {int(flat[0])} NaN or infinite values of {inputs.numel()}")
@@ -118,9 +123,12 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
                          f"model's {num_outputs} outputs (min {int(flat[2])}, max {int(flat[3])}); "
                          "ignore_index (-100) is not supported: drop those examples")
     values, offset = {}, 4
-    for name, t in reduced.items():
-        values[name] = UNITS[name].finish(flat[offset: offset + t.numel()].reshape(t.shape))
-        offset += t.numel()
+    for name, out in reduced.items():
+        arrays = []
+        for t in _tensors(out):
+            arrays.append(flat[offset: offset + t.numel()].reshape(t.shape))
+            offset += t.numel()
+        values[name] = UNITS[name].finish(tuple(arrays) if isinstance(out, tuple) else arrays[0])
     for unit in units:
         if unit.host is not None:
             fresh.reset()
