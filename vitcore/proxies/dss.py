@@ -24,6 +24,7 @@ What the paper leaves open, taken from the authors' code (decemberzhou/TF_TAS,
 The saliency sums run on the device; the MSA matrices, grouped by shape, cross in the one host sync
 (float64) and their nuclear norms come from one batched numpy SVD per shape on the host:
 ``torch.linalg.svdvals`` would sync the device with the host on CUDA (it checks cusolver's info).
+The transfer carries each MSA weight and its gradient: 16 bytes per MSA weight element.
 A model that is not a ``vitcore.ViT`` is refused (TypeError): DSS must tell attention from MLP layers.
 """
 from typing import Dict, List, Sequence, Tuple
