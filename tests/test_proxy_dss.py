@@ -1,4 +1,6 @@
 """dss against a float64 loop: |θ| network, all-ones example, numpy nuclear norms per layer."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ from torch import nn
 
 from native_cases import CONFIGS, copy64, make_batch, make_model, score_one
 from vitcore.model import MLP, MSA
-from vitcore.proxies.dss import dss_reduce
+from vitcore.proxies.dss import dss_finish, dss_reduce
 
 
 def dss_reference(model):
@@ -51,12 +53,21 @@ def test_dss_reduce_groups_shapes_and_skips_missing_gradients():
               for w, gi in zip(W, G) if gi is not None)
     mlp_w, mlp_g = [torch.randn(4, 6, generator=g)], [torch.randn(4, 6, generator=g)]
     ref += np.abs(mlp_w[0].double().numpy() * mlp_g[0].double().numpy()).sum()
-    got = dss_reduce(W, G, mlp_w, mlp_g)
-    assert got.dtype == torch.float64 and got.ndim == 0
-    assert got.item() == pytest.approx(ref, rel=1e-12)
+    out = dss_reduce(W, G, mlp_w, mlp_g)  # saliency, then one (2L, out, in) stack per MSA shape
+    assert all(t.dtype == torch.float64 for t in out) and out[0].ndim == 0
+    assert [tuple(t.shape) for t in out[1:]] == [(4, 9, 5), (2, 5, 5)]  # the G of None left out
+    got = dss_finish(tuple(t.numpy() for t in out))  # as the planner hands it over after the sync
+    assert got == pytest.approx(ref, rel=1e-12)
 
 
 def test_dss_refuses_a_model_that_is_not_a_vit(triton_off):
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(TypeError, match="vitcore.ViT"):
         score_one(model, torch.randn(3, 1, 2, 2), torch.tensor([0, 1, 1]), "dss")
+
+
+def test_dss_finish_gives_nan_for_a_non_finite_matrix():
+    """numpy's SVD raises on NaN; a model that makes NaN gets a NaN score, as score's docstring says."""
+    stack = np.ones((2, 3, 2))
+    stack[1, 0, 0] = np.nan
+    assert math.isnan(dss_finish((np.array(1.0), stack)))

@@ -42,3 +42,45 @@ def test_lswag_needs_two_examples_and_a_vit(triton_off):
     with pytest.raises(TypeError, match="vitcore.ViT"):
         score_one(nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.GELU()), torch.randn(2, 1, 8, 8),
                   torch.tensor([0, 1]), "lswag")
+
+
+def test_lswag_refuses_targets_outside_the_classes(triton_off):
+    """Issue 15 item 3: lswag's private pass gave torch's IndexError for these targets on 5 classes."""
+    model = make_model("tiny", 1)
+    x, _ = make_batch("tiny", 4, seed=2)
+    y = torch.tensor([0, 1, 7, -100])
+    with pytest.raises(ValueError, match=r"targets hold 2 class indices outside 0\.\.4 .*min -100, max 7"):
+        score_one(model, x, y, "lswag")
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 5])
+def test_lswag_is_the_same_for_every_chunks(chunks, triton_off):
+    """The private pass splits like the shared ones; σ merged over chunks moves only by rounding."""
+    model = copy64(make_model("odd", 7))
+    x, y = make_batch("odd", 5, seed=8, dtype=torch.float64)
+    whole = score_one(model, x, y, "lswag")
+    assert score_one(model, x, y, "lswag", chunks=chunks) == pytest.approx(whole, rel=1e-9)
+
+
+def test_lswag_private_pass_follows_the_out_of_memory_doubling(monkeypatch, triton_off):
+    """A forward of more than 2 examples 'runs out of memory': score doubles the chunks (1, 2, 4) and
+    lswag's own pass must split with them, or it runs out of memory up to chunks = B and fails."""
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    model = copy64(make_model("tiny", 3))
+    x, y = make_batch("tiny", 5, seed=4, dtype=torch.float64)
+    whole = score_one(model, x, y, "lswag")
+    seen = []
+
+    def at_most_two(module, args):
+        seen.append(args[0].shape[0])
+        if args[0].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    handle = model.register_forward_pre_hook(at_most_two)
+    try:
+        got = score_one(model, x, y, "lswag")
+    finally:
+        handle.remove()
+    # chunks=1 fails on 5, chunks=2 on its second chunk of 3; chunks=4: the data pass, then lswag's own
+    assert seen == [5, 2, 3] + [1, 1, 1, 2] * 2
+    assert got == pytest.approx(whole, rel=1e-9)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from native_cases import CONFIGS, EPS32, copy64, make_batch, make_model, score_one
-from vitcore.proxies.meco import meco_reduce
+from vitcore.proxies.meco import meco_finish, meco_reduce
 
 
 def meco_reference(model, x):
@@ -45,10 +45,11 @@ def test_a_constant_row_is_zeroed_as_the_authors_do():
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = np.corrcoef(f.numpy())
     corr[~np.isfinite(corr)] = 0
-    got = meco_reduce([f])
-    assert got.dtype == torch.float64 and got.ndim == 0
-    assert got.item() == pytest.approx(np.linalg.eigvalsh(corr).min(), abs=1e-12)
-    assert got.item() == pytest.approx(0.0, abs=1e-12)
+    (stack,) = meco_reduce([f])
+    assert stack.dtype == torch.float64 and stack.shape == (1, 4, 4)
+    got = meco_finish((stack.numpy(),))  # as the planner hands it over after the sync
+    assert got == pytest.approx(np.linalg.eigvalsh(corr).min(), abs=1e-12)
+    assert got == pytest.approx(0.0, abs=1e-12)
 
 
 def test_meco_refuses_a_model_that_is_not_a_vit(triton_off):

@@ -1,13 +1,16 @@
 """The registry: every proxy file is listed, every listed unit is its file's, and the contract holds."""
 import copy
 import importlib
+import linecache
 import math
 import pathlib
 import traceback
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import requires_cuda
 from proxy_helpers import ANY_MODEL, U, batch, bn_net, bound64, small_vit
 from torch import nn
 
@@ -86,3 +89,60 @@ def test_the_only_host_read_is_the_final_transfer(name, triton_off):
             vitcore.score(model, x, y, proxies=[name])
     frame = [f for f in traceback.extract_tb(info.value.__traceback__) if f.filename.endswith("plan.py")][-1]
     assert "torch.cat(parts).cpu()" in frame.line, (frame.lineno, frame.line)
+
+
+NATIVE = ["dss", "meco", "lswag", "swap"]
+SYNCING = [(torch.linalg, "eigvalsh"), (torch.linalg, "eigh"), (torch.linalg, "svdvals"), (torch.linalg, "svd"),
+           (torch, "unique"), (torch.Tensor, "unique"), (torch, "nonzero"), (torch.Tensor, "nonzero"),
+           (torch, "masked_select"), (torch.Tensor, "masked_select")]
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_the_native_proxies_call_no_op_that_syncs_on_cuda(name, monkeypatch, triton_off):
+    """On CUDA these ops sync the device with the host (the linalg ones check cusolver's info; the rest
+    size their output from the data), which the fake-tensor test above cannot see: none may run
+    before the one transfer. dss and meco take their SVD / eigenvalues on the host, in finish."""
+    def refuse(what):
+        def call(*args, **kwargs):
+            raise AssertionError(f"{what} syncs with the host on CUDA")
+        return call
+
+    for owner, attr in SYNCING:
+        monkeypatch.setattr(owner, attr, refuse(attr))
+    getitem = torch.Tensor.__getitem__
+
+    def no_mask(self, index):
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in parts):
+            raise AssertionError("boolean-mask indexing syncs with the host on CUDA")
+        return getitem(self, index)
+
+    monkeypatch.setattr(torch.Tensor, "__getitem__", no_mask)
+    model, (x, y) = small_vit(), batch(4, seed=3, dtype=torch.float32)
+    assert math.isfinite(vitcore.score(model, x, y, proxies=[name])[name])
+
+
+@requires_cuda
+@pytest.mark.parametrize("fused", ["0", "1"])
+@pytest.mark.parametrize("name", NATIVE)
+def test_the_native_proxies_sync_once_on_cuda(name, fused, monkeypatch):
+    """torch's sync debug mode reports every synchronizing CUDA op; "error" would stop at the planner's
+    one transfer too, so the run is made in "warn" mode and the reports counted: exactly one, and it
+    is that transfer (torch.cat(parts).cpu() in vitcore.proxies.plan)."""
+    monkeypatch.setenv("VITCORE_TRITON", fused)
+    model = small_vit().cuda()
+    x, y = (t.cuda() for t in batch(4, seed=3, dtype=torch.float32))
+    vitcore.score(model, x, y, proxies=[name])  # warm-up: kernel compilation and library handles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = vitcore.score(model, x, y, proxies=[name])[name]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [(w.filename, w.lineno) for w in caught if "synchronizing CUDA operation" in str(w.message)]
+    assert len(syncs) == 1, syncs
+    (filename, lineno), = syncs
+    assert filename.endswith("plan.py") and "torch.cat(parts).cpu()" in linecache.getline(filename, lineno), syncs
+    assert math.isfinite(got)

@@ -3,7 +3,7 @@
 See ``vitcore.proxies.registry`` for the contract a proxy file follows.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,9 +28,12 @@ class Proxy:
               "synflow" (the |θ| pass), "hessian" (GraSP's H·g pass, which also needs "data" and the
               "grads" tap); () for none
     taps      what the "data" pass must record, from ``vitcore.passes.DATA_TAPS``
-    reduce    device side: ``reduce(ctx) -> torch.Tensor`` of any shape, computed without reading a
-              value on the host (no ``.item()``, ``bool(t)``, ``.cpu()``); None for a host-only proxy
-    finish    host side: ``finish(values) -> float`` on the numpy array of reduce's tensor (same shape)
+    reduce    device side: ``reduce(ctx)`` -> a torch.Tensor of any shape, or a tuple of them,
+              computed without reading a value on the host (no ``.item()``, ``bool(t)``, ``.cpu()``,
+              nor ops that check their result on the host, such as ``torch.linalg.eigvalsh``);
+              None for a host-only proxy
+    finish    host side: ``finish(values) -> float`` on the float64 numpy array of reduce's tensor
+              (same shape), or on the tuple of arrays when reduce returned a tuple
     host      host-only proxies (nothing to read from the device): ``host(ctx) -> float``
     min_batch the fewest examples it is defined for (``score`` refuses fewer, naming the proxy)
     """
@@ -38,8 +41,8 @@ class Proxy:
     name: str
     passes: Tuple[str, ...] = ()
     taps: Tuple[str, ...] = ()
-    reduce: Optional[Callable[["Context"], torch.Tensor]] = None
-    finish: Callable[[np.ndarray], float] = scalar
+    reduce: Optional[Callable[["Context"], Union[torch.Tensor, Tuple[torch.Tensor, ...]]]] = None
+    finish: Callable[..., float] = scalar
     host: Optional[Callable[["Context"], float]] = None
     min_batch: int = 1
 

@@ -21,12 +21,15 @@ What the paper leaves open, taken from the authors' code (decemberzhou/TF_TAS,
 - Not counted, as in the authors' code: the patch embedding, biases, LayerNorms, the class token
   and positional embedding.
 
-The nuclear norms run batched on the device: the MSA matrices are grouped by shape and each group
-goes through one ``torch.linalg.svdvals`` call, before the one host sync. A model that is not a
-``vitcore.ViT`` is refused (TypeError): DSS must tell attention from MLP layers.
+The saliency sums run on the device; the MSA matrices, grouped by shape, cross in the one host sync
+(float64) and their nuclear norms come from one batched numpy SVD per shape on the host:
+``torch.linalg.svdvals`` would sync the device with the host on CUDA (it checks cusolver's info).
+The transfer carries each MSA weight and its gradient: 16 bytes per MSA weight element.
+A model that is not a ``vitcore.ViT`` is refused (TypeError): DSS must tell attention from MLP layers.
 """
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,27 +51,39 @@ def dss_weights(model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor
 
 
 def dss_reduce(msa_w: Sequence[torch.Tensor], msa_g: Sequence[torch.Tensor],
-               mlp_w: Sequence[torch.Tensor], mlp_g: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Σ ‖G‖_*·‖W‖_* over the MSA pairs + Σ |G ⊙ W| over the MLP pairs, as a 0-d float64 tensor.
+               mlp_w: Sequence[torch.Tensor], mlp_g: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """The device side of DSS: (saliency, *stacks), all float64, for ``dss_finish``.
 
-    Every W, G is a 2-D matrix (out, in); a G of None (a weight the objective does not reach)
-    contributes 0, as in the authors' code.
+    saliency is 0-d: Σ |G ⊙ W| over the MLP pairs. Each stack is (2L, out, in): the L MSA weights of
+    one shape, then their L gradients, for the nuclear norms on the host. Every W, G is a 2-D matrix
+    (out, in); a G of None (a weight the objective does not reach) contributes 0, as in the authors'
+    code.
     """
     device = (list(msa_w) + list(mlp_w))[0].device  # callers pass at least one weight
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    saliency = torch.zeros((), dtype=torch.float64, device=device)
+    for w, g in zip(mlp_w, mlp_g):
+        if g is not None:
+            saliency = saliency + (g.double() * w.detach().double()).abs().sum()
     groups: Dict[torch.Size, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
     for w, g in zip(msa_w, msa_g):
         if g is not None:
             groups.setdefault(w.shape, []).append((w, g))
-    for pairs in groups.values():
-        W = torch.stack([w.detach().double() for w, _ in pairs])  # (L, out, in)
-        G = torch.stack([g.double() for _, g in pairs])  # (L, out, in)
-        both = torch.linalg.svdvals(torch.cat([W, G]))  # (2L, min(out, in)), one batched call
-        nuc_w, nuc_g = both[: len(pairs)].sum(-1), both[len(pairs):].sum(-1)  # (L,), (L,)
-        total = total + (nuc_w * nuc_g).sum()
-    for w, g in zip(mlp_w, mlp_g):
-        if g is not None:
-            total = total + (g.double() * w.detach().double()).abs().sum()
+    stacks = [torch.stack([w.detach().double() for w, _ in pairs] + [g.double() for _, g in pairs])
+              for pairs in groups.values()]  # each (2L, out, in)
+    return (saliency, *stacks)
+
+
+def dss_finish(values: Tuple[np.ndarray, ...]) -> float:
+    """DSS from ``dss_reduce``'s arrays: saliency + Σ ‖G‖_*·‖W‖_* over the MSA pairs, the nuclear norms
+    by numpy's batched SVD in float64 (one call per stack). NaN when a matrix holds NaN or inf."""
+    saliency, *stacks = values
+    total = float(saliency)
+    for stack in stacks:
+        if not np.isfinite(stack).all():
+            return float("nan")
+        nuclear = np.linalg.svd(stack, compute_uv=False).sum(-1)  # (2L,)
+        half = len(stack) // 2
+        total += float((nuclear[:half] * nuclear[half:]).sum())
     return total
 
 
@@ -82,8 +97,8 @@ def _reduce(ctx: Context) -> torch.Tensor:
         return [theta[i] for i in found], [grads[i] for i in found]
 
     if not any(id(w) in index for w in msa_w + mlp_w):
-        return torch.zeros((), dtype=torch.float64, device=ctx.inputs.device)
+        return (torch.zeros((), dtype=torch.float64, device=ctx.inputs.device),)
     return dss_reduce(*pairs(msa_w), *pairs(mlp_w))
 
 
-PROXY = Proxy(name="dss", passes=("synflow",), reduce=_reduce)
+PROXY = Proxy(name="dss", passes=("synflow",), reduce=_reduce, finish=dss_finish)

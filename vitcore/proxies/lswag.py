@@ -20,11 +20,15 @@ checked against arXiv 2505.07300 §3: (1) the mean is dropped as Σ 1/σ (ZiCo's
 
 ViT choices: the layers are the Linear layers inside the blocks (QKV, W^O, both MLP layers), their
 weights only (ZiCo's practice; vitcore's zico explains why biases are left out); Ψ reads the blocks'
-GELU inputs, class token included. Per-example gradients come from one private batched forward and
+GELU inputs, class token included. Per-example gradients come from a private batched forward and
 backward (the data pass keeps batch-mean gradients only): for y = x Wᵀ the gradient of example b is
-B · Σ_tokens dy_b ⊗ x_b (the loss averages over the batch), so no per-example passes are needed.
-Ψ reads the data pass's "codes" tap, as SWAP does. Everything reduces on the device before the one
-host sync; at least 2 examples are needed.
+n · Σ_tokens dy_b ⊗ x_b (the loss averages over the n examples of a chunk), so no per-example passes
+are needed.
+The private pass runs over ``ctx.chunks`` like the shared ones (so the automatic doubling of the
+chunks on CUDA out-of-memory covers it too) and merges each layer's per-example statistics chunk
+by chunk; its loss goes through ``vitcore.passes.loss_on``, so targets outside the classes are
+refused after the sync as for every proxy. Ψ reads the data pass's "codes" tap, as SWAP does.
+Everything reduces on the device before the one host sync; at least 2 examples are needed.
 """
 from typing import List, Sequence
 
@@ -32,18 +36,45 @@ import torch
 from torch import nn
 
 from vitcore.model import Block, ViT
+from vitcore.passes import loss_on, split
 from vitcore.proxies.base import Context, Proxy
 from vitcore.proxies.swap import swap_reduce
 
 
-def inverse_std_term(per_example: torch.Tensor) -> torch.Tensor:
-    """log Σ_{θ: σ_θ > 0} 1/σ_θ for per-example gradients (B, *θ shape); 0-d float64.
+def inverse_std_term(std: torch.Tensor) -> torch.Tensor:
+    """log Σ_{θ: σ_θ > 0} 1/σ_θ for the per-weight standard deviations σ (any shape); 0-d float64.
 
     0 when no weight has σ > 0 (log of an empty sum is left out, as ZiCo's code skips such layers).
     """
-    std = per_example.double().std(0, unbiased=False)  # (*θ shape), float64 statistics
     total = torch.where(std > 0, 1 / torch.where(std > 0, std, 1), 0).sum()
     return torch.where(total > 0, torch.log(torch.where(total > 0, total, 1)), 0)
+
+
+class _Moments:
+    """Mean and Σ(g - mean)² over examples of one layer's per-example gradients, merged chunk by
+    chunk in float64 (Chan, Golub and LeVeque's pairwise update), so the chunks never change σ
+    beyond rounding and the (B, *θ shape) gradients are never held at once."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, chunk: torch.Tensor) -> None:
+        """chunk: (n, *θ shape) per-example gradients of n more examples."""
+        chunk = chunk.double()
+        n, mean = chunk.shape[0], chunk.mean(0)  # (*θ shape)
+        m2 = (chunk - mean).pow(2).sum(0)  # (*θ shape)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 = self.m2 + m2 + delta.pow(2) * (self.n * n / total)
+        self.mean = self.mean + delta * (n / total)
+        self.n = total
+
+    def std(self) -> torch.Tensor:
+        """The population standard deviation (ZiCo's numpy std), (*θ shape) float64."""
+        return (self.m2 / self.n).sqrt()
 
 
 def lswag_reduce(per_layer_terms: Sequence[torch.Tensor], active: torch.Tensor) -> torch.Tensor:
@@ -59,22 +90,29 @@ def lswag_layers(model: nn.Module) -> List[nn.Linear]:
 
 
 def _reduce(ctx: Context) -> torch.Tensor:
+    layers = lswag_layers(ctx.model)
     layer_io: List[tuple] = []
 
     def keep_io(module, args, output):
         layer_io.append((args[0].detach(), output))
 
-    # a private forward and backward: per-example weight gradients need each layer's input and output
-    handles = [m.register_forward_hook(keep_io) for m in lswag_layers(ctx.model)]
+    # a private forward and backward per chunk: per-example weight gradients need each layer's input
+    # and output; the loss goes through loss_on, so bad targets are counted and refused after the sync
+    moments = [_Moments() for _ in layers]
+    handles = [m.register_forward_hook(keep_io) for m in layers]
     try:
-        loss = ctx.loss_fn(ctx.model(ctx.inputs), ctx.targets)
-        grads = torch.autograd.grad(loss, [o for _, o in layer_io])  # each (B, N', out)
+        for start, end, _ in split(ctx.inputs.shape[0], ctx.chunks):
+            layer_io.clear()
+            loss = loss_on(ctx.loss_fn, ctx.model(ctx.inputs[start:end]), ctx.targets[start:end])
+            grads = torch.autograd.grad(loss, [o for _, o in layer_io])  # each (n, N', out)
+            # y = x Wᵀ: example b's gradient of its own loss is n · Σ_tokens dy_b ⊗ x_b (the loss averages)
+            for stats, (x, _), dy in zip(moments, layer_io, grads):
+                stats.add((end - start) * torch.einsum("bno,bni->boi", dy, x))  # (n, out, in)
     finally:
         for h in handles:
             h.remove()
-    B = ctx.inputs.shape[0]
-    # y = x Wᵀ: example b's gradient of its own loss is B · Σ_tokens dy_b ⊗ x_b (the loss averages)
-    terms = [inverse_std_term(B * torch.einsum("bno,bni->boi", dy, x)) for (x, _), dy in zip(layer_io, grads)]
+        layer_io.clear()
+    terms = [inverse_std_term(stats.std()) for stats in moments]
     active = torch.cat(ctx.data.codes, 1)  # (B, U), the data pass's GELU input signs: Ψ's window
     return torch.where(ctx.data.codes_nan, torch.nan, lswag_reduce(terms, active))
 

@@ -24,12 +24,14 @@ What the paper leaves open for a ViT, and vitcore's choices:
 - The authors' foresight measure scores one N(0, 1) example it draws itself; vitcore scores the
   first example of the batch it is given (real images when the run has them).
 
-All P matrices are N' x N', so their eigenvalues come from one batched ``torch.linalg.eigvalsh``
-call in float64, before the one host sync. MeCo runs its own forward of one example without
-gradients (no shared pass keeps activation values).
+The P matrices (N' x N', float64) are computed on the device and cross in the one host sync; their
+eigenvalues come from one batched numpy ``eigvalsh`` on the host (``torch.linalg.eigvalsh`` would sync
+the device with the host on CUDA: it checks cusolver's info). MeCo runs its own forward of one
+example without gradients (no shared pass keeps activation values).
 """
-from typing import List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,18 +55,18 @@ def _row_correlation(f: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def meco_reduce(feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Σ_l λ_min of the row correlation of each (rows, C_l) map; 0-d float64.
-
-    Maps with the same number of rows share one batched eigenvalue call.
-    """
-    groups = {}
+def meco_reduce(feature_maps: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """The device side of MeCo: the row correlations of the (rows, C_l) maps, float64, stacked by
+    row count, each (L, rows, rows), for ``meco_finish``."""
+    groups: Dict[int, List[torch.Tensor]] = {}
     for f in feature_maps:
         groups.setdefault(f.shape[0], []).append(_row_correlation(f))
-    total = torch.zeros((), dtype=torch.float64, device=feature_maps[0].device)
-    for mats in groups.values():
-        total = total + torch.linalg.eigvalsh(torch.stack(mats))[:, 0].sum()  # (L, rows) ascending
-    return total
+    return tuple(torch.stack(mats) for mats in groups.values())
+
+
+def meco_finish(values: Tuple[np.ndarray, ...]) -> float:
+    """MeCo from ``meco_reduce``'s arrays: Σ_l λ_min, by numpy's batched eigvalsh in float64."""
+    return float(sum(np.linalg.eigvalsh(stack)[:, 0].sum() for stack in values))  # ascending per matrix
 
 
 def _reduce(ctx: Context) -> torch.Tensor:
@@ -84,4 +86,4 @@ def _reduce(ctx: Context) -> torch.Tensor:
     return meco_reduce(maps)
 
 
-PROXY = Proxy(name="meco", reduce=_reduce)
+PROXY = Proxy(name="meco", reduce=_reduce, finish=meco_finish)

@@ -3,7 +3,7 @@ import contextlib
 import contextvars
 import time
 import warnings
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,11 @@ class _Fresh:
             torch.cuda.set_rng_state(self.cuda_rng, self.device)
 
 
+def _tensors(out) -> Tuple[torch.Tensor, ...]:
+    """A reduce's result as a tuple of tensors (it returns one tensor or a tuple of them)."""
+    return out if isinstance(out, tuple) else (out,)
+
+
 def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -> Dict[str, float]:
     units: List[Proxy] = [UNITS[n] for n in dict.fromkeys(names)]
     passes = {p for u in units for p in u.passes}
@@ -110,7 +115,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
         fresh.reset()
         ctx.hessian = hessian_grad(model, inputs, targets, loss_fn, counted, ctx.data.grads[: len(counted)],
                                    chunks)
-    reduced: Dict[str, torch.Tensor] = {}
+    reduced: Dict[str, object] = {}  # per proxy: a tensor or a tuple of tensors
     for unit in units:
         if unit.reduce is not None:
             fresh.reset()
@@ -125,7 +130,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
         checks = [torch.zeros((), device=inputs.device)] * 3
     non_finite = inputs.numel() - torch.isfinite(inputs).sum()
     parts = [torch.stack([non_finite.double()] + [c.double() for c in checks])]
-    parts += [t.double().reshape(-1) for t in reduced.values()]
+    parts += [t.double().reshape(-1) for out in reduced.values() for t in _tensors(out)]
     marks = _PASSES_END.get()
     if marks is not None:
         if inputs.device.type == "cuda":
@@ -139,9 +144,12 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
                          f"model's {num_outputs} outputs (min {int(flat[2])}, max {int(flat[3])}); "
                          "ignore_index (-100) is not supported: drop those examples")
     values, offset = {}, 4
-    for name, t in reduced.items():
-        values[name] = UNITS[name].finish(flat[offset: offset + t.numel()].reshape(t.shape))
-        offset += t.numel()
+    for name, out in reduced.items():
+        arrays = []
+        for t in _tensors(out):
+            arrays.append(flat[offset: offset + t.numel()].reshape(t.shape))
+            offset += t.numel()
+        values[name] = UNITS[name].finish(tuple(arrays) if isinstance(out, tuple) else arrays[0])
     for unit in units:
         if unit.host is not None:
             fresh.reset()

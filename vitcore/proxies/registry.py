@@ -14,14 +14,17 @@ Adding a proxy is one file and one test:
      half h for ``ctx.halves.params[i]``, every Linear/Conv weight included). "synflow" gives
      ``ctx.synflow = (|θ|, dR/d|θ|)``; "hessian" gives ``ctx.hessian`` (H·g per counted tensor).
      Each pass runs once per ``score`` call, whatever set was asked.
-   - ``reduce(ctx) -> torch.Tensor``: the device-side reduction, any shape, and no host read in it
-     (no ``.item()``, ``float(t)``, ``bool(t)``, ``.cpu()``, data-dependent Python ``if``). A proxy
+   - ``reduce(ctx)``: the device-side reduction, a tensor of any shape or a tuple of tensors, and no
+     host read in it (no ``.item()``, ``float(t)``, ``bool(t)``, ``.cpu()``, data-dependent Python
+     ``if``, nor ops that check their result with a host sync on CUDA: ``torch.linalg.eigvalsh``,
+     ``svdvals``, ``torch.unique``, boolean-mask indexing, ``nonzero``). A proxy
      that needs something no pass records may run its own forward/backward here (a private pass,
      split into ``ctx.chunks`` with ``vitcore.passes.split`` and ``vitcore.passes.loss_on`` for the loss):
      before every pass and every ``reduce`` the planner puts back the model's buffers (BatchNorm
      statistics), its train mode and the RNG state, so no proxy sees another one's side effects.
-   - ``finish(values: np.ndarray) -> float``: the host-side step on reduce's tensor after the one sync
-     (default: ``float``). Eigenvalues, log-determinants and other small host steps go here.
+   - ``finish(values) -> float``: the host-side step after the one sync, on reduce's tensor as a float64
+     numpy array (a tuple of arrays for a tuple; default: ``float``). Eigenvalues, singular values,
+     log-determinants and other small host steps go here.
    - ``host(ctx) -> float`` instead of ``reduce`` for a value that needs no device data (params).
    - ``min_batch``: the fewest examples the proxy is defined for.
 2. Add the module to ``REGISTRY`` below (a test fails for a file in ``vitcore/proxies/`` that is not

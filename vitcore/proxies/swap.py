@@ -25,7 +25,6 @@ networks. Counting runs on the device before the one host sync: each pattern is 
 words, the words are sorted lexicographically (stable sorts, last word first) and the changes counted.
 """
 import torch
-from torch import nn
 
 from vitcore.proxies.base import Context, Proxy
 
