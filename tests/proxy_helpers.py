@@ -18,10 +18,10 @@ from torch import nn
 from vitcore.cost import vit_cost
 from vitcore.model import ViT, ViTConfig
 
-from vitcore.proxies import PROXIES
+from vitcore.proxies import PROXIES, UNITS
 
 LAYERS = (nn.Linear, nn.Conv2d)
-VIT_ONLY = ("dss", "meco", "lswag")  # they read a vitcore.ViT's blocks (TypeError on other models)
+VIT_ONLY = tuple(p for p in PROXIES if UNITS[p].vit_only)  # they read a vitcore.ViT's blocks
 ANY_MODEL = tuple(p for p in PROXIES if p not in VIT_ONLY)
 U = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 TF32 = 2.0**-11  # a GPU's convolutions and matmuls in fp32 run in TF32 by default: 10 mantissa bits

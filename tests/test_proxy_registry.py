@@ -146,3 +146,11 @@ def test_the_native_proxies_sync_once_on_cuda(name, fused, monkeypatch):
     (filename, lineno), = syncs
     assert filename.endswith("plan.py") and "torch.cat(parts).cpu()" in linecache.getline(filename, lineno), syncs
     assert math.isfinite(got)
+
+
+@pytest.mark.parametrize("name", [p for p in PROXIES if UNITS[p].vit_only])
+def test_vit_only_units_refuse_other_models(name, triton_off):
+    """``vit_only`` says which units need a vitcore.ViT; they name the model they were given instead."""
+    x, y = batch(6, seed=1, classes=3)
+    with pytest.raises(TypeError, match="vitcore.ViT"):
+        vitcore.score(bn_net().double(), x, y, proxies=[name])

@@ -36,6 +36,7 @@ class Proxy:
               (same shape), or on the tuple of arrays when reduce returned a tuple
     host      host-only proxies (nothing to read from the device): ``host(ctx) -> float``
     min_batch the fewest examples it is defined for (``score`` refuses fewer, naming the proxy)
+    vit_only  True when it reads a ``vitcore.ViT``'s blocks (MSA vs MLP) and raises TypeError on other models
     """
 
     name: str
@@ -45,6 +46,7 @@ class Proxy:
     finish: Callable[..., float] = scalar
     host: Optional[Callable[["Context"], float]] = None
     min_batch: int = 1
+    vit_only: bool = False
 
     def __post_init__(self):
         assert (self.reduce is None) != (self.host is None), f"{self.name}: give reduce or host, not both"

@@ -101,4 +101,4 @@ def _reduce(ctx: Context) -> torch.Tensor:
     return dss_reduce(*pairs(msa_w), *pairs(mlp_w))
 
 
-PROXY = Proxy(name="dss", passes=("synflow",), reduce=_reduce, finish=dss_finish)
+PROXY = Proxy(name="dss", passes=("synflow",), reduce=_reduce, finish=dss_finish, vit_only=True)

@@ -117,4 +117,5 @@ def _reduce(ctx: Context) -> torch.Tensor:
     return torch.where(ctx.data.codes_nan, torch.nan, lswag_reduce(terms, active))
 
 
-PROXY = Proxy(name="lswag", passes=("data",), taps=("codes",), reduce=_reduce, min_batch=2)
+PROXY = Proxy(name="lswag", passes=("data",), taps=("codes",), reduce=_reduce, min_batch=2,
+              vit_only=True)

@@ -86,4 +86,4 @@ def _reduce(ctx: Context) -> torch.Tensor:
     return meco_reduce(maps)
 
 
-PROXY = Proxy(name="meco", reduce=_reduce, finish=meco_finish)
+PROXY = Proxy(name="meco", reduce=_reduce, finish=meco_finish, vit_only=True)
