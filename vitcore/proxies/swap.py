@@ -36,9 +36,10 @@ def pack_patterns(active: torch.Tensor) -> torch.Tensor:
     B, U = active.shape
     words = []
     for start in range(0, B, _WORD):
-        bits = active[start:start + _WORD].long()  # (b, U)
-        shifts = torch.arange(bits.shape[0], device=active.device)[:, None]  # (b, 1)
-        words.append((bits << shifts).sum(0))  # (U,)
+        word = torch.zeros(U, dtype=torch.long, device=active.device)  # (U,)
+        for bit, row in enumerate(active[start:start + _WORD]):  # one example at a time: O(U) memory
+            word |= row.long() << bit
+        words.append(word)
     return torch.stack(words, 1)  # (U, W)
 
 
