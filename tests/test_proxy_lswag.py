@@ -1,4 +1,6 @@
 """lswag against a float64 loop that takes each example's own loss gradient, one example at a time."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,18 @@ def test_lswag_private_pass_follows_the_out_of_memory_doubling(monkeypatch, trit
     # chunks=1 fails on 5, chunks=2 on its second chunk of 3; chunks=4: the data pass, then lswag's own
     assert seen == [5, 2, 3] + [1, 1, 1, 2] * 2
     assert got == pytest.approx(whole, rel=1e-9)
+
+
+def test_lswag_warns_when_psi_is_saturated(triton_off):
+    """"tiny" has 5 x (24 + 18) = 210 GELU neurons: 2 examples draw all 4 patterns, so Ψ = 2^2 for any
+    network (a warning, the value kept); 9 examples cannot (2^9 = 512 > 210): no warning."""
+    model = make_model("tiny", 9)
+    x, y = make_batch("tiny", 2, seed=10)
+    with pytest.warns(RuntimeWarning, match=r"lswag's Ψ: 4 = 2\^2 distinct patterns.*saturated"):
+        got = score_one(copy64(model), x.double(), y, "lswag")
+    assert got == pytest.approx(lswag_reference(model, x, y), rel=1e-9)
+    x, y = make_batch("tiny", 9, seed=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = score_one(copy64(model), x.double(), y, "lswag")
+    assert got == pytest.approx(lswag_reference(model, x, y), rel=1e-9)

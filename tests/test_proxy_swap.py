@@ -1,5 +1,6 @@
 """swap against a Python set of activation patterns; the device-side distinct count against torch.unique."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -39,3 +40,26 @@ def test_swap_reads_any_relu_or_gelu_model_and_nan_gives_nan(triton_off):
     with torch.no_grad():
         model[1].weight[0, 0] = float("nan")
     assert math.isnan(score_one(model, x, y, "swap"))
+
+
+@pytest.mark.parametrize("B, U", [(3, 8), (3, 40), (5, 97), (7, 33)])
+def test_swap_is_at_most_the_number_of_neurons_and_two_to_the_batch(B, U):
+    """The bound min(U, 2^B): all 2^B patterns among U >= 2^B neurons count exactly 2^B."""
+    g = torch.Generator().manual_seed(B * U)
+    every = torch.tensor([[(p >> b) & 1 for p in range(2 ** B)] for b in range(B)], dtype=torch.bool)  # (B, 2^B)
+    active = torch.cat([every, torch.rand(B, U, generator=g) > 0.5], 1)[:, torch.randperm(2 ** B + U, generator=g)]
+    assert swap_reduce(active).item() == 2 ** B
+    assert swap_reduce(active[:, :U]).item() <= min(U, 2 ** B)
+
+
+def test_swap_warns_exactly_when_every_pattern_occurs(triton_off):
+    """"odd" has 17 x (60 + 52 + 15) = 2159 GELU neurons: 2 examples draw all 4 patterns (saturated, a
+    warning, the value kept); 13 examples cannot (2^13 = 8192 > 2159): no warning."""
+    model = make_model("odd", 5)
+    x, y = make_batch("odd", 2, seed=6)
+    with pytest.warns(RuntimeWarning, match=r"swap: 4 = 2\^2 distinct patterns.*saturated"):
+        assert score_one(model, x, y, "swap") == 4 == swap_reference(model, x)
+    x, y = make_batch("odd", 13, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert score_one(model, x, y, "swap") == swap_reference(model, x) < 2 ** 13

@@ -17,6 +17,16 @@ could not be read through this project's tools, so three points are vitcore's re
 checked against arXiv 2505.07300 §3: (1) the mean is dropped as Σ 1/σ (ZiCo's ratio with μ = 1);
 (2) the window L̂ is every block (the paper chooses depth percentiles; none is assumed here);
 (3) Ψ counts patterns once over the whole window (not per layer).
+Looked for again (2026-11-29): the stored copies of arxiv.org/html/2505.07300v1 and of the CVPR 2025
+open-access page give the abstract and introduction only; two summaries on en.papernotes.org
+(CVPR2025/interpretability/lswag_zero_shot_nas/ and CVPR2025/model_compression/
+l_swag_zero_shot_nas_vision_transformers/) say the mean is discarded "keeping only the variance",
+that the gradient statistics' contribution differs across layers, and "Code: None"; no repository of
+the authors' was found (GitHub names with lswag, L-SWAG, L_SWAG, LIBRA-NAS, casarin; the first
+author's casarinsof/TRAS is another project). None of this settles (1)-(3), so they stand unchanged.
+Ψ inherits SWAP's saturation (``vitcore.proxies.swap``): with fewer examples than about log2 of the
+window's GELU neurons Ψ = 2^B for every network, and L-SWAG then ranks as Λ alone; the host-side
+finish warns when that happens.
 
 ViT choices: the layers are the Linear layers inside the blocks (QKV, W^O, both MLP layers), their
 weights only (ZiCo's practice; vitcore's zico explains why biases are left out); Ψ reads the blocks'
@@ -30,15 +40,16 @@ by chunk; its loss goes through ``vitcore.passes.loss_on``, so targets outside t
 refused after the sync as for every proxy. Ψ reads the data pass's "codes" tap, as SWAP does.
 Everything reduces on the device before the one host sync; at least 2 examples are needed.
 """
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from vitcore.model import Block, ViT
 from vitcore.passes import loss_on, split
 from vitcore.proxies.base import Context, Proxy
-from vitcore.proxies.swap import swap_reduce
+from vitcore.proxies.swap import batch_size_tensor, swap_reduce, warn_if_saturated
 
 
 def inverse_std_term(std: torch.Tensor) -> torch.Tensor:
@@ -77,9 +88,9 @@ class _Moments:
         return (self.m2 / self.n).sqrt()
 
 
-def lswag_reduce(per_layer_terms: Sequence[torch.Tensor], active: torch.Tensor) -> torch.Tensor:
-    """Λ · Ψ from Λ's per-layer terms (0-d each) and the (B, U) activity matrix of the window."""
-    return torch.stack(list(per_layer_terms)).sum() * swap_reduce(active)
+def lswag_reduce(per_layer_terms: Sequence[torch.Tensor], psi: torch.Tensor) -> torch.Tensor:
+    """Λ · Ψ from Λ's per-layer terms (0-d each) and Ψ (0-d, ``swap_reduce`` of the window's activity)."""
+    return torch.stack(list(per_layer_terms)).sum() * psi
 
 
 def lswag_layers(model: nn.Module) -> List[nn.Linear]:
@@ -89,7 +100,7 @@ def lswag_layers(model: nn.Module) -> List[nn.Linear]:
     return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.Linear)]
 
 
-def _reduce(ctx: Context) -> torch.Tensor:
+def _reduce(ctx: Context) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     layers = lswag_layers(ctx.model)
     layer_io: List[tuple] = []
 
@@ -114,8 +125,15 @@ def _reduce(ctx: Context) -> torch.Tensor:
         layer_io.clear()
     terms = [inverse_std_term(stats.std()) for stats in moments]
     active = torch.cat(ctx.data.codes, 1)  # (B, U), the data pass's GELU input signs: Ψ's window
-    return torch.where(ctx.data.codes_nan, torch.nan, lswag_reduce(terms, active))
+    psi = swap_reduce(active)
+    return torch.where(ctx.data.codes_nan, torch.nan, lswag_reduce(terms, psi)), psi, batch_size_tensor(active)
 
 
-PROXY = Proxy(name="lswag", passes=("data",), taps=("codes",), reduce=_reduce, min_batch=2,
+def _finish(values: Tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+    value, psi, B = (float(v) for v in values)
+    warn_if_saturated("lswag's Ψ", psi, B)
+    return value
+
+
+PROXY = Proxy(name="lswag", passes=("data",), taps=("codes",), reduce=_reduce, finish=_finish, min_batch=2,
               vit_only=True)
