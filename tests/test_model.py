@@ -172,3 +172,50 @@ def test_heads_embed_dim_over_num_heads_per_block():
     assert [b.attn.head_dim for b in model.blocks] == [12, 4, 3]
     assert [b.attn.qkv.out_features for b in model.blocks] == [36, 36, 36]
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def _within_std(x: torch.Tensor, std: float) -> bool:
+    """Sample standard deviation of x (n values of N(0, std²), truncation at ±2 negligible for std
+    <= .1) within 6 standard errors of std: |s - std| <= 6 · std / sqrt(2n)."""
+    return abs(x.double().std().item() - std) <= 6 * std / math.sqrt(2 * x.numel())
+
+
+def test_vit_initial_distributions():
+    """timm's initialisation, per group: Linear weights N(0, .02²) truncated, the patch embedding
+    N(0, 1/fan_in) truncated, the class token N(0, 1e-6²), LayerNorm weights 1, every bias 0."""
+    cfg = ViTConfig(img_size=14, patch_size=7, in_chans=5, num_classes=7, embed_dim=48, depth=3,
+                    num_heads=[1, 3, 2], mlp_ratio=[2.0, 3.0, 1.5], head_dim=None)
+    model = ViT(cfg, device=DEVICE, seed=3)
+    linear = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    assert _within_std(linear, 0.02) and _within_std(model.pos_embed, 0.02)
+    assert _within_std(model.patch_embed.weight, math.sqrt(1 / (5 * 7 * 7)))
+    assert 0 < model.cls_token.abs().max() < 1e-5
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.LayerNorm)):
+            assert not m.bias.any()
+
+
+def test_grouped_draw_equals_one_draw_over_the_concatenation():
+    shapes = [(3, 5), (7,), (2, 1, 4), (1,)]
+    tensors = [torch.full(s, float("nan")) for s in shapes]
+    vitcore.model.grouped_draw(tensors, lambda t: t.uniform_(generator=torch.Generator().manual_seed(1)))
+    flat = torch.empty(sum(math.prod(s) for s in shapes)).uniform_(generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.cat([t.flatten() for t in tensors]), flat)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: vitcore.model.MSA(dim=40, num_heads=3, head_dim=24),
+    lambda: vitcore.model.MLP(dim=40, hidden=100),
+    lambda: vitcore.model.Block(40, 3, 24, 2.5, True, "eager"),
+])
+def test_blocks_built_alone_are_initialised(make):
+    """MSA, MLP and Block outside a ViT initialise themselves (a ViT builds them with init=False)."""
+    torch.manual_seed(0)
+    block = make()
+    weights = torch.cat([m.weight.flatten() for m in block.modules() if isinstance(m, torch.nn.Linear)])
+    assert _within_std(weights, 0.02)
+    assert all(not m.bias.any() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight))
+               for m in block.modules() if isinstance(m, torch.nn.LayerNorm))
