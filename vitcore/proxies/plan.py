@@ -61,21 +61,21 @@ class _Fresh:
 
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device
-        self.modes = {m: m.training for m in model.modules()}
-        self.buffers = {name: b.clone() for name, b in model.named_buffers()}
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.buffers = [(b, b.clone()) for b in model.buffers()]
         self.cpu_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
     def reset(self, training: bool = True) -> None:
+        """Put the entry state back; ``training``: every module in train mode (the passes), else each
+        in its entry mode (the end). It runs before every pass and reduction, so it walks lists kept on
+        entry rather than the module tree."""
         with torch.no_grad():
-            for name, b in self.model.named_buffers():
-                if name in self.buffers:
-                    b.copy_(self.buffers[name])
-        if training:
-            self.model.train()
-        else:
-            for m, mode in self.modes.items():
-                m.training = mode
+            for b, saved in self.buffers:
+                b.copy_(saved)
+        for m, mode in self.modes:
+            if m.training != (training or mode):  # Module.__setattr__ is slow: set only what changed
+                m.training = training or mode
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, self.device)
@@ -92,7 +92,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
     taps = sorted({t for u in units for t in u.taps})
     ctx = Context(model, inputs, targets, loss_fn, mode, counted, chunks)
     B = inputs.shape[0]
-    weights = layer_weights(model)
+    weights = layer_weights(model) if "halves" in passes else []
     # The halves pass shares the data pass's forward only where both cut the batch at the same places
     # (then each chunk's computation is the same): asking for zico never changes another proxy's value.
     shared = "halves" in passes and [r[:2] for r in split(B, chunks, 2)] == [r[:2] for r in split(B, chunks)]
