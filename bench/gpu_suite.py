@@ -47,7 +47,7 @@ SETUP_CHECK = ("import json, os, vitcore.kernels, vitcore.ops; from vitcore.benc
                "assert all(p.startswith({repo!r} + os.sep) for p in here), f'vitcore imported from {{here}}'; "
                "print(json.dumps(environment('cuda')))")
 SCORE_CALL = ("from bench.score_report import run; run({out!r}, n=16, batch_size=64, space_name='imagenet', "
-              "device='cuda', full_family_n=2, command='python -m bench.gpu_suite (score part)')")
+              "device='cuda', full_family_n=2, workers=(2, 4, 8), command='python -m bench.gpu_suite (score part)')")
 
 
 @dataclass
@@ -65,7 +65,7 @@ PY = sys.executable
 PARTS = [
     Part("setup", 20, ["vitcore.bench.env"], lambda w: [PY, "-c", SETUP_CHECK.format(repo=os.path.realpath(REPO))],
          "", ""),
-    Part("tests", 130, ["pytest"],
+    Part("tests", 115, ["pytest"],
          lambda w: [PY, "-m", "pytest", "tests", "-q", "-rfEs", "-p", "no:cacheprovider",
                     "--junitxml", os.path.join(w, "tests.xml")], "", "tests.xml",
          {"VITCORE_AUTOTUNE": "0"}),  # correctness at the default configs; the reports check the tuned ones
@@ -76,10 +76,10 @@ PARTS = [
          lambda w: [PY, "-m", "bench.launch_overhead", "--out", w], "*-launch_overhead.md", "*-launch_overhead.json"),
     Part("param_stats", 45, ["bench.param_stats_report"],
          lambda w: [PY, "-m", "bench.param_stats_report", "--out", w], "*-param_stats.md", "*-param_stats.json"),
-    Part("msa_scaling", 90, ["vitcore.bench.scaling_report"],
+    Part("msa_scaling", 75, ["vitcore.bench.scaling_report"],
          lambda w: [PY, "-m", "vitcore", "bench", "--out", os.path.join(w, "msa"), *MSA_ARGS], "msa/report.md",
          "msa/results.json"),
-    Part("score", 45, ["bench.score_report"],
+    Part("score", 75, ["bench.score_report"],
          lambda w: [PY, "-c", SCORE_CALL.format(out=os.path.join(w, "score"))], "score.md", "score.json"),
 ]
 assert sum(p.budget_s for p in PARTS) <= TOTAL_BUDGET_S

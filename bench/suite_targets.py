@@ -58,7 +58,7 @@ def score_targets(doc: dict) -> list:
                 "τ vs float64 not measured by this score_report")
     met = False if speedup < SCORE_FP32_SPEEDUP else "not judged: τ not measured"
     return [_row(fp32, measured, met),
-            _row(lowp, "—", "not run: score_report has no bf16 or workers provider yet")]
+            _row(lowp, "—", "not run: this score document has no bf16 or workers results")]
 
 
 def msa_targets(doc: dict) -> list:

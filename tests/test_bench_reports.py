@@ -80,6 +80,19 @@ def test_score_report_run_on_cpu_writes_both_files(tmp_path):
     assert set(result["family"]) == set(score_report.SETS)
     assert json.loads(open(out + ".json").read())["complete"] is True and open(out + ".md").read().startswith("#")
     for kwargs, message in ((dict(n=0), "n=0"), (dict(providers=["vitcore"]), "need 'loop'"),
-                            (dict(space_name="nope"), "space 'nope'")):
+                            (dict(space_name="nope"), "space 'nope'"), (dict(workers=[0]), r"workers=\[0\]")):
         with pytest.raises(ValueError, match=message):
             score_report.run(out, device="cpu", **kwargs)
+
+def test_score_report_workers_run_is_a_whole_vitcore_score_run(tmp_path):
+    """``workers=[2]``: one ``vitcore score --workers 2`` process run (gloo ranks on this CPU) over the same
+    architectures, batch and seed: its scores are the in-process vitcore provider's, and it is judged."""
+    out = str(tmp_path / "score")
+    result = score_report.run(out, n=3, batch_size=4, space_name="small", device="cpu", data="digits", ref_n=3,
+                              rounds=1, workers=[2])
+    row = result["workers"]["2"]
+    assert row["seconds"] > 0 and row["archs_per_s"] == pytest.approx(3 / row["seconds"])
+    assert all(row["tau"][q] is not None for q in score_report.PROXIES)
+    assert row["max_rel_diff_vs_vitcore"] <= 1e-6  # same device, seed and batch: the same weights and scores
+    text = open(out + ".md").read()
+    assert "`vitcore score --workers K`" in text and "\n| 2 | " in text
