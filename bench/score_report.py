@@ -48,6 +48,7 @@ from vitcore.bench.timers import once_s
 from vitcore.bench.writer import write_json, write_text
 from vitcore.data import load_batch
 from vitcore.model import ViT
+from vitcore.paths import check_out_file
 from vitcore.runs import arch_seed, score_archs
 from vitcore.space import SPACES, sample
 
@@ -157,6 +158,8 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
         raise ValueError(f"space {space_name!r}; valid: {', '.join(SPACES)}")
     if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in workers):
         raise ValueError(f"workers={list(workers)} must be positive ints")
+    for suffix in (".json", ".md"):  # refused now, not after the timing
+        check_out_file(out + suffix, "--out")
     dev = torch.device(device)
     providers = list(providers or (PROVIDERS if dev.type == "cuda" else PROVIDERS[:2]))
     unknown = [p for p in providers if p not in RUNNERS]

@@ -86,8 +86,9 @@ def test_score_report_run_on_cpu_writes_both_files(tmp_path):
 
 def test_score_report_workers_run_is_a_whole_vitcore_score_run(tmp_path):
     """``workers=[2]``: one ``vitcore score --workers 2`` process run (gloo ranks on this CPU) over the same
-    architectures, batch and seed: its scores are the in-process vitcore provider's, and it is judged."""
-    out = str(tmp_path / "score")
+    architectures, batch and seed: its scores are the in-process vitcore provider's, and it is judged.
+    The report's folder is made if missing."""
+    out = str(tmp_path / "new" / "folder" / "score")
     result = score_report.run(out, n=3, batch_size=4, space_name="small", device="cpu", data="digits", ref_n=3,
                               rounds=1, workers=[2])
     row = result["workers"]["2"]

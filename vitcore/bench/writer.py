@@ -23,7 +23,8 @@ def result_stem(out_dir: str, what: str, device) -> str:
 
 
 def write_text(path: str, text: str) -> None:
-    """``text`` into ``path``, atomically."""
+    """``text`` into ``path``, atomically; the folder is made if missing."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
