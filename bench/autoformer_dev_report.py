@@ -83,7 +83,8 @@ def report(args) -> str:
         "read in place",
         f"- networks: built exactly as the truth's README says (heads embed_dim / num_heads wide, 224x224, "
         f"16x16 patches, a class token), {settings.get('space', 'autoformer')} space: 3 channels, 100 classes; "
-        "each architecture's weights from `torch.manual_seed(int(id, 16) + seed)` (vitcore's convention)",
+        "each architecture's weights drawn from a generator seeded with `(int(id, 16) + seed) mod 2^31` "
+        "(`vitcore.runs.arch_seed`)",
         f"- batch: {settings['batch_size']} examples of `{settings['data']}` data (N(0, 1) images at 224², "
         f"labels uniform over the classes), seed {settings['seed']}, {settings.get('dtype', 'fp32')}, one batch "
         "for every architecture",
@@ -92,8 +93,8 @@ def report(args) -> str:
         f"- versions: python {env['versions']['python']}, torch {env['versions']['torch']}, "
         f"numpy {env['versions']['numpy']}, vitcore git {env['versions']['git']}",
         "- commands: the scoring runs below (`python -m vitcore score --space autoformer --archs ARCHS.jsonl "
-        "--data synthetic --batch-size 8 --seed 0 --device cpu --proxies ... --out ... --resume`, ARCHS.jsonl the "
-        "truth's architectures without their accuracies), then",
+        f"--data {settings['data']} --batch-size {settings['batch_size']} --seed {settings['seed']} --device cpu "
+        "--proxies ... --out ... --resume`, ARCHS.jsonl the truth's architectures without their accuracies), then",
         f"  `{env['command']}`",
         "",
         "## Runs and time per architecture (seconds, all of a run's proxies in one `vitcore.score` call)",
