@@ -67,6 +67,35 @@ def test_asking_for_a_proxy_never_changes_another(model_name, triton_off):
     assert pairs["grad_norm"] == pytest.approx(together["grad_norm"], rel=rel, abs=0)
 
 
+class _ReplacedBuffer(nn.Module):
+    """A running mean that each training forward replaces (``self.mean = ...``, a new tensor, as user
+    code and some normalisations write it) rather than updating in place as BatchNorm does."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(64, dtype=torch.float64))
+        self.fc = nn.Linear(64, 3).double()
+
+    def forward(self, x):
+        x = x.flatten(1)  # (B, 64)
+        if self.training:
+            self.mean = 0.5 * self.mean + 0.5 * x.mean(0).detach()
+        return self.fc(x - self.mean)
+
+
+def test_a_buffer_replaced_during_a_pass_is_restored(triton_off):
+    """score puts back a buffer that a pass replaced (not only one changed in place): the model leaves
+    as it came, and each proxy alone equals it asked with every other."""
+    torch.manual_seed(0)
+    model = _ReplacedBuffer()
+    x, y = batch(6, seed=3, classes=3)
+    names = ["grad_norm", "snip", "zico", "grasp"]
+    together = vitcore.score(model, x, y, proxies=names)
+    assert not model.mean.any(), "the replaced buffer was not restored"
+    for name in names:
+        assert vitcore.score(model, x, y, proxies=[name])[name] == pytest.approx(together[name], rel=1e-12), name
+
+
 def test_grad_norm_with_zico_is_the_whole_batch_gradient_on_batchnorm(triton_off):
     model = _models()["batchnorm"]
     x, y = batch(6, seed=2, classes=3)

@@ -62,7 +62,9 @@ class _Fresh:
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device
         self.modes = [(m, m.training) for m in model.modules()]
-        self.buffers = [(b, b.clone()) for b in model.buffers()]
+        # by owner and name, not by tensor: a pass may replace a buffer (``self.mean = ...``) rather
+        # than update it in place, and the model then holds the new tensor
+        self.buffers = [(m, name, b.clone()) for m in model.modules() for name, b in m.named_buffers(recurse=False)]
         self.cpu_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
@@ -71,8 +73,8 @@ class _Fresh:
         in its entry mode (the end). It runs before every pass and reduction, so it walks lists kept on
         entry rather than the module tree."""
         with torch.no_grad():
-            for b, saved in self.buffers:
-                b.copy_(saved)
+            for m, name, saved in self.buffers:
+                getattr(m, name).copy_(saved)
         for m, mode in self.modes:
             if m.training != (training or mode):  # Module.__setattr__ is slow: set only what changed
                 m.training = training or mode
