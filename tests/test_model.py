@@ -219,3 +219,19 @@ def test_blocks_built_alone_are_initialised(make):
     assert all(not m.bias.any() for m in block.modules() if isinstance(m, torch.nn.Linear))
     assert all(torch.equal(m.weight, torch.ones_like(m.weight))
                for m in block.modules() if isinstance(m, torch.nn.LayerNorm))
+
+
+@pytest.mark.parametrize("ours, torchs", [
+    (lambda: vitcore.model.linear(5, 7, True, "cpu"), lambda: torch.nn.Linear(5, 7)),
+    (lambda: vitcore.model.linear(5, 7, False, "cpu"), lambda: torch.nn.Linear(5, 7, bias=False)),
+    (lambda: vitcore.model.layer_norm(9, "cpu"), lambda: torch.nn.LayerNorm(9)),
+], ids=["linear", "linear-no-bias", "layer_norm"])
+def test_layers_built_without_init_are_torchs_layers(ours, torchs):
+    """``linear`` and ``layer_norm`` skip the constructor, so every attribute torch's own sets must be
+    there: the same instance attributes, parameter slots (a missing bias registered as None, as
+    nn.Linear(bias=False) does), shapes, repr and state_dict keys."""
+    a, b = ours(), torchs()
+    assert type(a) is type(b) and sorted(vars(a)) == sorted(vars(b))
+    assert {k: None if p is None else p.shape for k, p in a._parameters.items()} == \
+        {k: None if p is None else p.shape for k, p in b._parameters.items()}
+    assert repr(a) == repr(b) and list(a.state_dict()) == list(b.state_dict())

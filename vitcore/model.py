@@ -69,7 +69,7 @@ def linear(in_features: int, out_features: int, bias: bool, device) -> nn.Linear
     nn.Module.__init__(m)
     m.in_features, m.out_features = in_features, out_features
     m.weight = nn.Parameter(torch.empty(out_features, in_features, device=device))
-    m.bias = nn.Parameter(torch.empty(out_features, device=device)) if bias else None
+    m.register_parameter("bias", nn.Parameter(torch.empty(out_features, device=device)) if bias else None)
     return m
 
 
