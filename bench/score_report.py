@@ -156,7 +156,9 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
                          f"ref_n={ref_n} >= 0")
     if space_name not in SPACES:
         raise ValueError(f"space {space_name!r}; valid: {', '.join(SPACES)}")
-    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in workers):
+    if not isinstance(workers, (list, tuple)) or any(isinstance(k, bool) or not isinstance(k, int) for k in workers):
+        raise TypeError(f"workers={workers!r} must be a list of ints")
+    if any(k < 1 for k in workers):
         raise ValueError(f"workers={list(workers)} must be positive ints")
     for suffix in (".json", ".md"):  # refused now, not after the timing
         check_out_file(out + suffix, "--out")
@@ -326,6 +328,14 @@ def report(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _positive_ints(text: str) -> List[int]:
+    """``--workers 2,4,8`` -> [2, 4, 8] (empty entries skipped); anything else is a usage error naming it."""
+    parts = [k.strip() for k in text.split(",") if k.strip()]
+    if not all(k.isdigit() and int(k) > 0 for k in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive ints")
+    return [int(k) for k in parts]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="path stem: writes .json and .md")
@@ -339,12 +349,13 @@ def main():
     p.add_argument("--rounds", type=int, default=10, help="chunks the providers take turns over")
     p.add_argument("--repeats", type=int, default=1, help="times the whole interleaved run is repeated")
     p.add_argument("--full-family-n", type=int, default=0, help="architectures timed with every proxy set")
-    p.add_argument("--workers", default="", help="comma-separated K: one whole `vitcore score --workers K` run each")
+    p.add_argument("--workers", type=_positive_ints, default=[],
+                   help="comma-separated K: one whole `vitcore score --workers K` run each")
     args = p.parse_args()
     try:
         run(args.out, args.n, args.batch_size, args.space, args.device, args.full_family_n, data=args.data,
             providers=args.providers.split(",") if args.providers else None, ref_n=args.ref_n, rounds=args.rounds,
-            repeats=args.repeats, workers=[int(k) for k in args.workers.split(",") if k])
+            repeats=args.repeats, workers=args.workers)
     except ValueError as e:
         p.exit(2, f"score_report: error: {e}\n")
 

@@ -83,6 +83,10 @@ def test_score_report_run_on_cpu_writes_both_files(tmp_path):
                             (dict(space_name="nope"), "space 'nope'"), (dict(workers=[0]), r"workers=\[0\]")):
         with pytest.raises(ValueError, match=message):
             score_report.run(out, device="cpu", **kwargs)
+    for workers in (2, [2.0], [True]):
+        with pytest.raises(TypeError, match=r"workers=.* must be a list of ints"):
+            score_report.run(out, device="cpu", workers=workers)
+
 
 def test_score_report_workers_run_is_a_whole_vitcore_score_run(tmp_path):
     """``workers=[2]``: one ``vitcore score --workers 2`` process run (gloo ranks on this CPU) over the same
@@ -97,3 +101,12 @@ def test_score_report_workers_run_is_a_whole_vitcore_score_run(tmp_path):
     assert row["max_rel_diff_vs_vitcore"] <= 1e-6  # same device, seed and batch: the same weights and scores
     text = open(out + ".md").read()
     assert "`vitcore score --workers K`" in text and "\n| 2 | " in text
+
+
+@pytest.mark.parametrize("value", ["x", "2,x", "0", "-1", "2.5"])
+def test_score_report_refuses_a_bad_workers_list_naming_it(value, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["score_report", "--device", "cpu", "--out", "unused", "--workers", value])
+    with pytest.raises(SystemExit) as exit_info:
+        score_report.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--workers" in err and repr(value) in err, err
