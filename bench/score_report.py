@@ -30,6 +30,7 @@ weights come from the CUDA generator and differ.
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -90,8 +91,10 @@ def vitcore_run(dtype: str):
 RUNNERS = {"loop": loop_run, "vitcore": vitcore_run("fp32"), "bf16": vitcore_run("bf16")}
 
 
-def workers_run(k: int, archs, space_name: str, data: str, batch_size: int, device: torch.device, tmp: str):
-    """One whole ``vitcore score --workers k`` run over ``archs`` in a fresh process; (wall seconds, results)."""
+def workers_run(k: int, archs, space_name: str, data: str, batch_size: int, device: torch.device, tmp: str) -> dict:
+    """One whole ``vitcore score --workers k`` run over ``archs`` in a fresh process: {"seconds" (wall clock),
+    "results"}, or {"error"} when it exits non-zero (recorded, not raised: the providers timed before it
+    and the other K are kept)."""
     archs_path, out = os.path.join(tmp, "archs.jsonl"), os.path.join(tmp, f"workers-{k}.jsonl")
     with open(archs_path, "w") as f:
         f.writelines(a.to_json() + "\n" for a in archs)
@@ -102,8 +105,8 @@ def workers_run(k: int, archs, space_name: str, data: str, batch_size: int, devi
     done = subprocess.run(argv, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"vitcore score --workers {k} exited with {done.returncode}:\n{done.stderr[-2000:]}")
-    return seconds, _read(out)
+        return {"error": f"exited with {done.returncode}: " + " / ".join(done.stderr.strip().splitlines()[-3:])}
+    return {"seconds": seconds, "results": _read(out)}
 
 
 def reference(archs, batch, device: torch.device, built_on: str) -> Dict[str, dict]:
@@ -123,11 +126,29 @@ def _read(path: str) -> Dict[str, dict]:
 
 
 def _max_rel_diff(scores: Dict[str, dict], base: Optional[Dict[str, dict]]) -> Optional[float]:
-    """Largest relative difference of ``scores`` from ``base`` (same ids and proxies); None without a base."""
-    if not base:
+    """Largest relative difference of ``scores`` from ``base`` over the ids both scored (a base score of 0:
+    0 if equal, else inf); None without a common id."""
+    pairs = [(scores[i]["scores"][q], b["scores"][q]) for i, b in (base or {}).items() if i in scores for q in PROXIES]
+    if not pairs:
         return None
-    return max(abs(scores[i]["scores"][q] - base[i]["scores"][q]) / abs(base[i]["scores"][q])
-               for i in base for q in PROXIES)
+    return max(abs(a - b) / abs(b) if b else (0.0 if a == b else math.inf) for a, b in pairs)
+
+
+def _workers_summary(whole: Dict[int, dict], n: int, loop_run_s: float, ref: Dict[str, dict],
+                     base: Optional[Dict[str, dict]]) -> Dict[str, dict]:
+    """Per K: {"error"} for a failed run, else its seconds, the architectures it did not score, archs/s
+    (of those scored), speed-up over one whole run of the loop, τ against ``ref`` and the difference from
+    ``base`` (the in-process vitcore scores)."""
+    summary = {}
+    for k, w in whole.items():
+        if "error" in w:
+            summary[str(k)] = {"error": w["error"]}
+            continue
+        s, got = w["seconds"], w["results"]
+        summary[str(k)] = {"seconds": s, "missing": n - len(got), "archs_per_s": len(got) / s,
+                           "speedup": loop_run_s / s, "tau": {q: _tau(got, ref, q) for q in PROXIES},
+                           "max_rel_diff_vs_vitcore": _max_rel_diff(got, base)}
+    return summary
 
 
 def _tau(scores: Dict[str, dict], ref: Dict[str, dict], proxy: str) -> Optional[float]:
@@ -196,7 +217,8 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
         whole = {}
         for k in workers:
             whole[k] = workers_run(k, archs, space_name, data, batch_size, dev, tmp)
-            print(f"[workers {k}] {whole[k][0]:.2f} s", file=sys.stderr, flush=True)
+            print(f"[workers {k}] {whole[k].get('error') or format(whole[k]['seconds'], '.2f') + ' s'}",
+                  file=sys.stderr, flush=True)
     meta["load_average_end"] = list(os.getloadavg())
     refs = {"cpu": reference(archs[:ref_n], batch, dev, "cpu")}
     refs["device"] = refs["cpu"] if dev.type == "cpu" else reference(archs[:ref_n], batch, dev, device)
@@ -220,10 +242,7 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
             abs(r["scores"]["vitcore"][q] - r["scores"]["loop"][q]) / abs(r["scores"]["loop"][q])
             for r in rows for q in PROXIES)
     loop_run_s = seconds["loop"] / repeats  # one whole run of the loop
-    workers_summary = {str(k): {"seconds": s, "archs_per_s": n / s, "speedup": loop_run_s / s,
-                                "tau": {q: _tau(got, refs["device"], q) for q in PROXIES},
-                                "max_rel_diff_vs_vitcore": _max_rel_diff(got, results.get("vitcore"))}
-                       for k, (s, got) in whole.items()}
+    workers_summary = _workers_summary(whole, n, loop_run_s, refs["device"], results.get("vitcore"))
     family = _family(archs[:full_family_n], batch, dev)
     doc.update(complete=True, rows=rows, providers=summary, workers=workers_summary,
                targets=_targets(summary, workers_summary, dev), family=family)
@@ -271,13 +290,18 @@ def _targets(summary: dict, workers: dict, dev: torch.device) -> List[dict]:
                                f"τ >= {FP32_TAU} vs float64",
                      "measured": f"{s['speedup']:.2f}x, min τ {tau_min(s):.3f}",
                      "met": s["speedup"] >= FP32_SPEEDUP and tau_min(s) >= FP32_TAU})
+    def measured(name, s):
+        if "error" in s or s.get("missing"):  # a failed or partial run is not judged
+            return f"{name} not judged: " + (f"failed ({s['error']})" if "error" in s else f"{s['missing']} not scored")
+        return f"{name} {s['speedup']:.2f}x (min τ {tau_min(s):.3f})"
+
     fast = ({"bf16": summary["bf16"]} if "bf16" in summary else {}) | {f"{k} workers": s for k, s in workers.items()}
     if fast:
         rows.append({"target": f"issue 13: vitcore bf16 or 2/4/8 workers >= {LOWP_SPEEDUP}x the loop, "
                                f"τ >= {LOWP_TAU}",
-                     "measured": ", ".join(f"{name} {s['speedup']:.2f}x (min τ {tau_min(s):.3f})"
-                                           for name, s in fast.items()),
-                     "met": any(s["speedup"] >= LOWP_SPEEDUP and tau_min(s) >= LOWP_TAU for s in fast.values())})
+                     "measured": ", ".join(measured(name, s) for name, s in fast.items()),
+                     "met": any("error" not in s and not s.get("missing") and s["speedup"] >= LOWP_SPEEDUP
+                                and tau_min(s) >= LOWP_TAU for s in fast.values())})
     return rows
 
 
@@ -311,9 +335,13 @@ def report(doc: dict) -> str:
                   "| K | archs/s | total s | speed-up over loop | τ grad_norm | τ snip | largest relative difference "
                   "from the in-process vitcore fp32 scores |", "|---|---:|---:|---:|---:|---:|---:|"]
         for k, s in doc["workers"].items():
+            if "error" in s:
+                lines.append(f"| {k} | failed: {s['error']} | | | | | |")
+                continue
             taus = [f"{s['tau'][q]:.3f}" if s["tau"][q] is not None else "—" for q in PROXIES]
             diff = "—" if s["max_rel_diff_vs_vitcore"] is None else f"{s['max_rel_diff_vs_vitcore']:.1e}"
-            lines.append(f"| {k} | {s['archs_per_s']:.2f} | {s['seconds']:.2f} | {s['speedup']:.2f}x | "
+            missing = f" ({s['missing']} not scored)" if s.get("missing") else ""
+            lines.append(f"| {k} | {s['archs_per_s']:.2f}{missing} | {s['seconds']:.2f} | {s['speedup']:.2f}x | "
                          + " | ".join(taus) + f" | {diff} |")
     if "max_rel_diff_vs_loop" in summary.get("vitcore", {}):
         lines += ["", f"Largest relative difference between vitcore's and the loop's scores (same weights): "

@@ -1,8 +1,10 @@
 """The report scripts' writers and target rules on synthetic rows (their timing runs need a CUDA GPU):
 a GPU run must not be lost to a formatting error, and each target must be judged from its numbers."""
 import json
+import subprocess
 
 import pytest
+import torch
 
 from bench import attention_report, launch_overhead, param_stats_report, score_report
 from bench.bench_attention import DTYPES, SHAPES
@@ -101,6 +103,36 @@ def test_score_report_workers_run_is_a_whole_vitcore_score_run(tmp_path):
     assert row["max_rel_diff_vs_vitcore"] <= 1e-6  # same device, seed and batch: the same weights and scores
     text = open(out + ".md").read()
     assert "`vitcore score --workers K`" in text and "\n| 2 | " in text
+
+
+def test_score_report_keeps_its_results_when_a_workers_run_fails(tmp_path, monkeypatch):
+    """A ``vitcore score --workers K`` process that exits non-zero is recorded in the report, not raised
+    after the providers were timed (a GPU run must not lose them)."""
+    failed = subprocess.CompletedProcess([], 1, "", "Traceback ...\nRuntimeError: rank 3 lost\n")
+    monkeypatch.setattr(score_report.subprocess, "run", lambda *a, **k: failed)
+    out = str(tmp_path / "score")
+    result = score_report.run(out, n=2, batch_size=4, space_name="small", device="cpu", ref_n=2, rounds=1,
+                              workers=[4])
+    assert result["complete"] and result["workers"] == {"4": {"error": "exited with 1: Traceback ... / "
+                                                                     "RuntimeError: rank 3 lost"}}
+    assert "| 4 | failed: exited with 1:" in open(out + ".md").read()
+
+
+def test_workers_targets_and_differences_judge_only_whole_runs():
+    """A workers run that failed or left architectures unscored is not judged; the score differences are
+    taken over the ids both runs scored, a zero base score giving 0 if matched, else inf."""
+    def rec(g, s):
+        return {"scores": {"grad_norm": g, "snip": s}}
+    base = {"a": rec(2.0, 0.0), "b": rec(4.0, 1.0)}
+    assert score_report._max_rel_diff({"a": rec(2.2, 0.0)}, base) == pytest.approx(0.1)
+    assert score_report._max_rel_diff({"a": rec(2.0, 1e-9)}, base) == float("inf")
+    assert score_report._max_rel_diff({"c": rec(1.0, 1.0)}, base) is None
+    fast = {"seconds": 1.0, "speedup": 30.0, "tau": {"grad_norm": 1.0, "snip": 1.0}}
+    workers = {"2": {"error": "exited with 1: boom"}, "4": {**fast, "missing": 3}}
+    [row] = score_report._targets({}, workers, torch.device("cuda"))
+    assert row["met"] is False and "2 workers not judged: failed (exited with 1: boom)" in row["measured"]
+    assert "4 workers not judged: 3 not scored" in row["measured"]
+    assert score_report._targets({}, {"8": {**fast, "missing": 0}}, torch.device("cuda"))[0]["met"] is True
 
 
 @pytest.mark.parametrize("value", ["x", "2,x", "0", "-1", "2.5"])
