@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import vitcore.model
+import vitcore.runs
 from vitcore.data import load_batch
 from vitcore.runs import read_archs, read_results, run_scoring, score_archs
 from vitcore.space import SPACES, Arch, SearchSpace, sample
@@ -37,7 +39,7 @@ def test_score_archs_records_in_arch_order(tmp_path):
         assert r["settings"] == {"space": None, "data": "digits", "batch_size": 8, "input_shape": [1, 8, 8],
                                  "num_classes": 10, "batch_sha256": digest, "seed": 5, "proxies": ["snip", "params"],
                                  "mode": "global", "params": "all", "dtype": "fp32", "device": "cpu",
-                                 "attention": "auto"}
+                                 "attention": "auto", "init": vitcore.model.INIT_SCHEME}
         assert r["versions"]["torch"] == torch.__version__ and r["versions"]["vitcore"]
         timing = r["timing"]
         assert set(timing) == {"build_s", "passes_s", "read_s"} and min(timing.values()) >= 0
@@ -150,6 +152,18 @@ def test_every_setting_that_changes_a_score_is_in_the_resume_key(tmp_path, chang
     before = out.read_text()
     with pytest.raises(ValueError, match="holds results for settings"):
         run_scoring(str(out), resume=True, **{**BASE, **change})
+    assert out.read_text() == before
+
+
+def test_records_of_another_initialisation_are_not_resumed(tmp_path, monkeypatch):
+    """The same seed gives other weights after a change of ``ViT.reset_parameters``: ``--resume`` must
+    refuse the old records rather than mix two initialisations in one results file."""
+    out = tmp_path / "r.jsonl"
+    run_scoring(str(out), **BASE)
+    before = out.read_text()
+    monkeypatch.setattr(vitcore.runs, "INIT_SCHEME", "another initialisation")
+    with pytest.raises(ValueError, match="holds results for settings"):
+        run_scoring(str(out), resume=True, **BASE)
     assert out.read_text() == before
 
 

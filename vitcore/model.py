@@ -118,6 +118,11 @@ def init_layers(module: nn.Module, generator: Optional[torch.Generator] = None,
         torch._foreach_zero_(zeros)
 
 
+# How a seed becomes weights (ViT.reset_parameters). Changed whenever the same config, seed and device
+# would give other weights, so that a resumed run refuses records scored with the old ones.
+INIT_SCHEME = "timm, one grouped draw (2026-11-29)"
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     img_size: int = 224  # square input, pixels

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
-from vitcore.model import ViT
+from vitcore.model import INIT_SCHEME, ViT
 from vitcore.paths import check_input_file, check_out_file, free_name, lock
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, check_proxies, score
 from vitcore.proxies.plan import passes_end_marks
@@ -243,7 +243,7 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
 
     ``settings`` is the resume key: everything that changes a score (space, the data's name, batch
     size, image shape, classes and a digest of the batch's contents, seed, proxies, mode, params,
-    dtype, device type). Without ``resume`` an existing ``out`` is moved aside to ``out.bak`` (or
+    dtype, device type, attention, and ``vitcore.model.INIT_SCHEME``: how a seed becomes weights). Without ``resume`` an existing ``out`` is moved aside to ``out.bak`` (or
     ``.bak-2``, ...). With ``resume`` the finished records in ``out`` are kept and not scored again;
     ValueError if they were made with other settings. ValueError too when another run is writing
     ``out``, or ``out`` cannot be written or is not a regular file. Returns the records in the order
@@ -274,7 +274,8 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
     settings = {"space": space, "data": batch.name, "batch_size": len(batch.targets),
                 "input_shape": list(batch.inputs.shape[1:]), "num_classes": batch.num_classes,
                 "batch_sha256": _batch_digest(batch), "seed": seed, "proxies": proxies, "mode": mode,
-                "params": params, "dtype": dtype, "device": run_device.type, "attention": attention}
+                "params": params, "dtype": dtype, "device": run_device.type, "attention": attention,
+                "init": INIT_SCHEME}
     versions = _versions()
 
     f, done = _open_results(out, settings, resume, resume_from)
