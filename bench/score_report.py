@@ -214,11 +214,6 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
                       + ", ".join(f"{p} {s:.2f} s" for p, s in seconds.items()), file=sys.stderr, flush=True)
             if r == 0:
                 results = {p: _read(paths[p]) for p in providers}
-        whole = {}
-        for k in workers:
-            whole[k] = workers_run(k, archs, space_name, data, batch_size, dev, tmp)
-            print(f"[workers {k}] {whole[k].get('error') or format(whole[k]['seconds'], '.2f') + ' s'}",
-                  file=sys.stderr, flush=True)
     meta["load_average_end"] = list(os.getloadavg())
     refs = {"cpu": reference(archs[:ref_n], batch, dev, "cpu")}
     refs["device"] = refs["cpu"] if dev.type == "cpu" else reference(archs[:ref_n], batch, dev, device)
@@ -241,12 +236,23 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
         summary["vitcore"]["max_rel_diff_vs_loop"] = max(
             abs(r["scores"]["vitcore"][q] - r["scores"]["loop"][q]) / abs(r["scores"]["loop"][q])
             for r in rows for q in PROXIES)
-    loop_run_s = seconds["loop"] / repeats  # one whole run of the loop
-    workers_summary = _workers_summary(whole, n, loop_run_s, refs["device"], results.get("vitcore"))
     family = _family(archs[:full_family_n], batch, dev)
-    doc.update(complete=True, rows=rows, providers=summary, workers=workers_summary,
-               targets=_targets(summary, workers_summary, dev), family=family)
+    # written before the workers runs too: a run stopped during them (GPU suite budget) keeps this report
+    doc.update(complete=not workers, rows=rows, providers=summary, workers={}, targets=_targets(summary, {}, dev),
+               family=family)
     write_json(out + ".json", doc)
+    write_text(out + ".md", report(doc))
+    if workers:
+        whole = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for k in workers:
+                whole[k] = workers_run(k, archs, space_name, data, batch_size, dev, tmp)
+                print(f"[workers {k}] {whole[k].get('error') or format(whole[k]['seconds'], '.2f') + ' s'}",
+                      file=sys.stderr, flush=True)
+        workers_summary = _workers_summary(whole, n, seconds["loop"] / repeats,  # one whole run of the loop
+                                           refs["device"], results.get("vitcore"))
+        doc.update(complete=True, workers=workers_summary, targets=_targets(summary, workers_summary, dev))
+        write_json(out + ".json", doc)
     text = report(doc)
     write_text(out + ".md", text)
     print(text)
@@ -328,6 +334,9 @@ def report(doc: dict) -> str:
         lines.append(f"| {names[p]} | {s['archs_per_s']:.2f} | {s['seconds']:.2f} | {s['speedup']:.2f}x | "
                      f"{s['median_chunk_speedup']:.2f}x | {ms} | "
                      + " | ".join(taus) + " |")
+    if meta["workers"] and not doc["workers"]:
+        lines += ["", f"`vitcore score --workers K` for K = {', '.join(map(str, meta['workers']))}: not run yet "
+                      "(this report is written before them and again after)."]
     if doc["workers"]:
         lines += ["", "`vitcore score --workers K`, one whole run each (wall clock from the command's start to its "
                       "exit, so it includes starting K + 1 Python processes; speed-up over one whole run of the "

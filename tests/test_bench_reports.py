@@ -2,6 +2,7 @@
 a GPU run must not be lost to a formatting error, and each target must be judged from its numbers."""
 import json
 import subprocess
+import types
 
 import pytest
 import torch
@@ -109,13 +110,28 @@ def test_score_report_keeps_its_results_when_a_workers_run_fails(tmp_path, monke
     """A ``vitcore score --workers K`` process that exits non-zero is recorded in the report, not raised
     after the providers were timed (a GPU run must not lose them)."""
     failed = subprocess.CompletedProcess([], 1, "", "Traceback ...\nRuntimeError: rank 3 lost\n")
-    monkeypatch.setattr(score_report.subprocess, "run", lambda *a, **k: failed)
+    monkeypatch.setattr(score_report, "subprocess", types.SimpleNamespace(run=lambda *a, **k: failed))
     out = str(tmp_path / "score")
     result = score_report.run(out, n=2, batch_size=4, space_name="small", device="cpu", ref_n=2, rounds=1,
                               workers=[4])
     assert result["complete"] and result["workers"] == {"4": {"error": "exited with 1: Traceback ... / "
                                                                      "RuntimeError: rank 3 lost"}}
     assert "| 4 | failed: exited with 1:" in open(out + ".md").read()
+
+
+def test_score_report_is_written_before_the_workers_runs(tmp_path, monkeypatch):
+    """A run stopped during the workers runs (the GPU suite stops a part over its budget) keeps the
+    in-process providers' report: written, marked incomplete, the workers runs named as not run."""
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(score_report, "workers_run", stopped)
+    out = str(tmp_path / "score")
+    with pytest.raises(KeyboardInterrupt):
+        score_report.run(out, n=2, batch_size=4, space_name="small", device="cpu", ref_n=2, rounds=1, workers=[2, 4])
+    doc = json.loads(open(out + ".json").read())
+    assert doc["complete"] is False and set(doc["providers"]) == {"loop", "vitcore"} and doc["workers"] == {}
+    text = open(out + ".md").read()
+    assert "| loop (" in text and "`vitcore score --workers K` for K = 2, 4: not run yet" in text
 
 
 def test_workers_targets_and_differences_judge_only_whole_runs():
