@@ -172,9 +172,9 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
     """
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda': no CUDA GPU is available")
-    if n < 1 or batch_size < 1 or ref_n < 0 or rounds < 1 or repeats < 1:
+    if n < 1 or batch_size < 1 or ref_n < 0 or rounds < 1 or repeats < 1 or full_family_n < 0:
         raise ValueError(f"n={n}, batch_size={batch_size}, rounds={rounds}, repeats={repeats} must be positive, "
-                         f"ref_n={ref_n} >= 0")
+                         f"ref_n={ref_n}, full_family_n={full_family_n} >= 0")
     if space_name not in SPACES:
         raise ValueError(f"space {space_name!r}; valid: {', '.join(SPACES)}")
     if not isinstance(workers, (list, tuple)) or any(isinstance(k, bool) or not isinstance(k, int) for k in workers):

@@ -83,7 +83,9 @@ def test_score_report_run_on_cpu_writes_both_files(tmp_path):
     assert set(result["family"]) == set(score_report.SETS)
     assert json.loads(open(out + ".json").read())["complete"] is True and open(out + ".md").read().startswith("#")
     for kwargs, message in ((dict(n=0), "n=0"), (dict(providers=["vitcore"]), "need 'loop'"),
-                            (dict(space_name="nope"), "space 'nope'"), (dict(workers=[0]), r"workers=\[0\]")):
+                            (dict(space_name="nope"), "space 'nope'"), (dict(workers=[0]), r"workers=\[0\]"),
+                            (dict(full_family_n=-1, n=1, space_name="small", batch_size=2, ref_n=1),
+                             "full_family_n=-1 >= 0")):
         with pytest.raises(ValueError, match=message):
             score_report.run(out, device="cpu", **kwargs)
     for workers in (2, [2.0], [True]):
