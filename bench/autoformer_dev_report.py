@@ -24,6 +24,8 @@ from vitcore.runs import read_results
 from vitcore.bench.env import environment
 
 KD_COLUMNS = ("c100_kd", "flower_kd", "chaoyang_kd")
+DATA_WORDS = {"synthetic": "N(0, 1) images, labels uniform over the classes",
+              "digits": "scikit-learn's 8x8 digits"}  # vitcore.data's built-in choices; anything else is a file
 
 
 def merge(paths: List[str]) -> List[dict]:
@@ -77,7 +79,7 @@ def report(args) -> str:
     settings = read_results(args.scores[0])[0]["settings"]
     env = environment("cpu", command=args.command)
     lines = [
-        "# AutoFormer-Tiny dev set: every proxy x every accuracy column (CPU)",
+        f"# AutoFormer-Tiny dev set: every proxy x every accuracy column ({settings.get('device', 'cpu').upper()})",
         "",
         f"- truth: `{args.truth}` ({len(truth.archs)} architectures, columns {', '.join(truth.columns)}), "
         "read in place",
@@ -85,15 +87,17 @@ def report(args) -> str:
         f"16x16 patches, a class token), {settings.get('space', 'autoformer')} space: 3 channels, 100 classes; "
         "each architecture's weights drawn from a generator seeded with `(int(id, 16) + seed) mod 2^31` "
         "(`vitcore.runs.arch_seed`)",
-        f"- batch: {settings['batch_size']} examples of `{settings['data']}` data (N(0, 1) images at 224², "
-        f"labels uniform over the classes), seed {settings['seed']}, {settings.get('dtype', 'fp32')}, one batch "
-        "for every architecture",
+        f"- batch: {settings['batch_size']} examples of `{settings['data']}` data "
+        f"({DATA_WORDS.get(settings['data'], 'images and labels from that file')}, input "
+        f"{'x'.join(map(str, settings['input_shape']))}), seed {settings['seed']}, {settings.get('dtype', 'fp32')}, "
+        "one batch for every architecture",
         f"- machine: {env['device_name']}, shared with other jobs (load average at report time "
         f"{', '.join(f'{v:.1f}' for v in env['load_average'])}); date {env['date']}",
         f"- versions: python {env['versions']['python']}, torch {env['versions']['torch']}, "
         f"numpy {env['versions']['numpy']}, vitcore git {env['versions']['git']}",
         "- commands: the scoring runs below (`python -m vitcore score --space autoformer --archs ARCHS.jsonl "
-        f"--data {settings['data']} --batch-size {settings['batch_size']} --seed {settings['seed']} --device cpu "
+        f"--data {settings['data']} --batch-size {settings['batch_size']} --seed {settings['seed']} "
+        f"--device {settings.get('device', 'cpu')} "
         "--proxies ... --out ... --resume`, ARCHS.jsonl the truth's architectures without their accuracies), then",
         f"  `{env['command']}`",
         "",

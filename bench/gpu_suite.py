@@ -46,7 +46,7 @@ SETUP_CHECK = ("import json, os, vitcore.kernels, vitcore.ops; from vitcore.benc
                "here = [os.path.realpath(m.__file__) for m in (vitcore, vitcore.kernels)]; "
                "assert all(p.startswith({repo!r} + os.sep) for p in here), f'vitcore imported from {{here}}'; "
                "print(json.dumps(environment('cuda')))")
-SCORE_CALL = ("from bench.score_report import run; run({out!r}, n=16, batch_size=64, space_name='imagenet', "
+SCORE_CALL = ("from bench.score_report import run; run({out!r}, n=48, batch_size=64, space_name='imagenet', "
               "device='cuda', full_family_n=2, workers=(2, 4, 8), command='python -m bench.gpu_suite (score part)')")
 
 

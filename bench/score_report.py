@@ -3,10 +3,9 @@
 Every provider scores the same architectures on the same minibatch with the same seeds, in one process,
 timed from the architecture spec to the scores written (build the model, run the passes, read the
 scores, write the results line):
-- loop:     the loop as users write it: ``torch.manual_seed``, the model built on the CPU and moved to
-            the device, SDPA attention, one forward and ``loss.backward()``, then a Python loop over the
-            parameters summing per-tensor terms with ``.item()`` (grad_norm and snip), a JSON line per
-            architecture;
+- loop:     the loop as users write it: ``torch.manual_seed``, the model built on the CPU and moved to the
+            device, SDPA attention, one forward and ``loss.backward()``, then a Python loop over the parameters
+            summing per-tensor terms with ``.item()`` (grad_norm and snip), a JSON line per architecture;
 - vitcore:  ``vitcore.runs.score_archs``, what ``vitcore score`` runs: the model built on the device,
             attention "auto", fp32, a JSON line per architecture (flushed; fsynced at most once a second);
 - bf16:     the same under bf16 autocast (``--dtype bf16``);
@@ -24,7 +23,7 @@ weights come from the CUDA generator and differ.
 
     python -m bench.score_report --workers 2,4,8 --out bench/results/h200-2026-11-29-score  # 200 ImageNet-preset
     python -m bench.score_report --device cpu --space small --n 50 --data digits --rounds 1 --repeats 3 \
-        --out bench/results/cpu-2026-11-29-score
+        --workers 2 --out bench/results/cpu-2026-11-29-score-fastbuild
 
 ``run(out, ...)`` is the same as a function (the GPU suite calls it).
 """

@@ -105,7 +105,7 @@ def init_layers(module: nn.Module, generator: Optional[torch.Generator] = None,
     for m in module.modules():
         if isinstance(m, nn.Linear):
             trunc.append(m.weight)
-        elif isinstance(m, nn.LayerNorm):
+        elif isinstance(m, nn.LayerNorm) and m.weight is not None:  # None: elementwise_affine=False
             ones.append(m.weight)
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and m.bias is not None:
             zeros.append(m.bias)

@@ -1,0 +1,38 @@
+"""bench.autoformer_dev_report: the dev-set report from results files and a JSON-lines truth."""
+import json
+
+from bench import autoformer_dev_report
+from vitcore.space import Arch
+
+ARCHS = [dict(embed_dim=24, depth=d, num_heads=[2] * d, mlp_ratio=[2.0] * d, patch_size=4) for d in (1, 2, 3, 4)]
+ACC = [{"a_kd": 1.0, "b_kd": 4.0}, {"a_kd": 2.0, "b_kd": 3.0}, {"a_kd": 3.0, "b_kd": 2.0}, {"a_kd": 4.0, "b_kd": 1.0}]
+SETTINGS = {"space": "autoformer", "data": "synthetic", "batch_size": 5, "input_shape": [3, 8, 8], "seed": 2,
+            "proxies": ["params", "nwot", "lswag"], "dtype": "fp32", "device": "cpu"}
+
+
+def _write(tmp_path):
+    truth, scores = tmp_path / "truth.jsonl", tmp_path / "scores.jsonl"
+    truth.write_text("".join(json.dumps({**a, "acc": acc}) + "\n" for a, acc in zip(ARCHS, ACC)))
+    with open(scores, "w") as f:
+        for i, a in enumerate(ARCHS):  # params ranks like a_kd, nwot against it, lswag like params
+            record = {"id": Arch.from_dict(a).id, "arch": a, "settings": SETTINGS, "time_s": 1.5,
+                      "scores": {"params": float(i), "nwot": float(-i), "lswag": float(i) + 0.5}}
+            f.write(json.dumps(record) + "\n")
+    return str(truth), str(scores)
+
+
+def test_report_has_every_proxy_and_column_and_the_run_settings(tmp_path):
+    truth, scores = _write(tmp_path)
+    out = tmp_path / "report.md"
+    assert autoformer_dev_report.main(["--scores", scores, "--truth", truth, "--columns", "a_kd,b_kd",
+                                       "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "--batch-size 5 --seed 2 --device cpu" in text and "input 3x8x8" in text
+    rows = {}  # the first table's row of each proxy: τ per column and the mean
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].lstrip("| "), line)
+    assert rows["params"].startswith("| params | 1.000 | -1.000 | 0.000 |")  # τ a_kd, τ b_kd, mean
+    assert rows["nwot"].startswith("| nwot | -1.000 | 1.000 | 0.000 |")
+    assert "vit_vote" in rows  # the vote joins when params, nwot and lswag were all scored
+    assert "| scores.jsonl | 4 | params, nwot, lswag | 1.5 (median 1.5, max 1.5) | 0 |" in text
