@@ -44,11 +44,11 @@ def run_summary(path: str) -> str:
     records = [r for r in read_results(path) if "scores" in r]
     failed = [r for r in read_results(path) if "scores" not in r]
     if not records:
-        return f"| {path} | 0 | - | - | {len(failed)} |"
+        return f"| {path} | 0 | - | - | - | {len(failed)} |"
     times = np.array([r["time_s"] for r in records])
     s = records[0]["settings"]
     proxies = ", ".join(s["proxies"])
-    return (f"| {os.path.basename(path)} | {len(records)} | {proxies} | {times.mean():.1f} "
+    return (f"| {os.path.basename(path)} | {len(records)} | {s['batch_size']} | {proxies} | {times.mean():.1f} "
             f"(median {np.median(times):.1f}, max {times.max():.1f}) | {len(failed)} |")
 
 
@@ -87,7 +87,8 @@ def report(args) -> str:
         f"16x16 patches, a class token), {settings.get('space', 'autoformer')} space: 3 channels, 100 classes; "
         "each architecture's weights drawn from a generator seeded with `(int(id, 16) + seed) mod 2^31` "
         "(`vitcore.runs.arch_seed`)",
-        f"- batch: {settings['batch_size']} examples of `{settings['data']}` data "
+        f"- batch (of the first results file; each file's size in the runs table): {settings['batch_size']} "
+        f"examples of `{settings['data']}` data "
         f"({DATA_WORDS.get(settings['data'], 'images and labels from that file')}, input "
         f"{'x'.join(map(str, settings['input_shape']))}), seed {settings['seed']}, {settings.get('dtype', 'fp32')}, "
         "one batch for every architecture",
@@ -103,8 +104,8 @@ def report(args) -> str:
         "",
         "## Runs and time per architecture (seconds, all of a run's proxies in one `vitcore.score` call)",
         "",
-        "| results file | architectures | proxies | time per architecture, mean | failed |",
-        "| --- | ---: | --- | --- | ---: |",
+        "| results file | architectures | batch | proxies | time per architecture, mean | failed |",
+        "| --- | ---: | ---: | --- | --- | ---: |",
         *[run_summary(p) for p in args.scores],
         "",
         f"## Kendall τ per column; mean over {', '.join(args.columns)}",

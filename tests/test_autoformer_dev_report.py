@@ -35,4 +35,4 @@ def test_report_has_every_proxy_and_column_and_the_run_settings(tmp_path):
     assert rows["params"].startswith("| params | 1.000 | -1.000 | 0.000 |")  # τ a_kd, τ b_kd, mean
     assert rows["nwot"].startswith("| nwot | -1.000 | 1.000 | 0.000 |")
     assert "vit_vote" in rows  # the vote joins when params, nwot and lswag were all scored
-    assert "| scores.jsonl | 4 | params, nwot, lswag | 1.5 (median 1.5, max 1.5) | 0 |" in text
+    assert "| scores.jsonl | 4 | 5 | params, nwot, lswag | 1.5 (median 1.5, max 1.5) | 0 |" in text
