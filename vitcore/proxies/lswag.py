@@ -64,16 +64,18 @@ def inverse_std_term(std: torch.Tensor) -> torch.Tensor:
 class _Moments:
     """Mean and Σ(g - mean)² over examples of one layer's per-example gradients, merged chunk by
     chunk in float64 (Chan, Golub and LeVeque's pairwise update), so the chunks never change σ
-    beyond rounding and the (B, *θ shape) gradients are never held at once."""
+    beyond rounding and the (B, *θ shape) gradients are never held at once. A chunk's own mean and
+    Σ(g - mean)² are taken in the gradients' dtype (a float64 copy of the (n, *θ shape) chunk cost a
+    third of lswag's time at B = 64 on CPU); only those (*θ shape) results are merged in float64."""
 
     def __init__(self):
         self.n, self.mean, self.m2 = 0, None, None
 
     def add(self, chunk: torch.Tensor) -> None:
         """chunk: (n, *θ shape) per-example gradients of n more examples."""
-        chunk = chunk.double()
         n, mean = chunk.shape[0], chunk.mean(0)  # (*θ shape)
-        m2 = (chunk - mean).pow(2).sum(0)  # (*θ shape)
+        m2 = (chunk - mean).square_().sum(0).double()  # (*θ shape)
+        mean = mean.double()
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean, m2
             return
