@@ -2,12 +2,13 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from native_cases import CONFIGS, copy64, make_batch, make_model, score_one, swap_reference
-from vitcore.proxies.swap import count_distinct_rows, pack_patterns, swap_reduce
+from vitcore.proxies.swap import PROXY, count_distinct_rows, pack_patterns, swap_reduce
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -63,3 +64,14 @@ def test_swap_warns_exactly_when_every_pattern_occurs(triton_off):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert score_one(model, x, y, "swap") == swap_reference(model, x) < 2 ** 13
+
+
+def test_swap_warns_when_the_count_is_nearly_the_neuron_count():
+    """At the SWAP authors' 128 examples an AutoFormer-Tiny ViT gives 99.8% of its GELU neurons: the
+    count then ranks networks by their neuron count, and the finish says so (the value kept)."""
+    with pytest.warns(RuntimeWarning, match=r"swap: 995 distinct patterns are 99\.5% of the 1000 neurons"):
+        assert PROXY.finish((np.float64(995), np.float64(128), np.float64(1000))) == 995
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert PROXY.finish((np.float64(989), np.float64(128), np.float64(1000))) == 989
+        assert PROXY.finish((np.float64(1000), np.float64(9), np.float64(2000))) == 1000

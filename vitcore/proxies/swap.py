@@ -35,8 +35,9 @@ Saturation, measured on the first network of ../shared/data/autoformer-tiny-100.
 GELU neurons at 224², vitcore's initialisation, random-normal images, swap_reduce on the GELU inputs):
 SWAP = 256 = 2^8 at B = 8 and 65,536 = 2^16 at B = 16; 1,696,375 at B = 32 and 1,698,090 at B = 128
 (99.7% and 99.8% of U). Below about log2(U) examples every pattern occurs and the count says nothing
-about the network; well above it, it is close to the neuron count U. When the count reaches 2^B the
-host-side finish warns (the value is kept: it is what the definition gives).
+about the network; well above it, it is close to the neuron count U. The host-side finish warns when
+the count reaches 2^B, and when it reaches 99% of U (``NEAR_U``; it then ranks networks by their
+neuron count, as at the authors' 128 examples here). The value is kept: it is what the definition gives.
 
 Counting runs on the device before the one host sync: each pattern is packed into 63-bit words, the
 words are sorted lexicographically (stable sorts, last word first) and the changes counted.
@@ -78,27 +79,37 @@ def swap_reduce(active: torch.Tensor) -> torch.Tensor:
     return count_distinct_rows(pack_patterns(active)).double()
 
 
-def batch_size_tensor(active: torch.Tensor) -> torch.Tensor:
-    """B of a (B, U) activity matrix as a 0-d float64 on its device (a fill, no host-to-device copy)."""
-    return torch.full((), float(active.shape[0]), dtype=torch.float64, device=active.device)
+def pattern_bounds(active: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B and U of a (B, U) activity matrix as 0-d float64 tensors on its device (fills, no
+    host-to-device copy): the count's two bounds are 2^B and U."""
+    return tuple(torch.full((), float(n), dtype=torch.float64, device=active.device) for n in active.shape)
 
 
-def warn_if_saturated(name: str, count: float, B: float) -> None:
-    """Warn when ``count`` distinct patterns of ``B`` examples is the bound 2^B (every pattern seen)."""
+NEAR_U = 0.99  # the share of U above which the count is reported as ranking by the neuron count
+
+
+def warn_if_saturated(name: str, count: float, B: float, U: float) -> None:
+    """Warn when ``count`` distinct patterns of ``B`` examples on ``U`` neurons is at either bound: 2^B
+    (every pattern occurs) or at least ``NEAR_U`` of U (nearly every neuron has a pattern of its own,
+    so the count is the network's neuron count less a few coincidences)."""
     if B < 1000 and count == 2.0 ** B:
         warnings.warn(f"{name}: {count:.0f} = 2^{B:.0f} distinct patterns, every pattern of the batch's "
                       f"{B:.0f} examples occurs: the count is saturated and cannot rank networks; use "
                       "more examples (the SWAP authors use 128 on Transformers)", RuntimeWarning)
+    elif count >= NEAR_U * U:
+        warnings.warn(f"{name}: {count:.0f} distinct patterns are {count / U:.1%} of the {U:.0f} neurons: "
+                      "nearly every neuron has a pattern of its own, so the count ranks networks by their "
+                      "number of activation neurons", RuntimeWarning)
 
 
 def _reduce(ctx: Context) -> Tuple[torch.Tensor, torch.Tensor]:
     active = torch.cat(ctx.data.codes, 1)  # (B, U): every activation call's neurons side by side
-    return torch.where(ctx.data.codes_nan, torch.nan, swap_reduce(active)), batch_size_tensor(active)
+    return (torch.where(ctx.data.codes_nan, torch.nan, swap_reduce(active)), *pattern_bounds(active))
 
 
-def _finish(values: Tuple[np.ndarray, np.ndarray]) -> float:
-    count, B = (float(v) for v in values)
-    warn_if_saturated("swap", count, B)
+def _finish(values: Tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+    count, B, U = (float(v) for v in values)
+    warn_if_saturated("swap", count, B, U)
     return count
 
 
