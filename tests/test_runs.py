@@ -110,6 +110,13 @@ def test_malformed_results_name_file_and_line(tmp_path, content, message):
         read_results(str(path))
 
 
+def test_results_line_not_utf8_is_named(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b'{"id": "a", "scores": {}}\n\n{"id": "\xff"}\n')
+    with pytest.raises(ValueError, match=f"{path}, line 3: not UTF-8 text"):
+        read_results(str(path))
+
+
 def test_failed_architecture_is_recorded_and_the_run_goes_on(tmp_path):
     data = tmp_path / "six.npz"
     rng = np.random.default_rng(0)

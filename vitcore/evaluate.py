@@ -6,14 +6,13 @@ architecture per line with its fields and an ``acc`` object of several columns (
 over the columns a user names sums them up.
 """
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 from vitcore.ensemble import VIT_VOTE, vote
-from vitcore.paths import check_input_file
+from vitcore.paths import check_input_file, json_lines
 from vitcore.ranking import CI_LEVEL, RankQuality, rank_quality
 from vitcore.space import Arch
 
@@ -87,14 +86,7 @@ def read_truth_jsonl(path: str) -> Truth:
     path = check_input_file(path, "ground-truth file")
     truth = Truth(columns={})
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e})") from None
+        for where, row in json_lines(path, f):
             if not isinstance(row, dict) or not isinstance(row.get("acc"), dict) or not row["acc"]:
                 raise ValueError(f"{where}: expected an architecture with an \"acc\" object of accuracies")
             fields = {k: v for k, v in row.items() if k != "acc"}

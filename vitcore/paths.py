@@ -1,7 +1,8 @@
 """Files of a run: inputs checked before they are read, outputs that never overwrite a finished result."""
+import json
 import os
 import sys
-from typing import Callable, TextIO
+from typing import Callable, Iterable, Iterator, TextIO, Tuple
 
 try:
     import fcntl
@@ -34,6 +35,20 @@ def check_input_file(path, what: str) -> str:
     if not os.path.isfile(path):
         raise ValueError(f"{what} {path!r} is not a regular file")
     return path
+
+
+def json_lines(path: str, lines: Iterable[str]) -> Iterator[Tuple[str, object]]:
+    """(where, value) for each non-blank line of a JSON-lines file, ``where`` = "PATH, line N" (numbered
+    as an editor numbers them) for the caller's own errors. Raises ValueError naming the line for a line
+    that is not JSON."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not JSON ({e.msg})") from None
 
 
 def check_out_file(path, option: str = "--out") -> str:

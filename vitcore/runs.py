@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from importlib import metadata
-from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import torch
 from tqdm import tqdm
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
 from vitcore.model import INIT_SCHEME, ViT
-from vitcore.paths import check_input_file, check_out_file, free_name, lock
+from vitcore.paths import check_input_file, check_out_file, free_name, json_lines, lock
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, check_proxies, score
 from vitcore.proxies.plan import passes_end_marks
 from vitcore.space import Arch, get_space, sample
@@ -63,21 +63,21 @@ def read_archs(path: str) -> List[Arch]:
     elif document is not None:
         archs = [_entry_arch(document, path)]
     else:  # JSON lines: numbered as an editor numbers them
-        archs = []
-        for number, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not JSON ({e.msg})") from None
-            archs.append(_entry_arch(entry, f"{path}, line {number}"))
+        archs = [_entry_arch(entry, where) for where, entry in json_lines(path, text.split("\n"))]
     if not archs:
         raise ValueError(f"architectures file {path!r} holds no architectures")
     unique = list({a.id: a for a in archs}.values())
     if len(unique) < len(archs):
         print(f"{path}: {len(archs) - len(unique)} repeated architectures scored once", file=sys.stderr)
     return unique
+
+
+def _utf8_lines(path: str, raw_lines: List[bytes]) -> Iterator[str]:
+    for number, raw in enumerate(raw_lines, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}, line {number}: not UTF-8 text") from None
 
 
 def read_results(path: str, repair: bool = False) -> List[dict]:
@@ -97,21 +97,11 @@ def read_results(path: str, repair: bool = False) -> List[dict]:
         with open(path, "r+b") as f:
             f.truncate(len(complete))
     records = []
-    for number, raw in enumerate(complete.split(b"\n")[:-1], 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}, line {number}: not UTF-8 text") from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {number}: not JSON ({e})") from None
+    for where, record in json_lines(path, _utf8_lines(path, complete.split(b"\n")[:-1])):
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-            raise ValueError(f"{path}, line {number}: expected a JSON object with a string \"id\", got {line[:80]!r}")
+            raise ValueError(f"{where}: expected a JSON object with a string \"id\", got {json.dumps(record)[:80]!r}")
         if not isinstance(record.get("scores", {}), dict):
-            raise ValueError(f"{path}, line {number}: \"scores\" is {record['scores']!r}, not an object")
+            raise ValueError(f"{where}: \"scores\" is {record['scores']!r}, not an object")
         records.append(record)
     return records
 
