@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from native_cases import CONFIGS, EPS32, block_linears, copy64, make_batch, make_model, score_one, swap_reference
+from vitcore.proxies.lswag import _Moments
 
 
 def lswag_reference(model, x, y):
@@ -111,3 +112,16 @@ def test_lswag_warns_when_psi_is_saturated(triton_off):
         warnings.simplefilter("error")
         got = score_one(copy64(model), x.double(), y, "lswag")
     assert got == pytest.approx(lswag_reference(model, x, y), rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_lswag_moments_of_half_precision_gradients_are_taken_in_float32(dtype):
+    """Under autocast the per-example gradients come in fp16/bf16; σ must not carry their 2^-8..2^-11
+    rounding a second time: the moments of the given values agree with float64 to float32's rounding."""
+    g = torch.Generator().manual_seed(60)
+    chunks = [torch.randn(n, 7, 5, generator=g).to(dtype) for n in (9, 4)]
+    stats = _Moments()
+    for c in chunks:
+        stats.add(c)
+    want = torch.cat(chunks).double().std(0, unbiased=False)
+    torch.testing.assert_close(stats.std(), want, rtol=64 * EPS32, atol=0)

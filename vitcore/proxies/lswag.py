@@ -66,14 +66,17 @@ class _Moments:
     """Mean and Σ(g - mean)² over examples of one layer's per-example gradients, merged chunk by
     chunk in float64 (Chan, Golub and LeVeque's pairwise update), so the chunks never change σ
     beyond rounding and the (B, *θ shape) gradients are never held at once. A chunk's own mean and
-    Σ(g - mean)² are taken in the gradients' dtype (a float64 copy of the (n, *θ shape) chunk cost a
-    third of lswag's time at B = 64 on CPU); only those (*θ shape) results are merged in float64."""
+    Σ(g - mean)² are taken in the gradients' dtype, float32 at least (a float64 copy of the
+    (n, *θ shape) chunk cost a third of lswag's time at B = 64 on CPU); only those (*θ shape)
+    results are merged in float64."""
 
     def __init__(self):
         self.n, self.mean, self.m2 = 0, None, None
 
     def add(self, chunk: torch.Tensor) -> None:
         """chunk: (n, *θ shape) per-example gradients of n more examples."""
+        if chunk.element_size() < 4:  # fp16/bf16 under autocast: their rounding would reach σ
+            chunk = chunk.float()
         n, mean = chunk.shape[0], chunk.mean(0)  # (*θ shape)
         m2 = (chunk - mean).square_().sum(0).double()  # (*θ shape)
         mean = mean.double()
