@@ -1,3 +1,4 @@
+import itertools
 import math
 import warnings
 
@@ -5,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vitcore.ranking import kendall_tau, kendall_test, rank_quality, spearman_rho, top_k_overlap
+from vitcore.ranking import kendall_tau, kendall_test, mean_tau_ceiling, rank_quality, spearman_rho, top_k_overlap
 
 
 def test_against_scipy_on_random_data():
@@ -99,3 +100,46 @@ def test_bad_input():
 def test_inputs_of_the_wrong_kind_are_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def _best_mean_tau(A):
+    """The highest mean τ-b over the columns of A among all rankings without ties, by enumeration."""
+    return max(np.mean([stats.kendalltau(p, a).statistic for a in A]) for p in itertools.permutations(range(A.shape[1])))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_mean_tau_ceiling_brackets_the_best_ranking(seed):
+    """Fresh columns, with ties (integer accuracies) in half the cases: the ranking found reaches its
+    stated mean, no ranking beats the bound, and the best ranking lies between the two."""
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(3, 7)), int(rng.integers(1, 5))
+    A = rng.integers(0, 3, (k, n)).astype(float) if seed % 2 else rng.standard_normal((k, n))
+    A[:, :2] = [[0.0, 1.0]] * k  # no column is one value throughout
+    got = mean_tau_ceiling(A)
+    assert len(set(got.ranking)) == n
+    assert got.reached == pytest.approx(np.mean([stats.kendalltau(got.ranking, a).statistic for a in A]), abs=1e-12)
+    best = _best_mean_tau(A)
+    assert got.reached <= best + 1e-12 <= got.bound + 2e-12
+
+
+def test_mean_tau_ceiling_on_agreeing_reversed_and_cyclic_columns():
+    x = np.array([0.3, 0.1, 0.7, 0.5, 0.9])
+    assert mean_tau_ceiling([x]) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(stats.rankdata(x) - 1))
+    reversed_ = mean_tau_ceiling([x, -x])
+    assert reversed_.reached == pytest.approx(0.0, abs=1e-12) and reversed_.bound == pytest.approx(0.0, abs=1e-12)
+    # Condorcet's cycle a > b > c, b > c > a, c > a > b: every pair has a 2-1 majority, no order keeps all
+    cyclic = mean_tau_ceiling([[3, 2, 1], [1, 3, 2], [2, 1, 3]])
+    assert cyclic.reached == pytest.approx(1 / 9) and cyclic.bound == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("columns, error, message", [
+    ([], ValueError, "at least one column"),
+    ([[1, 2, 3], [1, 2]], ValueError, "equal lengths"),
+    ([[1.0]], ValueError, "at least 2 architectures"),
+    ([[1, 2, float("nan")]], ValueError, r"NaN at \(column, position\) \[\[0, 2\]\]"),
+    ([[1, 2, 3], [4, 4, 4]], ValueError, "column 1 has one value throughout"),
+    ([["a", "b"]], TypeError, "column 0 must be a sequence of numbers"),
+])
+def test_mean_tau_ceiling_refuses_bad_columns(columns, error, message):
+    with pytest.raises(error, match=message):
+        mean_tau_ceiling(columns)

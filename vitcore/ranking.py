@@ -6,11 +6,14 @@ the other NaNs, and counted in the result, so a proxy cannot look better by fail
 With a few dozen architectures τ is uncertain by about ±0.2, so Kendall's τ comes with its p-value
 (scipy's test of τ = 0) and a bootstrap confidence interval over the architectures (scipy.stats.bootstrap,
 percentile method, fixed seed): two proxies whose intervals overlap widely are not shown apart.
+
+When a proxy is judged by its mean τ over several accuracy columns that disagree with each other,
+``mean_tau_ceiling`` says how high that mean can go at all, for any ranking of the architectures.
 """
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
@@ -114,3 +117,73 @@ def rank_quality(scores: Sequence[float], truth: Sequence[float], top_fraction: 
         n=len(s),
         n_nan=int(np.isnan(s).sum()),
     )
+
+
+class Ceiling(NamedTuple):
+    reached: float  # mean τ-b of ``ranking``: some ranking reaches it
+    bound: float  # no ranking without ties exceeds it
+    ranking: np.ndarray  # (n,) float64 scores of the ranking found (higher = ranked higher), no ties
+
+
+def mean_tau_ceiling(columns: Sequence[Sequence[float]]) -> Ceiling:
+    """How high the mean Kendall τ-b over k accuracy columns can go, for any ranking of the n architectures.
+
+    ``columns``: k ≥ 1 sequences of n ≥ 2 accuracies, the same architectures in the same order. For a
+    ranking π without ties, τ-b(π, c) = Σ_{i<j} sign(π_i - π_j)·sign(c_i - c_j) / sqrt(P·(P - T_c)), P =
+    n(n-1)/2 pairs, T_c the pairs that c ties (scipy.stats.kendalltau's τ-b). The mean over the columns is
+    then Σ_{pairs} sign(π_i - π_j)·w_ij with w_ij the columns' mean normalised sign, so
+      bound = Σ_{pairs} |w_ij| (every pair ordered as the columns' weighted majority orders it; a true
+              upper bound because it drops only the need for the pairs to form one order), and
+      reached = the mean of a consensus ranking (Kemeny's problem): Borda's mean rank of the columns, then
+              single moves of one architecture to another place while one raises the mean (local search,
+              deterministic).
+    With k = 1 and no ties both are 1. A proxy scored with ties (a size count, say) is not covered by the
+    bound. Raises TypeError for columns that are not numbers, ValueError for k = 0, unequal lengths,
+    n < 2, a NaN accuracy or a column with one value throughout (its τ is undefined).
+    """
+    if isinstance(columns, (str, bytes, dict)) or columns is None or len(columns) == 0:
+        raise ValueError(f"mean_tau_ceiling needs at least one column, got {columns!r:.80}")
+    cols = [_as_numbers(c, f"column {i}") for i, c in enumerate(columns)]
+    if any(c.ndim != 1 for c in cols) or len({c.shape for c in cols}) != 1:
+        raise ValueError(f"columns need to be 1-D of equal lengths, got shapes {[c.shape for c in cols]}")
+    A = np.stack(cols)  # (k, n)
+    k, n = A.shape
+    if n < 2:
+        raise ValueError(f"ranking needs at least 2 architectures, got {n}")
+    if np.isnan(A).any():
+        raise ValueError(f"columns hold NaN at (column, position) {np.argwhere(np.isnan(A)).tolist()[:5]}")
+    signs = np.sign(A[:, :, None] - A[:, None, :])  # (k, n, n): sign(c_i - c_j)
+    pairs = n * (n - 1) / 2
+    tied = (pairs * 2 - np.abs(signs).sum((1, 2))) / 2  # (k,) tied pairs T_c
+    if (tied == pairs).any():
+        raise ValueError(f"column {int(np.argmax(tied == pairs))} has one value throughout: its τ is undefined")
+    w = (signs / np.sqrt(pairs * (pairs - tied))[:, None, None]).sum(0) / k  # (n, n), antisymmetric
+    order = list(np.argsort(np.mean([stats.rankdata(a) for a in A], 0), kind="stable"))  # lowest first
+    while _improve(order, w):
+        pass
+    ranking = np.empty(n)
+    ranking[order] = np.arange(n)
+    reached = float(np.mean([stats.kendalltau(ranking, a).statistic for a in A]))
+    return Ceiling(reached, float(np.abs(np.triu(w, 1)).sum()), ranking)
+
+
+def _improve(order: list, w: np.ndarray) -> bool:
+    """One sweep of single moves over ``order`` (lowest first), each taken when it raises Σ_{x above y} w[x, y]
+    by more than rounding; True when one was taken. Moving x up over the architectures y it passes adds
+    2·Σ_y w[x, y]; moving it down subtracts 2·Σ_y w[x, y] over those it falls below."""
+    moved = False
+    for x in list(order):
+        i = order.index(x)
+        row = w[x, order]  # (n,) w[x, y] along the current order
+        up = np.cumsum(row[i + 1:])  # gain / 2 for ending just above order[i+1..]
+        down = np.cumsum(row[:i][::-1])  # loss / 2 for ending just below order[i-1..0]
+        best_up = int(np.argmax(up)) if len(up) else -1
+        best_down = int(np.argmin(down)) if len(down) else -1
+        gain_up = up[best_up] if len(up) else 0.0
+        gain_down = -down[best_down] if len(down) else 0.0
+        if max(gain_up, gain_down) <= 1e-12:
+            continue
+        order.pop(i)
+        order.insert(i + best_up + 1 if gain_up >= gain_down else i - best_down - 1, x)
+        moved = True
+    return moved
