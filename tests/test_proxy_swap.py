@@ -72,10 +72,12 @@ def test_swap_warns_when_the_count_is_nearly_the_neuron_count():
     count then ranks networks by their neuron count, and the finish says so (the value kept)."""
     with pytest.warns(RuntimeWarning, match=r"swap: 995 distinct patterns are 99\.5% of the 1000 neurons"):
         assert PROXY.finish((np.float64(995), np.float64(128), np.float64(1000))) == 995
+    with pytest.warns(RuntimeWarning, match=r"swap: 990 distinct patterns are 99\.0% of the 1000 neurons"):
+        assert PROXY.finish((np.float64(990), np.float64(128), np.float64(1000))) == 990  # the bound itself
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert PROXY.finish((np.float64(989), np.float64(128), np.float64(1000))) == 989
-        assert PROXY.finish((np.float64(1000), np.float64(9), np.float64(2000))) == 1000
+        assert PROXY.finish((np.float64(1000), np.float64(16), np.float64(2000))) == 1000  # 50% of U
 
 
 def test_no_neurons_count_no_patterns():

@@ -103,7 +103,8 @@ def test_repeated_architectures_are_read_once(tmp_path, capsys):
     ('{"scores": {}}\n', 'line 1: expected a JSON object with a string "id"'),
     ('{"id": "a", "scores": null}\n', 'line 1: "scores" is None, not an object'),
     ('{"id": "a"\n', "line 1: not JSON"),
-    ('{"id": "a", "scores": {}}\n{"id": "b", }\n', "line 2: not JSON (Expecting property name enclosed in double quotes, column 13)"),
+    ('{"id": "a", "scores": {}}\n{"id": "b", }\n',
+     "line 2: not JSON (Expecting property name enclosed in double quotes, column 13)"),
 ])
 def test_malformed_results_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "r.jsonl"
