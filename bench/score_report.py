@@ -180,13 +180,15 @@ def run(out: str, n: int = 200, batch_size: int = 64, space_name: str = "imagene
         raise TypeError(f"workers={workers!r} must be a list of ints")
     if any(k < 1 for k in workers):
         raise ValueError(f"workers={list(workers)} must be positive ints")
-    for suffix in (".json", ".md"):  # refused now, not after the timing
-        check_out_file(out + suffix, "--out")
     dev = torch.device(device)
     providers = list(providers or (PROVIDERS if dev.type == "cuda" else PROVIDERS[:2]))
     unknown = [p for p in providers if p not in RUNNERS]
     if unknown or "loop" not in providers:
         raise ValueError(f"providers={providers}: need 'loop' and only {', '.join(RUNNERS)}")
+    for suffix in (".json", ".md"):  # refused now, not after the timing; an earlier run is never overwritten
+        if os.path.lexists(out + suffix):
+            raise ValueError(f"--out {out!r}: {out + suffix!r} exists (an earlier run); name another stem")
+        check_out_file(out + suffix, "--out")
     space = SPACES[space_name]
     archs = sample(space, n, SEED)
     batch = load_batch(data, batch_size, SEED, space)

@@ -1,6 +1,7 @@
 """The report scripts' writers and target rules on synthetic rows (their timing runs need a CUDA GPU):
 a GPU run must not be lost to a formatting error, and each target must be judged from its numbers."""
 import json
+import re
 import subprocess
 import types
 
@@ -91,6 +92,10 @@ def test_score_report_run_on_cpu_writes_both_files(tmp_path):
     for workers in (2, [2.0], [True]):
         with pytest.raises(TypeError, match=r"workers=.* must be a list of ints"):
             score_report.run(out, device="cpu", workers=workers)
+    before = open(out + ".json").read()
+    with pytest.raises(ValueError, match=re.escape(f"{out + '.json'!r} exists (an earlier run)")):
+        score_report.run(out, n=1, batch_size=2, space_name="small", device="cpu", ref_n=1, rounds=1)
+    assert open(out + ".json").read() == before  # the earlier run is kept
 
 
 def test_score_report_workers_run_is_a_whole_vitcore_score_run(tmp_path):

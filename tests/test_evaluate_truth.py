@@ -54,6 +54,14 @@ def test_bad_lines_name_file_line_and_value(tmp_path, line, message):
         read_truth_jsonl(str(path))
 
 
+def test_a_line_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps({**_arch(1, 1), "acc": {"a": 1.0}}).encode()
+    path.write_bytes(good + b"\n\n" + good.replace(b"1.0", b"\xff") + b"\n")
+    with pytest.raises(ValueError, match=f"{path}, line 3: not UTF-8 text"):
+        read_truth_jsonl(str(path))
+
+
 def test_the_same_architecture_twice_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="line 2: architecture .* appears twice"):
         read_truth_jsonl(_write(tmp_path, [ROWS[0], ROWS[0]]))

@@ -125,3 +125,17 @@ def test_lswag_moments_of_half_precision_gradients_are_taken_in_float32(dtype):
         stats.add(c)
     want = torch.cat(chunks).double().std(0, unbiased=False)
     torch.testing.assert_close(stats.std(), want, rtol=64 * EPS32, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sizes", [(3,), (7, 1), (13, 64)])
+def test_lswag_moments_of_equal_gradients_have_zero_std(dtype, sizes):
+    """Examples whose gradients are equal have σ = 0 exactly, so that weight is left out of Λ, as in
+    float64; a float32 mean of n equal values is not always that value, and its rounding residue
+    (σ ~ 1e-7 |g|) would put a 1/σ of ~1e7 into Λ."""
+    g = torch.Generator().manual_seed(61)
+    row = torch.randn(1, 11, 9, generator=g).to(dtype)
+    stats = _Moments()
+    for n in sizes:
+        stats.add(row.expand(n, 11, 9).contiguous())
+    assert torch.equal(stats.std(), torch.zeros(11, 9, dtype=torch.float64))

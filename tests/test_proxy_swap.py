@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from native_cases import CONFIGS, copy64, make_batch, make_model, score_one, swap_reference
+from vitcore import score
 from vitcore.proxies.swap import PROXY, count_distinct_rows, pack_patterns, swap_reduce
 
 
@@ -71,7 +72,21 @@ def test_swap_warns_when_the_count_is_nearly_the_neuron_count():
     count then ranks networks by their neuron count, and the finish says so (the value kept)."""
     with pytest.warns(RuntimeWarning, match=r"swap: 995 distinct patterns are 99\.5% of the 1000 neurons"):
         assert PROXY.finish((np.float64(995), np.float64(128), np.float64(1000))) == 995
+    with pytest.warns(RuntimeWarning, match=r"swap: 990 distinct patterns are 99\.0% of the 1000 neurons"):
+        assert PROXY.finish((np.float64(990), np.float64(128), np.float64(1000))) == 990  # the bound itself
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert PROXY.finish((np.float64(989), np.float64(128), np.float64(1000))) == 989
-        assert PROXY.finish((np.float64(1000), np.float64(9), np.float64(2000))) == 1000
+        assert PROXY.finish((np.float64(1000), np.float64(16), np.float64(2000))) == 1000  # 50% of U
+
+
+def test_no_neurons_count_no_patterns():
+    """U = 0 (a zero-width layer before the ReLU): no neuron, no pattern, and no warning (the share of U
+    is not defined); the count was 1 and the finish divided by U."""
+    assert count_distinct_rows(torch.zeros(0, 1, dtype=torch.long)).item() == 0
+    assert swap_reduce(torch.zeros(5, 0, dtype=torch.bool)).item() == 0
+    model = nn.Sequential(nn.Linear(4, 0), nn.ReLU(), nn.Linear(0, 3))
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert score(model, x, y, proxies=["swap"]) == {"swap": 0.0}

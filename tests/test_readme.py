@@ -7,7 +7,8 @@ what the command does):
 - ``vitcore evaluate`` without ``--scores`` gets ``--n 3 --proxies grad_norm,snip``;
 - ``--device cuda`` becomes ``--device cpu`` on a machine without CUDA;
 - ``pip install ...`` and ``pytest`` are what ``.ci/run`` runs (the README's test command), not run here;
-- ``vitcore evaluate --truth truth.csv`` gets a ``truth.csv`` made from the scores it reads (the
+- a ``--truth`` that is a file of the repository (the built-in truth) is read there, as from the
+  repository's root; a CSV ``--truth`` that is nowhere gets one made from the scores it reads (the
   README says what the file holds: columns id and acc_mean); ``--truth truth.jsonl`` gets three
   architectures of the ``autoformer`` space with made-up ``acc`` columns, and ``--data images.npz``
   eight random images of that space's size (the formats the README gives).
@@ -27,7 +28,8 @@ from vitcore.cli import main
 from vitcore.runs import read_results
 from vitcore.space import get_space, sample
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
 LARGE_SPACES = ("imagenet", "autoformer")
 
 
@@ -91,6 +93,8 @@ def test_the_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
         assert argv[0] == "vitcore" and argv[1] in ("score", "evaluate"), f"no test runs README's {command!r}"
         argv = _cheap(argv[1:])
         truth = argv[argv.index("--truth") + 1] if "--truth" in argv else None
+        if truth and os.path.isfile(os.path.join(ROOT, truth)):  # the README runs from the repository's root
+            argv[argv.index("--truth") + 1] = truth = os.path.join(ROOT, truth)
         if truth and not os.path.exists(truth) and truth.endswith(".jsonl"):
             _write_truth_jsonl(truth, argv[argv.index("--columns") + 1].split(","))
         elif truth and not os.path.exists(truth):

@@ -3,6 +3,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -102,11 +103,13 @@ def test_repeated_architectures_are_read_once(tmp_path, capsys):
     ('{"scores": {}}\n', 'line 1: expected a JSON object with a string "id"'),
     ('{"id": "a", "scores": null}\n', 'line 1: "scores" is None, not an object'),
     ('{"id": "a"\n', "line 1: not JSON"),
+    ('{"id": "a", "scores": {}}\n{"id": "b", }\n',
+     "line 2: not JSON (Expecting property name enclosed in double quotes, column 13)"),
 ])
 def test_malformed_results_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "r.jsonl"
     path.write_text(content)
-    with pytest.raises(ValueError, match=f"{path}, {message}".replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(f"{path}, {message}")):
         read_results(str(path))
 
 

@@ -85,7 +85,7 @@ def read_truth_jsonl(path: str) -> Truth:
     """
     path = check_input_file(path, "ground-truth file")
     truth = Truth(columns={})
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes: json_lines names a line that is not UTF-8
         for where, row in json_lines(path, f):
             if not isinstance(row, dict) or not isinstance(row.get("acc"), dict) or not row["acc"]:
                 raise ValueError(f"{where}: expected an architecture with an \"acc\" object of accuracies")

@@ -2,7 +2,7 @@
 import json
 import os
 import sys
-from typing import Callable, Iterable, Iterator, TextIO, Tuple
+from typing import Callable, Iterable, Iterator, TextIO, Tuple, Union
 
 try:
     import fcntl
@@ -37,18 +37,25 @@ def check_input_file(path, what: str) -> str:
     return path
 
 
-def json_lines(path: str, lines: Iterable[str]) -> Iterator[Tuple[str, object]]:
+def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[str, object]]:
     """(where, value) for each non-blank line of a JSON-lines file, ``where`` = "PATH, line N" (numbered
-    as an editor numbers them) for the caller's own errors. Raises ValueError naming the line for a line
-    that is not JSON."""
+    as an editor numbers them) for the caller's own errors. ``lines`` are text, or bytes decoded as UTF-8
+    (a file opened in binary mode). Raises ValueError naming the line for a line that is not UTF-8 or
+    not JSON (with the column of the JSON error)."""
     for number, line in enumerate(lines, 1):
+        where = f"{path}, line {number}"
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{where}: not UTF-8 text") from None
         if not line.strip():
             continue
-        where = f"{path}, line {number}"
         try:
-            yield where, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not JSON ({e.msg})") from None
+            raise ValueError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
+        yield where, value
 
 
 def check_out_file(path, option: str = "--out") -> str:

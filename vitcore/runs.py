@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from importlib import metadata
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import torch
 from tqdm import tqdm
@@ -72,14 +72,6 @@ def read_archs(path: str) -> List[Arch]:
     return unique
 
 
-def _utf8_lines(path: str, raw_lines: List[bytes]) -> Iterator[str]:
-    for number, raw in enumerate(raw_lines, 1):
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}, line {number}: not UTF-8 text") from None
-
-
 def read_results(path: str, repair: bool = False) -> List[dict]:
     """The complete lines of a results file, as dicts with a string "id" (and a "scores" object or an "error").
 
@@ -97,7 +89,7 @@ def read_results(path: str, repair: bool = False) -> List[dict]:
         with open(path, "r+b") as f:
             f.truncate(len(complete))
     records = []
-    for where, record in json_lines(path, _utf8_lines(path, complete.split(b"\n")[:-1])):
+    for where, record in json_lines(path, complete.split(b"\n")[:-1]):
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):
             raise ValueError(f"{where}: expected a JSON object with a string \"id\", got {json.dumps(record)[:80]!r}")
         if not isinstance(record.get("scores", {}), dict):

@@ -67,8 +67,8 @@ class _Moments:
     chunk in float64 (Chan, Golub and LeVeque's pairwise update), so the chunks never change σ
     beyond rounding and the (B, *θ shape) gradients are never held at once. A chunk's own mean and
     Σ(g - mean)² are taken in the gradients' dtype, float32 at least (a float64 copy of the
-    (n, *θ shape) chunk cost a third of lswag's time at B = 64 on CPU); only those (*θ shape)
-    results are merged in float64."""
+    (n, *θ shape) chunk cost a third of lswag's time at B = 64 on CPU), about the mean accumulated in
+    float64; only those (*θ shape) results are merged in float64."""
 
     def __init__(self):
         self.n, self.mean, self.m2 = 0, None, None
@@ -77,9 +77,10 @@ class _Moments:
         """chunk: (n, *θ shape) per-example gradients of n more examples."""
         if chunk.element_size() < 4:  # fp16/bf16 under autocast: their rounding would reach σ
             chunk = chunk.float()
-        n, mean = chunk.shape[0], chunk.mean(0)  # (*θ shape)
-        m2 = (chunk - mean).square_().sum(0).double()  # (*θ shape)
-        mean = mean.double()
+        # the mean accumulated in float64 and rounded once: n equal gradients give their value exactly,
+        # so their σ is 0 (left out), not a rounding residue whose 1/σ would swamp Λ
+        n, mean = chunk.shape[0], chunk.mean(0, dtype=torch.float64)  # (*θ shape)
+        m2 = (chunk - mean.to(chunk.dtype)).square_().sum(0).double()  # (*θ shape)
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean, m2
             return

@@ -66,12 +66,13 @@ def pack_patterns(active: torch.Tensor) -> torch.Tensor:
 
 
 def count_distinct_rows(words: torch.Tensor) -> torch.Tensor:
-    """Number of distinct rows of an (U, W) int64 matrix, as a 0-d int64 tensor, without a host sync."""
+    """Number of distinct rows of an (U, W) int64 matrix, as a 0-d int64 tensor, without a host sync
+    (0 for U = 0: no neuron, no pattern)."""
     order = torch.arange(words.shape[0], device=words.device)
     for w in reversed(range(words.shape[1])):  # least significant word first: a stable radix sort
         order = order[torch.sort(words[order, w], stable=True).indices]
     rows = words[order]  # (U, W) sorted lexicographically
-    return 1 + (rows[1:] != rows[:-1]).any(1).sum()
+    return min(words.shape[0], 1) + (rows[1:] != rows[:-1]).any(1).sum()  # the first row, then each change
 
 
 def swap_reduce(active: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,7 @@ def warn_if_saturated(name: str, count: float, B: float, U: float) -> None:
         warnings.warn(f"{name}: {count:.0f} = 2^{B:.0f} distinct patterns, every pattern of the batch's "
                       f"{B:.0f} examples occurs: the count is saturated and cannot rank networks; use "
                       "more examples (the SWAP authors use 128 on Transformers)", RuntimeWarning)
-    elif count >= NEAR_U * U:
+    elif U > 0 and count >= NEAR_U * U:
         warnings.warn(f"{name}: {count:.0f} distinct patterns are {count / U:.1%} of the {U:.0f} neurons: "
                       "nearly every neuron has a pattern of its own, so the count ranks networks by their "
                       "number of activation neurons", RuntimeWarning)
