@@ -13,12 +13,13 @@ members were scored. The truth is read where it lies, never copied.
 import argparse
 import os
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from vitcore.ensemble import VIT_VOTE
-from vitcore.evaluate import Truth, evaluate_columns, format_table, mean_tau, read_truth_jsonl, with_vote
+from vitcore.evaluate import (Truth, columns_ceiling, evaluate_columns, format_table, mean_tau, read_truth_jsonl,
+                              with_vote)
 from vitcore.ranking import kendall_tau
 from vitcore.runs import read_results
 from vitcore.bench.env import environment
@@ -128,7 +129,29 @@ def report(args) -> str:
                      f"{means['params']:.3f}, difference {gap:+.3f} (target +0.10: {met}).")
         best = max(means, key=means.get)
         lines.append(f"Highest mean τ of any proxy here: {best} {means[best]:.3f}.")
+    if len(args.columns) > 1:
+        lines += ["", *ceiling_lines(truth, args.columns, means.get("params"))]
     return "\n".join(lines) + "\n"
+
+
+def ceiling_lines(truth: Truth, columns: List[str], params: Optional[float]) -> List[str]:
+    """How far the mean τ over ``columns`` can go at all: τ between the columns, and
+    ``vitcore.ranking.mean_tau_ceiling`` (a ranking that knew every trained accuracy)."""
+    ceiling = columns_ceiling(truth, columns)
+    lines = ["## How high the mean τ can go", "",
+             "Kendall τ between the columns themselves (each column's own ranking judged by the others):", "",
+             "| column | " + " | ".join(columns) + " | mean τ over the columns |",
+             "| --- |" + " ---: |" * (len(columns) + 1)]
+    for a in columns:
+        taus = [kendall_tau([truth.columns[a][i] for i in truth.columns[a] if i in truth.columns[b]],
+                            [truth.columns[b][i] for i in truth.columns[a] if i in truth.columns[b]]) for b in columns]
+        lines.append(f"| {a} | " + " | ".join(f"{t:.3f}" for t in taus) + f" | {np.mean(taus):.3f} |")
+    lines += ["", f"A ranking that knew every trained accuracy of these columns (their consensus, found by "
+              f"`vitcore.ranking.mean_tau_ceiling`) reaches mean τ {ceiling.reached:.3f}; no ranking without "
+              f"ties exceeds {ceiling.bound:.3f}."]
+    if params is not None:
+        lines.append(f"params + 0.10 = {params + 0.10:.3f}.")
+    return lines
 
 
 def main(argv=None) -> int:

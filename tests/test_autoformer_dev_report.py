@@ -36,3 +36,14 @@ def test_report_has_every_proxy_and_column_and_the_run_settings(tmp_path):
     assert rows["nwot"].startswith("| nwot | -1.000 | 1.000 | 0.000 |")
     assert "vit_vote" in rows  # the vote joins when params, nwot and lswag were all scored
     assert "| scores.jsonl | 4 | 5 | params, nwot, lswag | 1.5 (median 1.5, max 1.5) | 0 |" in text
+
+
+def test_report_says_how_high_the_mean_tau_can_go(tmp_path):
+    """a_kd and b_kd rank the four architectures in opposite orders: any ranking's mean τ is 0."""
+    truth, scores = _write(tmp_path)
+    out = tmp_path / "report.md"
+    autoformer_dev_report.main(["--scores", scores, "--truth", truth, "--columns", "a_kd,b_kd", "--out", str(out)])
+    text = out.read_text()
+    assert "| a_kd | 1.000 | -1.000 | 0.000 |" in text and "| b_kd | -1.000 | 1.000 | 0.000 |" in text
+    assert "reaches mean τ 0.000; no ranking without ties exceeds 0.000." in text
+    assert "params + 0.10 = 0.100." in text

@@ -5,8 +5,9 @@ import math
 import pytest
 from scipy import stats
 
-from vitcore.evaluate import (evaluate_columns, format_columns, mean_tau, read_truth_any, read_truth_jsonl,
-                              with_vote)
+from vitcore.evaluate import (columns_ceiling, evaluate_columns, format_columns, mean_tau, read_truth_any,
+                              read_truth_jsonl, with_vote)
+from vitcore.ranking import mean_tau_ceiling
 from vitcore.space import Arch
 
 
@@ -86,6 +87,19 @@ def test_each_column_is_ranked_on_its_own_and_averaged(tmp_path):
         mean_tau(results, ["a", "c"])
 
 
+def test_columns_ceiling_uses_the_architectures_every_named_column_holds(tmp_path):
+    truth = read_truth_jsonl(_write(tmp_path, ROWS))
+    got = columns_ceiling(truth, ["a", "b"])
+    want = mean_tau_ceiling([[50.0, 52.5, 51.0, 49.0], [61.5, 60.0, 63.25, 59.0]])  # row 4 has no b
+    assert (got.reached, got.bound) == (pytest.approx(want.reached), pytest.approx(want.bound))
+    assert columns_ceiling(truth, ["a"]).reached == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="column 'c' is not in the truth"):
+        columns_ceiling(truth, ["a", "c"])
+    lone = read_truth_jsonl(_write(tmp_path, [ROWS[0], (ROWS[1][0], {"a": 1.0})], "lone.jsonl"))
+    with pytest.raises(ValueError, match="columns a, b share 1 architectures: need at least 2"):
+        columns_ceiling(lone, ["a", "b"])
+
+
 def test_the_vote_joins_when_its_members_were_scored():
     records = [{"id": str(i), "scores": {"params": p, "nwot": n, "lswag": s}}
                for i, (p, n, s) in enumerate([(1, 5, 2), (2, 4, 3), (3, 6, 1)])]
@@ -116,6 +130,9 @@ def test_cli_scores_a_jsonl_truths_architectures_and_reports_every_column(tmp_pa
     assert "batch of 4 from 'synthetic', seed 3" in report
     assert "mean τ (a, b)" in report and "| vit_vote |" in report and "### b" in report
     assert "highest mean τ over a, b:" in printed
+    ceiling = mean_tau_ceiling([[50.0, 52.5, 51.0, 49.0], [61.5, 60.0, 63.25, 59.0]])  # the rows with both
+    assert f"mean τ any ranking reaches over a, b: {ceiling.reached:.3f} (bound {ceiling.bound:.3f})" in printed
+    assert f"reaches mean τ {ceiling.reached:.3f}, and no ranking without ties exceeds {ceiling.bound:.3f}" in report
     assert sorted(p.name for p in (out / "a").iterdir()) == ["scatter-lswag.png", "scatter-nwot.png",
                                                              "scatter-params.png", "scatter-vit_vote.png"]
     assert main(argv) == 0  # a second run resumes: nothing is scored again

@@ -18,8 +18,8 @@ from vitcore.attention_choice import ATTENTION_CHOICES
 from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed
-from vitcore.evaluate import (DEFAULT_TRUTH, evaluate_columns, format_columns, format_table, mean_tau,
-                              read_truth_any, scatter_plots, with_vote)
+from vitcore.evaluate import (DEFAULT_TRUTH, columns_ceiling, evaluate_columns, format_columns, format_table,
+                              mean_tau, read_truth_any, scatter_plots, with_vote)
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -113,6 +113,12 @@ def cmd_evaluate(args) -> int:
     if columns:
         best = max(mean_tau(results, columns).items(), key=lambda kv: kv[1])
         print(f"highest mean τ over {', '.join(columns)}: {best[0]} {best[1]:.3f}")
+        if len(columns) > 1:
+            ceiling = columns_ceiling(truth, columns)
+            text += (f"\n\nThe columns disagree: the best ranking found (consensus of the true accuracies) reaches "
+                     f"mean τ {ceiling.reached:.3f}, and no ranking without ties exceeds {ceiling.bound:.3f} "
+                     "(vitcore.ranking.mean_tau_ceiling).")
+            print(f"mean τ any ranking reaches over {', '.join(columns)}: {ceiling.reached:.3f} (bound {ceiling.bound:.3f})")
     with open(os.path.join(args.out, "evaluation.md"), "w") as f:
         f.write(f"scores: {args.scores or scores_file}; truth: {args.truth}; {_batch_line(records)}\n\n{text}\n")
     plots = []

@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 
 from vitcore.ensemble import VIT_VOTE, vote
 from vitcore.paths import check_input_file, json_lines
-from vitcore.ranking import CI_LEVEL, RankQuality, rank_quality
+from vitcore.ranking import CI_LEVEL, Ceiling, RankQuality, mean_tau_ceiling, rank_quality
 from vitcore.space import Arch
 
 # The built-in ground truth, package data (made by bench/ground_truth.py, provenance in the .md beside
@@ -135,6 +135,20 @@ def mean_tau(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str])
         raise ValueError("name at least one column to average")
     proxies = next(iter(results.values()))
     return {p: sum(results[c][p].kendall_tau for c in columns) / len(columns) for p in proxies}
+
+
+def columns_ceiling(truth: Truth, columns: Sequence[str]) -> Ceiling:
+    """``ranking.mean_tau_ceiling`` over ``columns`` of ``truth``, on the architectures that every one of
+    them holds; ValueError when fewer than 2 do (or for the cases that function refuses)."""
+    for c in columns:
+        if c not in truth.columns:
+            raise ValueError(f"column {c!r} is not in the truth; it has {', '.join(truth.columns)}")
+    if not columns:
+        raise ValueError("name at least one column")
+    common = [i for i in truth.columns[columns[0]] if all(i in truth.columns[c] for c in columns[1:])]
+    if len(common) < 2:
+        raise ValueError(f"columns {', '.join(columns)} share {len(common)} architectures: need at least 2")
+    return mean_tau_ceiling([[truth.columns[c][i] for i in common] for c in columns])
 
 
 def format_columns(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str] = ()) -> str:
