@@ -26,8 +26,8 @@ the authors' was found (GitHub names with lswag, L-SWAG, L_SWAG, LIBRA-NAS, casa
 author's casarinsof/TRAS is another project). None of this settles (1)-(3), so they stand unchanged.
 Ψ inherits SWAP's saturation (``vitcore.proxies.swap``): with fewer examples than about log2 of the
 window's GELU neurons Ψ = 2^B for every network, and L-SWAG then ranks as Λ alone; well above it
-(the SWAP authors' 128 examples on AutoFormer-Tiny) Ψ is 99.8% of the neuron count U, and L-SWAG
-ranks as Λ times U. The host-side finish warns in both cases.
+(the SWAP authors' 128 examples, all 100 AutoFormer-Tiny dev-set networks) Ψ is 99.7–99.8% of the
+neuron count U, and L-SWAG ranks as Λ times U. The host-side finish warns in both cases.
 
 ViT choices: the layers are the Linear layers inside the blocks (QKV, W^O, both MLP layers), their
 weights only (ZiCo's practice; vitcore's zico explains why biases are left out); Ψ reads the blocks'
