@@ -152,12 +152,14 @@ def mean_tau_ceiling(columns: Sequence[Sequence[float]]) -> Ceiling:
         raise ValueError(f"ranking needs at least 2 architectures, got {n}")
     if np.isnan(A).any():
         raise ValueError(f"columns hold NaN at (column, position) {np.argwhere(np.isnan(A)).tolist()[:5]}")
-    signs = np.sign(A[:, :, None] - A[:, None, :])  # (k, n, n): sign(c_i - c_j)
     pairs = n * (n - 1) / 2
-    tied = (pairs * 2 - np.abs(signs).sum((1, 2))) / 2  # (k,) tied pairs T_c
-    if (tied == pairs).any():
-        raise ValueError(f"column {int(np.argmax(tied == pairs))} has one value throughout: its τ is undefined")
-    w = (signs / np.sqrt(pairs * (pairs - tied))[:, None, None]).sum(0) / k  # (n, n), antisymmetric
+    w = np.zeros((n, n))  # w[i, j]: the columns' mean normalised sign(c_i - c_j), antisymmetric
+    for c, a in enumerate(A):  # one column at a time: (n, n) memory, not (k, n, n)
+        counts = np.unique(a, return_counts=True)[1]
+        tied = float((counts * (counts - 1) / 2).sum())  # T_c
+        if tied == pairs:
+            raise ValueError(f"column {c} has one value throughout: its τ is undefined")
+        w += np.sign(a[:, None] - a[None, :]) / (k * np.sqrt(pairs * (pairs - tied)))
     order = list(np.argsort(np.mean([stats.rankdata(a) for a in A], 0), kind="stable"))  # lowest first
     while _improve(order, w):
         pass
