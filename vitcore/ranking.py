@@ -120,6 +120,8 @@ def rank_quality(scores: Sequence[float], truth: Sequence[float], top_fraction: 
 
 
 class Ceiling(NamedTuple):
+    """What ``mean_tau_ceiling`` found: the mean τ over the columns that a ranking reaches, and a bound."""
+
     reached: float  # mean τ-b of ``ranking``: some ranking reaches it
     bound: float  # no ranking without ties exceeds it
     ranking: np.ndarray  # (n,) float64 scores of the ranking found (higher = ranked higher), no ties
@@ -183,7 +185,7 @@ def _improve(order: list, w: np.ndarray) -> bool:
         best_down = int(np.argmin(down)) if len(down) else -1
         gain_up = up[best_up] if len(up) else 0.0
         gain_down = -down[best_down] if len(down) else 0.0
-        if max(gain_up, gain_down) <= 1e-12:
+        if max(gain_up, gain_down) <= 1e-12:  # rounding of sums of w, each at most 1 in size
             continue
         order.pop(i)
         order.insert(i + best_up + 1 if gain_up >= gain_down else i - best_down - 1, x)
