@@ -137,7 +137,6 @@ def report(args) -> str:
 def ceiling_lines(truth: Truth, columns: List[str], params: Optional[float]) -> List[str]:
     """How far the mean τ over ``columns`` can go at all: τ between the columns, and
     ``vitcore.ranking.mean_tau_ceiling`` (a ranking that knew every trained accuracy)."""
-    ceiling = columns_ceiling(truth, columns)
     lines = ["## How high the mean τ can go", "",
              "Kendall τ between the columns themselves (each column's own ranking judged by the others):", "",
              "| column | " + " | ".join(columns) + " | mean τ over the columns |",
@@ -146,9 +145,14 @@ def ceiling_lines(truth: Truth, columns: List[str], params: Optional[float]) -> 
         taus = [kendall_tau([truth.columns[a][i] for i in truth.columns[a] if i in truth.columns[b]],
                             [truth.columns[b][i] for i in truth.columns[a] if i in truth.columns[b]]) for b in columns]
         lines.append(f"| {a} | " + " | ".join(f"{t:.3f}" for t in taus) + f" | {np.mean(taus):.3f} |")
-    lines += ["", f"A ranking that knew every trained accuracy of these columns (their consensus, found by "
-              f"`vitcore.ranking.mean_tau_ceiling`) reaches mean τ {ceiling.reached:.3f}; no ranking without "
-              f"ties exceeds {ceiling.bound:.3f}."]
+    try:
+        ceiling = columns_ceiling(truth, columns)
+    except ValueError as e:  # too few shared architectures, a column of one value: the rest of the report stands
+        lines += ["", f"No ceiling over these columns: {e}."]
+    else:
+        lines += ["", f"A ranking that knew every trained accuracy of these columns (their consensus, found by "
+                  f"`vitcore.ranking.mean_tau_ceiling`) reaches mean τ {ceiling.reached:.3f}; no ranking without "
+                  f"ties exceeds {ceiling.bound:.3f}."]
     if params is not None:
         lines.append(f"params + 0.10 = {params + 0.10:.3f}.")
     return lines

@@ -47,3 +47,16 @@ def test_report_says_how_high_the_mean_tau_can_go(tmp_path):
     assert "| a_kd | 1.000 | -1.000 | 0.000 |" in text and "| b_kd | -1.000 | 1.000 | 0.000 |" in text
     assert "reaches mean τ 0.000; no ranking without ties exceeds 0.000." in text
     assert "params + 0.10 = 0.100." in text
+
+
+def test_report_stands_when_the_columns_have_no_ceiling(tmp_path):
+    """b_kd of one value throughout has no τ: the report says so where the ceiling would be, and is written."""
+    truth, scores = _write(tmp_path)
+    with open(truth) as f:
+        rows = [json.loads(line) for line in f]
+    with open(truth, "w") as f:
+        f.writelines(json.dumps({**r, "acc": {**r["acc"], "b_kd": 2.0}}) + "\n" for r in rows)
+    out = tmp_path / "report.md"
+    assert autoformer_dev_report.main(["--scores", scores, "--truth", truth, "--columns", "a_kd,b_kd",
+                                       "--out", str(out)]) == 0
+    assert "No ceiling over these columns: column 1 has one value throughout: its τ is undefined." in out.read_text()

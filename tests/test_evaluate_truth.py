@@ -139,6 +139,26 @@ def test_cli_scores_a_jsonl_truths_architectures_and_reports_every_column(tmp_pa
     assert read_results(str(out / "scores.jsonl")) == records
 
 
+def test_cli_keeps_its_tables_when_the_columns_have_no_ceiling(tmp_path, capsys):
+    """Columns a and b (of 3 and 2 architectures) share one: τ per column is reported, the ceiling is said to
+    be undefined
+    (it raised after the scoring, and evaluation.md was never written)."""
+    from vitcore.cli import main
+    from vitcore.runs import read_results
+
+    scores = tmp_path / "scores.jsonl"
+    out = tmp_path / "first"
+    main(["evaluate", "--truth", _write(tmp_path, ROWS), "--columns", "a", "--proxies", "params", "--space", "small",
+          "--data", "synthetic", "--batch-size", "2", "--out", str(out)])
+    scores.write_text("".join(json.dumps(r) + "\n" for r in read_results(str(out / "scores.jsonl"))))
+    lone = [ROWS[0], (ROWS[1][0], {"a": 52.5}), (ROWS[2][0], {"a": 51.0}), (ROWS[3][0], {"b": 55.0})]
+    assert main(["evaluate", "--scores", str(scores), "--truth", _write(tmp_path, lone, "lone.jsonl"),
+                 "--columns", "a,b", "--out", str(tmp_path / "e")]) == 0
+    printed = capsys.readouterr().out
+    assert "mean τ any ranking reaches over a, b: not defined (columns a, b share 1 architectures" in printed
+    assert "not defined (columns a, b share 1" in (tmp_path / "e" / "evaluation.md").read_text()
+
+
 def test_cli_names_a_column_the_truth_does_not_have(tmp_path, capsys):
     from vitcore.cli import main
 

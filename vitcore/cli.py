@@ -114,11 +114,18 @@ def cmd_evaluate(args) -> int:
         best = max(mean_tau(results, columns).items(), key=lambda kv: kv[1])
         print(f"highest mean τ over {', '.join(columns)}: {best[0]} {best[1]:.3f}")
         if len(columns) > 1:
-            ceiling = columns_ceiling(truth, columns)
-            text += (f"\n\nThe columns disagree: the best ranking found (consensus of the true accuracies) reaches "
-                     f"mean τ {ceiling.reached:.3f}, and no ranking without ties exceeds {ceiling.bound:.3f} "
-                     "(vitcore.ranking.mean_tau_ceiling).")
-            print(f"mean τ any ranking reaches over {', '.join(columns)}: {ceiling.reached:.3f} (bound {ceiling.bound:.3f})")
+            try:
+                ceiling = columns_ceiling(truth, columns)
+            except ValueError as e:  # too few shared architectures, a column of one value: the tables stand
+                line = f"mean τ any ranking reaches over {', '.join(columns)}: not defined ({e})"
+                text += f"\n\n{line}"
+            else:
+                line = (f"mean τ any ranking reaches over {', '.join(columns)}: {ceiling.reached:.3f} "
+                        f"(bound {ceiling.bound:.3f})")
+                text += (f"\n\nThe columns disagree: the best ranking found (consensus of the true accuracies) "
+                         f"reaches mean τ {ceiling.reached:.3f}, and no ranking without ties exceeds "
+                         f"{ceiling.bound:.3f} (vitcore.ranking.mean_tau_ceiling).")
+            print(line)
     with open(os.path.join(args.out, "evaluation.md"), "w") as f:
         f.write(f"scores: {args.scores or scores_file}; truth: {args.truth}; {_batch_line(records)}\n\n{text}\n")
     plots = []

@@ -225,8 +225,8 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
 
     ``settings`` is the resume key: everything that changes a score (space, the data's name, batch
     size, image shape, classes and a digest of the batch's contents, seed, proxies, mode, params,
-    dtype, device type, attention, and ``vitcore.model.INIT_SCHEME``: how a seed becomes weights). Without ``resume`` an existing ``out`` is moved aside to ``out.bak`` (or
-    ``.bak-2``, ...). With ``resume`` the finished records in ``out`` are kept and not scored again;
+    dtype, device type, attention, and ``vitcore.model.INIT_SCHEME``: how a seed becomes weights).
+    Without ``resume`` an existing ``out`` is moved aside to ``out.bak`` (or ``.bak-2``, ...). With ``resume`` the finished records in ``out`` are kept and not scored again;
     ValueError if they were made with other settings. ValueError too when another run is writing
     ``out``, or ``out`` cannot be written or is not a regular file. Returns the records in the order
     of ``archs``.
