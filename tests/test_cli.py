@@ -49,7 +49,7 @@ def test_repeated_architectures_are_scored_once(tmp_path, capsys):
     "argv, message",
     [
         (["--proxies", "grad_norm,synflo"], "unknown proxy 'synflo'; valid: grad_norm, snip, plain"),
-        (["--space", "huge"], "unknown search space 'huge'; valid: autoformer, imagenet, small"),
+        (["--space", "huge"], "unknown search space 'huge'; valid: autoformer, imagenet, pit, small"),
         (["--archs", "/no/such.json"], "architectures file '/no/such.json' does not exist"),
         (["--data", "/no/such.npz"], "data file '/no/such.npz' does not exist"),
         (["--data", "mnist"], "unknown data 'mnist'; valid: digits, synthetic, PATH.npz"),

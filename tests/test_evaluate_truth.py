@@ -8,7 +8,7 @@ from scipy import stats
 from vitcore.evaluate import (columns_ceiling, evaluate_columns, format_columns, mean_tau, read_truth_any,
                               read_truth_jsonl, with_vote)
 from vitcore.ranking import mean_tau_ceiling
-from vitcore.space import Arch
+from vitcore.space import Arch, PiTArch
 
 
 def _arch(depth, heads, head_dim=None):
@@ -41,12 +41,33 @@ def test_reads_architectures_and_every_column(tmp_path):
     assert read_truth_any(_write(tmp_path, ROWS)).columns == truth.columns
 
 
+def test_null_accuracies_pit_rows_and_nested_archs(tmp_path):
+    """Auto-Prox's files leave a column untrained (null) on some lines or on all; PiTs and ViTs mix; an
+    architecture may sit under "arch"."""
+    pit = {"base_dim": 16, "mlp_ratio": 6, "depth": [2, 8, 4], "num_heads": [2, 4, 4]}
+    lines = [{**_arch(1, 1), "acc": {"a": 50.0, "b": None, "never": None}},
+             {"arch": pit, "acc": {"a": 52.0, "b": 61.0, "never": None}},
+             {**_arch(2, 2), "acc": {"a": None, "b": 60.0, "never": None}}]
+    path = tmp_path / "truth.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    truth = read_truth_jsonl(str(path))
+    ids = [Arch.from_dict(_arch(1, 1)).id, PiTArch.from_dict(pit).id, Arch.from_dict(_arch(2, 2)).id]
+    assert list(truth.archs) == ids and isinstance(truth.archs[ids[1]], PiTArch)
+    assert truth.columns == {"a": {ids[0]: 50.0, ids[1]: 52.0}, "b": {ids[1]: 61.0, ids[2]: 60.0}}
+    assert truth.empty == ["never"]
+    path.write_text(json.dumps({**_arch(1, 1), "acc": {"a": None}}) + "\n")
+    with pytest.raises(ValueError, match="every accuracy is null"):
+        read_truth_jsonl(str(path))
+
+
 @pytest.mark.parametrize("line, message", [
     ("{not json", "line 1: not JSON"),
     (json.dumps(_arch(1, 1)), "line 1: expected an architecture with an \"acc\" object"),
     (json.dumps({**_arch(1, 1), "acc": {"a": "high"}}), "line 1: a='high' is not a number"),
     (json.dumps({**_arch(1, 1), "acc": {"a": float("nan")}}), "line 1: a=nan is not finite"),
     (json.dumps({**_arch(1, 1), "depth": 2, "acc": {"a": 1.0}}), "line 1: num_heads="),
+    (json.dumps({"base_dim": 8, "depth": [1, 1], "num_heads": [2, 3], "mlp_ratio": 2, "acc": {"a": 1.0}}),
+     "line 1: num_heads=(2, 3): 3 heads after 2"),
 ])
 def test_bad_lines_name_file_line_and_value(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"

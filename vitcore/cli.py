@@ -23,7 +23,7 @@ from vitcore.evaluate import (DEFAULT_TRUTH, columns_ceiling, evaluate_columns, 
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
-from vitcore.space import SPACES, get_space
+from vitcore.space import SPACES, PiTArch, get_space
 
 BUILTIN_N = 50  # architectures of the built-in ground truth: the default sample of vitcore score
 DESCRIPTION = "Zero-cost proxies for Vision Transformer search: score architectures, evaluate proxies, time MSA."
@@ -72,8 +72,12 @@ def cmd_evaluate(args) -> int:
     truth = read_truth_any(args.truth)
     columns = [c for c in args.columns.split(",") if c] if args.columns else []
     for c in columns:
+        if c in truth.empty:
+            raise ValueError(f"--columns: {c!r} is null on every line of {args.truth}")
         if c not in truth.columns:
             raise ValueError(f"--columns: {c!r} is not a column of {args.truth}; it has {', '.join(truth.columns)}")
+    if truth.empty:
+        print(f"{args.truth}: left out, null on every line: {', '.join(truth.empty)}", file=sys.stderr)
     if not 0 < args.top_fraction <= 1:
         raise ValueError(f"--top-fraction {args.top_fraction}: expected a share in (0, 1]")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -98,7 +102,8 @@ def cmd_evaluate(args) -> int:
     if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
     elif truth.archs:  # a JSON-lines truth names its architectures: score them
-        space = get_space(args.space or "autoformer")
+        pits = all(isinstance(a, PiTArch) for a in truth.archs.values())
+        space = get_space(args.space or ("pit" if pits else "autoformer"))
         batch = load_batch(args.data or "synthetic", args.batch_size or 8, args.seed, space)
         records = score_archs(list(truth.archs.values()), batch, scores_file, proxies=proxies, seed=args.seed,
                               device=args.device, resume=True)
@@ -177,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=BUILTIN_N,
                    help=f"without --scores, CSV truth: score the first n of the built-in {BUILTIN_N} (default {BUILTIN_N})")
     e.add_argument("--space", help="search space giving image size, channels and classes when scoring "
-                                   "(default: autoformer for a JSON-lines truth, else small)")
+                                   "(default for a JSON-lines truth: pit when it holds PiTs only, else autoformer; "
+                                   "else small)")
     e.add_argument("--data", help=f"{' | '.join(DATA_CHOICES)}: the batch to score with; data-dependent proxies "
                                   "read it (default: synthetic for a JSON-lines truth, else digits)")
     e.add_argument("--batch-size", type=int, help="examples in the batch (default: 8 for a JSON-lines truth, else 64)")

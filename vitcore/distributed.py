@@ -43,7 +43,7 @@ import torch.distributed as dist
 from vitcore.data import Batch
 from vitcore.paths import free_name
 from vitcore.runs import open_results, read_results, resolve_device, score_archs
-from vitcore.space import Arch
+from vitcore.space import AnyArch
 
 KILL_ENV = "VITCORE_TEST_KILL"
 TIMING_FIELDS = ("time_s", "timing")  # a record's fields that differ between runs (measured seconds)
@@ -101,7 +101,7 @@ def is_sharded(out: str) -> bool:
     return Rank.from_env().world > 1 or bool(shard_paths(out))
 
 
-def score_sharded(archs: Sequence[Arch], batch: Batch, out: str, *, resume: bool = False,
+def score_sharded(archs: Sequence[AnyArch], batch: Batch, out: str, *, resume: bool = False,
                   **score_kwargs) -> List[dict]:
     """Score this rank's share of ``archs`` into its shard; on rank 0 merge every shard into ``out``.
 
@@ -188,7 +188,7 @@ def _set_aside(paths: Sequence[str]) -> None:
         print(f"moved the previous {path} to {backup}", file=sys.stderr)
 
 
-def _merge(f: TextIO, out: str, archs: Sequence[Arch]) -> List[dict]:
+def _merge(f: TextIO, out: str, archs: Sequence[AnyArch]) -> List[dict]:
     """Append to ``out`` (open as ``f``) the shards' records it lacks, in the order of ``archs`` (then any
     other id the shards hold), fsync it, then remove the shards. ValueError, before anything is
     written, when an architecture has no record (another node's shards are not beside ``out``)."""

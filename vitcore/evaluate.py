@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 from vitcore.ensemble import VIT_VOTE, vote
 from vitcore.paths import check_input_file, json_lines
 from vitcore.ranking import CI_LEVEL, Ceiling, RankQuality, mean_tau_ceiling, rank_quality
-from vitcore.space import Arch
+from vitcore.space import AnyArch, arch_from_dict
 
 # The built-in ground truth, package data (made by bench/ground_truth.py, provenance in the .md beside
 # it): the 50 default `small` architectures trained on digits.
@@ -60,11 +60,13 @@ def _parse_truth(path: str, reader: csv.DictReader) -> Dict[str, float]:
 
 @dataclass
 class Truth:
-    """Trained accuracies per column, {column: {architecture id: accuracy}}, and the architectures a
-    JSON-lines truth defines (empty for a CSV, whose ids refer to a scoring run's architectures)."""
+    """Trained accuracies per column, {column: {architecture id: accuracy}}, the architectures a
+    JSON-lines truth defines (empty for a CSV, whose ids refer to a scoring run's architectures), and
+    the columns the file names with no accuracy on any line (``empty``, not in ``columns``)."""
 
     columns: Dict[str, Dict[str, float]]
-    archs: Dict[str, Arch] = field(default_factory=dict)
+    archs: Dict[str, AnyArch] = field(default_factory=dict)
+    empty: List[str] = field(default_factory=list)
 
 
 def _accuracy(where: str, column: str, value) -> float:
@@ -78,10 +80,12 @@ def _accuracy(where: str, column: str, value) -> float:
 def read_truth_jsonl(path: str) -> Truth:
     """Architectures with an ``acc`` object of columns, one JSON object per line (blank lines skipped).
 
-    Each line holds an architecture's fields (``vitcore.space.Arch``; ``head_dim`` absent or null for
-    heads embed_dim / num_heads wide) and ``"acc": {column: accuracy, ...}``. A column may be missing
-    on some lines; those architectures are left out of that column. Raises ValueError naming the file,
-    line and bad value; the same architecture twice is an error.
+    Each line holds an architecture's fields, a ViT's (``vitcore.space.Arch``; ``head_dim`` absent or
+    null for heads embed_dim / num_heads wide) or a PiT's (``vitcore.space.PiTArch``), either at the top
+    level or under ``"arch"``, and ``"acc": {column: accuracy, ...}``. A column that is missing or null
+    on a line (not trained for that architecture) leaves the architecture out of that column. Raises
+    ValueError naming the file, line and bad value; the same architecture twice is an error. A column
+    null on every line is left out of ``columns`` and named in ``empty``.
     """
     path = check_input_file(path, "ground-truth file")
     truth = Truth(columns={})
@@ -90,17 +94,25 @@ def read_truth_jsonl(path: str) -> Truth:
             if not isinstance(row, dict) or not isinstance(row.get("acc"), dict) or not row["acc"]:
                 raise ValueError(f"{where}: expected an architecture with an \"acc\" object of accuracies")
             fields = {k: v for k, v in row.items() if k != "acc"}
+            if set(fields) == {"arch"}:
+                fields = fields["arch"]
             try:
-                arch = Arch.from_dict(fields)
+                arch = arch_from_dict(fields)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{where}: {e}") from None
             if arch.id in truth.archs:
                 raise ValueError(f"{where}: architecture {arch.id} appears twice")
             truth.archs[arch.id] = arch
             for column, value in row["acc"].items():
-                truth.columns.setdefault(column, {})[arch.id] = _accuracy(where, column, value)
+                accuracies = truth.columns.setdefault(column, {})
+                if value is not None:
+                    accuracies[arch.id] = _accuracy(where, column, value)
     if not truth.archs:
         raise ValueError(f"ground-truth file {path!r} holds no architectures")
+    truth.empty = [c for c, accuracies in truth.columns.items() if not accuracies]
+    truth.columns = {c: accuracies for c, accuracies in truth.columns.items() if accuracies}
+    if not truth.columns:
+        raise ValueError(f"ground-truth file {path!r}: every accuracy is null")
     return truth
 
 

@@ -73,6 +73,16 @@ def linear(in_features: int, out_features: int, bias: bool, device) -> nn.Linear
     return m
 
 
+def conv2d(in_channels: int, out_channels: int, kernel: int, stride: int, padding: int, device, groups: int = 1) \
+        -> nn.Conv2d:
+    """An ``nn.Conv2d`` (square kernel, bias) with uninitialised weight and bias on ``device``: the module is
+    built on the meta device for its shape only, so nothing is drawn and thrown away."""
+    m = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, groups=groups, device="meta")
+    m.weight = nn.Parameter(torch.empty(m.weight.shape, device=device))
+    m.bias = nn.Parameter(torch.empty(out_channels, device=device))
+    return m
+
+
 def layer_norm(dim: int, device, eps: float = 1e-5) -> nn.LayerNorm:
     """An ``nn.LayerNorm(dim)`` (affine, eps 1e-5) with uninitialised weight and bias on ``device``."""
     m = nn.LayerNorm.__new__(nn.LayerNorm)
@@ -179,6 +189,11 @@ class ViTConfig:
     def block_head_dim(self, heads: int) -> int:
         return self.head_dim if self.head_dim is not None else self.embed_dim // heads
 
+    def build(self, *, attention: Optional[str] = None, device: Union[str, torch.device, None] = None,
+              seed: Optional[int] = None) -> "ViT":
+        """``ViT(self, attention=attention, device=device, seed=seed)``: every config builds its model so."""
+        return ViT(self, attention=attention, device=device, seed=seed)
+
 
 class MSA(nn.Module):
     """Multi-head self-attention with one fused QKV projection and an output projection W^O.
@@ -224,12 +239,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """x + MSA(LN(x)), then x + MLP(LN(x)); x (B, N', dim). ``eps``: the LayerNorms' epsilon."""
+
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, qkv_bias: bool, attention: str,
-                 device: Union[str, torch.device, None] = None, init: bool = True):
+                 device: Union[str, torch.device, None] = None, init: bool = True, eps: float = 1e-5):
         super().__init__()
-        self.norm1 = layer_norm(dim, device)
+        self.norm1 = layer_norm(dim, device, eps)
         self.attn = MSA(dim, num_heads, head_dim, qkv_bias, attention=attention, device=device, init=False)
-        self.norm2 = layer_norm(dim, device)
+        self.norm2 = layer_norm(dim, device, eps)
         self.mlp = MLP(dim, max(1, round(mlp_ratio * dim)), device, init=False)
         if init:
             init_layers(self)
@@ -239,7 +256,13 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class ViT(nn.Module):
+class VisionTransformer(nn.Module):
+    """A vitcore network made of ``Block``s (MSA, then MLP) with a linear classifier ``head``: ``ViT`` and
+    ``vitcore.pit.PiT``. The proxies that tell attention from MLP layers (dss, meco, lswag) take any of
+    them."""
+
+
+class ViT(VisionTransformer):
     """The ViT of ``config``, built and initialised on ``device``.
 
     attention: overrides ``config.attention`` ("vitcore", "sdpa", "eager", "auto"; see
@@ -264,11 +287,9 @@ class ViT(nn.Module):
         device = torch.get_default_device() if device is None else torch.device(device)
         super().__init__()
         self.config = c = config
-        # every tensor allocated uninitialised on the device (the patch embedding's module built on "meta"
-        # for its shape only), then drawn once by reset_parameters: no value is drawn twice or on the CPU
-        self.patch_embed = nn.Conv2d(c.in_chans, c.embed_dim, c.patch_size, stride=c.patch_size, device="meta")
-        self.patch_embed.weight = nn.Parameter(torch.empty(self.patch_embed.weight.shape, device=device))
-        self.patch_embed.bias = nn.Parameter(torch.empty(c.embed_dim, device=device))
+        # every tensor allocated uninitialised on the device, then drawn once by reset_parameters: no value
+        # is drawn twice or on the CPU
+        self.patch_embed = conv2d(c.in_chans, c.embed_dim, c.patch_size, c.patch_size, 0, device)
         self.cls_token = nn.Parameter(torch.empty(1, 1, c.embed_dim, device=device))
         self.pos_embed = nn.Parameter(torch.empty(1, c.num_tokens, c.embed_dim, device=device))
         self.blocks = nn.ModuleList(

@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
-from vitcore.model import INIT_SCHEME, ViT
+from vitcore.model import INIT_SCHEME
 from vitcore.paths import check_input_file, check_out_file, free_name, json_lines, lock
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, check_proxies, score
 from vitcore.proxies.plan import passes_end_marks
-from vitcore.space import Arch, get_space, sample
+from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, sample
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
@@ -34,16 +34,16 @@ FSYNC_EVERY_S = 1.0  # one fsync took 11 ms (median) on this project's VM, as lo
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"  # always arch/s
 
 
-def _entry_arch(entry, where: str) -> Arch:
+def _entry_arch(entry, where: str) -> AnyArch:
     try:
-        return Arch.from_dict(entry["arch"] if isinstance(entry, dict) and "arch" in entry else entry)
+        return arch_from_dict(entry["arch"] if isinstance(entry, dict) and "arch" in entry else entry)
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"{where}: not an architecture ({e})") from None
 
 
-def read_archs(path: str) -> List[Arch]:
-    """Architectures from a JSON list, one JSON object, or JSON lines; each entry an arch or a result with
-    an "arch" field.
+def read_archs(path: str) -> List[AnyArch]:
+    """Architectures from a JSON list, one JSON object, or JSON lines; each entry an arch (a ViT's or a
+    PiT's fields, ``vitcore.space.arch_from_dict``) or a result with an "arch" field.
 
     Repeated architectures (a results file holds a retried id twice) are kept once, in first-seen
     order. Raises FileNotFoundError for a missing file; ValueError for a directory, a file with no
@@ -172,17 +172,17 @@ def _open_results(out: str, settings: dict, resume: bool,
     return f, done
 
 
-def arch_seed(arch: Arch, seed: int) -> int:
+def arch_seed(arch: AnyArch, seed: int) -> int:
     """The initialisation seed of ``arch``'s model in a run with ``seed``: same arch and seed, same weights."""
     return (int(arch.id, 16) + seed) % 2**31
 
 
-def _score_one(arch: Arch, batch: Batch, inputs: torch.Tensor, targets: torch.Tensor, proxies: List[str],
+def _score_one(arch: AnyArch, batch: Batch, inputs: torch.Tensor, targets: torch.Tensor, proxies: List[str],
                mode: str, params: str, seed: int, device: torch.device, dtype: torch.dtype, attention: str) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
-    model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes), attention=attention,
-                device=device, seed=arch_seed(arch, seed))
+    model = arch.config(batch.img_size, batch.in_chans, batch.num_classes).build(
+        attention=attention, device=device, seed=arch_seed(arch, seed))
     sync()
     built = time.perf_counter()
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
@@ -201,7 +201,7 @@ def _check_seed(seed) -> None:
         raise ValueError(f"--seed {seed}: expected a non-negative integer")
 
 
-def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
+def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, *,
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
                 seed: int = 0, device: str = "auto", dtype: str = "fp32", attention: str = "auto",
                 resume: bool = False, space: Optional[str] = None, resume_from: Sequence[str] = (),
@@ -236,8 +236,8 @@ def score_archs(archs: Sequence[Arch], batch: Batch, out: str = DEFAULT_OUT, *,
     called with each record once its line is written and flushed.
     """
     if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or \
-            not all(isinstance(a, Arch) for a in archs):
-        raise TypeError(f"archs must be a list of Arch (see read_archs, sample), got {archs!r:.80}")
+            not all(isinstance(a, ARCH_TYPES) for a in archs):
+        raise TypeError(f"archs must be a list of Arch or PiTArch (see read_archs, sample), got {archs!r:.80}")
     if not isinstance(batch, Batch):
         raise TypeError(f"batch must be a vitcore.data.Batch (see load_batch), got {type(batch).__name__}")
     _check_seed(seed)

@@ -8,15 +8,21 @@ Head width: ``head_dim`` fixes every head's width d whatever the embedding width
 supernet: 64); ``head_dim=None`` (null or absent in JSON) gives each block heads D / H wide, as the
 AutoFormer networks trained from scratch have (the QKV projection maps D to 3·D); then D must be
 divisible by every block's H.
+
+PiT (``vitcore.pit``): a ``PiTArch`` is a pooling ViT of stages (``base_dim``, blocks and heads per
+stage, one MLP ratio); the "pit" space is Auto-Prox's PiT space. ``arch_from_dict`` reads either
+family from its fields (a ``base_dim`` makes it a PiT).
 """
 import hashlib
 import json
 import numbers
 import random
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from itertools import product
+from typing import Dict, List, Optional, Tuple, Union
 
 from vitcore.model import ViTConfig
+from vitcore.pit import PiTConfig
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,69 @@ class SearchSpace:
         per_block = len(set(self.num_heads)) * len(set(self.mlp_ratios))
         return len(set(self.patch_sizes)) * len(set(self.embed_dims)) * sum(per_block**L for L in set(self.depths))
 
+    def draw(self, rng: random.Random) -> "Arch":
+        """One architecture, every choice uniform (depth first, then per block)."""
+        depth = rng.choice(self.depths)
+        return Arch(
+            embed_dim=rng.choice(self.embed_dims),
+            depth=depth,
+            num_heads=tuple(rng.choice(self.num_heads) for _ in range(depth)),
+            mlp_ratio=tuple(rng.choice(self.mlp_ratios) for _ in range(depth)),
+            head_dim=self.head_dim,
+            patch_size=rng.choice(self.patch_sizes),
+        )
 
-SPACES: Dict[str, SearchSpace] = {
+
+@dataclass(frozen=True)
+class PiTSpace:
+    """A PiT space: a base width and an MLP ratio per network, blocks and heads per stage.
+
+    Heads per stage are drawn among the sequences in which each stage's heads are a multiple of the
+    stage's before (PiT's pooling needs it), uniformly."""
+
+    name: str
+    img_size: int  # the data this space is made for: image side, channels, classes
+    in_chans: int
+    num_classes: int
+    patch_size: int
+    stride: int
+    base_dims: Tuple[int, ...]
+    mlp_ratios: Tuple[float, ...]
+    stage_depths: Tuple[Tuple[int, ...], ...]  # choices of blocks, per stage
+    stage_heads: Tuple[Tuple[int, ...], ...]  # choices of heads, per stage
+
+    def __post_init__(self):
+        if len(self.stage_depths) != len(self.stage_heads) or not self.stage_heads:
+            raise ValueError(f"space {self.name!r}: stage_depths and stage_heads need one tuple per stage")
+        if not self.heads_sequences():
+            raise ValueError(f"space {self.name!r}: no heads sequence has each stage a multiple of the one before")
+
+    def heads_sequences(self) -> List[Tuple[int, ...]]:
+        """Every heads-per-stage choice in which each stage's heads are a multiple of the stage's before."""
+        return [h for h in product(*(sorted(set(c)) for c in self.stage_heads))
+                if all(b % a == 0 for a, b in zip(h, h[1:]))]
+
+    @property
+    def size(self) -> int:
+        """|base dims| · |MLP ratios| · Π_s |depth choices of s| · |valid heads sequences|."""
+        n = len(set(self.base_dims)) * len(set(self.mlp_ratios)) * len(self.heads_sequences())
+        for choices in self.stage_depths:
+            n *= len(set(choices))
+        return n
+
+    def draw(self, rng: random.Random) -> "PiTArch":
+        """One architecture, every choice uniform (heads among the valid sequences)."""
+        return PiTArch(
+            base_dim=rng.choice(self.base_dims),
+            depth=tuple(rng.choice(c) for c in self.stage_depths),
+            num_heads=rng.choice(self.heads_sequences()),
+            mlp_ratio=rng.choice(self.mlp_ratios),
+            patch_size=self.patch_size,
+            stride=self.stride,
+        )
+
+
+SPACES: Dict[str, Union[SearchSpace, PiTSpace]] = {
     # Small images (8x8 digits up to 32x32): patches of 2 or 4 divide 8, 16 and 32.
     "small": SearchSpace(
         name="small", img_size=8, in_chans=1, num_classes=10,
@@ -68,10 +135,16 @@ SPACES: Dict[str, SearchSpace] = {
         patch_sizes=(16,), embed_dims=(192, 216, 240), depths=(12, 13, 14),
         num_heads=(3, 4), mlp_ratios=(3.5, 4.0), head_dim=None,
     ),
+    # Auto-Prox's PiT space (lliai/Auto-Prox-AAAI24, configs/auto/search/pit-all.yaml) on 224² CIFAR-100.
+    "pit": PiTSpace(
+        name="pit", img_size=224, in_chans=3, num_classes=100, patch_size=16, stride=8,
+        base_dims=(16, 24, 32, 40), mlp_ratios=(2.0, 4.0, 6.0, 8.0),
+        stage_depths=((1, 2, 3), (4, 6, 8), (2, 4, 6)), stage_heads=((2, 4, 8),) * 3,
+    ),
 }
 
 
-def get_space(name: str) -> SearchSpace:
+def get_space(name: str) -> Union[SearchSpace, PiTSpace]:
     if not isinstance(name, str):
         raise TypeError(f"space name must be a str, got {type(name).__name__}")
     if name not in SPACES:
@@ -103,9 +176,27 @@ def _entries(name: str, value, convert) -> tuple:
         raise TypeError(f"{name}={value!r}: {e}") from None
 
 
+class _Serial:
+    """JSON and id for an architecture class with ``to_dict`` and ``from_dict``."""
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no spaces; the id hashes exactly this text."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_json(cls, text: str):
+        if not isinstance(text, (str, bytes)):
+            raise TypeError(f"text must be a JSON string, got {type(text).__name__}")
+        return cls.from_dict(json.loads(text))
+
+
 @dataclass(frozen=True)
-class Arch:
-    """One architecture: the choices a search space makes."""
+class Arch(_Serial):
+    """One ViT architecture: the choices a search space makes."""
 
     embed_dim: int
     depth: int
@@ -133,44 +224,92 @@ class Arch:
         d["num_heads"], d["mlp_ratio"] = list(self.num_heads), list(self.mlp_ratio)
         return d
 
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no spaces; the id hashes exactly this text."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def id(self) -> str:
-        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
-
     @classmethod
     def from_dict(cls, d: dict) -> "Arch":
         """An architecture from its fields (and optionally its ``id``, checked); ``head_dim`` may be
         absent, meaning None (heads embed_dim / num_heads wide)."""
-        fields = set(cls.__dataclass_fields__)
-        if not isinstance(d, dict):
-            raise TypeError(f"architecture must be a dict, got {type(d).__name__}")
-        if set(d) - {"id"} not in (fields, fields - {"head_dim"}):
-            raise ValueError(f"architecture {sorted(d)} must have exactly the fields {sorted(fields)} "
-                             "(head_dim may be absent)")
-        arch = cls(**{k: d.get(k) for k in fields})
-        if "id" in d and d["id"] != arch.id:
-            raise ValueError(f"architecture id {d['id']!r} does not match its fields (id {arch.id!r})")
-        return arch
+        return _from_fields(cls, d, optional={"head_dim": None})
+
+
+def _from_fields(cls, d: dict, optional: dict):
+    """``cls`` from the dict ``d`` of its fields (those in ``optional`` may be absent: their defaults) and
+    optionally its ``id``, checked against the fields."""
+    fields = set(cls.__dataclass_fields__)
+    if not isinstance(d, dict):
+        raise TypeError(f"architecture must be a dict, got {type(d).__name__}")
+    given = set(d) - {"id"}
+    if not fields - set(optional) <= given <= fields:
+        absent = f" ({', '.join(sorted(optional))} may be absent)" if optional else ""
+        raise ValueError(f"architecture {sorted(d)} must have exactly the fields {sorted(fields)}{absent}")
+    arch = cls(**{k: d[k] if k in d else optional[k] for k in fields})
+    if "id" in d and d["id"] != arch.id:
+        raise ValueError(f"architecture id {d['id']!r} does not match its fields (id {arch.id!r})")
+    return arch
+
+
+@dataclass(frozen=True)
+class PiTArch(_Serial):
+    """One PiT (``vitcore.pit``): blocks and heads per stage, heads ``base_dim`` wide, one MLP ratio."""
+
+    base_dim: int  # d, every head's width; stage s is base_dim · num_heads[s] wide
+    depth: Tuple[int, ...]  # blocks per stage
+    num_heads: Tuple[int, ...]  # heads per stage, each a multiple of the stage's before
+    mlp_ratio: float
+    patch_size: int = 16  # the patch embedding's kernel and stride (PiT's and Auto-Prox's 16 and 8)
+    stride: int = 8
+
+    def __post_init__(self):
+        object.__setattr__(self, "depth", _entries("depth", self.depth, _whole))
+        object.__setattr__(self, "num_heads", _entries("num_heads", self.num_heads, _whole))
+        if isinstance(self.mlp_ratio, bool):
+            raise TypeError(f"mlp_ratio={self.mlp_ratio!r} must be a number")
+        try:
+            object.__setattr__(self, "mlp_ratio", _real(self.mlp_ratio))
+        except TypeError:
+            raise TypeError(f"mlp_ratio={self.mlp_ratio!r} must be a number (one for every block)") from None
+        self.config(img_size=self.patch_size, in_chans=1, num_classes=1)  # validates the fields
+
+    def config(self, img_size: int, in_chans: int, num_classes: int) -> PiTConfig:
+        return PiTConfig(
+            img_size=img_size, patch_size=self.patch_size, stride=self.stride, in_chans=in_chans,
+            num_classes=num_classes, base_dim=self.base_dim, depth=self.depth, num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["depth"], d["num_heads"] = list(self.depth), list(self.num_heads)
+        return d
 
     @classmethod
-    def from_json(cls, text: str) -> "Arch":
-        if not isinstance(text, (str, bytes)):
-            raise TypeError(f"text must be a JSON string, got {type(text).__name__}")
-        return cls.from_dict(json.loads(text))
+    def from_dict(cls, d: dict) -> "PiTArch":
+        """A PiT from its fields (and optionally its ``id``, checked); ``patch_size`` and ``stride`` may be
+        absent, meaning 16 and 8."""
+        return _from_fields(cls, d, optional={"patch_size": 16, "stride": 8})
 
 
-def sample(space: SearchSpace, n: int, seed: int = 0) -> List[Arch]:
+AnyArch = Union[Arch, PiTArch]
+ARCH_TYPES = (Arch, PiTArch)
+
+
+def arch_from_dict(d: dict) -> AnyArch:
+    """A ViT (``Arch``) or, when ``d`` has a ``base_dim``, a PiT (``PiTArch``) from its fields.
+
+    Raises TypeError for a non-dict or a field of the wrong type, ValueError for missing or extra
+    fields and invalid values."""
+    if isinstance(d, dict) and "base_dim" in d:
+        return PiTArch.from_dict(d)
+    return Arch.from_dict(d)
+
+
+def sample(space: Union[SearchSpace, PiTSpace], n: int, seed: int = 0) -> List["AnyArch"]:
     """``n`` distinct architectures drawn uniformly from ``space``; the same (space, n, seed), the same list.
 
     Raises TypeError for a ``space`` that is not a SearchSpace or an ``n`` / ``seed`` that is not an
     int, ValueError for n < 1 or more than the space holds (``space.size``, checked before drawing).
     """
-    if not isinstance(space, SearchSpace):
-        raise TypeError(f"space must be a SearchSpace (see get_space), got {type(space).__name__}")
+    if not isinstance(space, (SearchSpace, PiTSpace)):
+        raise TypeError(f"space must be a SearchSpace or PiTSpace (see get_space), got {type(space).__name__}")
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n={n!r} must be an int")
     if n < 1:
@@ -180,17 +319,9 @@ def sample(space: SearchSpace, n: int, seed: int = 0) -> List[Arch]:
     if n > space.size:
         raise ValueError(f"n={n}: space {space.name!r} holds {space.size:,} distinct architectures")
     rng = random.Random(f"{space.name}:{seed}")
-    archs: Dict[str, Arch] = {}
+    archs: Dict[str, AnyArch] = {}
     for _ in range(100 * n):
-        depth = rng.choice(space.depths)
-        arch = Arch(
-            embed_dim=rng.choice(space.embed_dims),
-            depth=depth,
-            num_heads=tuple(rng.choice(space.num_heads) for _ in range(depth)),
-            mlp_ratio=tuple(rng.choice(space.mlp_ratios) for _ in range(depth)),
-            head_dim=space.head_dim,
-            patch_size=rng.choice(space.patch_sizes),
-        )
+        arch = space.draw(rng)
         archs.setdefault(arch.id, arch)
         if len(archs) == n:
             return list(archs.values())

@@ -36,7 +36,8 @@ class Proxy:
               (same shape), or on the tuple of arrays when reduce returned a tuple
     host      host-only proxies (nothing to read from the device): ``host(ctx) -> float``
     min_batch the fewest examples it is defined for (``score`` refuses fewer, naming the proxy)
-    vit_only  True when it reads a ``vitcore.ViT``'s blocks (MSA vs MLP) and raises TypeError on other models
+    vit_only  True when it reads the blocks (MSA vs MLP) of a ``vitcore.model.VisionTransformer`` (a ViT or a
+              PiT) and raises TypeError on other models
     """
 
     name: str

@@ -25,7 +25,7 @@ The saliency sums run on the device; the MSA matrices, grouped by shape, cross i
 (float64) and their nuclear norms come from one batched numpy SVD per shape on the host:
 ``torch.linalg.svdvals`` would sync the device with the host on CUDA (it checks cusolver's info).
 The transfer carries each MSA weight and its gradient: 16 bytes per MSA weight element.
-A model that is not a ``vitcore.ViT`` is refused (TypeError): DSS must tell attention from MLP layers.
+A model that is not a vitcore ViT or PiT is refused (TypeError): DSS must tell attention from MLP layers.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -33,18 +33,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitcore.model import MLP, MSA, ViT
+from vitcore.model import MLP, MSA, VisionTransformer
 from vitcore.proxies.base import Context, Proxy
 
 
 def dss_weights(model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """(MSA weights, MLP weights) of a vitcore ViT, in module order, as DSS counts them.
+    """(MSA weights, MLP weights) of a vitcore ViT or PiT, in module order, as DSS counts them (a PiT's
+    pooling layers are in neither).
 
-    Raises TypeError for a model that is not a ``vitcore.ViT``: DSS needs to know which layers
-    are attention and which are MLP.
+    Raises TypeError for a model that is not a ``vitcore.model.VisionTransformer``: DSS needs to know
+    which layers are attention and which are MLP.
     """
-    if not isinstance(model, ViT):
-        raise TypeError(f"dss needs a vitcore.ViT (it tells MSA from MLP layers), got {type(model).__name__}")
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"dss needs a vitcore ViT or PiT (it tells MSA from MLP layers), got {type(model).__name__}")
     msa = [w for m in model.modules() if isinstance(m, MSA) for w in (m.qkv.weight, m.proj.weight)]
     mlp = [w for m in model.modules() if isinstance(m, MLP) for w in (m.fc1.weight, m.fc2.weight)]
     return msa, mlp + [model.head.weight]

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitcore.model import Block, ViT
+from vitcore.model import Block, VisionTransformer
 from vitcore.passes import loss_on, split
 from vitcore.proxies.base import Context, Proxy
 from vitcore.proxies.swap import pattern_bounds, swap_reduce, warn_if_saturated
@@ -101,9 +101,9 @@ def lswag_reduce(per_layer_terms: Sequence[torch.Tensor], psi: torch.Tensor) -> 
 
 
 def lswag_layers(model: nn.Module) -> List[nn.Linear]:
-    """The Linear layers inside the blocks of a vitcore ViT (the window L̂ = every block)."""
-    if not isinstance(model, ViT):
-        raise TypeError(f"lswag needs a vitcore.ViT (it reads the blocks' layers), got {type(model).__name__}")
+    """The Linear layers inside the blocks of a vitcore ViT or PiT (the window L̂ = every block)."""
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"lswag needs a vitcore ViT or PiT (it reads the blocks' layers), got {type(model).__name__}")
     return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.Linear)]
 
 

@@ -35,14 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitcore.model import Block, ViT
+from vitcore.model import Block, VisionTransformer
 from vitcore.proxies.base import Context, Proxy
 
 
 def meco_layers(model: nn.Module) -> List[nn.Module]:
-    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT, in forward order."""
-    if not isinstance(model, ViT):
-        raise TypeError(f"meco needs a vitcore.ViT (it reads the blocks' GELUs), got {type(model).__name__}")
+    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT or PiT, in forward order."""
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"meco needs a vitcore ViT or PiT (it reads the blocks' GELUs), got {type(model).__name__}")
     return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.GELU)]
 
 
