@@ -3,6 +3,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import re
 import stat
 
@@ -118,6 +119,16 @@ def test_results_line_not_utf8_is_named(tmp_path):
     path.write_bytes(b'{"id": "a", "scores": {}}\n\n{"id": "\xff"}\n')
     with pytest.raises(ValueError, match=f"{path}, line 3: not UTF-8 text"):
         read_results(str(path))
+
+
+@pytest.mark.parametrize("head", [b"[\n", b""])  # a JSON list, JSON lines
+def test_architectures_line_not_utf8_is_named(tmp_path, head):
+    path = tmp_path / "archs.json"
+    arch = json.dumps(SPACES["small"].draw(random.Random(0)).to_dict()).encode()
+    path.write_bytes(head + arch + b"\n\n" + arch.replace(b"embed_dim", b"embed_\xe9dim") + b"\n")
+    line = 3 + head.count(b"\n")
+    with pytest.raises(ValueError, match=f"{path}, line {line}: not UTF-8 text"):
+        read_archs(str(path))
 
 
 def test_failed_architecture_is_recorded_and_the_run_goes_on(tmp_path):

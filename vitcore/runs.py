@@ -47,11 +47,17 @@ def read_archs(path: str) -> List[AnyArch]:
 
     Repeated architectures (a results file holds a retried id twice) are kept once, in first-seen
     order. Raises FileNotFoundError for a missing file; ValueError for a directory, a file with no
-    architecture, or a bad entry (naming the file and the line, or the entry of a list).
+    architecture, a line that is not UTF-8 text, or a bad entry (naming the file and the line, or the
+    entry of a list).
     """
     path = check_input_file(path, "architectures file")
     with open(path, "rb") as f:
-        text = f.read().decode("utf-8", errors="replace")
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as e:
