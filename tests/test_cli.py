@@ -100,6 +100,14 @@ def test_ranked_table_puts_nan_last(capsys):
     assert [r.split()[1] for r in rows] == ["a2", "a4", "a0", "a3", "a1"]
 
 
+def test_ranked_table_shows_a_pit_per_stage(capsys):
+    arch = {"base_dim": 16, "depth": [2, 8, 4], "num_heads": [2, 4, 4], "mlp_ratio": 6.0, "patch_size": 16,
+            "stride": 8}
+    _print_table([{"id": "p", "arch": arch, "params": 893828, "scores": {"params": 893828.0}}], ["params"], "params")
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[1:6] == ["p", "893,828", "2-8-4", "32-64-64", "16"] and row[6] == "2-4-4"
+
+
 def test_resume_with_another_space_is_refused(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
     common = ["score", "--data", "synthetic", "--n", "2", "--batch-size", "4", "--out", str(out)]

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import tempfile
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from vitcore.attention_choice import ATTENTION_CHOICES
 from vitcore.data import DATA_CHOICES
@@ -29,16 +29,24 @@ BUILTIN_N = 50  # architectures of the built-in ground truth: the default sample
 DESCRIPTION = "Zero-cost proxies for Vision Transformer search: score architectures, evaluate proxies, time MSA."
 
 
+def _arch_cells(a: dict) -> Tuple[str, str, str]:
+    """(depth, width, heads) of a record's architecture as the table prints them: a ViT's depth and
+    width D, a PiT's blocks and widths D_s per stage; heads per block or per stage, joined by '-'."""
+    if "base_dim" in a:
+        widths = (a["base_dim"] * h for h in a["num_heads"])
+        return "-".join(map(str, a["depth"])), "-".join(map(str, widths)), "-".join(map(str, a["num_heads"]))
+    return str(a["depth"]), str(a["embed_dim"]), "-".join(map(str, a["num_heads"]))
+
+
 def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     ok = sorted((r for r in results if "scores" in r),
                 key=lambda r: (math.isnan(r["scores"][rank_by]), -r["scores"][rank_by]))  # NaN last
     failed = [r for r in results if "scores" not in r]
-    head = f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>5}  {'embed':>5}  {'patch':>5}  {'heads':<14}"
+    head = f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>5}  {'width':>11}  {'patch':>5}  {'heads':<14}"
     print(head + "".join(f"  {p:>12}" for p in proxies))
     for i, r in enumerate(ok, 1):
-        a = r["arch"]
-        heads = "-".join(map(str, a["num_heads"]))
-        row = f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {a['depth']:>5}  {a['embed_dim']:>5}  {a['patch_size']:>5}  {heads:<14}"
+        depth, width, heads = _arch_cells(r["arch"])
+        row = f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {depth:>5}  {width:>11}  {r['arch']['patch_size']:>5}  {heads:<14}"
         print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
     for r in failed:
         print(f"   -  {r['id']:12}  failed: {r['error']}")
