@@ -187,3 +187,21 @@ def test_cli_names_a_column_the_truth_does_not_have(tmp_path, capsys):
         main(["evaluate", "--truth", _write(tmp_path, ROWS), "--columns", "a,c", "--out", str(tmp_path / "e")])
     assert exit_info.value.code == 2
     assert "--columns: 'c' is not a column of" in capsys.readouterr().err
+
+
+def test_cli_reports_a_truth_left_with_one_column_under_its_own_name(tmp_path, capsys):
+    """Column b is null on every line: the one column left is a, not the CSV truth's "acc" (a KeyError)."""
+    from vitcore.cli import main
+    from vitcore.runs import read_results
+
+    rows = [(arch, {"a": acc["a"], "b": None}) for arch, acc in ROWS]
+    out = tmp_path / "e"
+    assert main(["evaluate", "--truth", _write(tmp_path, rows), "--proxies", "params", "--space", "small",
+                 "--data", "synthetic", "--batch-size", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "left out, null on every line: b" in captured.err
+    params = {r["id"]: r["scores"]["params"] for r in read_results(str(out / "scores.jsonl"))}
+    ids = [Arch.from_dict(arch).id for arch, _ in ROWS]
+    tau = stats.kendalltau([acc["a"] for _, acc in ROWS], [params[i] for i in ids])[0]
+    assert f"| params | {tau:.3f} |" in captured.out and "τ a" not in captured.out  # one column: its full table
+    assert "scatter-params.png" in {p.name for p in out.iterdir()}

@@ -121,7 +121,8 @@ def cmd_evaluate(args) -> int:
                               device=args.device, resume=True)
     records = with_vote(records)
     results = evaluate_columns(records, truth, args.top_fraction)
-    text = format_columns(results, columns) if len(results) > 1 or columns else format_table(results["acc"])
+    # one column (a CSV truth's "acc", or a JSON-lines truth's only column): its full table
+    text = format_columns(results, columns) if len(results) > 1 or columns else format_table(*results.values())
     print(text)
     if columns:
         best = max(mean_tau(results, columns).items(), key=lambda kv: kv[1])
