@@ -205,3 +205,24 @@ def test_cli_reports_a_truth_left_with_one_column_under_its_own_name(tmp_path, c
     tau = stats.kendalltau([acc["a"] for _, acc in ROWS], [params[i] for i in ids])[0]
     assert f"| params | {tau:.3f} |" in captured.out and "τ a" not in captured.out  # one column: its full table
     assert "scatter-params.png" in {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--space", "small"], "--space small, --data synthetic"),
+    (["--data", "digits"], "--space pit, --data digits"),  # the default space of a PiT-only truth
+])
+def test_cli_refuses_a_batch_its_architectures_cannot_take_before_scoring(tmp_path, capsys, options, named):
+    """PiTs (patch 16) on 8x8 images: every architecture failed, and evaluate printed an empty table."""
+    from vitcore.cli import main
+
+    pit = {"base_dim": 4, "depth": [1, 1], "num_heads": [1, 2], "mlp_ratio": 2}
+    rows = [({**pit, "base_dim": d}, {"a": float(d)}) for d in (4, 6)]
+    out = tmp_path / "e"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--truth", _write(tmp_path, rows), "--proxies", "params", "--batch-size", "2",
+              "--out", str(out), *options])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot be built for the batch's 1x8x8 images ({named})" in err
+    assert "patch_size=16 is larger than img_size=8" in err
+    assert not (out / "scores.jsonl").exists()  # refused before scoring

@@ -75,6 +75,18 @@ def _batch_line(records: List[dict]) -> str:
     return "; ".join(f"batch of {b} from {d!r}, seed {s}" for b, d, s in sorted(kinds, key=str)) or "not recorded"
 
 
+def _check_buildable(archs, batch, options: str) -> None:
+    """ValueError, before any scoring, naming the first architecture that cannot be built for ``batch``'s
+    images (a PiT's patch of 16 on 8x8 digits): every one would fail, and no τ could be reported."""
+    for arch in archs:
+        try:
+            arch.config(batch.img_size, batch.in_chans, batch.num_classes)
+        except (TypeError, ValueError) as e:
+            shape = f"{batch.in_chans}x{batch.img_size}x{batch.img_size}"
+            raise ValueError(f"architecture {arch.id} cannot be built for the batch's {shape} images ({options}): "
+                             f"{e}") from None
+
+
 def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
     truth = read_truth_any(args.truth)
@@ -111,8 +123,9 @@ def cmd_evaluate(args) -> int:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
     elif truth.archs:  # a JSON-lines truth names its architectures: score them
         pits = all(isinstance(a, PiTArch) for a in truth.archs.values())
-        space = get_space(args.space or ("pit" if pits else "autoformer"))
-        batch = load_batch(args.data or "synthetic", args.batch_size or 8, args.seed, space)
+        space_name, data = args.space or ("pit" if pits else "autoformer"), args.data or "synthetic"
+        batch = load_batch(data, args.batch_size or 8, args.seed, get_space(space_name))
+        _check_buildable(truth.archs.values(), batch, f"--space {space_name}, --data {data}")
         records = score_archs(list(truth.archs.values()), batch, scores_file, proxies=proxies, seed=args.seed,
                               device=args.device, resume=True)
     else:  # the first n of the built-in 50, with the other defaults of vitcore score unless given
