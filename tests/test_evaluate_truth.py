@@ -226,3 +226,15 @@ def test_cli_refuses_a_batch_its_architectures_cannot_take_before_scoring(tmp_pa
     assert f"cannot be built for the batch's 1x8x8 images ({named})" in err
     assert "patch_size=16 is larger than img_size=8" in err
     assert not (out / "scores.jsonl").exists()  # refused before scoring
+
+
+def test_evaluate_refuses_records_none_of_which_was_scored():
+    """Every architecture failed: no proxy to rank (an empty table was returned)."""
+    from vitcore.evaluate import evaluate
+
+    records = [{"id": "x", "error": "ValueError: patch_size=16 is larger than img_size=8"}, {"id": "y", "error": "E"}]
+    with pytest.raises(ValueError, match=r"none of the 2 architectures .* was scored; the first error: "
+                                         r"ValueError: patch_size=16"):
+        evaluate(records, {"x": 1.0, "y": 2.0})
+    assert set(evaluate(records + [{"id": "z", "scores": {"params": 3.0}}], {"x": 1.0, "y": 2.0, "z": 3.0})) == {
+        "params"}

@@ -185,7 +185,7 @@ def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float =
     ``records`` are results as ``read_results`` gives them, ``truth`` maps ids to accuracies (as
     ``read_truth`` gives it). A failed architecture (a record with an error) counts as NaN for every
     proxy. Raises TypeError for arguments of the wrong type, ValueError for fewer than 2
-    architectures in common.
+    architectures in common or none of them scored.
     """
     if isinstance(records, (str, bytes, dict)) or not hasattr(records, "__iter__"):
         raise TypeError(f"records must be a list of result dicts, got {type(records).__name__}")
@@ -199,6 +199,9 @@ def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float =
     common = [r for r in records if r["id"] in truth]
     if len(common) < 2:
         raise ValueError(f"only {len(common)} scored architectures have a true accuracy; need at least 2")
+    if not any("scores" in r for r in common):
+        raise ValueError(f"none of the {len(common)} architectures with a true accuracy was scored; the first "
+                         f"error: {common[0].get('error', 'not recorded')}")
     acc = [truth[r["id"]] for r in common]
     return {
         p: rank_quality([r.get("scores", {}).get(p, math.nan) for r in common], acc, top_fraction)
