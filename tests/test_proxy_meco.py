@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from native_cases import CONFIGS, EPS32, copy64, make_batch, make_model, score_one
+from native_cases import CONFIGS, EPS32, blocks, copy64, make_batch, make_model, score_one
 from vitcore.proxies.meco import meco_finish, meco_reduce
 
 
@@ -12,7 +12,7 @@ def meco_reference(model, x):
     m = copy64(model)
     maps = []
     hooks = [b.mlp.act.register_forward_hook(lambda mod, a, out: maps.append(out[0].detach().numpy()))
-             for b in m.blocks]
+             for b in blocks(m)]
     with torch.no_grad():
         m(x[:1].double())
     for h in hooks:
