@@ -14,7 +14,7 @@ CONFIGS = {
                       num_heads=[1, 3], mlp_ratio=[2.0, 1.5]),  # N' = 5
     "odd": ViTConfig(img_size=8, patch_size=2, in_chans=3, num_classes=7, embed_dim=15, depth=3,
                      num_heads=[5, 3, 1], mlp_ratio=[4.0, 3.5, 1.0]),  # N' = 17
-    # grid 5x5 then 3x3: N' = 26, then 10; D = 3, then 9 (MLP hidden 4, then 14)
+    # grid 5x5 then 3x3: N' = 26, then 10; D = 3, then 9 (MLP hidden 4, then 13)
     "pit": PiTConfig(img_size=12, patch_size=4, stride=2, in_chans=2, num_classes=5, base_dim=3, depth=(1, 2),
                      num_heads=(1, 3), mlp_ratio=1.5, attention="eager"),
 }

@@ -63,7 +63,7 @@ def pit_param_count(base_dim, depth, num_heads, mlp_ratio, in_chans=3, num_class
     g = (img - patch) // stride + 1
     n = in_chans * patch * patch * D[0] + D[0] + D[0] * g * g + D[0]  # patch conv, positional embedding, class token
     for width, blocks in zip(D, depth):
-        hidden = round(mlp_ratio * width)
+        hidden = int(mlp_ratio * width)
         per_block = 4 * width + (3 * width * width + 3 * width) + (width * width + width) \
             + (width * hidden + hidden) + (hidden * width + width)  # 2 LayerNorms, QKV, W^O, fc1, fc2
         n += blocks * per_block
@@ -91,6 +91,13 @@ def test_the_papers_models_have_the_papers_parameter_counts(name, base_dim, head
     cfg = PiTConfig(base_dim=base_dim, num_heads=heads, depth=depth, num_classes=1000)
     count = sum(p.numel() for p in cfg.build(device="meta").parameters())
     assert round(count / 1e6, 1) == millions, name
+
+
+def test_mlp_hidden_width_is_truncated_as_the_source_does():
+    """pit_subnet.py's MLP is int(D_s · mlp_ratio) wide (naver-ai/pit's too): 1.5 · 9 = 13.5 gives 13, not
+    round's 14; 1.5 · 3 = 4.5 gives 4 either way."""
+    model = SMALL.build(device="meta")
+    assert [b.mlp.fc1.out_features for stage in model.stages for b in stage] == [4, 13, 13, 13]
 
 
 def test_token_counts_at_224():

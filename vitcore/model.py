@@ -239,15 +239,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """x + MSA(LN(x)), then x + MLP(LN(x)); x (B, N', dim). ``eps``: the LayerNorms' epsilon."""
+    """x + MSA(LN(x)), then x + MLP(LN(x)); x (B, N', dim). ``eps``: the LayerNorms' epsilon; ``mlp_hidden``:
+    the MLP's hidden width (default max(1, round(mlp_ratio · dim)))."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, qkv_bias: bool, attention: str,
-                 device: Union[str, torch.device, None] = None, init: bool = True, eps: float = 1e-5):
+                 device: Union[str, torch.device, None] = None, init: bool = True, eps: float = 1e-5,
+                 mlp_hidden: Optional[int] = None):
         super().__init__()
         self.norm1 = layer_norm(dim, device, eps)
         self.attn = MSA(dim, num_heads, head_dim, qkv_bias, attention=attention, device=device, init=False)
         self.norm2 = layer_norm(dim, device, eps)
-        self.mlp = MLP(dim, max(1, round(mlp_ratio * dim)), device, init=False)
+        self.mlp = MLP(dim, max(1, round(mlp_ratio * dim)) if mlp_hidden is None else mlp_hidden, device, init=False)
         if init:
             init_layers(self)
 

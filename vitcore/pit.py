@@ -9,7 +9,9 @@ naver-ai/pit), read as the facts of the architecture:
   positional embedding (1, D_0, g_0, g_0) is added to it, and one class token goes in front;
 - S stages; stage s holds ``depth[s]`` pre-norm blocks (``vitcore.model.Block``) of width
   D_s = base_dim · H_s, with H_s = ``num_heads[s]`` heads ``base_dim`` wide (d = base_dim in every
-  stage) and an MLP of hidden width round(mlp_ratio · D_s); LayerNorm epsilon 1e-6;
+  stage) and an MLP of hidden width max(1, int(mlp_ratio · D_s)), truncated as the source's
+  ``common.MLP`` does (vitcore's ViT rounds; the two differ only where mlp_ratio · D_s is not whole,
+  never in the "pit" space); LayerNorm epsilon 1e-6;
 - between stages, pooling: the grid goes through a depthwise 3×3 convolution with stride 2 and
   padding 1 (D_s groups, D_{s+1} outputs, so D_{s+1} must be a multiple of D_s: H_{s+1} a multiple
   of H_s), the class token through a Linear D_s -> D_{s+1}; the grid side becomes ceil(g / 2);
@@ -62,7 +64,7 @@ class PiTConfig:
     base_dim: int = 32  # d, every head's width; stage s is base_dim · num_heads[s] wide
     depth: Tuple[int, ...] = (2, 6, 4)  # blocks per stage
     num_heads: Tuple[int, ...] = (2, 4, 8)  # heads per stage; each a multiple of the one before
-    mlp_ratio: float = 4.0  # MLP hidden = round(mlp_ratio · D_s), one ratio for every block
+    mlp_ratio: float = 4.0  # MLP hidden = int(mlp_ratio · D_s) (the source truncates), one ratio for every block
     qkv_bias: bool = True
     attention: str = "vitcore"  # vitcore | sdpa | eager | auto, see vitcore.attention_choice
 
@@ -149,7 +151,7 @@ class PiT(VisionTransformer):
         self.cls_token = nn.Parameter(torch.empty(1, 1, D[0], device=device))
         self.stages = nn.ModuleList(
             nn.ModuleList(Block(width, heads, c.base_dim, c.mlp_ratio, c.qkv_bias, c.attention, device, init=False,
-                                eps=LN_EPS) for _ in range(blocks))
+                                eps=LN_EPS, mlp_hidden=max(1, int(c.mlp_ratio * width))) for _ in range(blocks))
             for width, heads, blocks in zip(D, c.num_heads, c.depth)
         )
         self.pools = nn.ModuleList(Pool(a, b, device) for a, b in zip(D, D[1:]))
