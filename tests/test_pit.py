@@ -199,6 +199,12 @@ def test_arch_json_round_trip_id_and_defaults():
     (dict(base_dim=16, depth=[2, 8, 4], num_heads=[4, 2, 4], mlp_ratio=6), ValueError, "2 heads after 4"),
     (dict(base_dim=16, depth="284", num_heads=[2, 4, 4], mlp_ratio=6), TypeError, "depth='284'"),
     (dict(base_dim=16, depth=[2, 8, 4], num_heads=[2, 4, 4], mlp_ratio=6, id="0" * 12), ValueError, "does not match"),
+    # the patch size was named img_size (it is checked as the smallest image), the depth's entries "per block"
+    (dict(base_dim=16, depth=[2, 8, 4], num_heads=[2, 4, 4], mlp_ratio=6, patch_size=None), TypeError,
+     r"^patch_size=None must be an int"),
+    (dict(base_dim=16, depth=[2, 8, 4], num_heads=[2, 4, 4], mlp_ratio=6, patch_size=0), ValueError,
+     r"^patch_size=0 must be positive"),
+    (dict(base_dim=16, depth=None, num_heads=[2, 4, 4], mlp_ratio=6), TypeError, r"depth=None .* one entry per stage$"),
 ])
 def test_bad_arch_fields_name_the_problem(fields, error, message):
     with pytest.raises(error, match=message):

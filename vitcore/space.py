@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from itertools import product
 from typing import Dict, List, Optional, Tuple, Union
 
-from vitcore.model import ViTConfig
+from vitcore.model import ViTConfig, positive_int
 from vitcore.pit import PiTConfig
 
 
@@ -164,10 +164,11 @@ def _real(v) -> float:
     raise TypeError("entries must be numbers")
 
 
-def _entries(name: str, value, convert) -> tuple:
-    """One entry per block (a list, tuple or 1-D array), each converted, or a TypeError naming ``name``."""
+def _entries(name: str, value, convert, per: str = "block") -> tuple:
+    """One entry per block, or per ``per`` (a list, tuple or 1-D array), each converted, or a TypeError
+    naming ``name``."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
-        raise TypeError(f"{name}={value!r} must be a list with one entry per block")
+        raise TypeError(f"{name}={value!r} must be a list with one entry per {per}")
     try:
         if any(isinstance(v, bool) for v in value):
             raise TypeError("entries must be numbers, not bools")
@@ -259,8 +260,9 @@ class PiTArch(_Serial):
     stride: int = 8
 
     def __post_init__(self):
-        object.__setattr__(self, "depth", _entries("depth", self.depth, _whole))
-        object.__setattr__(self, "num_heads", _entries("num_heads", self.num_heads, _whole))
+        object.__setattr__(self, "depth", _entries("depth", self.depth, _whole, per="stage"))
+        object.__setattr__(self, "num_heads", _entries("num_heads", self.num_heads, _whole, per="stage"))
+        positive_int("patch_size", self.patch_size)  # before it stands in for the image size below
         if isinstance(self.mlp_ratio, bool):
             raise TypeError(f"mlp_ratio={self.mlp_ratio!r} must be a number")
         try:
