@@ -19,6 +19,13 @@ What the paper leaves open for a ViT, and vitcore's choices:
   at D < N' (D = 192 < 197 at 224²) every such P is singular, λ_min = 0 up to rounding, whatever
   the network (measured: the sum over the Linear outputs of a dev-set network was 8e-13). The GELU
   is the first non-linear map of each block, and its hidden width (3.5·D or more) exceeds N'.
+- On a PiT (``vitcore.pit``) that no longer holds: its first stages see 730 and 197 tokens at 224²,
+  and many MLPs of the "pit" space are narrower (64 at base_dim 16, 2 heads, ratio 2). A map at
+  most N' wide gives a singular P (its centred rows span at most hidden - 1 dimensions), so that
+  layer adds 0 up to rounding: measured -1.8e-14 (N' = 730, 64 wide) and -2.4e-15 (N' = 197, 128 wide)
+  for base_dim 16, heads 2-4-4, ratio 2, seed 0, against 0.01-0.02 for its last stage's layers
+  (N' = 50). MeCo then sums only the stages whose MLPs are wider than their token count; vitcore
+  applies the definition as it is and does not correct for it.
 - NaN or infinite correlations (a constant row) are set to 0 before the eigenvalues, as the
   authors' code does.
 - The authors' foresight measure scores one N(0, 1) example it draws itself; vitcore scores the
