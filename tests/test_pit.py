@@ -150,6 +150,21 @@ def test_same_seed_same_weights_and_initialisation():
     assert conv.abs().max() <= 2 and 0 < conv.std() < 1
 
 
+def test_initialisation_draws_the_docstrings_scales():
+    """PiT-Ti: the convolutions LeCun normal (std sqrt(1 / fan_in)), the positional embedding, class token and
+    Linear weights N(0, .02²). n draws give a sample std within 6/sqrt(2n) of the true one (relative, the
+    sample std's standard error is about 1/sqrt(2n)); n >= 1152 here, so within 13%."""
+    model = PiTConfig().build(seed=0)
+    want = {"patch_embed.weight": math.sqrt(1 / (3 * 16 * 16)), "pools.0.conv.weight": 1 / 3,
+            "pools.1.conv.weight": 1 / 3, "pos_embed": 0.02, "cls_token": 0.02, "stages.1.0.attn.qkv.weight": 0.02,
+            "pools.0.fc.weight": 0.02, "head.weight": 0.02}
+    params = dict(model.named_parameters())
+    for name, std in want.items():
+        p = params[name].detach().double()
+        assert abs(p.std().item() / std - 1) <= 6 / math.sqrt(2 * p.numel()), name
+        assert abs(p.mean().item()) <= 6 * std / math.sqrt(p.numel()), name
+
+
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(num_heads=(2, 3, 6)), ValueError, r"3 heads after 2"),
     (dict(depth=(2, 6)), ValueError, r"one entry per stage"),
