@@ -238,3 +238,22 @@ def test_evaluate_refuses_records_none_of_which_was_scored():
         evaluate(records, {"x": 1.0, "y": 2.0})
     assert set(evaluate(records + [{"id": "z", "scores": {"params": 3.0}}], {"x": 1.0, "y": 2.0, "z": 3.0})) == {
         "params"}
+
+
+def test_cli_says_when_the_batch_is_not_the_spaces_shape(tmp_path, capsys):
+    """The networks are built for the batch (--data), not for --space: a 12x12 .npz of 3 classes gives other
+    networks than the space's 8x8 of 10 classes, and evaluate says so."""
+    import numpy as np
+
+    from vitcore.cli import main
+
+    data = tmp_path / "twelve.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((6, 12, 12)), y=np.arange(6) % 3)
+    argv = ["evaluate", "--truth", _write(tmp_path, ROWS[:3]), "--proxies", "params", "--space", "small",
+            "--batch-size", "2"]
+    assert main(argv + ["--data", str(data), "--out", str(tmp_path / "e")]) == 0
+    assert ("the batch (1x12x12 images, 3 classes) is not the small space's (1x8x8, 10 classes): the "
+            "architectures are built for the batch") in capsys.readouterr().err
+    assert main(argv + ["--data", "synthetic", "--out", str(tmp_path / "f")]) == 0
+    assert "is not the small space's" not in capsys.readouterr().err

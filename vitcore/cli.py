@@ -124,8 +124,13 @@ def cmd_evaluate(args) -> int:
     elif truth.archs:  # a JSON-lines truth names its architectures: score them
         pits = all(isinstance(a, PiTArch) for a in truth.archs.values())
         space_name, data = args.space or ("pit" if pits else "autoformer"), args.data or "synthetic"
-        batch = load_batch(data, args.batch_size or 8, args.seed, get_space(space_name))
+        space = get_space(space_name)
+        batch = load_batch(data, args.batch_size or 8, args.seed, space)
         _check_buildable(truth.archs.values(), batch, f"--space {space_name}, --data {data}")
+        if (batch.in_chans, batch.img_size, batch.num_classes) != (space.in_chans, space.img_size, space.num_classes):
+            print(f"note: the batch ({batch.in_chans}x{batch.img_size}x{batch.img_size} images, {batch.num_classes} "
+                  f"classes) is not the {space_name} space's ({space.in_chans}x{space.img_size}x{space.img_size}, "
+                  f"{space.num_classes} classes): the architectures are built for the batch", file=sys.stderr)
         records = score_archs(list(truth.archs.values()), batch, scores_file, proxies=proxies, seed=args.seed,
                               device=args.device, resume=True)
     else:  # the first n of the built-in 50, with the other defaults of vitcore score unless given
@@ -203,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--proxies", help="without --scores: comma-separated proxies to score with (default: every proxy)")
     e.add_argument("--n", type=int, default=BUILTIN_N,
                    help=f"without --scores, CSV truth: score the first n of the built-in {BUILTIN_N} (default {BUILTIN_N})")
-    e.add_argument("--space", help="search space giving image size, channels and classes when scoring "
-                                   "(default for a JSON-lines truth: pit when it holds PiTs only, else autoformer; "
-                                   "else small)")
+    e.add_argument("--space", help="search space giving image size, channels and classes of synthetic data "
+                                   "(the networks are built for the batch's images and classes; default for a "
+                                   "JSON-lines truth: pit when it holds PiTs only, else autoformer; else small)")
     e.add_argument("--data", help=f"{' | '.join(DATA_CHOICES)}: the batch to score with; data-dependent proxies "
                                   "read it (default: synthetic for a JSON-lines truth, else digits)")
     e.add_argument("--batch-size", type=int, help="examples in the batch (default: 8 for a JSON-lines truth, else 64)")
