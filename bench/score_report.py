@@ -47,7 +47,6 @@ from vitcore.bench.env import environment, header_lines
 from vitcore.bench.timers import once_s
 from vitcore.bench.writer import write_json, write_text
 from vitcore.data import load_batch
-from vitcore.model import ViT
 from vitcore.paths import check_out_file
 from vitcore.runs import arch_seed, score_archs
 from vitcore.space import SPACES, sample
@@ -68,7 +67,7 @@ def loop_run(archs, batch, out: str, device: torch.device) -> None:
     with open(out, "a") as f:
         for arch in archs:
             torch.manual_seed(arch_seed(arch, SEED))
-            model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes), attention="sdpa").to(device)
+            model = arch.config(batch.img_size, batch.in_chans, batch.num_classes).build(attention="sdpa").to(device)
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             g2, snip = 0.0, 0.0
@@ -113,8 +112,8 @@ def reference(archs, batch, device: torch.device, built_on: str) -> Dict[str, di
     x, y = batch.inputs.to(device).double(), batch.targets.to(device)
     scores = {}
     for arch in archs:
-        model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes), attention="eager",
-                    device=built_on, seed=arch_seed(arch, SEED)).to(device).double()
+        model = arch.config(batch.img_size, batch.in_chans, batch.num_classes).build(
+            attention="eager", device=built_on, seed=arch_seed(arch, SEED)).to(device).double()
         scores[arch.id] = vitcore.score(model, x, y, proxies=PROXIES)
     return scores
 
@@ -268,8 +267,8 @@ def _family(archs, batch, dev) -> Dict[str, float]:
     x, y = batch.inputs.to(dev), batch.targets.to(dev)
     times = {name: [] for name in SETS}
     for arch in archs:
-        model = ViT(arch.config(batch.img_size, batch.in_chans, batch.num_classes), attention="auto", device=dev,
-                    seed=arch_seed(arch, SEED))
+        model = arch.config(batch.img_size, batch.in_chans, batch.num_classes).build(
+            attention="auto", device=dev, seed=arch_seed(arch, SEED))
         for name, names in SETS.items():
             vitcore.score(model, x, y, proxies=names)  # warm-up
             times[name].append(once_s(lambda: vitcore.score(model, x, y, proxies=names), dev)[0])

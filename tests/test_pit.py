@@ -198,6 +198,7 @@ def test_arch_json_round_trip_id_and_defaults():
     assert isinstance(arch, PiTArch) and (arch.patch_size, arch.stride) == (16, 8)
     assert arch == arch_from_dict({**given, "patch_size": 16, "stride": 8}) == PiTArch.from_json(arch.to_json())
     assert arch_from_dict({**arch.to_dict(), "id": arch.id}) == arch
+    assert arch_from_dict({**given, "head_dim": None}) == arch_from_dict({**given, "head_dim": 16}) == arch
     assert arch.id != arch_from_dict({**given, "stride": 16}).id
     # the canonical JSON and the id are pinned so ids never change between versions
     assert arch.to_json() == ('{"base_dim":16,"depth":[2,8,4],"mlp_ratio":6.0,"num_heads":[2,4,4],'
@@ -209,7 +210,10 @@ def test_arch_json_round_trip_id_and_defaults():
 
 @pytest.mark.parametrize("fields, error, message", [
     (dict(base_dim=16, depth=[2, 8, 4], num_heads=[2, 4, 4]), ValueError, "must have exactly the fields"),
-    (dict(base_dim=16, depth=[2, 8, 4], num_heads=[2, 4, 4], mlp_ratio=6, head_dim=16), ValueError, "head_dim"),
+    (dict(base_dim=16, depth=[2, 8, 4], num_heads=[2, 4, 4], mlp_ratio=6, head_dim=64), ValueError,
+     "head_dim=64: a PiT's heads are base_dim=16 wide"),
+    (dict(base_dim=16, depth=[2, 8, 4], num_heads=[2, 4, 4], mlp_ratio=6, embed_dim=64), ValueError,
+     "must have exactly the fields"),
     (dict(base_dim=16, depth=[2, 8, 4], num_heads=[2, 4, 4], mlp_ratio=[6, 6, 6]), TypeError, r"mlp_ratio=\[6, 6, 6\]"),
     (dict(base_dim=16, depth=[2, 8, 4], num_heads=[4, 2, 4], mlp_ratio=6), ValueError, "2 heads after 4"),
     (dict(base_dim=16, depth="284", num_heads=[2, 4, 4], mlp_ratio=6), TypeError, "depth='284'"),

@@ -121,6 +121,15 @@ def test_results_line_not_utf8_is_named(tmp_path):
         read_results(str(path))
 
 
+def test_ground_truth_lines_are_read_as_their_architectures(tmp_path):
+    vit = sample(SPACES["autoformer"], 1, seed=2)[0]
+    pit = sample(SPACES["pit"], 1, seed=2)[0]
+    path = tmp_path / "truth.jsonl"
+    path.write_text("\n".join(json.dumps({**a.to_dict(), "acc": {"c100_kd": 70.0, "c100_base": None}})
+                              for a in (vit, pit)) + "\n")
+    assert read_archs(str(path)) == [vit, pit]
+
+
 @pytest.mark.parametrize("head", [b"[\n", b""])  # a JSON list, JSON lines
 def test_architectures_line_not_utf8_is_named(tmp_path, head):
     path = tmp_path / "archs.json"

@@ -263,6 +263,16 @@ class VisionTransformer(nn.Module):
     ``vitcore.pit.PiT``. The proxies that tell attention from MLP layers (dss, meco, lswag) take any of
     them."""
 
+    def check_input(self, x) -> None:
+        """TypeError unless ``x`` is a tensor, ValueError unless it is (B, in_chans, img_size, img_size)."""
+        c = self.config
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1:] != (c.in_chans, c.img_size, c.img_size):
+            raise ValueError(
+                f"input shape {tuple(x.shape)} does not match (B, {c.in_chans}, {c.img_size}, {c.img_size})"
+            )
+
 
 class ViT(VisionTransformer):
     """The ViT of ``config``, built and initialised on ``device``.
@@ -319,13 +329,7 @@ class ViT(VisionTransformer):
         self.cls_token.normal_(0.0, 1e-6, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4 or x.shape[1:] != (c.in_chans, c.img_size, c.img_size):
-            raise ValueError(
-                f"input shape {tuple(x.shape)} does not match (B, {c.in_chans}, {c.img_size}, {c.img_size})"
-            )
+        self.check_input(x)
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N'-1, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N', D)

@@ -168,13 +168,7 @@ class PiT(VisionTransformer):
             trunc_normal_(conv.weight, std=math.sqrt(1.0 / fan_in), generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4 or x.shape[1:] != (c.in_chans, c.img_size, c.img_size):
-            raise ValueError(
-                f"input shape {tuple(x.shape)} does not match (B, {c.in_chans}, {c.img_size}, {c.img_size})"
-            )
+        self.check_input(x)
         B = x.shape[0]
         grid = self.patch_embed(x) + self.pos_embed  # (B, D_0, g_0, g_0)
         cls = self.cls_token.expand(B, -1, -1)  # (B, 1, D_0)

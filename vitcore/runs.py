@@ -35,15 +35,20 @@ BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt
 
 
 def _entry_arch(entry, where: str) -> AnyArch:
+    if isinstance(entry, dict) and "arch" in entry:  # a results record
+        entry = entry["arch"]
+    elif isinstance(entry, dict) and "acc" in entry:  # a ground-truth line: its accuracies are not read here
+        entry = {k: v for k, v in entry.items() if k != "acc"}
     try:
-        return arch_from_dict(entry["arch"] if isinstance(entry, dict) and "arch" in entry else entry)
+        return arch_from_dict(entry)
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"{where}: not an architecture ({e})") from None
 
 
 def read_archs(path: str) -> List[AnyArch]:
     """Architectures from a JSON list, one JSON object, or JSON lines; each entry an arch (a ViT's or a
-    PiT's fields, ``vitcore.space.arch_from_dict``) or a result with an "arch" field.
+    PiT's fields, ``vitcore.space.arch_from_dict``), a result with an "arch" field, or a ground-truth
+    line (an arch's fields and an "acc" object, ``vitcore.evaluate.read_truth_jsonl``).
 
     Repeated architectures (a results file holds a retried id twice) are kept once, in first-seen
     order. Raises FileNotFoundError for a missing file; ValueError for a directory, a file with no

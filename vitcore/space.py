@@ -286,7 +286,12 @@ class PiTArch(_Serial):
     @classmethod
     def from_dict(cls, d: dict) -> "PiTArch":
         """A PiT from its fields (and optionally its ``id``, checked); ``patch_size`` and ``stride`` may be
-        absent, meaning 16 and 8."""
+        absent, meaning 16 and 8. A ``head_dim`` (a ViT's field) is accepted when it says what a PiT is,
+        null or ``base_dim``: a PiT's heads are base_dim = D_s / H_s wide; any other value is a ValueError."""
+        if isinstance(d, dict) and "head_dim" in d:
+            if d["head_dim"] is not None and d["head_dim"] != d.get("base_dim"):
+                raise ValueError(f"head_dim={d['head_dim']!r}: a PiT's heads are base_dim={d.get('base_dim')!r} wide")
+            d = {k: v for k, v in d.items() if k != "head_dim"}
         return _from_fields(cls, d, optional={"patch_size": 16, "stride": 8})
 
 
