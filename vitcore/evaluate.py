@@ -94,7 +94,10 @@ def read_truth_jsonl(path: str) -> Truth:
             if not isinstance(row, dict) or not isinstance(row.get("acc"), dict) or not row["acc"]:
                 raise ValueError(f"{where}: expected an architecture with an \"acc\" object of accuracies")
             fields = {k: v for k, v in row.items() if k != "acc"}
-            if set(fields) == {"arch"}:
+            if "arch" in fields:
+                if len(fields) > 1:
+                    raise ValueError(f"{where}: an architecture under \"arch\" takes no other field beside "
+                                     f"\"acc\"; found {', '.join(sorted(set(fields) - {'arch'}))}")
                 fields = fields["arch"]
             try:
                 arch = arch_from_dict(fields)
