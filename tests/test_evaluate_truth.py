@@ -69,7 +69,8 @@ def test_null_accuracies_pit_rows_and_nested_archs(tmp_path):
     (json.dumps({"base_dim": 8, "depth": [1, 1], "num_heads": [2, 3], "mlp_ratio": 2, "acc": {"a": 1.0}}),
      "line 1: num_heads=(2, 3): 3 heads after 2"),
     # an architecture under "arch" beside other fields: the message listed a ViT's fields
-    (json.dumps({"arch": {"base_dim": 8, "depth": [1], "num_heads": [2], "mlp_ratio": 2}, "id": "x", "acc": {"a": 1.0}}),
+    (json.dumps({"arch": {"base_dim": 8, "depth": [1], "num_heads": [2], "mlp_ratio": 2}, "id": "x",
+                 "acc": {"a": 1.0}}),
      "line 1: an architecture under \"arch\" takes no other field beside \"acc\"; found id"),
 ])
 def test_bad_lines_name_file_line_and_value(tmp_path, line, message):
