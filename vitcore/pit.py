@@ -23,7 +23,9 @@ Initialisation is vitcore's for every network (``vitcore.model.init_layers``): t
 the class token and every Linear weight from N(0, .02²) truncated to [-2, 2]; the convolutions (patch
 embedding and pooling) LeCun normal (std sqrt(1 / fan_in), truncated); LayerNorm at identity; zero
 biases. The source code leaves its Linear and convolution weights at PyTorch's defaults; vitcore
-initialises ViTs and PiTs one way so that a proxy compares architectures, not initialisations.
+initialises ViTs and PiTs one way so that a proxy compares architectures, not initialisations, with
+one exception: the class token is drawn as the source draws it (N(0, .02²), truncated), where the
+ViT's follows timm (N(0, 1e-6)).
 """
 import math
 import numbers
