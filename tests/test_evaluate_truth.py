@@ -261,3 +261,14 @@ def test_cli_says_when_the_batch_is_not_the_spaces_shape(tmp_path, capsys):
             "architectures are built for the batch") in capsys.readouterr().err
     assert main(argv + ["--data", "synthetic", "--out", str(tmp_path / "f")]) == 0
     assert "is not the small space's" not in capsys.readouterr().err
+
+
+def test_cli_names_a_column_that_is_null_on_every_line(tmp_path, capsys):
+    from vitcore.cli import main
+
+    rows = [(arch, {**acc, "never": None}) for arch, acc in ROWS]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--truth", _write(tmp_path, rows), "--columns", "a,never", "--out", str(tmp_path / "e")])
+    assert exit_info.value.code == 2
+    assert "--columns: 'never' is null on every line of" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()  # refused before scoring
