@@ -258,6 +258,17 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def build_args(config, attention: Optional[str], device: Union[str, torch.device, None], seed: Optional[int]):
+    """What every family's constructor starts from: (the config with ``attention`` when given, the
+    device (default: torch's default device), ``torch.Generator(device).manual_seed(seed)`` or None for
+    the device's default generator). ValueError for a seed that is not a non-negative int or None."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed={seed!r} must be a non-negative int or None")
+    config = config if attention is None else replace(config, attention=check_attention(attention))
+    device = torch.get_default_device() if device is None else torch.device(device)
+    return config, device, None if seed is None else torch.Generator(device).manual_seed(seed)
+
+
 class VisionTransformer(nn.Module):
     """A vitcore network made of ``Block``s (MSA, then MLP) with a linear classifier ``head``: ``ViT`` and
     ``vitcore.pit.PiT``. The proxies that tell attention from MLP layers (dss, meco, lswag) take any of
@@ -292,11 +303,7 @@ class ViT(VisionTransformer):
             raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}{hint}")
         if not isinstance(fused, bool):
             raise TypeError(f"fused={fused!r} must be a bool")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed={seed!r} must be a non-negative int or None")
-        if attention is not None or not fused:
-            config = replace(config, attention="eager" if not fused else check_attention(attention))
-        device = torch.get_default_device() if device is None else torch.device(device)
+        config, device, generator = build_args(config, "eager" if not fused else attention, device, seed)
         super().__init__()
         self.config = c = config
         # every tensor allocated uninitialised on the device, then drawn once by reset_parameters: no value
@@ -310,7 +317,7 @@ class ViT(VisionTransformer):
         )
         self.norm = layer_norm(c.embed_dim, device)
         self.head = linear(c.embed_dim, c.num_classes, True, device)
-        self.reset_parameters(None if seed is None else torch.Generator(device).manual_seed(seed))
+        self.reset_parameters(generator)
 
     @torch.no_grad()
     def reset_parameters(self, generator: Optional[torch.Generator] = None):

@@ -29,14 +29,14 @@ ViT's follows timm (N(0, 1e-6)).
 """
 import math
 import numbers
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from vitcore.attention_choice import check_attention
-from vitcore.model import Block, VisionTransformer, conv2d, init_layers, layer_norm, linear, positive_int, \
+from vitcore.model import Block, VisionTransformer, build_args, conv2d, init_layers, layer_norm, linear, positive_int, \
     trunc_normal_
 
 LN_EPS = 1e-6  # the source's TRANSFORMER.LN_EPS
@@ -140,11 +140,7 @@ class PiT(VisionTransformer):
                  device: Union[str, torch.device, None] = None, seed: Optional[int] = None):
         if not isinstance(config, PiTConfig):
             raise TypeError(f"config must be a PiTConfig, got {type(config).__name__}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed={seed!r} must be a non-negative int or None")
-        if attention is not None:
-            config = replace(config, attention=check_attention(attention))
-        device = torch.get_default_device() if device is None else torch.device(device)
+        config, device, generator = build_args(config, attention, device, seed)
         super().__init__()
         self.config = c = config
         D, g = c.widths, c.grids[0]
@@ -159,7 +155,7 @@ class PiT(VisionTransformer):
         self.pools = nn.ModuleList(Pool(a, b, device) for a, b in zip(D, D[1:]))
         self.norm = layer_norm(D[-1], device, LN_EPS)
         self.head = linear(D[-1], c.num_classes, True, device)
-        self.reset_parameters(None if seed is None else torch.Generator(device).manual_seed(seed))
+        self.reset_parameters(generator)
 
     @torch.no_grad()
     def reset_parameters(self, generator: Optional[torch.Generator] = None):
