@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from vitcore.attention_choice import check_attention
-from vitcore.model import Block, VisionTransformer, build_args, conv2d, init_layers, layer_norm, linear, positive_int, \
-    trunc_normal_
+from vitcore.model import (Block, VisionTransformer, build_args, conv2d, init_layers, layer_norm, linear,
+                           positive_int, trunc_normal_)
 
 LN_EPS = 1e-6  # the source's TRANSFORMER.LN_EPS
 
