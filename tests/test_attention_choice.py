@@ -37,37 +37,43 @@ def test_every_choice_matches_float64(attention, triton_on):
         torch.testing.assert_close(a, b, atol=rounding_bound(torch.float32, n, b.abs().max().item()), rtol=0)
 
 
-@pytest.mark.parametrize("dtype, tokens, triton, expected", [
-    (torch.float32, 577, True, True),
-    (torch.float32, 4097, True, True),
-    (torch.float32, 576, True, False),
-    (torch.float32, 197, True, False),
-    (torch.float32, 4097, False, False),  # no kernel (a CPU tensor): vitcore would be its eager reference
-    (torch.bfloat16, 4097, True, False),
-    (torch.float16, 577, True, False),
-    (torch.float64, 4097, True, False),
+@pytest.mark.parametrize("dtype, tokens, head_dim, triton, expected", [
+    (torch.float32, 577, 64, True, True),
+    (torch.float32, 4097, 64, True, True),
+    (torch.float32, 576, 64, True, False),
+    (torch.float32, 197, 64, True, False),
+    (torch.float32, 730, 40, True, False),  # a PiT's first stage: a head dim the report did not measure
+    (torch.float32, 4097, 96, True, False),  # measured slower (padded to a 128 tile)
+    (torch.float32, 4097, 64, False, False),  # no kernel (a CPU tensor): vitcore would be its eager reference
+    (torch.bfloat16, 4097, 64, True, False),
+    (torch.float16, 577, 64, True, False),
+    (torch.float64, 4097, 64, True, False),
 ])
-def test_auto_follows_the_table(dtype, tokens, triton, expected):
-    assert choice.auto_uses_vitcore(dtype, tokens, triton) is expected
+def test_auto_follows_the_table(dtype, tokens, head_dim, triton, expected):
+    assert choice.auto_uses_vitcore(dtype, tokens, head_dim, triton) is expected
 
 
-@pytest.mark.parametrize("min_tokens, runs", [(17, "vitcore"), (18, "sdpa")])
-def test_auto_runs_what_the_table_picks(min_tokens, runs, triton_on, monkeypatch):
+@pytest.mark.parametrize("min_tokens, head_dims, runs", [
+    (17, (8, 24), ["vitcore", "vitcore"]), (18, (8, 24), ["sdpa", "sdpa"]), (17, (8,), ["vitcore", "sdpa"]),
+])
+def test_auto_runs_what_the_table_picks(min_tokens, head_dims, runs, triton_on, monkeypatch):
     """auto's forward calls vitcore's flash_attention from the table's N' on (here moved down to the
-    ViT's 17 tokens) and SDPA below it."""
+    ViT's 17 tokens) for the table's head dims (here the blocks' 8 and 24), and SDPA elsewhere."""
     calls = []
     flash, sdpa = choice.flash_attention, choice.F.scaled_dot_product_attention
     monkeypatch.setitem(choice.AUTO_VITCORE_MIN_TOKENS, torch.float32, min_tokens)
+    monkeypatch.setattr(choice, "AUTO_VITCORE_HEAD_DIMS", head_dims)
     monkeypatch.setattr(choice, "flash_attention", lambda *a: calls.append("vitcore") or flash(*a))
     monkeypatch.setattr(choice.F, "scaled_dot_product_attention", lambda *a: calls.append("sdpa") or sdpa(*a))
     ViT(CFG, attention="auto", device=DEVICE, seed=0)(torch.randn(2, 1, 8, 8, device=DEVICE))
-    assert calls == [runs] * CFG.depth
+    assert calls == runs
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "auto", "vitcore"])
 def test_eager_block_runs_the_reference(attention, triton_on, monkeypatch):
     """Inside ``eager()`` (GraSP's double backward, synflow's float64) every choice is the eager reference."""
     monkeypatch.setitem(choice.AUTO_VITCORE_MIN_TOKENS, torch.float32, 1)
+    monkeypatch.setattr(choice, "AUTO_VITCORE_HEAD_DIMS", (8, 24))  # auto would pick vitcore outside eager()
     model = ViT(CFG, attention=attention, device=DEVICE, seed=0)
     x = torch.randn(2, 1, 8, 8, device=DEVICE)
     with eager():
