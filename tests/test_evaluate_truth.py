@@ -164,6 +164,35 @@ def test_cli_scores_a_jsonl_truths_architectures_and_reports_every_column(tmp_pa
     assert read_results(str(out / "scores.jsonl")) == records
 
 
+def test_cli_scores_a_pit_truth_with_null_accuracies_end_to_end(tmp_path, capsys):
+    """PiT rows (4-pixel patches, stride 2, on a 12x12 .npz: 5x5 then 3x3 grids), an untrained column
+    (null on every line) and a null on one line: every PiT is scored, each column ranks what it holds."""
+    import numpy as np
+
+    from vitcore.cli import main
+    from vitcore.runs import read_results
+
+    data = tmp_path / "twelve.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((8, 3, 12, 12)), y=np.arange(8) % 4)
+    pit = {"mlp_ratio": 2, "depth": [1, 1], "num_heads": [1, 2], "patch_size": 4, "stride": 2}
+    rows = [({**pit, "base_dim": d}, {"kd": kd, "base": None, "other": other})
+            for d, kd, other in ((2, 60.0, 1.0), (3, 61.0, None), (4, 63.0, 2.0), (5, 62.0, 3.0))]
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--truth", _write(tmp_path, rows), "--columns", "kd,other", "--proxies", "params,nwot",
+            "--data", str(data), "--batch-size", "4", "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "left out, null on every line: base" in captured.err
+    records = read_results(str(out / "scores.jsonl"))
+    assert len(records) == 4 and all("scores" in r and "base_dim" in r["arch"] for r in records)
+    assert records[0]["settings"]["space"] is None and records[0]["settings"]["input_shape"] == [3, 12, 12]
+    params = [r["scores"]["params"] for r in records]
+    assert params == sorted(params)  # wider PiTs, more parameters
+    tau_kd = stats.kendalltau(params, [60.0, 61.0, 63.0, 62.0]).statistic
+    assert f"| params | {tau_kd:.3f} | 1.000 |" in captured.out  # "other" holds 3 rows, ranked by size too
+
+
 def test_cli_keeps_its_tables_when_the_columns_have_no_ceiling(tmp_path, capsys):
     """Columns a and b (of 3 and 2 architectures) share one: τ per column is reported, the ceiling is said to
     be undefined
