@@ -18,6 +18,7 @@ import json
 import numbers
 import random
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from itertools import product
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -66,6 +67,13 @@ class SearchSpace:
         )
 
 
+@lru_cache(maxsize=None)
+def _heads_sequences(stage_heads: Tuple[Tuple[int, ...], ...]) -> Tuple[Tuple[int, ...], ...]:
+    """``PiTSpace.heads_sequences``, enumerated once per space rather than at every draw."""
+    return tuple(h for h in product(*(sorted(set(c)) for c in stage_heads))
+                 if all(b % a == 0 for a, b in zip(h, h[1:])))
+
+
 @dataclass(frozen=True)
 class PiTSpace:
     """A PiT space: a base width and an MLP ratio per network, blocks and heads per stage.
@@ -92,8 +100,7 @@ class PiTSpace:
 
     def heads_sequences(self) -> List[Tuple[int, ...]]:
         """Every heads-per-stage choice in which each stage's heads are a multiple of the stage's before."""
-        return [h for h in product(*(sorted(set(c)) for c in self.stage_heads))
-                if all(b % a == 0 for a, b in zip(h, h[1:]))]
+        return list(_heads_sequences(self.stage_heads))
 
     @property
     def size(self) -> int:
@@ -108,7 +115,7 @@ class PiTSpace:
         return PiTArch(
             base_dim=rng.choice(self.base_dims),
             depth=tuple(rng.choice(c) for c in self.stage_depths),
-            num_heads=rng.choice(self.heads_sequences()),
+            num_heads=rng.choice(_heads_sequences(self.stage_heads)),
             mlp_ratio=rng.choice(self.mlp_ratios),
             patch_size=self.patch_size,
             stride=self.stride,
