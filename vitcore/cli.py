@@ -18,8 +18,9 @@ from vitcore.attention_choice import ATTENTION_CHOICES
 from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed
+from vitcore.ensemble import COMBINED
 from vitcore.evaluate import (DEFAULT_TRUTH, columns_ceiling, evaluate_columns, format_columns, format_table,
-                              mean_tau, read_truth_any, scatter_plots, with_vote)
+                              mean_tau, read_truth_any, scatter_plots, with_combined)
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -117,7 +118,7 @@ def cmd_evaluate(args) -> int:
     for name in ["evaluation.md", "scores.jsonl"]:
         check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device
     for folder in folders:
-        for p in list(PROXIES) + ["vit_vote"]:
+        for p in list(PROXIES) + list(COMBINED):
             check_out_file(os.path.join(folder, f"scatter-{p}.png"))
     if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
@@ -137,7 +138,7 @@ def cmd_evaluate(args) -> int:
         records = run_scoring(scores_file, n=args.n, space=args.space or "small", data=args.data or "digits",
                               batch_size=args.batch_size or 64, seed=args.seed, proxies=proxies,
                               device=args.device, resume=True)
-    records = with_vote(records)
+    records = with_combined(records)
     results = evaluate_columns(records, truth, args.top_fraction)
     # one column (a CSV truth's "acc", or a JSON-lines truth's only column): its full table
     text = format_columns(results, columns) if len(results) > 1 or columns else format_table(*results.values())
