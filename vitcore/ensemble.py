@@ -29,7 +29,8 @@ counts the matrix products and convolutions, theirs adds the LayerNorms' and bia
 ranked over the population (1 = lowest), combined as Σ_k log(rank_k / N). A log rank punishes a low
 rank on any one proxy more than a mean rank does: an architecture must do well on all three. The form
 and the members are the paper's, taken as they are and fixed before vitcore evaluated them on any
-ground truth.
+ground truth. The authors rank architectures inside a parameter budget (4 to 6 M parameters for their
+Tiny space, ``search_autoformer_az.sh``); vitcore ranks whatever population it is given.
 """
 from typing import Callable, Dict, List, Sequence, Tuple
 
