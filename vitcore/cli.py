@@ -94,10 +94,14 @@ def cmd_evaluate(args) -> int:
     for c in columns:
         if c in truth.empty:
             raise ValueError(f"--columns: {c!r} is null on every line of {args.truth}")
+        if c in truth.flat:
+            raise ValueError(f"--columns: {c!r} of {args.truth} ranks nothing: {truth.flat[c]}")
         if c not in truth.columns:
             raise ValueError(f"--columns: {c!r} is not a column of {args.truth}; it has {', '.join(truth.columns)}")
     if truth.empty:
         print(f"{args.truth}: left out, null on every line: {', '.join(truth.empty)}", file=sys.stderr)
+    for c, why in truth.flat.items():
+        print(f"{args.truth}: left out, {c} ranks nothing: {why}", file=sys.stderr)
     if not 0 < args.top_fraction <= 1:
         raise ValueError(f"--top-fraction {args.top_fraction}: expected a share in (0, 1]")
     if os.path.exists(args.out) and not os.path.isdir(args.out):

@@ -26,7 +26,7 @@ from vitcore.model import INIT_SCHEME
 from vitcore.paths import check_input_file, check_out_file, free_name, json_lines, lock
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, check_proxies, score
 from vitcore.proxies.plan import passes_end_marks
-from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, sample
+from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, sample, without_label
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
@@ -38,7 +38,7 @@ def _entry_arch(entry, where: str) -> AnyArch:
     if isinstance(entry, dict) and "arch" in entry:  # a results record
         entry = entry["arch"]
     elif isinstance(entry, dict) and "acc" in entry:  # a ground-truth line: its accuracies are not read here
-        entry = {k: v for k, v in entry.items() if k != "acc"}
+        entry = without_label({k: v for k, v in entry.items() if k != "acc"})  # its own "id" label too
     try:
         return arch_from_dict(entry)
     except (TypeError, ValueError, KeyError) as e:

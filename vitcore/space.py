@@ -318,6 +318,19 @@ AnyArch = Union[Arch, PiTArch]
 ARCH_TYPES = (Arch, PiTArch)
 
 
+def is_arch_id(value) -> bool:
+    """True for a string of 12 lowercase hex digits: the form of vitcore's architecture ids (``_Serial.id``)."""
+    return isinstance(value, str) and len(value) == 12 and all(c in "0123456789abcdef" for c in value)
+
+
+def without_label(d):
+    """``d`` without an ``id`` that is not of the form of vitcore's ids (a file's own label, "pit_017", 3);
+    an id of that form stays, for ``from_dict`` to check against the fields. Anything else unchanged."""
+    if isinstance(d, dict) and "id" in d and not is_arch_id(d["id"]):
+        return {k: v for k, v in d.items() if k != "id"}
+    return d
+
+
 def arch_from_dict(d: dict) -> AnyArch:
     """A ViT (``Arch``) or, when ``d`` has a ``base_dim``, a PiT (``PiTArch``) from its fields.
 
