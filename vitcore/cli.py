@@ -50,6 +50,9 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
         print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
     for r in failed:
         print(f"   -  {r['id']:12}  failed: {r['error']}")
+    for r in ok:
+        for proxy, why in r.get("proxy_errors", {}).items():
+            print(f"   -  {r['id']:12}  {proxy} failed (scored NaN, the other proxies kept): {why}")
     print(f"{len(ok)} scored, {len(failed)} failed; ranked by {rank_by}")
 
 
@@ -141,6 +144,9 @@ def cmd_evaluate(args) -> int:
         records = run_scoring(scores_file, n=args.n, space=args.space or "small", data=args.data or "digits",
                               batch_size=args.batch_size or 64, seed=args.seed, proxies=proxies,
                               device=args.device, resume=True)
+    for r in records:  # a proxy that raised on a network: NaN there (ranked last), the other proxies kept
+        for proxy, why in r.get("proxy_errors", {}).items():
+            print(f"architecture {r['id']}: {proxy} failed, scored NaN: {why}", file=sys.stderr)
     records = with_vote(records)
     results = evaluate_columns(records, truth, args.top_fraction)
     # one column (a CSV truth's "acc", or a JSON-lines truth's only column): its full table
