@@ -353,3 +353,29 @@ def test_cli_names_a_column_that_is_null_on_every_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--columns: 'never' is null on every line of" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()  # refused before scoring
+
+
+def test_a_proxy_with_one_score_everywhere_is_named_not_a_bare_nan(tmp_path, capsys):
+    """SWAP at the default batch of 8 is 256 on every network: its row read nan, with scipy's
+    ConstantInputWarning (a file path and a source line) as the only explanation."""
+    import warnings
+
+    from vitcore.cli import main
+    from vitcore.evaluate import constant_proxies
+
+    truth = read_truth_jsonl(_write(tmp_path, ROWS))
+    records = [{"id": i, "scores": {"swap": 256.0, "params": float(k), "nan": math.nan}}
+               for k, i in enumerate(truth.archs)]
+    assert constant_proxies(records) == {"swap": 256.0}
+    assert constant_proxies(records[:1]) == {}  # one architecture: nothing to rank anyway
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no scipy warning reaches the user
+        assert main(["evaluate", "--scores", str(scores), "--truth", _write(tmp_path, ROWS), "--columns", "a,b",
+                     "--out", str(tmp_path / "e")]) == 0
+    printed = capsys.readouterr().out
+    assert "| swap | nan | nan | nan |" in printed
+    note = "swap gave every architecture the same score (256): its τ and ρ are undefined (nan)"
+    assert note in printed and note in (tmp_path / "e" / "evaluation.md").read_text()
+    assert "params gave" not in printed and "nan gave" not in printed

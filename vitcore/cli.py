@@ -18,8 +18,8 @@ from vitcore.attention_choice import ATTENTION_CHOICES
 from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed
-from vitcore.evaluate import (DEFAULT_TRUTH, columns_ceiling, evaluate_columns, format_columns, format_table,
-                              mean_tau, read_truth_any, scatter_plots, with_vote)
+from vitcore.evaluate import (DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns, format_columns,
+                              format_table, mean_tau, read_truth_any, scatter_plots, with_vote)
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -151,6 +151,9 @@ def cmd_evaluate(args) -> int:
     results = evaluate_columns(records, truth, args.top_fraction)
     # one column (a CSV truth's "acc", or a JSON-lines truth's only column): its full table
     text = format_columns(results, columns) if len(results) > 1 or columns else format_table(*results.values())
+    for proxy, value in constant_proxies(records).items():
+        text += (f"\n\n{proxy} gave every architecture the same score ({value:.6g}): its τ and ρ are undefined "
+                 "(nan), and its top-k overlap only reflects the file's order")
     print(text)
     if columns:
         best = max(mean_tau(results, columns).items(), key=lambda kv: kv[1])

@@ -167,6 +167,20 @@ def with_vote(records: List[dict], members: Sequence[str] = VIT_VOTE, name: str 
     return [dict(r, scores={**r["scores"], name: v}) if "scores" in r else r for r, v in zip(records, votes)]
 
 
+def constant_proxies(records: List[dict]) -> Dict[str, float]:
+    """{proxy: its one score} for each proxy that gave every scored architecture (two or more) the same
+    finite score: its τ and ρ are undefined (NaN) on every column, and its top-k overlap is the order of
+    the file (SWAP saturated at 2^B on a small batch, for one)."""
+    scored = [r["scores"] for r in records if "scores" in r]
+    proxies = dict.fromkeys(p for s in scored for p in s)
+    out = {}
+    for p in proxies:
+        values = {s.get(p, math.nan) for s in scored}
+        if len(scored) >= 2 and len(values) == 1 and math.isfinite(next(iter(values))):
+            out[p] = values.pop()
+    return out
+
+
 def evaluate_columns(records: List[dict], truth: Truth, top_fraction: float = 0.1) -> Dict[str, Dict[str, RankQuality]]:
     """``evaluate`` for every column of ``truth``: {column: {proxy: RankQuality}}; its ValueError names the column."""
     results = {}
