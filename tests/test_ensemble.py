@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from vitcore.ensemble import VIT_VOTE, vote
+from vitcore.ensemble import AZ_NAS, VIT_VOTE, log_rank_sum, vote
 
 
 def _borda(columns):
@@ -47,3 +47,32 @@ def test_vote_refuses_an_unknown_member_and_an_empty_set():
         vote(records, ("params", "lswag"))
     with pytest.raises(ValueError, match="at least one"):
         vote(records, ())
+
+
+@pytest.mark.parametrize("n", [2, 5, 23])
+def test_log_rank_sum_is_az_nas_aggregation(n):
+    rng = np.random.default_rng(100 + n)
+    cols = {m: rng.standard_normal(n).round(1).tolist() for m in AZ_NAS}  # rounding makes ties
+    cols["az_trainability"][-1] = math.nan
+    records = [{"id": str(i), "scores": {m: cols[m][i] for m in AZ_NAS}} for i in range(n)]
+    records.append({"id": "failed", "error": "RuntimeError"})
+    got = log_rank_sum(records)
+    assert math.isnan(got[-1])
+    # Borda's mean rank times the members is the rank sum; here each member's rank enters as log(rank / n)
+    per_member = [[r * len(AZ_NAS) for r in _borda([cols[m]])] for m in AZ_NAS]
+    expected = [sum(math.log(per_member[k][i] / len(AZ_NAS) / n) for k in range(len(AZ_NAS))) for i in range(n)]
+    assert got[:-1] == pytest.approx(expected, abs=1e-12)
+    best = [i for i in range(n) if all(cols[m][i] == max(c for c in cols[m] if not math.isnan(c)) for m in AZ_NAS)]
+    for i in best:  # the top of every member: log 1 each (unless tied at the top)
+        assert got[i] <= 0
+
+
+def test_log_rank_sum_punishes_one_low_rank_more_than_the_mean_rank():
+    # ranks of 4 over x, y, z: a (4, 4, 1), mean 3; b (3, 2, 3), mean 8/3. The vote prefers a;
+    # AZ-NAS prefers b: log(3/4) + log(2/4) + log(3/4) > log(1/4)
+    ranks = {"a": (4, 4, 1), "b": (3, 2, 3), "c": (2, 3, 2), "d": (1, 1, 4)}
+    records = [{"id": k, "scores": dict(zip("xyz", map(float, v)))} for k, v in ranks.items()]
+    members = ("x", "y", "z")
+    votes, logs = vote(records, members), log_rank_sum(records, members)
+    assert votes[0] > votes[1] and logs[0] < logs[1]
+    assert logs[0] == pytest.approx(math.log(1 / 4)) and logs[1] == pytest.approx(math.log(3 / 4 * 2 / 4 * 3 / 4))

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from vitcore.evaluate import (columns_ceiling, evaluate_columns, format_columns, mean_tau, read_truth_any,
-                              read_truth_jsonl, with_vote)
+                              read_truth_jsonl, with_combined)
 from vitcore.ranking import mean_tau_ceiling
 from vitcore.space import Arch, PiTArch
 
@@ -180,13 +180,19 @@ def test_columns_ceiling_uses_the_architectures_every_named_column_holds(tmp_pat
 def test_the_vote_joins_when_its_members_were_scored():
     records = [{"id": str(i), "scores": {"params": p, "nwot": n, "lswag": s}}
                for i, (p, n, s) in enumerate([(1, 5, 2), (2, 4, 3), (3, 6, 1)])]
-    voted = with_vote(records + [{"id": "x", "error": "RuntimeError"}])
+    voted = with_combined(records + [{"id": "x", "error": "RuntimeError"}])
     assert [r["scores"]["vit_vote"] for r in voted[:3]] == pytest.approx([(1 + 2 + 2) / 3, (2 + 1 + 3) / 3,
                                                                            (3 + 3 + 1) / 3])
     assert "scores" not in voted[3]
     partial = [{"id": "a", "scores": {"params": 1.0}}, {"id": "b", "scores": {"params": 2.0}}]
-    assert with_vote(partial) == partial
+    assert with_combined(partial) == partial
     assert not any(math.isnan(r["scores"]["vit_vote"]) for r in voted[:3])
+    az = [{"id": str(i), "scores": {"az_expressivity": e, "az_trainability": t, "flops": f, "params": 1.0}}
+          for i, (e, t, f) in enumerate([(1, 2, 3), (2, 1, 1), (3, 3, 2)])]
+    joined = with_combined(az)
+    assert [r["scores"]["az_nas"] for r in joined] == pytest.approx(
+        [math.log(1 / 3 * 2 / 3 * 3 / 3), math.log(2 / 3 * 1 / 3 * 1 / 3), math.log(3 / 3 * 3 / 3 * 2 / 3)])
+    assert all("vit_vote" not in r["scores"] for r in joined)  # nwot and lswag were not scored
 
 
 def test_cli_scores_a_jsonl_truths_architectures_and_reports_every_column(tmp_path, capsys):

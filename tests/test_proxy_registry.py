@@ -229,6 +229,6 @@ def test_vit_only_units_are_refused_before_any_pass():
     model = bn_net().double()
     model.register_forward_hook(lambda *args: calls.append(1))
     x, y = batch(6, seed=1, classes=3)
-    with pytest.raises(TypeError, match="dss, meco read the blocks of a vitcore ViT or PiT .* got Sequential"):
+    with pytest.raises(TypeError, match="dss, meco need a vitcore ViT or PiT .* got Sequential"):
         vitcore.score(model, x, y, proxies=["grad_norm", "dss", "meco"])
     assert not calls

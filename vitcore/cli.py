@@ -18,8 +18,9 @@ from vitcore.attention_choice import ATTENTION_CHOICES
 from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed
+from vitcore.ensemble import COMBINED
 from vitcore.evaluate import (DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns, format_columns,
-                              format_table, mean_tau, read_truth_any, scatter_plots, with_vote)
+                              format_table, mean_tau, read_truth_any, scatter_plots, with_combined)
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -124,7 +125,7 @@ def cmd_evaluate(args) -> int:
     for name in ["evaluation.md", "scores.jsonl"]:
         check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device
     for folder in folders:
-        for p in list(PROXIES) + ["vit_vote"]:
+        for p in list(PROXIES) + list(COMBINED):
             check_out_file(os.path.join(folder, f"scatter-{p}.png"))
     if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
@@ -147,7 +148,7 @@ def cmd_evaluate(args) -> int:
     for r in records:  # a proxy that raised on a network: NaN there (ranked last), the other proxies kept
         for proxy, why in r.get("proxy_errors", {}).items():
             print(f"architecture {r['id']}: {proxy} failed, scored NaN: {why}", file=sys.stderr)
-    records = with_vote(records)
+    records = with_combined(records)
     results = evaluate_columns(records, truth, args.top_fraction)
     # one column (a CSV truth's "acc", or a JSON-lines truth's only column): its full table
     text = format_columns(results, columns) if len(results) > 1 or columns else format_table(*results.values())

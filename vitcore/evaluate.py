@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
-from vitcore.ensemble import VIT_VOTE, vote
+from vitcore.ensemble import COMBINED
 from vitcore.paths import check_input_file, json_lines
 from vitcore.ranking import CI_LEVEL, Ceiling, RankQuality, mean_tau_ceiling, rank_quality
 from vitcore.space import AnyArch, arch_from_dict, without_label
@@ -157,14 +157,18 @@ def read_truth_any(path: str) -> Truth:
     return _set_aside_flat(path, Truth(columns={"acc": read_truth(path)}))
 
 
-def with_vote(records: List[dict], members: Sequence[str] = VIT_VOTE, name: str = "vit_vote") -> List[dict]:
-    """The records with ``name`` added to each scored record's scores (``vitcore.ensemble.vote``),
-    when every member was scored; the records unchanged otherwise."""
+def with_combined(records: List[dict]) -> List[dict]:
+    """The records with each combined proxy of ``vitcore.ensemble.COMBINED`` (vit_vote, az_nas) added to
+    every scored record's scores, when every one of its members was scored; the records unchanged
+    otherwise. A combination ranks the records together, so it is computed over this population."""
     scored = [r for r in records if "scores" in r]
-    if not scored or not all(m in r["scores"] for r in scored for m in members):
-        return records
-    votes = vote(records, members)
-    return [dict(r, scores={**r["scores"], name: v}) if "scores" in r else r for r, v in zip(records, votes)]
+    for name, (combine, members) in COMBINED.items():
+        if scored and all(m in r["scores"] for r in scored for m in members):
+            values = combine(records, members)
+            records = [dict(r, scores={**r["scores"], name: v}) if "scores" in r else r
+                       for r, v in zip(records, values)]
+            scored = [r for r in records if "scores" in r]
+    return records
 
 
 def constant_proxies(records: List[dict]) -> Dict[str, float]:

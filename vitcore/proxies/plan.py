@@ -278,8 +278,8 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
             raise ValueError(f"{name} needs at least {UNITS[name].min_batch} examples; the batch holds {B}")
     vit_only = [name for name in names if UNITS[name].vit_only]
     if vit_only and not isinstance(model, VisionTransformer):
-        raise TypeError(f"{', '.join(vit_only)} read the blocks of a vitcore ViT or PiT "
-                        f"(vitcore.model.VisionTransformer), got {type(model).__name__}")
+        raise TypeError(f"{', '.join(vit_only)} {'needs' if len(vit_only) == 1 else 'need'} a vitcore ViT or PiT "
+                        f"(they read its blocks: vitcore.model.VisionTransformer), got {type(model).__name__}")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("vitcore.score differentiates the model: call it outside torch.inference_mode()")
     if not counted:

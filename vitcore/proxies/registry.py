@@ -35,12 +35,13 @@ Adding a proxy is one file and one test:
 """
 from typing import Dict, Tuple
 
-from vitcore.proxies import (dss, fisher, flops, grad_norm, grasp, jacob_cov, lswag, meco, nwot, params, plain,
-                             snip, swap, synflow, zico)
+from vitcore.proxies import (az_expressivity, az_trainability, dss, fisher, flops, grad_norm, grasp, jacob_cov, lswag,
+                             meco, nwot, params, plain, snip, swap, synflow, zico)
 from vitcore.proxies.base import Proxy
 
 REGISTRY: Tuple[Proxy, ...] = tuple(module.PROXY for module in (
     grad_norm, snip, plain, grasp, synflow, fisher, jacob_cov, nwot, zico, params, flops, dss, swap, meco, lswag,
+    az_expressivity, az_trainability,
 ))
 UNITS: Dict[str, Proxy] = {unit.name: unit for unit in REGISTRY}
 PROXIES: Tuple[str, ...] = tuple(UNITS)
