@@ -134,6 +134,9 @@ def test_a_column_that_cannot_rank_is_set_aside_and_named(tmp_path, capsys):
         main(["evaluate", "--truth", _write(tmp_path, rows), "--columns", "a,same", "--out", str(tmp_path / "e")])
     assert exit_info.value.code == 2
     assert "--columns: 'same' of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # spaces after the commas are not part of the names
+        main(["evaluate", "--truth", _write(tmp_path, rows), "--columns", "a, same", "--out", str(tmp_path / "e")])
+    assert "--columns: 'same' of" in capsys.readouterr().err
     out = tmp_path / "e"
     assert main(["evaluate", "--truth", _write(tmp_path, rows), "--columns", "a,b", "--proxies", "params",
                  "--space", "small", "--data", "synthetic", "--batch-size", "2", "--out", str(out)]) == 0

@@ -94,7 +94,7 @@ def _check_buildable(archs, batch, options: str) -> None:
 def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
     truth = read_truth_any(args.truth)
-    columns = [c for c in args.columns.split(",") if c] if args.columns else []
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else []  # "a, b" too
     for c in columns:
         if c in truth.empty:
             raise ValueError(f"--columns: {c!r} is null on every line of {args.truth}")
