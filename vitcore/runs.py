@@ -24,7 +24,7 @@ from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
 from vitcore.model import INIT_SCHEME
 from vitcore.paths import check_input_file, check_out_file, free_name, json_lines, lock
-from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, ProxyFailed, check_proxies, score
+from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, UNITS, ProxyFailed, check_proxies, score
 from vitcore.proxies.plan import passes_end_marks
 from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, sample, without_label
 
@@ -268,6 +268,10 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     if not isinstance(resume, bool):
         raise TypeError(f"resume={resume!r} must be a bool")
     proxies = check_proxies(proxies)
+    short = [p for p in proxies if len(batch.targets) < UNITS[p].min_batch]
+    if short:  # every architecture would fail: say so before scoring any
+        raise ValueError(f"{', '.join(short)} need at least {max(UNITS[p].min_batch for p in short)} examples; "
+                         f"the batch holds {len(batch.targets)} (--batch-size)")
     check_attention(attention)
     out = check_out_file(out)
     run_device = resolve_device(device)
