@@ -28,19 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitcore.model import Block, VisionTransformer
 from vitcore.passes import split
-from vitcore.proxies.base import Context, Proxy
+from vitcore.proxies.base import Context, Proxy, vit_blocks
 
 ENTROPY_EPS = 1e-8  # the authors' log(p + 1e-8)
-
-
-def az_blocks(model: nn.Module, proxy: str) -> List[Block]:
-    """The ``Block``s of a vitcore ViT or PiT in forward order; TypeError naming ``proxy`` otherwise."""
-    if not isinstance(model, VisionTransformer):
-        raise TypeError(f"{proxy} needs a vitcore ViT or PiT (it reads the blocks' residual stream), "
-                        f"got {type(model).__name__}")
-    return [m for m in model.modules() if isinstance(m, Block)]
 
 
 def residual_stream(model: nn.Module, x: torch.Tensor, proxy: str) -> Tuple[List[torch.Tensor], List[Tuple[int, int]]]:
@@ -65,7 +56,7 @@ def residual_stream(model: nn.Module, x: torch.Tensor, proxy: str) -> Tuple[List
         feats.append(output)
 
     handles = []
-    for b in az_blocks(model, proxy):
+    for b in vit_blocks(model, proxy, "it reads the blocks' residual stream"):
         handles += [b.register_forward_pre_hook(block_in), b.norm2.register_forward_pre_hook(after_msa),
                     b.register_forward_hook(block_out)]
     try:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitcore.model import Block, VisionTransformer
 from vitcore.ops.param_stats import param_stats
 from vitcore.passes import DATA_TAPS, PASSES, DataPass
 
@@ -87,3 +88,11 @@ def present(params, grads):
     """(params, grads) without the tensors that got no gradient (unused or frozen)."""
     kept = [(p.detach(), g) for p, g in zip(params, grads) if g is not None]
     return [p for p, _ in kept], [g for _, g in kept]
+
+
+def vit_blocks(model: nn.Module, proxy: str, why: str) -> List[Block]:
+    """The ``Block``s of a vitcore ViT or PiT (``VisionTransformer``) in forward order, for the proxies
+    marked ``vit_only``; TypeError naming ``proxy`` and ``why`` it needs one for any other model."""
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"{proxy} needs a vitcore ViT or PiT ({why}), got {type(model).__name__}")
+    return [m for m in model.modules() if isinstance(m, Block)]

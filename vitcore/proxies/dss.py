@@ -33,8 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitcore.model import MLP, MSA, VisionTransformer
-from vitcore.proxies.base import Context, Proxy
+from vitcore.proxies.base import Context, Proxy, vit_blocks
 
 
 def dss_weights(model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -44,10 +43,9 @@ def dss_weights(model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor
     Raises TypeError for a model that is not a ``vitcore.model.VisionTransformer``: DSS needs to know
     which layers are attention and which are MLP.
     """
-    if not isinstance(model, VisionTransformer):
-        raise TypeError(f"dss needs a vitcore ViT or PiT (it tells MSA from MLP layers), got {type(model).__name__}")
-    msa = [w for m in model.modules() if isinstance(m, MSA) for w in (m.qkv.weight, m.proj.weight)]
-    mlp = [w for m in model.modules() if isinstance(m, MLP) for w in (m.fc1.weight, m.fc2.weight)]
+    blocks = vit_blocks(model, "dss", "it tells MSA from MLP layers")
+    msa = [w for b in blocks for w in (b.attn.qkv.weight, b.attn.proj.weight)]
+    mlp = [w for b in blocks for w in (b.mlp.fc1.weight, b.mlp.fc2.weight)]
     return msa, mlp + [model.head.weight]
 
 

@@ -47,9 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitcore.model import Block, VisionTransformer
 from vitcore.passes import loss_on, split
-from vitcore.proxies.base import Context, Proxy
+from vitcore.proxies.base import Context, Proxy, vit_blocks
 from vitcore.proxies.swap import pattern_bounds, swap_reduce, warn_if_saturated
 
 
@@ -102,9 +101,7 @@ def lswag_reduce(per_layer_terms: Sequence[torch.Tensor], psi: torch.Tensor) -> 
 
 def lswag_layers(model: nn.Module) -> List[nn.Linear]:
     """The Linear layers inside the blocks of a vitcore ViT or PiT (the window L̂ = every block)."""
-    if not isinstance(model, VisionTransformer):
-        raise TypeError(f"lswag needs a vitcore ViT or PiT (it reads the blocks' layers), got {type(model).__name__}")
-    return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.Linear)]
+    return [m for b in vit_blocks(model, "lswag", "it reads the blocks' layers") for m in b.modules() if isinstance(m, nn.Linear)]
 
 
 def _reduce(ctx: Context) -> Tuple[torch.Tensor, ...]:

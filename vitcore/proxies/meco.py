@@ -42,15 +42,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitcore.model import Block, VisionTransformer
-from vitcore.proxies.base import Context, Proxy
+from vitcore.proxies.base import Context, Proxy, vit_blocks
 
 
 def meco_layers(model: nn.Module) -> List[nn.Module]:
     """The MLP activations (GELU modules) inside the blocks of a vitcore ViT or PiT, in forward order."""
-    if not isinstance(model, VisionTransformer):
-        raise TypeError(f"meco needs a vitcore ViT or PiT (it reads the blocks' GELUs), got {type(model).__name__}")
-    return [m for b in model.modules() if isinstance(b, Block) for m in b.modules() if isinstance(m, nn.GELU)]
+    return [m for b in vit_blocks(model, "meco", "it reads the blocks' GELUs") for m in b.modules() if isinstance(m, nn.GELU)]
 
 
 def _row_correlation(f: torch.Tensor) -> torch.Tensor:
