@@ -388,3 +388,15 @@ def test_a_proxy_with_one_score_everywhere_is_named_not_a_bare_nan(tmp_path, cap
     note = "swap gave every architecture the same score (256): its τ and ρ are undefined (nan)"
     assert note in printed and note in (tmp_path / "e" / "evaluation.md").read_text()
     assert "params gave" not in printed and "nan gave" not in printed
+
+
+def test_an_undefined_bootstrap_interval_is_explained():
+    """Three architectures: every τ interval read [nan, nan], explained nowhere."""
+    from vitcore.evaluate import evaluate, format_table
+
+    records = [{"id": str(i), "scores": {"x": float(i), "y": float(-i)}} for i in range(3)]
+    table = format_table(evaluate(records, {"0": 1.0, "1": 3.0, "2": 2.0}))
+    assert "| x | 0.333 | [nan, nan] |" in table
+    assert "[nan, nan]: some bootstrap resamples of these 3 architectures hold one value throughout" in table
+    many = [{"id": str(i), "scores": {"x": float(i * 7 % 30)}} for i in range(30)]
+    assert "[nan, nan]" not in format_table(evaluate(many, {str(i): float(i) for i in range(30)}))

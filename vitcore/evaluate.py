@@ -275,6 +275,10 @@ def format_table(results: Dict[str, RankQuality]) -> str:
         lo, hi = q.kendall_ci
         lines.append(f"| {name} | {q.kendall_tau:.3f} | [{lo:.2f}, {hi:.2f}] | {q.kendall_p:.2g} "
                      f"| {q.spearman_rho:.3f} | {q.top_overlap:.2f} | {q.n} | {q.n_nan} |")
+    degenerate = [q.n for q in results.values() if math.isfinite(q.kendall_tau) and math.isnan(q.kendall_ci[0])]
+    if degenerate:
+        lines.append(f"\n[nan, nan]: some bootstrap resamples of these {max(degenerate)} architectures hold one value "
+                     "throughout, whose τ is undefined, so the interval is too: too few architectures")
     return "\n".join(lines)
 
 
