@@ -71,6 +71,9 @@ def tau_table(records: List[dict], truth: Truth, columns: List[str]) -> str:
 
 def report(args) -> str:
     truth = read_truth_jsonl(args.truth)
+    for c in args.columns:  # as vitcore evaluate --columns: a column that ranks nothing cannot be averaged over
+        if c in truth.flat:
+            raise ValueError(f"--columns: {c!r} of {args.truth} ranks nothing: {truth.flat[c]}")
     records = with_combined(merge(args.scores))
     ids = set(truth.archs)
     records = [r for r in records if r["id"] in ids]

@@ -1,6 +1,8 @@
 """bench.autoformer_dev_report: the dev-set report from results files and a JSON-lines truth."""
 import json
 
+import pytest
+
 from bench import autoformer_dev_report
 from vitcore.space import Arch
 
@@ -49,14 +51,15 @@ def test_report_says_how_high_the_mean_tau_can_go(tmp_path):
     assert "params + 0.10 = 0.100." in text
 
 
-def test_report_stands_when_the_columns_have_no_ceiling(tmp_path):
-    """b_kd of one value throughout has no τ: the report says so where the ceiling would be, and is written."""
+def test_a_column_of_one_value_is_refused_naming_it(tmp_path):
+    """b_kd of one value throughout has no τ. The report used to stand, saying so where the ceiling would be;
+    the truth reader now sets such a column aside (``Truth.flat``), so naming it is refused, as by evaluate."""
     truth, scores = _write(tmp_path)
     with open(truth) as f:
         rows = [json.loads(line) for line in f]
     with open(truth, "w") as f:
         f.writelines(json.dumps({**r, "acc": {**r["acc"], "b_kd": 2.0}}) + "\n" for r in rows)
     out = tmp_path / "report.md"
-    assert autoformer_dev_report.main(["--scores", scores, "--truth", truth, "--columns", "a_kd,b_kd",
-                                       "--out", str(out)]) == 0
-    assert "No ceiling over these columns: column 1 has one value throughout: its τ is undefined." in out.read_text()
+    with pytest.raises(ValueError, match="--columns: 'b_kd' of .* ranks nothing: all 4 accuracies are 2"):
+        autoformer_dev_report.main(["--scores", scores, "--truth", truth, "--columns", "a_kd,b_kd", "--out", str(out)])
+    assert not out.exists()

@@ -57,7 +57,7 @@ def test_evaluate_cli_errors(tmp_path, capsys):
         main(["evaluate", "--scores", str(tmp_path / "none.jsonl"), "--truth", str(tmp_path / "t.csv")])
     assert "ground-truth file" in capsys.readouterr().err  # checked first: before any scoring
     good = tmp_path / "good.csv"
-    good.write_text("id,acc_mean\nx,1\n")
+    good.write_text("id,acc_mean\nx,1\ny,2\n")  # two accuracies: a truth that ranks
     with pytest.raises(SystemExit):
         main(["evaluate", "--scores", str(tmp_path / "none.jsonl"), "--truth", str(good)])
     assert "scores file" in capsys.readouterr().err
@@ -104,7 +104,7 @@ def test_evaluate_checks_its_options_before_scoring(tmp_path, capsys, monkeypatc
 
 def test_directories_are_reported_as_directories(tmp_path, capsys):
     good = tmp_path / "t.csv"
-    good.write_text("id,acc_mean\nx,1\n")
+    good.write_text("id,acc_mean\nx,1\ny,2\n")  # two accuracies: a truth that ranks
     for argv, message in [(["--truth", str(tmp_path)], f"ground-truth file '{tmp_path}' is a directory"),
                           (["--truth", str(good), "--scores", str(tmp_path)], f"scores file '{tmp_path}' is a directory")]:
         with pytest.raises(SystemExit):

@@ -69,9 +69,12 @@ def test_null_accuracies_pit_rows_and_nested_archs(tmp_path):
     (json.dumps({"base_dim": 8, "depth": [1, 1], "num_heads": [2, 3], "mlp_ratio": 2, "acc": {"a": 1.0}}),
      "line 1: num_heads=(2, 3): 3 heads after 2"),
     # an architecture under "arch" beside other fields: the message listed a ViT's fields
-    (json.dumps({"arch": {"base_dim": 8, "depth": [1], "num_heads": [2], "mlp_ratio": 2}, "id": "x",
+    (json.dumps({"arch": {"base_dim": 8, "depth": [1], "num_heads": [2], "mlp_ratio": 2}, "name": "x",
                  "acc": {"a": 1.0}}),
-     "line 1: an architecture under \"arch\" takes no other field beside \"acc\"; found id"),
+     "line 1: an architecture under \"arch\" takes no other field beside \"acc\" and \"id\"; found name"),
+    # an id of the form of vitcore's is checked, beside "arch" too; other ids are the file's labels
+    (json.dumps({**_arch(1, 1), "id": "0" * 12, "acc": {"a": 1.0}}), "line 1: architecture id '000000000000' does"),
+    (json.dumps({"arch": _arch(1, 1), "id": "0" * 12, "acc": {"a": 1.0}}), "line 1: architecture id '000000000000'"),
 ])
 def test_bad_lines_name_file_line_and_value(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
@@ -91,6 +94,56 @@ def test_a_line_that_is_not_utf8_is_named(tmp_path):
 def test_the_same_architecture_twice_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="line 2: architecture .* appears twice"):
         read_truth_jsonl(_write(tmp_path, [ROWS[0], ROWS[0]]))
+    # two trainings of one network, the second with other accuracies and whole numbers written as floats
+    again = ({**ROWS[0][0], "embed_dim": 24.0, "num_heads": [1.0]}, {"a": 48.0, "b": 60.0})
+    with pytest.raises(ValueError, match=r"line 3: architecture \w+ appears twice \(line 1 has the same fields\)"):
+        read_truth_jsonl(_write(tmp_path, [ROWS[0], ROWS[1], again]))
+
+
+def test_a_files_own_id_labels_are_not_read_as_vitcores_ids(tmp_path):
+    """A judge's truth names its lines ("pit_017", 3): each was refused as an id not matching the fields."""
+    path = tmp_path / "labelled.jsonl"
+    lines = [{"id": "pit_000", **ROWS[0][0], "acc": ROWS[0][1]}, {"id": 7, "arch": ROWS[1][0], "acc": ROWS[1][1]},
+             {"id": Arch.from_dict(ROWS[2][0]).id, **ROWS[2][0], "acc": ROWS[2][1]}]  # vitcore's own id: checked
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    truth = read_truth_jsonl(str(path))
+    assert list(truth.archs) == [Arch.from_dict(arch).id for arch, _ in ROWS[:3]]
+    assert truth.columns["a"] == {Arch.from_dict(arch).id: acc["a"] for arch, acc in ROWS[:3]}
+    from vitcore.runs import read_archs  # vitcore score --archs reads the same file
+
+    assert [a.id for a in read_archs(str(path))] == list(truth.archs)
+
+
+def test_a_column_that_cannot_rank_is_set_aside_and_named(tmp_path, capsys):
+    """One accuracy everywhere (or on one line only): τ was NaN beside a meaningless top-k overlap, or
+    evaluate raised after the scoring without naming the column."""
+    from vitcore.cli import main
+
+    rows = [(arch, {**acc, "same": 70, "one": None}) for arch, acc in ROWS]
+    rows[1][1]["one"] = 80.0
+    truth = read_truth_jsonl(_write(tmp_path, rows))
+    assert truth.flat == {"same": "all 5 accuracies are 70", "one": "only 1 architecture has an accuracy"}
+    assert set(truth.columns) == {"a", "b"}
+    with pytest.raises(ValueError, match="no column ranks two architectures apart \\(a: all 2 accuracies are 1"):
+        read_truth_jsonl(_write(tmp_path, [(ROWS[0][0], {"a": 1.0}), (ROWS[1][0], {"a": 1})], "flat.jsonl"))
+    csv = tmp_path / "flat.csv"
+    csv.write_text("id,acc_mean\nx,0.5\ny,0.5\n")
+    with pytest.raises(ValueError, match="acc: all 2 accuracies are 0.5"):
+        read_truth_any(str(csv))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--truth", _write(tmp_path, rows), "--columns", "a,same", "--out", str(tmp_path / "e")])
+    assert exit_info.value.code == 2
+    assert "--columns: 'same' of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # spaces after the commas are not part of the names
+        main(["evaluate", "--truth", _write(tmp_path, rows), "--columns", "a, same", "--out", str(tmp_path / "e")])
+    assert "--columns: 'same' of" in capsys.readouterr().err
+    out = tmp_path / "e"
+    assert main(["evaluate", "--truth", _write(tmp_path, rows), "--columns", "a,b", "--proxies", "params",
+                 "--space", "small", "--data", "synthetic", "--batch-size", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "left out, same ranks nothing: all 5 accuracies are 70" in captured.err
+    assert "left out, one ranks nothing: only 1 architecture has an accuracy" in captured.err
+    assert "τ same" not in captured.out and "τ a" in captured.out
 
 
 def test_each_column_is_ranked_on_its_own_and_averaged(tmp_path):
@@ -120,7 +173,9 @@ def test_columns_ceiling_uses_the_architectures_every_named_column_holds(tmp_pat
     assert columns_ceiling(truth, ["a"]).reached == pytest.approx(1.0)
     with pytest.raises(ValueError, match="column 'c' is not in the truth"):
         columns_ceiling(truth, ["a", "c"])
-    lone = read_truth_jsonl(_write(tmp_path, [ROWS[0], (ROWS[1][0], {"a": 1.0})], "lone.jsonl"))
+    # b on one more line: a column of one accuracy is set aside when the truth is read
+    lone = read_truth_jsonl(_write(tmp_path, [ROWS[0], (ROWS[1][0], {"a": 1.0}), (ROWS[2][0], {"b": 2.0})],
+                                   "lone.jsonl"))
     with pytest.raises(ValueError, match="columns a, b share 1 architectures: need at least 2"):
         columns_ceiling(lone, ["a", "b"])
 
@@ -307,3 +362,41 @@ def test_cli_names_a_column_that_is_null_on_every_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--columns: 'never' is null on every line of" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()  # refused before scoring
+
+
+def test_a_proxy_with_one_score_everywhere_is_named_not_a_bare_nan(tmp_path, capsys):
+    """SWAP at the default batch of 8 is 256 on every network: its row read nan, with scipy's
+    ConstantInputWarning (a file path and a source line) as the only explanation."""
+    import warnings
+
+    from vitcore.cli import main
+    from vitcore.evaluate import constant_proxies
+
+    truth = read_truth_jsonl(_write(tmp_path, ROWS))
+    records = [{"id": i, "scores": {"swap": 256.0, "params": float(k), "nan": math.nan}}
+               for k, i in enumerate(truth.archs)]
+    assert constant_proxies(records) == {"swap": 256.0}
+    assert constant_proxies(records[:1]) == {}  # one architecture: nothing to rank anyway
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no scipy warning reaches the user
+        assert main(["evaluate", "--scores", str(scores), "--truth", _write(tmp_path, ROWS), "--columns", "a,b",
+                     "--out", str(tmp_path / "e")]) == 0
+    printed = capsys.readouterr().out
+    assert "| swap | nan | nan | nan |" in printed
+    note = "swap gave every architecture the same score (256): its τ and ρ are undefined (nan)"
+    assert note in printed and note in (tmp_path / "e" / "evaluation.md").read_text()
+    assert "params gave" not in printed and "nan gave" not in printed
+
+
+def test_an_undefined_bootstrap_interval_is_explained():
+    """Three architectures: every τ interval read [nan, nan], explained nowhere."""
+    from vitcore.evaluate import evaluate, format_table
+
+    records = [{"id": str(i), "scores": {"x": float(i), "y": float(-i)}} for i in range(3)]
+    table = format_table(evaluate(records, {"0": 1.0, "1": 3.0, "2": 2.0}))
+    assert "| x | 0.333 | [nan, nan] |" in table
+    assert "[nan, nan]: some bootstrap resamples of these 3 architectures hold one value throughout" in table
+    many = [{"id": str(i), "scores": {"x": float(i * 7 % 30)}} for i in range(30)]
+    assert "[nan, nan]" not in format_table(evaluate(many, {str(i): float(i) for i in range(30)}))

@@ -3,6 +3,7 @@ by hand, its config and architecture checks, the "pit" space, and the ViT-only p
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,6 +207,9 @@ def test_arch_json_round_trip_id_and_defaults():
     assert arch_from_dict({**arch.to_dict(), "id": arch.id}) == arch
     assert arch_from_dict({**given, "head_dim": None}) == arch_from_dict({**given, "head_dim": 16}) == arch
     assert arch.id != arch_from_dict({**given, "stride": 16}).id
+    # whole numbers of another type (a float-typed tool's 16.0) are the same architecture, the same id
+    floats = arch_from_dict({**given, "base_dim": 16.0, "patch_size": np.int64(16), "stride": 8.0})
+    assert floats == arch and floats.id == arch.id and type(floats.base_dim) is int
     # the canonical JSON and the id are pinned so ids never change between versions
     assert arch.to_json() == ('{"base_dim":16,"depth":[2,8,4],"mlp_ratio":6.0,"num_heads":[2,4,4],'
                               '"patch_size":16,"stride":8}')
@@ -230,6 +234,7 @@ def test_arch_json_round_trip_id_and_defaults():
     (dict(base_dim=16, depth=[2, 8, 4], num_heads=[2, 4, 4], mlp_ratio=6, patch_size=0), ValueError,
      r"^patch_size=0 must be positive"),
     (dict(base_dim=16, depth=None, num_heads=[2, 4, 4], mlp_ratio=6), TypeError, r"depth=None .* one entry per stage$"),
+    (dict(base_dim=16.5, depth=[2, 8, 4], num_heads=[2, 4, 4], mlp_ratio=6), TypeError, r"^base_dim=16.5 must be an int"),
 ])
 def test_bad_arch_fields_name_the_problem(fields, error, message):
     with pytest.raises(error, match=message):

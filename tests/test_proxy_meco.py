@@ -52,6 +52,18 @@ def test_a_constant_row_is_zeroed_as_the_authors_do():
     assert got == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_model_that_makes_nan_scores_nan_not_zero(triton_off):
+    """Every NaN correlation was zeroed, so a NaN feature map scored 0 (a finite, plausible value)."""
+    f = torch.randn(4, 9, dtype=torch.float64)
+    f[1, 3] = float("nan")
+    assert np.isnan(meco_finish(tuple(s.numpy() for s in meco_reduce([f, torch.randn(4, 9)]))))
+    model = make_model("odd", 3)
+    with torch.no_grad():
+        blocks(model)[0].mlp.fc1.weight[0, 0] = float("nan")
+    x, y = make_batch("odd", 3, seed=1)
+    assert np.isnan(score_one(model, x, y, "meco"))
+
+
 def test_meco_refuses_a_model_that_is_not_a_vit(triton_off):
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.GELU())
     with pytest.raises(TypeError, match="vitcore.ViT"):

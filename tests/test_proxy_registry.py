@@ -1,5 +1,6 @@
 """The registry: every proxy file is listed, every listed unit is its file's, and the contract holds."""
 import copy
+import dataclasses
 import importlib
 import linecache
 import math
@@ -183,3 +184,51 @@ def test_vit_only_units_refuse_other_models(name, triton_off):
     x, y = batch(6, seed=1, classes=3)
     with pytest.raises(TypeError, match="vitcore.ViT"):
         vitcore.score(bn_net().double(), x, y, proxies=[name])
+
+
+def _broken(name, where):
+    """The unit ``name`` with its reduce (or finish, or host) raising: a proxy's own bug on some network."""
+    def boom(*args):
+        raise RuntimeError(f"{name} broke in its {where}\nsecond line")
+
+    return dataclasses.replace(UNITS[name], **{where: boom})
+
+
+@pytest.mark.parametrize("name, where", [("meco", "reduce"), ("nwot", "finish"), ("flops", "host")])
+def test_a_proxy_that_raises_leaves_the_others_scored(name, where, monkeypatch, triton_off):
+    """One proxy raising in its own step took the whole network's record with it, every other proxy's score
+    lost and the failing proxy unnamed; now the others are scored as alone and the failed one is named."""
+    model = small_vit().double()
+    x, y = batch(6, seed=1, classes=5)
+    others = ["params", "grad_norm", "lswag", "dss"]
+    alone = vitcore.score(model, x, y, proxies=others)
+    monkeypatch.setitem(UNITS, name, _broken(name, where))
+    with pytest.raises(vitcore.ProxyFailed, match=f"{name} failed: RuntimeError: {name} broke in its {where}$") as info:
+        vitcore.score(model, x, y, proxies=others[:2] + [name] + others[2:])
+    assert list(info.value.scores) == others[:2] + [name] + others[2:]
+    assert math.isnan(info.value.scores[name]) and {k: info.value.scores[k] for k in others} == alone
+    assert info.value.errors == {name: f"RuntimeError: {name} broke in its {where}"}
+
+
+def test_a_scoring_run_keeps_the_other_proxies_of_a_network_a_proxy_failed_on(tmp_path, monkeypatch, capsys):
+    from vitcore.cli import _print_table
+
+    monkeypatch.setitem(UNITS, "meco", _broken("meco", "reduce"))
+    arch = vitcore.Arch(embed_dim=12, depth=1, num_heads=[3], mlp_ratio=[2.0], head_dim=4, patch_size=4)
+    records = vitcore.score_archs([arch], vitcore.load_batch("synthetic", 4, 0, vitcore.get_space("small")),
+                                  str(tmp_path / "s.jsonl"), proxies=["params", "meco"], device="cpu")
+    for record in records + vitcore.read_results(str(tmp_path / "s.jsonl")):  # returned, and the line written
+        assert record["scores"]["params"] == record["params"] and math.isnan(record["scores"]["meco"])
+        assert record["proxy_errors"] == {"meco": "RuntimeError: meco broke in its reduce"} and "error" not in record
+    _print_table(records, ["params", "meco"], "params")
+    assert f"{arch.id}  meco failed (scored NaN, the other proxies kept): RuntimeError: meco broke" in capsys.readouterr().out
+
+
+def test_vit_only_units_are_refused_before_any_pass():
+    calls = []
+    model = bn_net().double()
+    model.register_forward_hook(lambda *args: calls.append(1))
+    x, y = batch(6, seed=1, classes=3)
+    with pytest.raises(TypeError, match="dss, meco need a vitcore ViT or PiT .* got Sequential"):
+        vitcore.score(model, x, y, proxies=["grad_norm", "dss", "meco"])
+    assert not calls

@@ -143,3 +143,10 @@ def test_mean_tau_ceiling_on_agreeing_reversed_and_cyclic_columns():
 def test_mean_tau_ceiling_refuses_bad_columns(columns, error, message):
     with pytest.raises(error, match=message):
         mean_tau_ceiling(columns)
+
+
+def test_a_constant_side_gives_nan_without_scipys_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(spearman_rho([2.0, 2.0, 2.0], [1.0, 3.0, 2.0]))
+        assert math.isnan(spearman_rho([1.0, 3.0, 2.0], [5.0, 5.0, 5.0]))

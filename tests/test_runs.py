@@ -162,10 +162,15 @@ def test_failed_architecture_is_recorded_and_the_run_goes_on(tmp_path):
     (dict(seed=-1), "--seed -1: expected a non-negative integer"),
     (dict(dtype="fp64"), "dtype='fp64'; valid: fp32, bf16, fp16"),
     (dict(proxies="grad_norm,snip"), "unknown proxy 'grad_norm,snip'"),
+    # a batch of 1: every architecture failed, one by one, and evaluate said so only after all of them
+    (dict(batch=1, proxies=["params", "zico", "jacob_cov"]),
+     r"zico, jacob_cov need at least 2 examples; the batch holds 1"),
 ])
 def test_score_archs_refuses_bad_settings(tmp_path, kwargs, message):
+    kwargs = dict(kwargs)
+    batch = load_batch("digits", kwargs.pop("batch", 4))
     with pytest.raises(ValueError, match=message):
-        score_archs(sample(SPACES["small"], 1), load_batch("digits", 4), str(tmp_path / "r.jsonl"), **kwargs)
+        score_archs(sample(SPACES["small"], 1), batch, str(tmp_path / "r.jsonl"), **kwargs)
     assert not (tmp_path / "r.jsonl").exists()
 
 

@@ -66,7 +66,8 @@ def test_bad_architectures_and_names():
     ("mlp_ratio", "23", TypeError, "mlp_ratio='23' must be a list with one entry per block"),
     ("mlp_ratio", [float("inf"), 2.0], ValueError, r"mlp_ratio=\(inf, 2.0\): entries must be positive and finite"),
     ("mlp_ratio", [float("nan"), 2.0], ValueError, r"mlp_ratio=\(nan, 2.0\): entries must be positive and finite"),
-    ("depth", 2.0, TypeError, "depth=2.0 must be an int"),
+    ("depth", 2.5, TypeError, "depth=2.5 must be an int"),
+    ("embed_dim", "48", TypeError, "embed_dim='48' must be an int"),
 ])
 def test_wrong_types_are_named_not_coerced(field, value, error, message):
     """A JSON architecture with a wrong type is an error, never a different architecture."""
@@ -85,6 +86,17 @@ def test_whole_and_real_numbers_of_any_type_are_the_same_architecture(num_heads,
     plain = Arch(num_heads=(2, 3), mlp_ratio=(3.0, 2.0), **d)
     other = Arch(num_heads=num_heads, mlp_ratio=mlp_ratio, **d)
     assert other == plain and other.id == plain.id and type(other.num_heads[0]) is int
+
+
+@pytest.mark.parametrize("whole", [float, np.int64, np.float32])
+def test_whole_numbers_of_any_type_in_scalar_fields_are_the_same_architecture(whole):
+    """A truth written by a float-typed tool (pandas) has 192.0 for every int; it was refused for the
+    scalar fields (embed_dim, depth, head_dim, patch_size) while the per-block lists took 3.0."""
+    d = {"embed_dim": 192, "depth": 2, "num_heads": [3, 4], "mlp_ratio": [3.5, 4.0], "head_dim": 64, "patch_size": 16}
+    plain = Arch.from_dict(d)
+    other = Arch.from_dict({**d, **{k: whole(d[k]) for k in ("embed_dim", "depth", "head_dim", "patch_size")}})
+    assert other == plain and other.id == plain.id and other.to_json() == plain.to_json()
+    assert all(type(getattr(other, k)) is int for k in ("embed_dim", "depth", "head_dim", "patch_size"))
 
 
 DEV_SET = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "autoformer-tiny-100.jsonl"

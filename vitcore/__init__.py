@@ -3,10 +3,10 @@ from vitcore.cost import msa_macs, vit_cost
 from vitcore.data import Batch, load_batch
 from vitcore.model import ViT, ViTConfig, msa
 from vitcore.pit import PiT, PiTConfig
-from vitcore.proxies import PROXIES, score
+from vitcore.proxies import PROXIES, ProxyFailed, score
 from vitcore.runs import read_archs, read_results, run_scoring, score_archs
 from vitcore.space import SPACES, Arch, PiTArch, PiTSpace, SearchSpace, arch_from_dict, get_space, sample
 
-__all__ = ["ViT", "ViTConfig", "msa", "PiT", "PiTConfig", "PROXIES", "score", "SPACES", "Arch", "PiTArch", "PiTSpace",
-           "SearchSpace", "arch_from_dict", "get_space", "sample",
+__all__ = ["ViT", "ViTConfig", "msa", "PiT", "PiTConfig", "PROXIES", "ProxyFailed", "score", "SPACES", "Arch", "PiTArch",
+           "PiTSpace", "SearchSpace", "arch_from_dict", "get_space", "sample",
            "msa_macs", "vit_cost", "Batch", "load_batch", "score_archs", "run_scoring", "read_archs", "read_results"]

@@ -19,8 +19,8 @@ from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed
 from vitcore.ensemble import COMBINED
-from vitcore.evaluate import (DEFAULT_TRUTH, columns_ceiling, evaluate_columns, format_columns, format_table,
-                              mean_tau, read_truth_any, scatter_plots, with_combined)
+from vitcore.evaluate import (DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns, format_columns,
+                              format_table, mean_tau, read_truth_any, scatter_plots, with_combined)
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -51,6 +51,9 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
         print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
     for r in failed:
         print(f"   -  {r['id']:12}  failed: {r['error']}")
+    for r in ok:
+        for proxy, why in r.get("proxy_errors", {}).items():
+            print(f"   -  {r['id']:12}  {proxy} failed (scored NaN, the other proxies kept): {why}")
     print(f"{len(ok)} scored, {len(failed)} failed; ranked by {rank_by}")
 
 
@@ -91,14 +94,18 @@ def _check_buildable(archs, batch, options: str) -> None:
 def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
     truth = read_truth_any(args.truth)
-    columns = [c for c in args.columns.split(",") if c] if args.columns else []
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else []  # "a, b" too
     for c in columns:
         if c in truth.empty:
             raise ValueError(f"--columns: {c!r} is null on every line of {args.truth}")
+        if c in truth.flat:
+            raise ValueError(f"--columns: {c!r} of {args.truth} ranks nothing: {truth.flat[c]}")
         if c not in truth.columns:
             raise ValueError(f"--columns: {c!r} is not a column of {args.truth}; it has {', '.join(truth.columns)}")
     if truth.empty:
         print(f"{args.truth}: left out, null on every line: {', '.join(truth.empty)}", file=sys.stderr)
+    for c, why in truth.flat.items():
+        print(f"{args.truth}: left out, {c} ranks nothing: {why}", file=sys.stderr)
     if not 0 < args.top_fraction <= 1:
         raise ValueError(f"--top-fraction {args.top_fraction}: expected a share in (0, 1]")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -138,10 +145,16 @@ def cmd_evaluate(args) -> int:
         records = run_scoring(scores_file, n=args.n, space=args.space or "small", data=args.data or "digits",
                               batch_size=args.batch_size or 64, seed=args.seed, proxies=proxies,
                               device=args.device, resume=True)
+    for r in records:  # a proxy that raised on a network: NaN there (ranked last), the other proxies kept
+        for proxy, why in r.get("proxy_errors", {}).items():
+            print(f"architecture {r['id']}: {proxy} failed, scored NaN: {why}", file=sys.stderr)
     records = with_combined(records)
     results = evaluate_columns(records, truth, args.top_fraction)
     # one column (a CSV truth's "acc", or a JSON-lines truth's only column): its full table
     text = format_columns(results, columns) if len(results) > 1 or columns else format_table(*results.values())
+    for proxy, value in constant_proxies(records).items():
+        text += (f"\n\n{proxy} gave every architecture the same score ({value:.6g}): its τ and ρ are undefined "
+                 "(nan), and its top-k overlap only reflects the file's order")
     print(text)
     if columns:
         best = max(mean_tau(results, columns).items(), key=lambda kv: kv[1])

@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 from vitcore.ensemble import COMBINED
 from vitcore.paths import check_input_file, json_lines
 from vitcore.ranking import CI_LEVEL, Ceiling, RankQuality, mean_tau_ceiling, rank_quality
-from vitcore.space import AnyArch, arch_from_dict
+from vitcore.space import AnyArch, arch_from_dict, without_label
 
 # The built-in ground truth, package data (made by bench/ground_truth.py, provenance in the .md beside
 # it): the 50 default `small` architectures trained on digits.
@@ -61,12 +61,33 @@ def _parse_truth(path: str, reader: csv.DictReader) -> Dict[str, float]:
 @dataclass
 class Truth:
     """Trained accuracies per column, {column: {architecture id: accuracy}}, the architectures a
-    JSON-lines truth defines (empty for a CSV, whose ids refer to a scoring run's architectures), and
-    the columns the file names with no accuracy on any line (``empty``, not in ``columns``)."""
+    JSON-lines truth defines (empty for a CSV, whose ids refer to a scoring run's architectures), the
+    columns the file names with no accuracy on any line (``empty``, not in ``columns``), and those
+    that cannot rank architectures, {column: why} (``flat``: one accuracy, or one value on every
+    line; not in ``columns``)."""
 
     columns: Dict[str, Dict[str, float]]
     archs: Dict[str, AnyArch] = field(default_factory=dict)
     empty: List[str] = field(default_factory=list)
+    flat: Dict[str, str] = field(default_factory=dict)
+
+
+def _set_aside_flat(path: str, truth: Truth) -> Truth:
+    """``truth`` with the columns that rank nothing moved from ``columns`` to ``flat`` (τ, ρ and the top-k
+    overlap are undefined or meaningless there); ValueError naming the file when no column is left."""
+    for column, accuracies in list(truth.columns.items()):
+        values = set(accuracies.values())
+        if len(accuracies) < 2:
+            truth.flat[column] = f"only {len(accuracies)} architecture has an accuracy"
+        elif len(values) == 1:
+            truth.flat[column] = f"all {len(accuracies)} accuracies are {values.pop():g}"
+        else:
+            continue
+        del truth.columns[column]
+    if not truth.columns:
+        why = "; ".join(f"{c}: {w}" for c, w in truth.flat.items())
+        raise ValueError(f"ground-truth file {path!r}: no column ranks two architectures apart ({why})")
+    return truth
 
 
 def _accuracy(where: str, column: str, value) -> float:
@@ -82,30 +103,39 @@ def read_truth_jsonl(path: str) -> Truth:
 
     Each line holds an architecture's fields, a ViT's (``vitcore.space.Arch``; ``head_dim`` absent or
     null for heads embed_dim / num_heads wide) or a PiT's (``vitcore.space.PiTArch``), either at the top
-    level or under ``"arch"``, and ``"acc": {column: accuracy, ...}``. A column that is missing or null
-    on a line (not trained for that architecture) leaves the architecture out of that column. Raises
-    ValueError naming the file, line and bad value; the same architecture twice is an error. A column
-    null on every line is left out of ``columns`` and named in ``empty``.
+    level or under ``"arch"``, and ``"acc": {column: accuracy, ...}``. An ``"id"`` of the form of
+    vitcore's ids (12 hex digits) is checked against the fields; any other ``"id"`` ("pit_017", 3) is
+    the file's own label and is not read. A column that is missing or null on a line (not trained for
+    that architecture) leaves the architecture out of that column. Raises ValueError naming the file,
+    line and bad value; the same architecture twice is an error naming both lines. A column null on
+    every line is left out of ``columns`` and named in ``empty``; one that cannot rank (one accuracy,
+    or the same on every line) is left out and named in ``flat``, and a file left with no column is a
+    ValueError.
     """
     path = check_input_file(path, "ground-truth file")
     truth = Truth(columns={})
+    lines: Dict[str, str] = {}  # architecture id -> where it was read
     with open(path, "rb") as f:  # bytes: json_lines names a line that is not UTF-8
         for where, row in json_lines(path, f):
             if not isinstance(row, dict) or not isinstance(row.get("acc"), dict) or not row["acc"]:
                 raise ValueError(f"{where}: expected an architecture with an \"acc\" object of accuracies")
-            fields = {k: v for k, v in row.items() if k != "acc"}
+            fields = without_label({k: v for k, v in row.items() if k != "acc"})
             if "arch" in fields:
-                if len(fields) > 1:
+                extra = set(fields) - {"arch", "id"}
+                if extra:
                     raise ValueError(f"{where}: an architecture under \"arch\" takes no other field beside "
-                                     f"\"acc\"; found {', '.join(sorted(set(fields) - {'arch'}))}")
-                fields = fields["arch"]
+                                     f"\"acc\" and \"id\"; found {', '.join(sorted(extra))}")
+                nested = fields["arch"]
+                fields = {**nested, "id": fields["id"]} if "id" in fields and isinstance(nested, dict) else nested
             try:
                 arch = arch_from_dict(fields)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{where}: {e}") from None
             if arch.id in truth.archs:
-                raise ValueError(f"{where}: architecture {arch.id} appears twice")
-            truth.archs[arch.id] = arch
+                first = lines[arch.id].rsplit(", ", 1)[-1]
+                raise ValueError(f"{where}: architecture {arch.id} appears twice ({first} has the same fields); "
+                                 "give each architecture one line, e.g. the mean of its accuracies")
+            truth.archs[arch.id], lines[arch.id] = arch, where
             for column, value in row["acc"].items():
                 accuracies = truth.columns.setdefault(column, {})
                 if value is not None:
@@ -116,14 +146,15 @@ def read_truth_jsonl(path: str) -> Truth:
     truth.columns = {c: accuracies for c, accuracies in truth.columns.items() if accuracies}
     if not truth.columns:
         raise ValueError(f"ground-truth file {path!r}: every accuracy is null")
-    return truth
+    return _set_aside_flat(path, truth)
 
 
 def read_truth_any(path: str) -> Truth:
-    """A JSON-lines truth (``.jsonl``) with its columns, or a CSV truth as one column named "acc"."""
+    """A JSON-lines truth (``.jsonl``) with its columns, or a CSV truth as one column named "acc";
+    ValueError for a truth with no column that ranks (see ``Truth.flat``)."""
     if path.endswith(".jsonl"):
         return read_truth_jsonl(path)
-    return Truth(columns={"acc": read_truth(path)})
+    return _set_aside_flat(path, Truth(columns={"acc": read_truth(path)}))
 
 
 def with_combined(records: List[dict]) -> List[dict]:
@@ -140,9 +171,29 @@ def with_combined(records: List[dict]) -> List[dict]:
     return records
 
 
+def constant_proxies(records: List[dict]) -> Dict[str, float]:
+    """{proxy: its one score} for each proxy that gave every scored architecture (two or more) the same
+    finite score: its τ and ρ are undefined (NaN) on every column, and its top-k overlap is the order of
+    the file (SWAP saturated at 2^B on a small batch, for one)."""
+    scored = [r["scores"] for r in records if "scores" in r]
+    proxies = dict.fromkeys(p for s in scored for p in s)
+    out = {}
+    for p in proxies:
+        values = {s.get(p, math.nan) for s in scored}
+        if len(scored) >= 2 and len(values) == 1 and math.isfinite(next(iter(values))):
+            out[p] = values.pop()
+    return out
+
+
 def evaluate_columns(records: List[dict], truth: Truth, top_fraction: float = 0.1) -> Dict[str, Dict[str, RankQuality]]:
-    """``evaluate`` for every column of ``truth``: {column: {proxy: RankQuality}}."""
-    return {column: evaluate(records, acc, top_fraction) for column, acc in truth.columns.items()}
+    """``evaluate`` for every column of ``truth``: {column: {proxy: RankQuality}}; its ValueError names the column."""
+    results = {}
+    for column, acc in truth.columns.items():
+        try:
+            results[column] = evaluate(records, acc, top_fraction)
+        except ValueError as e:
+            raise ValueError(f"column {column!r}: {e}") from None
+    return results
 
 
 def mean_tau(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str]) -> Dict[str, float]:
@@ -224,6 +275,10 @@ def format_table(results: Dict[str, RankQuality]) -> str:
         lo, hi = q.kendall_ci
         lines.append(f"| {name} | {q.kendall_tau:.3f} | [{lo:.2f}, {hi:.2f}] | {q.kendall_p:.2g} "
                      f"| {q.spearman_rho:.3f} | {q.top_overlap:.2f} | {q.n} | {q.n_nan} |")
+    degenerate = [q.n for q in results.values() if math.isfinite(q.kendall_tau) and math.isnan(q.kendall_ci[0])]
+    if degenerate:
+        lines.append(f"\n[nan, nan]: some bootstrap resamples of these {max(degenerate)} architectures hold one value "
+                     "throughout, whose τ is undefined, so the interval is too: too few architectures")
     return "\n".join(lines)
 
 

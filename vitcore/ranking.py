@@ -80,9 +80,12 @@ def kendall_test(scores: Sequence[float], truth: Sequence[float]) -> Tuple[float
 
 
 def spearman_rho(scores: Sequence[float], truth: Sequence[float]) -> float:
-    """Spearman's ρ (scipy.stats.spearmanr), NaN scores ranked last."""
+    """Spearman's ρ (scipy.stats.spearmanr), NaN scores ranked last; NaN, without scipy's warning, when
+    either side is one value throughout (as τ is)."""
     s, t = _scores(scores, truth)
-    return float(stats.spearmanr(stats.rankdata(s), t).statistic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(stats.rankdata(s), t).statistic)
 
 
 def top_k_overlap(scores: Sequence[float], truth: Sequence[float], k: int) -> float:

@@ -24,9 +24,9 @@ from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
 from vitcore.model import INIT_SCHEME
 from vitcore.paths import check_input_file, check_out_file, free_name, json_lines, lock
-from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, check_proxies, score
+from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, UNITS, ProxyFailed, check_proxies, score
 from vitcore.proxies.plan import passes_end_marks
-from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, sample
+from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, sample, without_label
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
@@ -38,7 +38,7 @@ def _entry_arch(entry, where: str) -> AnyArch:
     if isinstance(entry, dict) and "arch" in entry:  # a results record
         entry = entry["arch"]
     elif isinstance(entry, dict) and "acc" in entry:  # a ground-truth line: its accuracies are not read here
-        entry = {k: v for k, v in entry.items() if k != "acc"}
+        entry = without_label({k: v for k, v in entry.items() if k != "acc"})  # its own "id" label too
     try:
         return arch_from_dict(entry)
     except (TypeError, ValueError, KeyError) as e:
@@ -197,12 +197,17 @@ def _score_one(arch: AnyArch, batch: Batch, inputs: torch.Tensor, targets: torch
     sync()
     built = time.perf_counter()
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    errors = {}
     with amp, passes_end_marks() as marks:
-        scores = score(model, inputs, targets, proxies=proxies, mode=mode, params=params)
+        try:
+            scores = score(model, inputs, targets, proxies=proxies, mode=mode, params=params)
+        except ProxyFailed as e:  # the others' scores kept, NaN for the failed proxies, each error named
+            scores, errors = e.scores, e.errors
     end = time.perf_counter()
     timing = {"build_s": built - start, "passes_s": marks[-1] - built, "read_s": end - marks[-1]}
-    return {"params": sum(p.numel() for p in model.parameters()), "scores": scores,
-            "time_s": round(end - built, 6), "timing": {k: round(v, 6) for k, v in timing.items()}}
+    record = {"params": sum(p.numel() for p in model.parameters()), "scores": scores,
+              "time_s": round(end - built, 6), "timing": {k: round(v, 6) for k, v in timing.items()}}
+    return {**record, "proxy_errors": errors} if errors else record
 
 
 def _check_seed(seed) -> None:
@@ -228,7 +233,9 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     elsewhere). A record is ``{"id", "arch", "settings", "versions", "params", "scores", "time_s",
     "timing"}`` (``time_s`` the seconds of scoring, passes and host read; ``timing`` seconds
     ``{"build_s", "passes_s", "read_s"}``: the model built on the device, the passes until the device
-    finished them, the one host read; ``versions`` of vitcore and torch), or ``{"id", "arch",
+    finished them, the one host read; ``versions`` of vitcore and torch) with, when some proxies
+    raised on it (``vitcore.proxies.ProxyFailed``), their scores NaN, the others' kept, and
+    ``"proxy_errors": {proxy: "ExceptionType: message"}``; or ``{"id", "arch",
     "settings", "versions", "error"}`` for an architecture that failed (out of memory, an invalid
     config); the run goes on after a failure. The progress bar shows architectures per second. Each
     line is flushed when written (a killed process loses nothing) and fsynced at most once a second
@@ -261,6 +268,10 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     if not isinstance(resume, bool):
         raise TypeError(f"resume={resume!r} must be a bool")
     proxies = check_proxies(proxies)
+    short = [p for p in proxies if len(batch.targets) < UNITS[p].min_batch]
+    if short:  # every architecture would fail: say so before scoring any
+        raise ValueError(f"{', '.join(short)} need at least {max(UNITS[p].min_batch for p in short)} examples; "
+                         f"the batch holds {len(batch.targets)} (--batch-size)")
     check_attention(attention)
     out = check_out_file(out)
     run_device = resolve_device(device)

@@ -165,6 +165,16 @@ def _whole(v) -> int:
     raise TypeError("entries must be whole numbers")
 
 
+def _whole_fields(arch, names) -> None:
+    """Set each field of ``names`` that holds a whole number of another type (192.0, a numpy int) to
+    that int, so it serialises and hashes as the int does; any other value is left for the config's
+    check to name (2.5, a string, a bool)."""
+    for name in names:
+        v = getattr(arch, name)
+        if not isinstance(v, (bool, int)) and isinstance(v, numbers.Real) and float(v).is_integer():
+            object.__setattr__(arch, name, int(v))
+
+
 def _real(v) -> float:
     if isinstance(v, numbers.Real):
         return float(v)
@@ -216,6 +226,7 @@ class Arch(_Serial):
     def __post_init__(self):
         # Whole numbers (2, 2.0, numpy ints) become ints and real numbers floats; anything else (a
         # string, 2.5 heads, True) is an error rather than silently another architecture.
+        _whole_fields(self, ("embed_dim", "depth", "head_dim", "patch_size"))
         object.__setattr__(self, "num_heads", _entries("num_heads", self.num_heads, _whole))
         object.__setattr__(self, "mlp_ratio", _entries("mlp_ratio", self.mlp_ratio, _real))
         self.config(img_size=self.patch_size, in_chans=1, num_classes=1)  # validates the fields
@@ -267,6 +278,7 @@ class PiTArch(_Serial):
     stride: int = 8
 
     def __post_init__(self):
+        _whole_fields(self, ("base_dim", "patch_size", "stride"))  # 16.0 is 16, as in Arch
         object.__setattr__(self, "depth", _entries("depth", self.depth, _whole, per="stage"))
         object.__setattr__(self, "num_heads", _entries("num_heads", self.num_heads, _whole, per="stage"))
         positive_int("patch_size", self.patch_size)  # before it stands in for the image size below
@@ -304,6 +316,19 @@ class PiTArch(_Serial):
 
 AnyArch = Union[Arch, PiTArch]
 ARCH_TYPES = (Arch, PiTArch)
+
+
+def is_arch_id(value) -> bool:
+    """True for a string of 12 lowercase hex digits: the form of vitcore's architecture ids (``_Serial.id``)."""
+    return isinstance(value, str) and len(value) == 12 and all(c in "0123456789abcdef" for c in value)
+
+
+def without_label(d):
+    """``d`` without an ``id`` that is not of the form of vitcore's ids (a file's own label, "pit_017", 3);
+    an id of that form stays, for ``from_dict`` to check against the fields. Anything else unchanged."""
+    if isinstance(d, dict) and "id" in d and not is_arch_id(d["id"]):
+        return {k: v for k, v in d.items() if k != "id"}
+    return d
 
 
 def arch_from_dict(d: dict) -> AnyArch:

@@ -20,8 +20,8 @@ Where vitcore departs from foresight, on purpose:
 """
 from vitcore.proxies.base import Context, Proxy
 from vitcore.proxies.grad_norm import GRAD_NORM_MODES
-from vitcore.proxies.plan import PARAM_SETS, check_proxies, score
+from vitcore.proxies.plan import PARAM_SETS, ProxyFailed, check_proxies, score
 from vitcore.proxies.registry import PROXIES, REGISTRY, UNITS
 
-__all__ = ["Context", "Proxy", "GRAD_NORM_MODES", "PARAM_SETS", "check_proxies", "score", "PROXIES", "REGISTRY",
-           "UNITS"]
+__all__ = ["Context", "Proxy", "GRAD_NORM_MODES", "PARAM_SETS", "ProxyFailed", "check_proxies", "score", "PROXIES",
+           "REGISTRY", "UNITS"]

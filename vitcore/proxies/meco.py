@@ -27,7 +27,7 @@ What the paper leaves open for a ViT, and vitcore's choices:
   (N' = 50). MeCo then sums only the stages whose MLPs are wider than their token count; vitcore
   applies the definition as it is and does not correct for it.
 - NaN or infinite correlations (a constant row) are set to 0 before the eigenvalues, as the
-  authors' code does.
+  authors' code does; a feature map that itself holds NaN or inf gives NaN (it gave 0).
 - The authors' foresight measure scores one N(0, 1) example it draws itself; vitcore scores the
   first example of the batch it is given (real images when the run has them).
 
@@ -51,12 +51,14 @@ def meco_layers(model: nn.Module) -> List[nn.Module]:
 
 
 def _row_correlation(f: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of the rows of f (N', C) in float64, NaN/inf set to 0 (the authors' code)."""
+    """Pearson correlation of the rows of f (N', C) in float64, NaN/inf set to 0 (the authors' code: the
+    0/0 of a constant row); all NaN when f itself holds NaN or inf (a model that makes NaN scores NaN,
+    not the 0 that the zeroed matrix would give)."""
     f = f.double()
     centred = f - f.mean(1, keepdim=True)  # (N', C)
     norms = centred.norm(dim=1)  # (N',)
     corr = (centred @ centred.T) / (norms[:, None] * norms[None, :])  # (N', N')
-    return torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.where(torch.isfinite(f).all(), torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0), torch.nan)
 
 
 def meco_reduce(feature_maps: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
@@ -69,7 +71,10 @@ def meco_reduce(feature_maps: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...
 
 
 def meco_finish(values: Tuple[np.ndarray, ...]) -> float:
-    """MeCo from ``meco_reduce``'s arrays: Σ_l λ_min, by numpy's batched eigvalsh in float64."""
+    """MeCo from ``meco_reduce``'s arrays: Σ_l λ_min, by numpy's batched eigvalsh in float64; NaN when a
+    map held NaN or inf (``_row_correlation``)."""
+    if not all(np.isfinite(stack).all() for stack in values):
+        return float("nan")
     return float(sum(np.linalg.eigvalsh(stack)[:, 0].sum() for stack in values))  # ascending per matrix
 
 

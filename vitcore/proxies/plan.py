@@ -1,6 +1,7 @@
 """``score``: plan the passes the requested proxies need, run each once, read everything in one sync."""
 import contextlib
 import contextvars
+import math
 import time
 import warnings
 from typing import Callable, Dict, Iterable, List, Tuple
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from vitcore.model import VisionTransformer
 from vitcore.passes import data_pass, hessian_grad, layer_weights, split, synflow_grads
 from vitcore.proxies.base import Context, Proxy
 from vitcore.proxies.grad_norm import GRAD_NORM_MODES
@@ -29,6 +31,24 @@ def passes_end_marks():
         yield _PASSES_END.get()
     finally:
         _PASSES_END.reset(token)
+
+
+class ProxyFailed(RuntimeError):
+    """Some proxies raised while the others were scored: ``scores`` holds every requested proxy, NaN for
+    those that failed, and ``errors`` {proxy: "ExceptionType: message"} for each failed one. Raised
+    by ``score`` after the one host sync, so the others' values are kept (``vitcore.runs`` records both)."""
+
+    def __init__(self, scores: Dict[str, float], errors: Dict[str, str]):
+        self.scores, self.errors = scores, errors
+        super().__init__("; ".join(f"{name} failed: {why}" for name, why in errors.items()))
+
+
+def _failure(e: Exception) -> str:
+    """The first line of "ExceptionType: message"; out of memory is not a proxy's failure and goes on up
+    (``score`` retries it with a finer split)."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        raise e
+    return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
 def check_proxies(proxies: Iterable[str]) -> List[str]:
@@ -118,10 +138,14 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
         ctx.hessian = hessian_grad(model, inputs, targets, loss_fn, counted, ctx.data.grads[: len(counted)],
                                    chunks)
     reduced: Dict[str, object] = {}  # per proxy: a tensor or a tuple of tensors
+    errors: Dict[str, str] = {}  # per proxy that raised: its error; the others are still scored
     for unit in units:
         if unit.reduce is not None:
             fresh.reset()
-            reduced[unit.name] = unit.reduce(ctx)
+            try:
+                reduced[unit.name] = unit.reduce(ctx)
+            except Exception as e:  # a proxy's own failure, never the passes' (those are every proxy's)
+                errors[unit.name] = _failure(e)
 
     # -- the one host sync: every proxy's tensor, with the counts of bad inputs and targets --
     num_outputs = next((p.num_outputs for p in (ctx.data, ctx.halves) if p is not None), 0)
@@ -151,12 +175,21 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
         for t in _tensors(out):
             arrays.append(flat[offset: offset + t.numel()].reshape(t.shape))
             offset += t.numel()
-        values[name] = UNITS[name].finish(tuple(arrays) if isinstance(out, tuple) else arrays[0])
+        try:
+            values[name] = float(UNITS[name].finish(tuple(arrays) if isinstance(out, tuple) else arrays[0]))
+        except Exception as e:
+            errors[name] = _failure(e)
     for unit in units:
         if unit.host is not None:
             fresh.reset()
-            values[unit.name] = unit.host(ctx)
-    return {name: float(values[name]) for name in names}
+            try:
+                values[unit.name] = float(unit.host(ctx))
+            except Exception as e:
+                errors[unit.name] = _failure(e)
+    scores = {name: values.get(name, math.nan) for name in names}
+    if errors:
+        raise ProxyFailed(scores, errors)
+    return scores
 
 
 def _check_targets(targets: torch.Tensor, B: int, loss_fn) -> None:
@@ -208,7 +241,9 @@ def score(
     out-of-memory the split doubles automatically, with a warning when the model has BatchNorm.
     ``loss_fn`` must average over examples. Returns ``{proxy: float}`` in the order asked. Inputs
     holding NaN or inf are refused (ValueError, raised after the one sync); a model that makes NaN
-    gets NaN scores. Errors: TypeError for a wrong type, ValueError for a wrong value, each naming it.
+    gets NaN scores. Errors: TypeError for a wrong type, ValueError for a wrong value, each naming it;
+    a proxy that raises in its own reduction or finish (not in a shared pass) does not stop the others:
+    ``ProxyFailed`` is raised after them, carrying every score (NaN for the failed ones) and each error.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -241,6 +276,10 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
     for name in names:
         if B < UNITS[name].min_batch:
             raise ValueError(f"{name} needs at least {UNITS[name].min_batch} examples; the batch holds {B}")
+    vit_only = [name for name in names if UNITS[name].vit_only]
+    if vit_only and not isinstance(model, VisionTransformer):
+        raise TypeError(f"{', '.join(vit_only)} {'needs' if len(vit_only) == 1 else 'need'} a vitcore ViT or PiT "
+                        f"(they read its blocks: vitcore.model.VisionTransformer), got {type(model).__name__}")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("vitcore.score differentiates the model: call it outside torch.inference_mode()")
     if not counted:
