@@ -373,7 +373,7 @@ def test_a_proxy_with_one_score_everywhere_is_named_not_a_bare_nan(tmp_path, cap
     from vitcore.evaluate import constant_proxies
 
     truth = read_truth_jsonl(_write(tmp_path, ROWS))
-    records = [{"id": i, "scores": {"swap": 256.0, "params": float(k), "nan": math.nan}}
+    records = [{"id": i, "scores": {"swap": 256.0, "params": float(k), "flops": 2.0 * k, "nan": math.nan}}
                for k, i in enumerate(truth.archs)]
     assert constant_proxies(records) == {"swap": 256.0}
     assert constant_proxies(records[:1]) == {}  # one architecture: nothing to rank anyway
@@ -388,6 +388,8 @@ def test_a_proxy_with_one_score_everywhere_is_named_not_a_bare_nan(tmp_path, cap
     note = "swap gave every architecture the same score (256): its τ and ρ are undefined (nan)"
     assert note in printed and note in (tmp_path / "e" / "evaluation.md").read_text()
     assert "params gave" not in printed and "nan gave" not in printed
+    # the first proxy's NaN mean does not win the max, and proxies tied at the top are all named
+    assert "highest mean τ over a, b: params, flops " in printed
 
 
 def test_an_undefined_bootstrap_interval_is_explained():

@@ -157,8 +157,10 @@ def cmd_evaluate(args) -> int:
                  "(nan), and its top-k overlap only reflects the file's order")
     print(text)
     if columns:
-        best = max(mean_tau(results, columns).items(), key=lambda kv: kv[1])
-        print(f"highest mean τ over {', '.join(columns)}: {best[0]} {best[1]:.3f}")
+        means = {p: t for p, t in mean_tau(results, columns).items() if not math.isnan(t)}  # NaN: a constant proxy
+        top = max(means.values(), default=math.nan)
+        best = ", ".join(p for p, t in means.items() if t == top) or "no proxy has a defined τ"
+        print(f"highest mean τ over {', '.join(columns)}: {best} {top:.3f}")
         if len(columns) > 1:
             try:
                 ceiling = columns_ceiling(truth, columns)
