@@ -150,3 +150,21 @@ def test_a_constant_side_gives_nan_without_scipys_warning():
         warnings.simplefilter("error")
         assert math.isnan(spearman_rho([2.0, 2.0, 2.0], [1.0, 3.0, 2.0]))
         assert math.isnan(spearman_rho([1.0, 3.0, 2.0], [5.0, 5.0, 5.0]))
+
+
+def test_the_bootstrap_interval_is_scipys_kendall_tau_of_each_resample():
+    """The interval comes from scipy's τ-b called past its axis/NaN wrapper: the same interval as the
+    wrapped call gives, resample for resample (same seed), ties and a NaN score included."""
+    from vitcore.ranking import CI_LEVEL, CI_RESAMPLES, CI_SEED
+
+    rng = np.random.default_rng(7)
+    scores = rng.standard_normal(23).round(1)
+    scores[4] = math.nan
+    truth = scores + rng.standard_normal(23)
+    truth[4] = 0.0
+    _, got = kendall_test(scores, truth)
+    r = stats.rankdata(np.where(np.isnan(scores), -np.inf, scores))
+    want = stats.bootstrap((r, truth), lambda a, b: stats.kendalltau(a, b).statistic, paired=True, vectorized=False,
+                           n_resamples=CI_RESAMPLES, confidence_level=CI_LEVEL, method="percentile",
+                           random_state=CI_SEED).confidence_interval
+    assert got == (want.low, want.high)
