@@ -22,14 +22,14 @@ AZ-NAS ranks an architecture by ``vitcore.ensemble.AZ_NAS``: this proxy, ``az_tr
 The covariances (float64) are computed on the device, batch chunks merged by their sums, and cross
 in the one host sync; their eigenvalues come from one batched numpy ``eigvalsh`` per width.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from vitcore.passes import split
-from vitcore.proxies.base import Context, Proxy, vit_blocks
+from vitcore.proxies.base import Context, Proxy, stack_by_shape, vit_blocks
 
 ENTROPY_EPS = 1e-8  # the authors' log(p + 1e-8)
 
@@ -68,26 +68,18 @@ def residual_stream(model: nn.Module, x: torch.Tensor, proxy: str) -> Tuple[List
 
 
 def _reduce(ctx: Context) -> Tuple[torch.Tensor, ...]:
-    sums: List[torch.Tensor] = []  # per feature: Σ rows (C,) float64
-    grams: List[torch.Tensor] = []  # per feature: Σ rowsᵀ rows (C, C) float64
-    rows: List[int] = []  # per feature: rows summed, n·N'_s
+    B = ctx.inputs.shape[0]
+    sums: List[torch.Tensor] = []  # per feature: Σ rows (C,) float64, over the chunks
+    grams: List[torch.Tensor] = []  # per feature: Σ rowsᵀ rows (C, C) float64, over the chunks
     with torch.no_grad():
-        for start, end, _ in split(ctx.inputs.shape[0], ctx.chunks):
+        for start, end, _ in split(B, ctx.chunks):
             feats, _ = residual_stream(ctx.model, ctx.inputs[start:end], "az_expressivity")
-            for k, f in enumerate(feats):
-                f = f.reshape(-1, f.shape[-1]).double()  # (n·N'_s, C)
-                if len(sums) <= k:
-                    sums.append(f.sum(0))
-                    grams.append(f.T @ f)
-                    rows.append(f.shape[0])
-                else:
-                    sums[k] = sums[k] + f.sum(0)
-                    grams[k] = grams[k] + f.T @ f
-                    rows[k] += f.shape[0]
-    groups: Dict[int, List[torch.Tensor]] = {}
-    for s, g, n in zip(sums, grams, rows):
-        groups.setdefault(s.shape[0], []).append(g / n - torch.outer(s / n, s / n))  # centred covariance
-    return tuple(torch.stack(covariances) for covariances in groups.values())  # each (L, C, C)
+            flat = [f.reshape(-1, f.shape[-1]).double() for f in feats]  # each (n·N'_s, C)
+            chunk_sums, chunk_grams = [f.sum(0) for f in flat], [f.T @ f for f in flat]
+            sums = [a + b for a, b in zip(sums, chunk_sums)] if sums else chunk_sums
+            grams = [a + b for a, b in zip(grams, chunk_grams)] if grams else chunk_grams
+    rows = [B * f.shape[1] for f in feats]  # B·N'_s rows behind each feature's sums
+    return stack_by_shape([g / n - torch.outer(s / n, s / n) for s, g, n in zip(sums, grams, rows)])  # centred
 
 
 def expressivity_finish(values: Tuple[np.ndarray, ...]) -> float:

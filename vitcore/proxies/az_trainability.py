@@ -24,14 +24,14 @@ indicators/az_nas.py``) as the reference where the paper leaves them open:
 The M matrices (float64) are computed on the device, chunks merged by their sums, and cross in the one
 host sync; their singular values come from numpy on the host.
 """
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
 
 from vitcore.passes import split
 from vitcore.proxies.az_expressivity import residual_stream
-from vitcore.proxies.base import Context, Proxy
+from vitcore.proxies.base import Context, Proxy, stack_by_shape
 
 SIGMA_EPS = 1e-6  # the authors' 1 / (σ + 1e-6)
 
@@ -44,31 +44,25 @@ def rademacher(shape: torch.Size, seed: int, dtype: torch.dtype, device: torch.d
 
 def _reduce(ctx: Context) -> Tuple[torch.Tensor, ...]:
     B = ctx.inputs.shape[0]
-    mats: List[torch.Tensor] = []  # per pair: Σ_rows gᵀ r (C_i, C_j) float64
-    differs: List[torch.Tensor] = []  # per pair: did g differ from r anywhere (0-d bool)
-    rows: List[int] = []  # per pair: rows summed, n·N'_s
+    mats: List[torch.Tensor] = []  # per pair: Σ_rows gᵀ r (C_i, C_j) float64, over the chunks
+    differs: List[torch.Tensor] = []  # per pair: did g differ from r anywhere (0-d bool), over the chunks
     for start, end, _ in split(B, ctx.chunks):
+        chunk_mats, chunk_differs = [], []
         with torch.enable_grad():
             feats, pairs = residual_stream(ctx.model, ctx.inputs[start:end], "az_trainability")
             for k, (i, j) in enumerate(pairs):
                 f_in, f_out = feats[i], feats[j]
                 r = rademacher((B, *f_out.shape[1:]), k, f_out.dtype, f_out.device)[start:end]
                 (g,) = torch.autograd.grad(f_out, f_in, grad_outputs=r, retain_graph=True)
-                g2, r2 = g.reshape(-1, g.shape[-1]).double(), r.reshape(-1, r.shape[-1]).double()
-                d = (g != r).any() if g.shape == r.shape else torch.ones((), dtype=torch.bool, device=g.device)
-                if len(mats) <= k:
-                    mats.append(g2.T @ r2)
-                    differs.append(d)
-                    rows.append(g2.shape[0])
-                else:
-                    mats[k] = mats[k] + g2.T @ r2
-                    differs[k] = differs[k] | d
-                    rows[k] += g2.shape[0]
-    groups: Dict[Tuple[int, ...], List[Tuple[torch.Tensor, torch.Tensor]]] = {}
-    for m, d, n in zip(mats, differs, rows):
-        groups.setdefault(tuple(m.shape), []).append((m / n, d))
-    stacks = tuple(torch.stack([m for m, _ in g]) for g in groups.values())  # each (P, C_i, C_j)
-    return (*stacks, torch.stack([d for g in groups.values() for _, d in g]))  # flags in the stacks' order
+                chunk_mats.append(g.reshape(-1, g.shape[-1]).double().T @ r.reshape(-1, r.shape[-1]).double())
+                chunk_differs.append((g != r).any() if g.shape == r.shape else torch.ones((), dtype=torch.bool,
+                                                                                        device=g.device))
+        mats = [a + b for a, b in zip(mats, chunk_mats)] if mats else chunk_mats
+        differs = [a | b for a, b in zip(differs, chunk_differs)] if differs else chunk_differs
+    mats = [m / (B * feats[i].shape[1]) for m, (i, _) in zip(mats, pairs)]  # B·N'_s rows behind each
+    shapes = list(dict.fromkeys(tuple(m.shape) for m in mats))
+    order = sorted(range(len(mats)), key=lambda k: shapes.index(tuple(mats[k].shape)))  # stack_by_shape's order
+    return (*stack_by_shape(mats), torch.stack([differs[k] for k in order]))
 
 
 def trainability_finish(values: Tuple[np.ndarray, ...]) -> float:

@@ -3,7 +3,7 @@
 See ``vitcore.proxies.registry`` for the contract a proxy file follows.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -96,3 +96,13 @@ def vit_blocks(model: nn.Module, proxy: str, why: str) -> List[Block]:
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"{proxy} needs a vitcore ViT or PiT ({why}), got {type(model).__name__}")
     return [m for m in model.modules() if isinstance(m, Block)]
+
+
+def stack_by_shape(mats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """The tensors stacked by shape, each (count, *shape); the groups in order of their shape's first
+    appearance, each group's tensors in their order in ``mats``. Host steps that batch small matrix
+    decompositions (eigenvalues, singular values, nuclear norms) read them so."""
+    groups: Dict[Tuple[int, ...], List[torch.Tensor]] = {}
+    for m in mats:
+        groups.setdefault(tuple(m.shape), []).append(m)
+    return tuple(torch.stack(group) for group in groups.values())

@@ -27,13 +27,13 @@ The saliency sums run on the device; the MSA matrices, grouped by shape, cross i
 The transfer carries each MSA weight and its gradient: 16 bytes per MSA weight element.
 A model that is not a vitcore ViT or PiT is refused (TypeError): DSS must tell attention from MLP layers.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from vitcore.proxies.base import Context, Proxy, vit_blocks
+from vitcore.proxies.base import Context, Proxy, stack_by_shape, vit_blocks
 
 
 def dss_weights(model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -63,13 +63,9 @@ def dss_reduce(msa_w: Sequence[torch.Tensor], msa_g: Sequence[torch.Tensor],
     for w, g in zip(mlp_w, mlp_g):
         if g is not None:
             saliency = saliency + (g.double() * w.detach().double()).abs().sum()
-    groups: Dict[torch.Size, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
-    for w, g in zip(msa_w, msa_g):
-        if g is not None:
-            groups.setdefault(w.shape, []).append((w, g))
-    stacks = [torch.stack([w.detach().double() for w, _ in pairs] + [g.double() for _, g in pairs])
-              for pairs in groups.values()]  # each (2L, out, in)
-    return (saliency, *stacks)
+    kept = [(w, g) for w, g in zip(msa_w, msa_g) if g is not None]
+    # per shape: its L weights, then their L gradients (the weights come first in the list), (2L, out, in)
+    return (saliency, *stack_by_shape([w.detach().double() for w, _ in kept] + [g.double() for _, g in kept]))
 
 
 def dss_finish(values: Tuple[np.ndarray, ...]) -> float:

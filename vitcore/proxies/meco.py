@@ -36,13 +36,13 @@ eigenvalues come from one batched numpy ``eigvalsh`` on the host (``torch.linalg
 the device with the host on CUDA: it checks cusolver's info). MeCo runs its own forward of one
 example without gradients (no shared pass keeps activation values).
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from vitcore.proxies.base import Context, Proxy, vit_blocks
+from vitcore.proxies.base import Context, Proxy, stack_by_shape, vit_blocks
 
 
 def meco_layers(model: nn.Module) -> List[nn.Module]:
@@ -64,10 +64,7 @@ def _row_correlation(f: torch.Tensor) -> torch.Tensor:
 def meco_reduce(feature_maps: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
     """The device side of MeCo: the row correlations of the (rows, C_l) maps, float64, stacked by
     row count, each (L, rows, rows), for ``meco_finish``."""
-    groups: Dict[int, List[torch.Tensor]] = {}
-    for f in feature_maps:
-        groups.setdefault(f.shape[0], []).append(_row_correlation(f))
-    return tuple(torch.stack(mats) for mats in groups.values())
+    return stack_by_shape([_row_correlation(f) for f in feature_maps])
 
 
 def meco_finish(values: Tuple[np.ndarray, ...]) -> float:
