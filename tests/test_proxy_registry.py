@@ -210,6 +210,55 @@ def test_a_proxy_that_raises_leaves_the_others_scored(name, where, monkeypatch, 
     assert info.value.errors == {name: f"RuntimeError: {name} broke in its {where}"}
 
 
+def _breaking(which, monkeypatch):
+    """Make one shared pass raise: ``which`` in PASSES ("halves" is zico's own data pass, groups=2)."""
+    plan = vitcore.proxies.plan
+    name = {"data": "data_pass", "halves": "data_pass", "synflow": "synflow_grads", "hessian": "hessian_grad"}[which]
+    real = getattr(plan, name)
+
+    def pass_(*args, **kwargs):
+        if name == "data_pass" and (which == "halves") != ("groups" in kwargs):
+            return real(*args, **kwargs)
+        raise RuntimeError(f"the {which} pass broke\nsecond line")
+
+    monkeypatch.setattr(plan, name, pass_)
+
+
+# which requested proxies read each pass (zico's halves are their own pass here: chunks=1 does not cut
+# the batch in halves); grasp reads the data pass too
+_READERS = {"data": ["grad_norm", "grasp", "nwot"], "halves": ["zico"], "synflow": ["synflow"],
+            "hessian": ["grasp"]}
+
+
+@pytest.mark.parametrize("which", list(_READERS))
+def test_a_pass_that_raises_fails_only_the_proxies_that_read_it(which, monkeypatch, triton_off):
+    """A failure inside a shared pass failed every proxy of the network; now the proxies that read the
+    pass are NaN and named with the pass's error, and the others are scored as alone."""
+    model = small_vit().double()
+    x, y = batch(6, seed=1, classes=5)
+    names = ["params", "grad_norm", "synflow", "grasp", "zico", "nwot"]
+    lost = _READERS[which]
+    alone = vitcore.score(model, x, y, proxies=[n for n in names if n not in lost])
+    _breaking(which, monkeypatch)
+    with pytest.raises(vitcore.ProxyFailed) as info:
+        vitcore.score(model, x, y, proxies=names)
+    assert list(info.value.scores) == names
+    assert all(math.isnan(info.value.scores[n]) for n in lost)
+    assert {n: v for n, v in info.value.scores.items() if n not in lost} == alone
+    assert info.value.errors == {n: f"the {which} pass failed: "
+                                    f"RuntimeError: the {which} pass broke" for n in lost}
+
+
+@pytest.mark.parametrize("which", list(_READERS))
+def test_a_pass_every_requested_proxy_reads_raises_its_own_error(which, monkeypatch, triton_off):
+    """Nothing to keep: the pass's exception goes up unchanged (a wrong loss_fn stays a ValueError)."""
+    _breaking(which, monkeypatch)
+    x, y = batch(6, seed=1, classes=5)
+    with pytest.raises(RuntimeError, match=f"^the {which} pass broke") as info:
+        vitcore.score(small_vit().double(), x, y, proxies=_READERS[which])
+    assert not isinstance(info.value, vitcore.ProxyFailed)
+
+
 def test_a_scoring_run_keeps_the_other_proxies_of_a_network_a_proxy_failed_on(tmp_path, monkeypatch, capsys):
     from vitcore.cli import _print_table
 

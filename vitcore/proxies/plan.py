@@ -118,33 +118,49 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
     # The halves pass shares the data pass's forward only where both cut the batch at the same places
     # (then each chunk's computation is the same): asking for zico never changes another proxy's value.
     shared = "halves" in passes and [r[:2] for r in split(B, chunks, 2)] == [r[:2] for r in split(B, chunks)]
+    # A pass that raises fails the proxies that read it and leaves the others scored; when every requested
+    # proxy reads it, its exception goes up as it came (a wrong loss_fn stays the caller's ValueError).
+    errors: Dict[str, str] = {}  # per proxy that raised: its error; the others are still scored
+    failed: Dict[str, str] = {}  # per pass that raised: its error
+
+    def run_pass(name: str, fn: Callable[[], object], serves: Tuple[str, ...] = ()) -> object:
+        needs = [u for u in units if {name, *serves} & set(u.passes)]
+        fresh.reset()
+        try:
+            return fn()
+        except Exception as e:
+            if len(needs) == len(units):
+                raise
+            for p in (name, *serves):
+                failed[p] = f"the {name} pass failed: {_failure(e)}"
+            return None
+
     if "data" in passes:
         params = list(counted) if "grads" in taps else []
         if shared:
             ids = {id(p) for p in params}
             params += [w for w in weights if id(w) not in ids]
-        fresh.reset()
-        ctx.data = data_pass(model, inputs, targets, loss_fn, params, chunks, 2 if shared else 1, taps)
+        ctx.data = run_pass("data", lambda: data_pass(model, inputs, targets, loss_fn, params, chunks,
+                                                      2 if shared else 1, taps), ("halves",) if shared else ())
         if shared:
             ctx.halves = ctx.data
-    if "halves" in passes and ctx.halves is None:
-        fresh.reset()
-        ctx.halves = data_pass(model, inputs, targets, loss_fn, weights, chunks, groups=2)
+    if "halves" in passes and ctx.halves is None and "halves" not in failed:
+        ctx.halves = run_pass("halves", lambda: data_pass(model, inputs, targets, loss_fn, weights, chunks, groups=2))
     if "synflow" in passes:
-        fresh.reset()
-        ctx.synflow = synflow_grads(model, counted, inputs.shape[1:])
-    if "hessian" in passes:
-        fresh.reset()
-        ctx.hessian = hessian_grad(model, inputs, targets, loss_fn, counted, ctx.data.grads[: len(counted)],
-                                   chunks)
+        ctx.synflow = run_pass("synflow", lambda: synflow_grads(model, counted, inputs.shape[1:]))
+    if "hessian" in passes and "data" not in failed:
+        ctx.hessian = run_pass("hessian", lambda: hessian_grad(model, inputs, targets, loss_fn, counted,
+                                                               ctx.data.grads[: len(counted)], chunks))
     reduced: Dict[str, object] = {}  # per proxy: a tensor or a tuple of tensors
-    errors: Dict[str, str] = {}  # per proxy that raised: its error; the others are still scored
     for unit in units:
-        if unit.reduce is not None:
+        lost = next((failed[p] for p in unit.passes if p in failed), None)
+        if lost is not None:
+            errors[unit.name] = lost
+        elif unit.reduce is not None:
             fresh.reset()
             try:
                 reduced[unit.name] = unit.reduce(ctx)
-            except Exception as e:  # a proxy's own failure, never the passes' (those are every proxy's)
+            except Exception as e:  # a proxy's own failure; the passes' are handled above
                 errors[unit.name] = _failure(e)
 
     # -- the one host sync: every proxy's tensor, with the counts of bad inputs and targets --
@@ -180,7 +196,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
         except Exception as e:
             errors[name] = _failure(e)
     for unit in units:
-        if unit.host is not None:
+        if unit.host is not None and unit.name not in errors:
             fresh.reset()
             try:
                 values[unit.name] = float(unit.host(ctx))
@@ -242,8 +258,10 @@ def score(
     ``loss_fn`` must average over examples. Returns ``{proxy: float}`` in the order asked. Inputs
     holding NaN or inf are refused (ValueError, raised after the one sync); a model that makes NaN
     gets NaN scores. Errors: TypeError for a wrong type, ValueError for a wrong value, each naming it;
-    a proxy that raises in its own reduction or finish (not in a shared pass) does not stop the others:
-    ``ProxyFailed`` is raised after them, carrying every score (NaN for the failed ones) and each error.
+    a proxy that raises in its own reduction or finish, or whose pass raises while other requested
+    proxies do not read that pass, does not stop the others: ``ProxyFailed`` is raised after them,
+    carrying every score (NaN for the failed ones) and each error. A pass that every requested proxy
+    reads raises its own exception.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
