@@ -164,6 +164,25 @@ def test_bad_worker_settings(tmp_path, monkeypatch, kwargs, env, message):
         run_scoring(str(tmp_path / "r.jsonl"), resume=True, **RUN, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(proxies=["zico"], batch_size=1), "zico need at least 2 examples; the batch holds 1"),
+    (dict(proxies=["nope"]), "unknown proxy 'nope'"),
+    (dict(dtype="fp8"), "dtype='fp8'"),
+    (dict(mode="nope"), "mode='nope'"),
+    (dict(params="nope"), "params='nope'"),
+])
+def test_settings_every_worker_would_refuse_are_refused_before_they_start(tmp_path, monkeypatch, kwargs, message):
+    """Each worker refused them after being started (seconds each); now the launching process does."""
+    import vitcore.distributed
+
+    def started(*args):
+        raise AssertionError("the workers were started")
+
+    monkeypatch.setattr(vitcore.distributed, "launch", started)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_scoring(str(tmp_path / "r.jsonl"), workers=2, **{**RUN, **kwargs})
+
+
 def test_torchrun_then_a_killed_worker_then_resume(tmp_path, monkeypatch, capsys, reference):
     """The README's commands on 2 processes: torchrun gives the one-process results; `--workers` with
     rank 1 killed after its first architecture exits 1 naming it and loses nothing finished;

@@ -259,19 +259,9 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     if not isinstance(batch, Batch):
         raise TypeError(f"batch must be a vitcore.data.Batch (see load_batch), got {type(batch).__name__}")
     _check_seed(seed)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
-    if mode not in GRAD_NORM_MODES:
-        raise ValueError(f"mode={mode!r}; valid: {', '.join(GRAD_NORM_MODES)}")
-    if params not in PARAM_SETS:
-        raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
     if not isinstance(resume, bool):
         raise TypeError(f"resume={resume!r} must be a bool")
-    proxies = check_proxies(proxies)
-    short = [p for p in proxies if len(batch.targets) < UNITS[p].min_batch]
-    if short:  # every architecture would fail: say so before scoring any
-        raise ValueError(f"{', '.join(short)} need at least {max(UNITS[p].min_batch for p in short)} examples; "
-                         f"the batch holds {len(batch.targets)} (--batch-size)")
+    proxies = _check_settings(proxies, batch, mode, params, dtype)
     check_attention(attention)
     out = check_out_file(out)
     run_device = resolve_device(device)
@@ -307,6 +297,23 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
         os.fsync(f.fileno())
     print(f"results: {out}", file=sys.stderr)
     return [done[a.id] for a in archs]
+
+
+def _check_settings(proxies: Sequence[str], batch: Batch, mode: str, params: str, dtype: str) -> List[str]:
+    """The proxies as a list, after checking them and the settings that every architecture would fail on
+    (ValueError naming the bad value): asked once, before any scoring and before ``--workers`` start."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
+    if mode not in GRAD_NORM_MODES:
+        raise ValueError(f"mode={mode!r}; valid: {', '.join(GRAD_NORM_MODES)}")
+    if params not in PARAM_SETS:
+        raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
+    proxies = check_proxies(proxies)
+    short = [p for p in proxies if len(batch.targets) < UNITS[p].min_batch]
+    if short:
+        raise ValueError(f"{', '.join(short)} need at least {max(UNITS[p].min_batch for p in short)} examples; "
+                         f"the batch holds {len(batch.targets)} (--batch-size)")
+    return proxies
 
 
 def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, archs: Optional[str] = None,
@@ -345,6 +352,7 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, ar
         chosen = read_archs(archs)
     resolve_device(device)
     batch = load_batch(data, batch_size, seed, search_space)
+    _check_settings(proxies, batch, mode, params, dtype)
     if workers > 1:  # the inputs above are checked once, here, before the workers start
         return distributed.launch(workers, dict(out=out, space=space, n=n, archs=archs, data=data,
                                                 batch_size=batch_size, seed=seed, proxies=proxies, mode=mode,
