@@ -17,14 +17,17 @@ def _reduce(ctx: Context) -> torch.Tensor:
     total = torch.zeros((), dtype=torch.float64, device=ctx.inputs.device)
     index = {id(p): i for i, p in enumerate(ctx.halves.params)}
     for w in layer_weights(ctx.model):
-        per_group = [g[index[id(w)]] for g in ctx.halves.group_grads]
-        if any(g is None for g in per_group):
+        first, second = (g[index[id(w)]] for g in ctx.halves.group_grads)
+        if first is None or second is None:
             continue
-        G = torch.stack([g.double() for g in per_group])  # (2, *shape)
-        std, mean_abs = G.std(0, unbiased=False), G.abs().mean(0)
-        ratio = torch.where(std > 0, mean_abs / torch.where(std > 0, std, 1), 0).sum()
+        first, second = first.double(), second.double()
+        # over two values: mean |g| = (|g1| + |g2|) / 2 and σ = |g1 - g2| / 2, so E|g| / σ is
+        # (|g1| + |g2|) / |g1 - g2|, in closed form (torch's std over a dim of 2 is ~10x slower on CPU)
+        spread = (first - second).abs()
+        ratio = torch.where(spread > 0, (first.abs() + second.abs()) / torch.where(spread > 0, spread, 1), 0).sum()
         term = torch.where(ratio > 0, torch.log(torch.where(ratio > 0, ratio, 1)), 0)
-        total = total + torch.where(torch.isfinite(G).all(), term, torch.nan)
+        finite = torch.isfinite(first).all() & torch.isfinite(second).all()
+        total = total + torch.where(finite, term, torch.nan)
     return total
 
 
