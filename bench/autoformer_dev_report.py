@@ -18,9 +18,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from vitcore.ensemble import AZ_NAS, COMBINED, VIT_VOTE
-from vitcore.evaluate import (Truth, columns_ceiling, evaluate_columns, format_table, mean_tau, read_truth_jsonl,
-                              with_combined)
-from vitcore.ranking import kendall_tau
+from vitcore.evaluate import (Truth, columns_ceiling, evaluate_columns, format_table, mean_tau, mean_tau_vs,
+                              read_truth_jsonl, with_combined)
+from vitcore.ranking import CI_LEVEL, kendall_tau
 from vitcore.runs import read_results
 from vitcore.bench.env import environment
 
@@ -126,14 +126,22 @@ def report(args) -> str:
         "## Target",
         "",
     ]
+    versus = mean_tau_vs(records, named, args.columns)  # {} without params
+
+    def interval(name: str) -> str:
+        lo, hi = (f"{x:+.3f}" if np.isfinite(x) else "nan" for x in versus[name].ci)
+        return f"{CI_LEVEL:.0%} CI of the difference [{lo}, {hi}], paired bootstrap over the architectures"
+
     for name in [c for c in COMBINED if c in means and "params" in means]:
         gap = means[name] - means["params"]
         met = "met" if gap >= 0.10 else "not met"
         lines.append(f"Mean τ over {', '.join(args.columns)}: {name} {means[name]:.3f}, params "
-                     f"{means['params']:.3f}, difference {gap:+.3f} (target +0.10: {met}).")
+                     f"{means['params']:.3f}, difference {gap:+.3f} ({interval(name)}; target +0.10: {met}).")
     if means:
         best = max(means, key=means.get)
-        lines.append(f"Highest mean τ of any proxy here: {best} {means[best]:.3f}.")
+        against = f" (params {means['params']:.3f}; difference {means[best] - means['params']:+.3f}, " \
+                  f"{interval(best)})" if best in versus else ""
+        lines.append(f"Highest mean τ of any proxy here: {best} {means[best]:.3f}{against}.")
     if len(args.columns) > 1:
         lines += ["", *ceiling_lines(truth, args.columns, means.get("params"))]
     return "\n".join(lines) + "\n"

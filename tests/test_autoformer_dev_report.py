@@ -38,6 +38,8 @@ def test_report_has_every_proxy_and_column_and_the_run_settings(tmp_path):
     assert rows["nwot"].startswith("| nwot | -1.000 | 1.000 | 0.000 |")
     assert "vit_vote" in rows  # the vote joins when params, nwot and lswag were all scored
     assert "| scores.jsonl | 4 | 5 | params, nwot, lswag | 1.5 (median 1.5, max 1.5) | 0 |" in text
+    assert ("vit_vote 0.000, params 0.000, difference +0.000 (95% CI of the difference [nan, nan], paired "
+            "bootstrap over the architectures; target +0.10: not met)") in text  # 4 architectures: no interval
 
 
 def test_report_says_how_high_the_mean_tau_can_go(tmp_path):

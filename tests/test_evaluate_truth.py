@@ -2,12 +2,13 @@
 import json
 import math
 
+import numpy as np
 import pytest
 from scipy import stats
 
-from vitcore.evaluate import (columns_ceiling, evaluate_columns, format_columns, mean_tau, read_truth_any,
+from vitcore.evaluate import (columns_ceiling, evaluate_columns, format_columns, mean_tau, mean_tau_vs, read_truth_any,
                               read_truth_jsonl, with_combined)
-from vitcore.ranking import mean_tau_ceiling
+from vitcore.ranking import mean_tau_ceiling, mean_tau_difference
 from vitcore.space import Arch, PiTArch
 
 
@@ -165,6 +166,28 @@ def test_each_column_is_ranked_on_its_own_and_averaged(tmp_path):
         mean_tau(results, ["a", "c"])
 
 
+def test_each_proxy_against_params_is_the_difference_of_the_means_with_a_paired_interval(tmp_path):
+    truth = read_truth_jsonl(_write(tmp_path, ROWS))
+    ids = list(truth.archs)
+    sizes, scores = [1.0, 2.0, 3.0, 2.5, 0.5], [3.0, 1.0, 4.0, 1.5, 9.0]
+    records = [{"id": i, "scores": {"params": p, "x": s}} for i, p, s in zip(ids, sizes, scores)]
+    records.append({"id": "unknown", "scores": {"params": 7.0, "x": 7.0}})  # not in the truth: left out
+    results = evaluate_columns(records, truth)
+    means = mean_tau(results, ["a", "b"])
+    versus = mean_tau_vs(records, truth, ["a", "b"])
+    assert list(versus) == ["x"] and versus["x"].value == pytest.approx(means["x"] - means["params"], abs=1e-12)
+    acc = [[truth.columns[c].get(i, math.nan) for i in ids] for c in ["a", "b"]]
+    np.testing.assert_equal(tuple(versus["x"]), tuple(mean_tau_difference(scores, sizes, acc)))
+    table = format_columns(results, ["a", "b"], versus)
+    d = versus["x"]
+    assert "mean τ minus that of params [95% CI] |" in table
+    assert f"| x | {results['a']['x'].kendall_tau:.3f} | {results['b']['x'].kendall_tau:.3f} | {means['x']:.3f} | " \
+           f"{d.value:+.3f} [nan, nan] |" in table  # 5 architectures: too few for an interval
+    assert mean_tau_vs([{"id": ids[0], "scores": {"x": 1.0}}, {"id": ids[1], "scores": {"x": 2.0}}], truth, ["a"]) == {}
+    with pytest.raises(ValueError, match="column 'c' is not in the truth"):
+        mean_tau_vs(records, truth, ["c"])
+
+
 def test_columns_ceiling_uses_the_architectures_every_named_column_holds(tmp_path):
     truth = read_truth_jsonl(_write(tmp_path, ROWS))
     got = columns_ceiling(truth, ["a", "b"])
@@ -216,6 +239,7 @@ def test_cli_scores_a_jsonl_truths_architectures_and_reports_every_column(tmp_pa
     assert "batch of 4 from 'synthetic', seed 3" in report
     assert "mean τ (a, b)" in report and "| vit_vote |" in report and "### b" in report
     assert "highest mean τ over a, b:" in printed
+    assert "mean τ minus that of params [95% CI]" in report
     ceiling = mean_tau_ceiling([[50.0, 52.5, 51.0, 49.0], [61.5, 60.0, 63.25, 59.0]])  # the rows with both
     assert f"mean τ any ranking reaches over a, b: {ceiling.reached:.3f} (bound {ceiling.bound:.3f})" in printed
     assert f"reaches mean τ {ceiling.reached:.3f}, and no ranking without ties exceeds {ceiling.bound:.3f}" in report

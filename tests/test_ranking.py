@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vitcore.ranking import kendall_tau, kendall_test, mean_tau_ceiling, rank_quality, spearman_rho, top_k_overlap
+from vitcore.ranking import (kendall_tau, kendall_test, mean_tau_ceiling, mean_tau_difference, rank_quality, spearman_rho,
+                            top_k_overlap)
 
 
 def test_against_scipy_on_random_data():
@@ -168,3 +169,66 @@ def test_the_bootstrap_interval_is_scipys_kendall_tau_of_each_resample():
                            n_resamples=CI_RESAMPLES, confidence_level=CI_LEVEL, method="percentile",
                            random_state=CI_SEED).confidence_interval
     assert got == (want.low, want.high)
+
+
+def _mean_tau(scores, columns):
+    """Mean over the columns of scipy's τ-b over the rows each column holds (NaN: not held)."""
+    return np.mean([stats.kendalltau(scores[~np.isnan(c)], c[~np.isnan(c)]).statistic for c in columns])
+
+
+def test_mean_tau_difference_matches_a_plain_numpy_bootstrap():
+    """The difference of two proxies' mean τ over two columns (one lacking some architectures), against a
+    hand-written paired bootstrap: resample architectures once for both proxies and both columns."""
+    rng = np.random.default_rng(11)
+    n = 30
+    columns = [rng.random(n), rng.random(n)]
+    columns[1][[2, 7, 19]] = math.nan
+    a = columns[0] + np.nan_to_num(columns[1]) + 0.3 * rng.standard_normal(n)
+    b = columns[0] + 0.6 * rng.standard_normal(n)
+    got = mean_tau_difference(a, b, columns)
+    assert got.value == pytest.approx(_mean_tau(a, columns) - _mean_tau(b, columns), abs=1e-12)
+    diffs = []
+    for _ in range(4000):
+        i = rng.integers(0, n, n)
+        diffs.append(_mean_tau(a[i], [c[i] for c in columns]) - _mean_tau(b[i], [c[i] for c in columns]))
+    expected = np.percentile(diffs, [2.5, 97.5])
+    assert got.ci == pytest.approx(tuple(expected), abs=0.02)  # 0.004 measured
+    assert got.ci[0] < got.value < got.ci[1]
+    assert mean_tau_difference(a, b, columns) == got  # fixed seed: reproducible
+
+
+def test_the_paired_interval_is_narrow_where_two_proxies_rank_alike():
+    """Two proxies that differ in one neighbouring pair have τ intervals about 0.3 wide each, but the
+    interval of their difference is a few times that one pair's weight: the pairing is what tells them apart."""
+    rng = np.random.default_rng(12)
+    truth = rng.random(40)
+    a = truth + 0.5 * rng.standard_normal(40)
+    order = np.argsort(a)
+    b = a.copy()
+    b[order[[19, 20]]] = b[order[[20, 19]]]
+    d = mean_tau_difference(a, b, [truth])
+    assert abs(d.value) == pytest.approx(2 / (40 * 39 / 2))
+    assert d.ci[1] - d.ci[0] < 0.03
+    _, (lo, hi) = kendall_test(a, truth)
+    assert hi - lo > 0.2
+    assert mean_tau_difference(a, a, [truth, 1 - truth]) == (0.0, (0.0, 0.0))
+
+
+def test_mean_tau_difference_ranks_nan_scores_last_and_refuses_bad_input():
+    rng = np.random.default_rng(13)
+    truth, b = rng.random(12), rng.random(12)
+    a = truth.copy()
+    a[3] = math.nan
+    lowest = a.copy()
+    lowest[3] = np.nanmin(a) - 1
+    assert mean_tau_difference(a, b, [truth]) == mean_tau_difference(lowest, b, [truth])
+    with pytest.raises(ValueError, match="need one equal length"):
+        mean_tau_difference(a[:-1], b, [truth])
+    with pytest.raises(ValueError, match="at least one column"):
+        mean_tau_difference(a, b, [])
+    lone = np.full(12, math.nan)
+    lone[0] = 1.0
+    with pytest.raises(ValueError, match=r"columns \[1\] hold fewer than 2 architectures"):
+        mean_tau_difference(a, b, [truth, lone])
+    with pytest.raises(TypeError, match="baseline must be a sequence of numbers"):
+        mean_tau_difference(a, "params", [truth])

@@ -19,9 +19,10 @@ from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed
 from vitcore.ensemble import COMBINED
-from vitcore.evaluate import (DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns, format_columns,
-                              format_table, mean_tau, read_truth_any, scatter_plots, with_combined)
+from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns, format_columns,
+                              format_table, mean_tau, mean_tau_vs, read_truth_any, scatter_plots, with_combined)
 from vitcore.paths import check_input_file, check_out_file
+from vitcore.ranking import CI_LEVEL
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
 from vitcore.space import SPACES, PiTArch, get_space
@@ -151,7 +152,8 @@ def cmd_evaluate(args) -> int:
     records = with_combined(records)
     results = evaluate_columns(records, truth, args.top_fraction)
     # one column (a CSV truth's "acc", or a JSON-lines truth's only column): its full table
-    text = format_columns(results, columns) if len(results) > 1 or columns else format_table(*results.values())
+    versus = mean_tau_vs(records, truth, columns) if columns else {}
+    text = format_columns(results, columns, versus) if len(results) > 1 or columns else format_table(*results.values())
     for proxy, value in constant_proxies(records).items():
         text += (f"\n\n{proxy} gave every architecture the same score ({value:.6g}): its τ and ρ are undefined "
                  "(nan), and its top-k overlap only reflects the file's order")
@@ -160,7 +162,12 @@ def cmd_evaluate(args) -> int:
         means = {p: t for p, t in mean_tau(results, columns).items() if not math.isnan(t)}  # NaN: a constant proxy
         top = max(means.values(), default=math.nan)
         best = ", ".join(p for p, t in means.items() if t == top) or "no proxy has a defined τ"
-        print(f"highest mean τ over {', '.join(columns)}: {best} {top:.3f}")
+        line = f"highest mean τ over {', '.join(columns)}: {best} {top:.3f}"
+        if BASELINE in means and best and BASELINE not in best.split(", "):
+            d = versus[best.split(", ")[0]]
+            line += (f" ({BASELINE} {means[BASELINE]:.3f}; difference {d.value:+.3f}, {CI_LEVEL:.0%} CI "
+                     f"[{d.ci[0]:+.3f}, {d.ci[1]:+.3f}])")
+        print(line)
         if len(columns) > 1:
             try:
                 ceiling = columns_ceiling(truth, columns)

@@ -9,11 +9,11 @@ import csv
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from vitcore.ensemble import COMBINED
 from vitcore.paths import check_input_file, json_lines
-from vitcore.ranking import CI_LEVEL, Ceiling, RankQuality, mean_tau_ceiling, rank_quality
+from vitcore.ranking import CI_LEVEL, Ceiling, Difference, RankQuality, mean_tau_ceiling, mean_tau_difference, rank_quality
 from vitcore.space import AnyArch, arch_from_dict, without_label
 
 # The built-in ground truth, package data (made by bench/ground_truth.py, provenance in the .md beside
@@ -207,6 +207,33 @@ def mean_tau(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str])
     return {p: sum(results[c][p].kendall_tau for c in columns) / len(columns) for p in proxies}
 
 
+BASELINE = "params"  # the proxy every other is compared with: the parameter count ranks ViTs well
+
+
+def mean_tau_vs(records: List[dict], truth: Truth, columns: Sequence[str],
+                baseline: str = BASELINE) -> Dict[str, Difference]:
+    """{proxy: its mean τ over ``columns`` minus ``baseline``'s, with the paired bootstrap interval of
+    ``ranking.mean_tau_difference``} for every proxy of ``records`` but the baseline; {} when the baseline
+    was not scored. Each column's τ is over the architectures it holds, as ``evaluate_columns`` takes
+    it, so ``value`` is the difference of ``mean_tau``'s two numbers."""
+    for c in columns:
+        if c not in truth.columns:
+            raise ValueError(f"column {c!r} is not in the truth; it has {', '.join(truth.columns)}")
+    if not columns:
+        raise ValueError("name at least one column to average")
+    held = [r for r in records if any(r["id"] in truth.columns[c] for c in columns)]
+    proxies = list(dict.fromkeys(p for r in held for p in r.get("scores", {})))
+    if baseline not in proxies:
+        return {}
+    acc = [[truth.columns[c].get(r["id"], math.nan) for r in held] for c in columns]
+
+    def scores(p: str) -> List[float]:
+        return [r.get("scores", {}).get(p, math.nan) for r in held]
+
+    base = scores(baseline)
+    return {p: mean_tau_difference(scores(p), base, acc) for p in proxies if p != baseline}
+
+
 def columns_ceiling(truth: Truth, columns: Sequence[str]) -> Ceiling:
     """``ranking.mean_tau_ceiling`` over ``columns`` of ``truth``, on the architectures that every one of
     them holds; ValueError when fewer than 2 do (or for the cases that function refuses)."""
@@ -221,16 +248,30 @@ def columns_ceiling(truth: Truth, columns: Sequence[str]) -> Ceiling:
     return mean_tau_ceiling([[truth.columns[c][i] for i in common] for c in columns])
 
 
-def format_columns(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str] = ()) -> str:
-    """A τ summary (proxy x column, with the mean over ``columns``), then each column's full table."""
+def _signed(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:+.2f}"
+
+
+def format_columns(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str] = (),
+                   versus: Optional[Dict[str, Difference]] = None, baseline: str = BASELINE) -> str:
+    """A τ summary (proxy x column, with the mean over ``columns`` and, given ``versus`` from
+    ``mean_tau_vs``, each proxy's difference from ``baseline``'s mean with its interval), then each
+    column's full table."""
     names = list(results)
     proxies = list(next(iter(results.values())))
     means = mean_tau(results, columns) if columns else {}
     head = "| proxy | " + " | ".join(f"τ {c}" for c in names) + (f" | mean τ ({', '.join(columns)}) |" if columns else " |")
-    lines = [head, "| --- |" + " ---: |" * (len(names) + bool(columns))]
+    if versus:
+        head += f" mean τ minus that of {baseline} [{CI_LEVEL:.0%} CI] |"
+    lines = [head, "| --- |" + " ---: |" * (len(names) + bool(columns)) + (" :---: |" if versus else "")]
     for p in proxies:
         row = f"| {p} | " + " | ".join(f"{results[c][p].kendall_tau:.3f}" for c in names)
-        lines.append(row + (f" | {means[p]:.3f} |" if columns else " |"))
+        row += f" | {means[p]:.3f} |" if columns else " |"
+        if versus:
+            d = versus.get(p)
+            row += " |" if d is None else " nan |" if math.isnan(d.value) else \
+                f" {d.value:+.3f} [{_signed(d.ci[0])}, {_signed(d.ci[1])}] |"
+        lines.append(row)
     parts = ["\n".join(lines)]
     for c in names:
         parts.append(f"### {c}\n\n{format_table(results[c])}")

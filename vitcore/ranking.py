@@ -126,6 +126,57 @@ def rank_quality(scores: Sequence[float], truth: Sequence[float], top_fraction: 
     )
 
 
+class Difference(NamedTuple):
+    """What ``mean_tau_difference`` found: mean τ of one proxy minus another's, with its interval."""
+
+    value: float  # mean over the columns of τ(scores, column) - τ(baseline, column)
+    ci: Tuple[float, float]  # CI_LEVEL bootstrap interval, architectures resampled with all their values
+
+
+def mean_tau_difference(scores: Sequence[float], baseline: Sequence[float],
+                        columns: Sequence[Sequence[float]]) -> Difference:
+    """How much higher a proxy's mean Kendall τ-b over k accuracy columns is than a baseline's (the
+    parameter count, say), with a bootstrap interval that resamples the architectures once for both
+    proxies and every column: the two proxies' τ share their architectures, so the paired interval is
+    narrower than two separate ones would suggest, and it is the one that says whether they differ.
+
+    ``scores``, ``baseline``: n scores (NaN ranked last, as everywhere here); ``columns``: k ≥ 1 sequences
+    of n accuracies, NaN where an architecture lacks that column (each column's τ is taken over the
+    architectures it holds, as ``evaluate`` does). Percentile interval, CI_RESAMPLES resamples, fixed
+    seed; NaN when a resample leaves a column with one value (too few architectures). Raises TypeError
+    for values that are not numbers, ValueError for unequal lengths, k = 0 or a column with fewer than 2
+    architectures.
+    """
+    if isinstance(columns, (str, bytes, dict)) or columns is None or len(columns) == 0:
+        raise ValueError(f"mean_tau_difference needs at least one column, got {columns!r:.80}")
+    a, b = _as_numbers(scores, "scores"), _as_numbers(baseline, "baseline")
+    cols = [_as_numbers(c, f"column {i}") for i, c in enumerate(columns)]
+    if any(v.ndim != 1 or v.shape != a.shape for v in [b, *cols]):
+        raise ValueError(f"scores {a.shape}, baseline {b.shape} and columns {[c.shape for c in cols]} need one "
+                         "equal length")
+    held = [np.flatnonzero(~np.isnan(c)) for c in cols]
+    short = [i for i, h in enumerate(held) if len(h) < 2]
+    if short:
+        raise ValueError(f"columns {short} hold fewer than 2 architectures")
+    ra = stats.rankdata(np.where(np.isnan(a), -np.inf, a))
+    rb = stats.rankdata(np.where(np.isnan(b), -np.inf, b))
+
+    def difference(rows: np.ndarray) -> float:
+        total = 0.0
+        for c in cols:
+            kept = rows[~np.isnan(c[rows])]
+            total += _KENDALL_1D(ra[kept], c[kept]).statistic - _KENDALL_1D(rb[kept], c[kept]).statistic
+        return total / len(cols)
+
+    value = difference(np.arange(len(a)))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with too few of a column's rows: NaN
+        boot = stats.bootstrap((np.arange(len(a)),), difference, vectorized=False, n_resamples=CI_RESAMPLES,
+                               confidence_level=CI_LEVEL, method="percentile", random_state=CI_SEED)
+    return Difference(float(value), (float(boot.confidence_interval.low), float(boot.confidence_interval.high)))
+
+
 class Ceiling(NamedTuple):
     """What ``mean_tau_ceiling`` found: the mean τ over the columns that a ranking reaches, and a bound."""
 
