@@ -251,12 +251,62 @@ def test_a_pass_that_raises_fails_only_the_proxies_that_read_it(which, monkeypat
 
 @pytest.mark.parametrize("which", list(_READERS))
 def test_a_pass_every_requested_proxy_reads_raises_its_own_error(which, monkeypatch, triton_off):
-    """Nothing to keep: the pass's exception goes up unchanged (a wrong loss_fn stays a ValueError)."""
+    """Nothing to keep: the pass's exception goes up unchanged."""
     _breaking(which, monkeypatch)
     x, y = batch(6, seed=1, classes=5)
     with pytest.raises(RuntimeError, match=f"^the {which} pass broke") as info:
         vitcore.score(small_vit().double(), x, y, proxies=_READERS[which])
     assert not isinstance(info.value, vitcore.ProxyFailed)
+
+
+@pytest.mark.parametrize("names", [["params", "grad_norm"], ["meco", "zico"], ["synflow", "grasp"]])
+def test_a_wrong_loss_fn_is_a_value_error_whatever_else_is_asked(names, triton_off):
+    """A loss_fn that does not average is the caller's mistake: asking for a proxy that reads no data
+    pass besides (params, meco, synflow) turned it into ProxyFailed."""
+    x, y = batch(6, seed=1, classes=5)
+
+    def per_example(logits, targets):
+        return F.cross_entropy(logits, targets, reduction="none")
+
+    with pytest.raises(ValueError, match=r"loss_fn returned a tensor of shape \(\d,\)") as info:
+        vitcore.score(small_vit().double(), x, y, loss_fn=per_example, proxies=names)
+    assert not isinstance(info.value, vitcore.ProxyFailed)
+
+
+def test_a_data_pass_that_carries_zicos_halves_fails_zico_too(monkeypatch, triton_off):
+    """chunks=2 of 6 cut the batch where its halves are cut: one pass serves both, and its failure is
+    zico's as well as the data proxies'."""
+    model = small_vit().double()
+    x, y = batch(6, seed=1, classes=5)
+    alone = vitcore.score(model, x, y, proxies=["params", "synflow"], chunks=2)
+    _breaking("data", monkeypatch)
+    with pytest.raises(vitcore.ProxyFailed) as info:
+        vitcore.score(model, x, y, proxies=["params", "grad_norm", "zico", "synflow"], chunks=2)
+    assert {n: v for n, v in info.value.scores.items() if n in alone} == alone
+    assert math.isnan(info.value.scores["grad_norm"]) and math.isnan(info.value.scores["zico"])
+    assert info.value.errors == {n: "the data pass failed: RuntimeError: the data pass broke"
+                                 for n in ["grad_norm", "zico"]}
+
+
+def test_out_of_memory_in_a_pass_some_proxies_skip_still_retries(monkeypatch, triton_off):
+    """Out of memory is not the pass's readers' failure: score retries with twice the chunks."""
+    plan = vitcore.proxies.plan
+    real, tried = plan.data_pass, []
+
+    def fits_in_two_chunks(model, inputs, targets, loss_fn, params, chunks, *args, **kwargs):
+        tried.append(chunks)
+        if chunks < 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, inputs, targets, loss_fn, params, chunks, *args, **kwargs)
+
+    model = small_vit().double()
+    x, y = batch(6, seed=1, classes=5)
+    want = vitcore.score(model, x, y, proxies=["params", "grad_norm"], chunks=2)
+    monkeypatch.setattr(plan, "data_pass", fits_in_two_chunks)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    tried.clear()
+    assert vitcore.score(model, x, y, proxies=["params", "grad_norm"]) == want
+    assert tried == [1, 2]
 
 
 def test_a_scoring_run_keeps_the_other_proxies_of_a_network_a_proxy_failed_on(tmp_path, monkeypatch, capsys):

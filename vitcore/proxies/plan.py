@@ -119,7 +119,9 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
     # (then each chunk's computation is the same): asking for zico never changes another proxy's value.
     shared = "halves" in passes and [r[:2] for r in split(B, chunks, 2)] == [r[:2] for r in split(B, chunks)]
     # A pass that raises fails the proxies that read it and leaves the others scored; when every requested
-    # proxy reads it, its exception goes up as it came (a wrong loss_fn stays the caller's ValueError).
+    # proxy reads it, its exception goes up as it came. So does a TypeError or ValueError, whoever reads
+    # the pass: it names a wrong argument of the caller's (a loss_fn that does not average, probabilities
+    # of the wrong shape), which no choice of proxies makes right.
     errors: Dict[str, str] = {}  # per proxy that raised: its error; the others are still scored
     failed: Dict[str, str] = {}  # per pass that raised: its error
 
@@ -129,7 +131,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
         try:
             return fn()
         except Exception as e:
-            if len(needs) == len(units):
+            if len(needs) == len(units) or isinstance(e, (TypeError, ValueError)):
                 raise
             for p in (name, *serves):
                 failed[p] = f"the {name} pass failed: {_failure(e)}"
@@ -261,7 +263,7 @@ def score(
     a proxy that raises in its own reduction or finish, or whose pass raises while other requested
     proxies do not read that pass, does not stop the others: ``ProxyFailed`` is raised after them,
     carrying every score (NaN for the failed ones) and each error. A pass that every requested proxy
-    reads raises its own exception.
+    reads raises its own exception, as does a pass's TypeError or ValueError (a wrong argument).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
