@@ -232,3 +232,8 @@ def test_mean_tau_difference_ranks_nan_scores_last_and_refuses_bad_input():
         mean_tau_difference(a, b, [truth, lone])
     with pytest.raises(TypeError, match="baseline must be a sequence of numbers"):
         mean_tau_difference(a, "params", [truth])
+    for columns in (5, None, "acc"):  # len() of an int raised its own TypeError, naming no value
+        with pytest.raises(TypeError, match=f"columns must be a sequence of accuracy columns, got {columns!r}"):
+            mean_tau_difference(a, b, columns)
+    with pytest.raises(ValueError, match=r"column 0 has shape \(\): each column is a 1-D sequence"):
+        mean_tau_difference(a, b, list(truth))  # one column, not wrapped: was a list of 12 shapes ()

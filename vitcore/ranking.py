@@ -143,14 +143,21 @@ def mean_tau_difference(scores: Sequence[float], baseline: Sequence[float],
     ``scores``, ``baseline``: n scores (NaN ranked last, as everywhere here); ``columns``: k ≥ 1 sequences
     of n accuracies, NaN where an architecture lacks that column (each column's τ is taken over the
     architectures it holds, as ``evaluate`` does). Percentile interval, CI_RESAMPLES resamples, fixed
-    seed; NaN when a resample leaves a column with one value (too few architectures). Raises TypeError
-    for values that are not numbers, ValueError for unequal lengths, k = 0 or a column with fewer than 2
-    architectures.
+    seed; NaN when a resample leaves a column with one value (too few architectures). ``value`` is NaN
+    where a τ is undefined: a proxy with one score throughout, a column with one accuracy throughout.
+    Raises TypeError for values that are not numbers or ``columns`` that is not a sequence of columns,
+    ValueError for unequal lengths, k = 0, a column that is not 1-D or one with fewer than 2 architectures.
     """
-    if isinstance(columns, (str, bytes, dict)) or columns is None or len(columns) == 0:
+    if isinstance(columns, (str, bytes, dict)) or not hasattr(columns, "__len__"):
+        raise TypeError(f"columns must be a sequence of accuracy columns, got {columns!r:.80}")
+    if len(columns) == 0:
         raise ValueError(f"mean_tau_difference needs at least one column, got {columns!r:.80}")
     a, b = _as_numbers(scores, "scores"), _as_numbers(baseline, "baseline")
     cols = [_as_numbers(c, f"column {i}") for i, c in enumerate(columns)]
+    flat = next((i for i, c in enumerate(cols) if c.ndim != 1), None)
+    if flat is not None:
+        raise ValueError(f"column {flat} has shape {cols[flat].shape}: each column is a 1-D sequence of the n "
+                         f"architectures' accuracies (one column: [column]), got {columns!r:.80}")
     if any(v.ndim != 1 or v.shape != a.shape for v in [b, *cols]):
         raise ValueError(f"scores {a.shape}, baseline {b.shape} and columns {[c.shape for c in cols]} need one "
                          "equal length")
