@@ -11,6 +11,7 @@ join when their members were scored. The truth is read where it lies, never copi
         --truth ../shared/data/autoformer-tiny-100.jsonl --out bench/results/cpu-2026-11-29-autoformer-dev.md
 """
 import argparse
+import math
 import os
 import sys
 from typing import Dict, List, Optional
@@ -137,8 +138,9 @@ def report(args) -> str:
         met = "met" if gap >= 0.10 else "not met"
         lines.append(f"Mean τ over {', '.join(args.columns)}: {name} {means[name]:.3f}, params "
                      f"{means['params']:.3f}, difference {gap:+.3f} ({interval(name)}; target +0.10: {met}).")
-    if means:
-        best = max(means, key=means.get)
+    defined = {p: t for p, t in means.items() if not math.isnan(t)}  # NaN: a constant proxy, no τ
+    if defined:
+        best = max(defined, key=defined.get)
         against = f" (params {means['params']:.3f}; difference {means[best] - means['params']:+.3f}, " \
                   f"{interval(best)})" if best in versus else ""
         lines.append(f"Highest mean τ of any proxy here: {best} {means[best]:.3f}{against}.")

@@ -65,3 +65,18 @@ def test_a_column_of_one_value_is_refused_naming_it(tmp_path):
     with pytest.raises(ValueError, match="--columns: 'b_kd' of .* ranks nothing: all 4 accuracies are 2"):
         autoformer_dev_report.main(["--scores", scores, "--truth", truth, "--columns", "a_kd,b_kd", "--out", str(out)])
     assert not out.exists()
+
+
+def test_a_constant_proxy_listed_first_is_not_the_highest_mean(tmp_path):
+    """SWAP is 2^B for every network on a small batch: its τ is NaN, and max() over the means kept a
+    NaN listed first, naming it the highest."""
+    truth, scores = _write(tmp_path)
+    with open(scores) as f:
+        records = [json.loads(line) for line in f]
+    with open(scores, "w") as f:
+        f.writelines(json.dumps({**r, "scores": {"swap": 32.0, **r["scores"]}}) + "\n" for r in records)
+    out = tmp_path / "report.md"
+    autoformer_dev_report.main(["--scores", scores, "--truth", truth, "--columns", "a_kd", "--out", str(out)])
+    text = out.read_text()
+    assert "| swap | nan |" in text
+    assert "Highest mean τ of any proxy here: params 1.000." in text  # tied with lswag and the vote: first
