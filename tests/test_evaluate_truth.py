@@ -416,6 +416,24 @@ def test_a_proxy_with_one_score_everywhere_is_named_not_a_bare_nan(tmp_path, cap
     assert "highest mean τ over a, b: params, flops " in printed
 
 
+def test_the_highest_mean_line_gives_the_difference_from_params(tmp_path, capsys):
+    """Five architectures: the interval is undefined, and the line said [+nan, +nan] for it."""
+    from vitcore.cli import main
+
+    truth = read_truth_jsonl(_write(tmp_path, ROWS))
+    records = [{"id": i, "scores": {"params": float(k % 3), "x": truth.columns["a"][i]}}
+               for k, i in enumerate(truth.archs)]
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["evaluate", "--scores", str(scores), "--truth", _write(tmp_path, ROWS), "--columns", "a,b",
+                 "--out", str(tmp_path / "e")]) == 0
+    printed = capsys.readouterr().out
+    means, d = mean_tau(evaluate_columns(records, truth), ["a", "b"]), mean_tau_vs(records, truth, ["a", "b"])["x"]
+    assert means["x"] > means["params"] and math.isnan(d.ci[0])
+    assert (f"highest mean τ over a, b: x {means['x']:.3f} (params {means['params']:.3f}; difference "
+            f"{d.value:+.3f}, 95% CI [nan, nan])") in printed
+
+
 def test_an_undefined_bootstrap_interval_is_explained():
     """Three architectures: every τ interval read [nan, nan], explained nowhere."""
     from vitcore.evaluate import evaluate, format_table

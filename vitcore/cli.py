@@ -165,8 +165,8 @@ def cmd_evaluate(args) -> int:
         line = f"highest mean τ over {', '.join(columns)}: {best} {top:.3f}"
         if BASELINE in means and best and BASELINE not in best.split(", "):
             d = versus[best.split(", ")[0]]
-            line += (f" ({BASELINE} {means[BASELINE]:.3f}; difference {d.value:+.3f}, {CI_LEVEL:.0%} CI "
-                     f"[{d.ci[0]:+.3f}, {d.ci[1]:+.3f}])")
+            lo, hi = ("nan" if math.isnan(x) else f"{x:+.3f}" for x in d.ci)  # nan: too few architectures
+            line += f" ({BASELINE} {means[BASELINE]:.3f}; difference {d.value:+.3f}, {CI_LEVEL:.0%} CI [{lo}, {hi}])"
         print(line)
         if len(columns) > 1:
             try:
