@@ -183,6 +183,12 @@ def test_settings_every_worker_would_refuse_are_refused_before_they_start(tmp_pa
         run_scoring(str(tmp_path / "r.jsonl"), workers=2, **{**RUN, **kwargs})
 
 
+def test_proxies_from_a_generator_are_read_once(tmp_path):
+    """The settings check before the workers read the generator; scoring then found it empty."""
+    records = run_scoring(str(tmp_path / "r.jsonl"), proxies=(p for p in ["params"]), **RUN)
+    assert [list(r["scores"]) for r in records] == [["params"]] * RUN["n"]
+
+
 def test_torchrun_then_a_killed_worker_then_resume(tmp_path, monkeypatch, capsys, reference):
     """The README's commands on 2 processes: torchrun gives the one-process results; `--workers` with
     rank 1 killed after its first architecture exits 1 naming it and loses nothing finished;

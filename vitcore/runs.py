@@ -352,7 +352,7 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, ar
         chosen = read_archs(archs)
     resolve_device(device)
     batch = load_batch(data, batch_size, seed, search_space)
-    _check_settings(proxies, batch, mode, params, dtype)
+    proxies = _check_settings(proxies, batch, mode, params, dtype)  # a list: a generator is read once
     if workers > 1:  # the inputs above are checked once, here, before the workers start
         return distributed.launch(workers, dict(out=out, space=space, n=n, archs=archs, data=data,
                                                 batch_size=batch_size, seed=seed, proxies=proxies, mode=mode,
