@@ -165,7 +165,7 @@ def test_bad_worker_settings(tmp_path, monkeypatch, kwargs, env, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(proxies=["zico"], batch_size=1), "zico need at least 2 examples; the batch holds 1"),
+    (dict(proxies=["zico"], batch_size=1), "zico needs at least 2 examples; the batch holds 1"),
     (dict(proxies=["nope"]), "unknown proxy 'nope'"),
     (dict(dtype="fp8"), "dtype='fp8'"),
     (dict(mode="nope"), "mode='nope'"),

@@ -186,6 +186,9 @@ def test_each_proxy_against_params_is_the_difference_of_the_means_with_a_paired_
     assert mean_tau_vs([{"id": ids[0], "scores": {"x": 1.0}}, {"id": ids[1], "scores": {"x": 2.0}}], truth, ["a"]) == {}
     with pytest.raises(ValueError, match="column 'c' is not in the truth"):
         mean_tau_vs(records, truth, ["c"])
+    for call in (lambda: mean_tau_vs(records, truth, "ab"), lambda: mean_tau(results, "ab")):
+        with pytest.raises(TypeError, match="columns='ab' must be a list of column names"):
+            call()
 
 
 def test_columns_ceiling_uses_the_architectures_every_named_column_holds(tmp_path):

@@ -164,9 +164,11 @@ def cmd_evaluate(args) -> int:
         best = ", ".join(p for p, t in means.items() if t == top) or "no proxy has a defined τ"
         line = f"highest mean τ over {', '.join(columns)}: {best} {top:.3f}"
         if BASELINE in means and best and BASELINE not in best.split(", "):
-            d = versus[best.split(", ")[0]]
+            first = best.split(", ")[0]
+            d = versus[first]
             lo, hi = ("nan" if math.isnan(x) else f"{x:+.3f}" for x in d.ci)  # nan: too few architectures
-            line += f" ({BASELINE} {means[BASELINE]:.3f}; difference {d.value:+.3f}, {CI_LEVEL:.0%} CI [{lo}, {hi}])"
+            named = f"{first} minus {BASELINE}" if ", " in best else "difference"
+            line += f" ({BASELINE} {means[BASELINE]:.3f}; {named} {d.value:+.3f}, {CI_LEVEL:.0%} CI [{lo}, {hi}])"
         print(line)
         if len(columns) > 1:
             try:

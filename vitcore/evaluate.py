@@ -196,8 +196,15 @@ def evaluate_columns(records: List[dict], truth: Truth, top_fraction: float = 0.
     return results
 
 
+def _check_columns(columns: Sequence[str]) -> None:
+    if isinstance(columns, (str, bytes)) or not isinstance(columns, Sequence):
+        raise TypeError(f"columns={columns!r:.80} must be a list of column names")
+
+
 def mean_tau(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str]) -> Dict[str, float]:
-    """{proxy: mean Kendall τ over ``columns``}; a column that is not in ``results`` is a ValueError."""
+    """{proxy: mean Kendall τ over ``columns``}; a column that is not in ``results`` is a ValueError,
+    columns that are not a list of names a TypeError."""
+    _check_columns(columns)
     for c in columns:
         if c not in results:
             raise ValueError(f"column {c!r} is not in the truth; it has {', '.join(results)}")
@@ -215,7 +222,9 @@ def mean_tau_vs(records: List[dict], truth: Truth, columns: Sequence[str],
     """{proxy: its mean τ over ``columns`` minus ``baseline``'s, with the paired bootstrap interval of
     ``ranking.mean_tau_difference``} for every proxy of ``records`` but the baseline; {} when the baseline
     was not scored. Each column's τ is over the architectures it holds, as ``evaluate_columns`` takes
-    it, so ``value`` is the difference of ``mean_tau``'s two numbers."""
+    it, so ``value`` is the difference of ``mean_tau``'s two numbers. ValueError for a column not in the
+    truth, TypeError for columns that are not a list of names."""
+    _check_columns(columns)
     for c in columns:
         if c not in truth.columns:
             raise ValueError(f"column {c!r} is not in the truth; it has {', '.join(truth.columns)}")
@@ -249,7 +258,7 @@ def columns_ceiling(truth: Truth, columns: Sequence[str]) -> Ceiling:
 
 
 def _signed(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:+.2f}"
+    return "nan" if math.isnan(x) else f"{x:+.3f}"
 
 
 def format_columns(results: Dict[str, Dict[str, RankQuality]], columns: Sequence[str] = (),

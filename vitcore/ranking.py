@@ -137,8 +137,9 @@ def mean_tau_difference(scores: Sequence[float], baseline: Sequence[float],
                         columns: Sequence[Sequence[float]]) -> Difference:
     """How much higher a proxy's mean Kendall τ-b over k accuracy columns is than a baseline's (the
     parameter count, say), with a bootstrap interval that resamples the architectures once for both
-    proxies and every column: the two proxies' τ share their architectures, so the paired interval is
-    narrower than two separate ones would suggest, and it is the one that says whether they differ.
+    proxies and every column: the two proxies' τ share their architectures, so where they rank alike
+    the paired interval is much narrower than two separate ones would suggest, and it is the one that
+    says whether they differ.
 
     ``scores``, ``baseline``: n scores (NaN ranked last, as everywhere here); ``columns``: k ≥ 1 sequences
     of n accuracies, NaN where an architecture lacks that column (each column's τ is taken over the

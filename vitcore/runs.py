@@ -311,7 +311,8 @@ def _check_settings(proxies: Sequence[str], batch: Batch, mode: str, params: str
     proxies = check_proxies(proxies)
     short = [p for p in proxies if len(batch.targets) < UNITS[p].min_batch]
     if short:
-        raise ValueError(f"{', '.join(short)} need at least {max(UNITS[p].min_batch for p in short)} examples; "
+        raise ValueError(f"{', '.join(short)} {'needs' if len(short) == 1 else 'need'} at least "
+                         f"{max(UNITS[p].min_batch for p in short)} examples; "
                          f"the batch holds {len(batch.targets)} (--batch-size)")
     return proxies
 
