@@ -140,6 +140,9 @@ def test_mean_tau_ceiling_on_agreeing_reversed_and_cyclic_columns():
     ([[1, 2, float("nan")]], ValueError, r"NaN at \(column, position\) \[\[0, 2\]\]"),
     ([[1, 2, 3], [4, 4, 4]], ValueError, "column 1 has one value throughout"),
     ([["a", "b"]], TypeError, "column 0 must be a sequence of numbers"),
+    (5, TypeError, "columns must be a sequence of accuracy columns, got 5"),
+    ("acc", TypeError, "columns must be a sequence of accuracy columns, got 'acc'"),
+    (None, TypeError, "columns must be a sequence of accuracy columns, got None"),
 ])
 def test_mean_tau_ceiling_refuses_bad_columns(columns, error, message):
     with pytest.raises(error, match=message):
