@@ -206,8 +206,9 @@ def mean_tau_ceiling(columns: Sequence[Sequence[float]]) -> Ceiling:
               single moves of one architecture to another place while one raises the mean (local search,
               deterministic).
     With k = 1 and no ties both are 1. A proxy scored with ties (a size count, say) is not covered by the
-    bound. Raises TypeError for columns that are not a sequence of columns of numbers, ValueError for k = 0, unequal lengths,
-    n < 2, a NaN accuracy or a column with one value throughout (its τ is undefined).
+    bound. Raises TypeError for columns that are not a sequence of columns of numbers, ValueError for
+    k = 0, unequal lengths, n < 2, a NaN accuracy or a column with one value throughout (its τ is
+    undefined).
     """
     if isinstance(columns, (str, bytes, dict)) or not hasattr(columns, "__len__"):
         raise TypeError(f"columns must be a sequence of accuracy columns, got {columns!r:.80}")
