@@ -183,6 +183,7 @@ def test_each_proxy_against_params_is_the_difference_of_the_means_with_a_paired_
     assert "mean τ minus that of params [95% CI] |" in table
     assert f"| x | {results['a']['x'].kendall_tau:.3f} | {results['b']['x'].kendall_tau:.3f} | {means['x']:.3f} | " \
            f"{d.value:+.3f} [nan, nan] |" in table  # 5 architectures: too few for an interval
+    assert "[nan, nan]: some bootstrap resamples leave a column one value throughout" in table
     assert mean_tau_vs([{"id": ids[0], "scores": {"x": 1.0}}, {"id": ids[1], "scores": {"x": 2.0}}], truth, ["a"]) == {}
     with pytest.raises(ValueError, match="column 'c' is not in the truth"):
         mean_tau_vs(records, truth, ["c"])

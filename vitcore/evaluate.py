@@ -281,6 +281,9 @@ def format_columns(results: Dict[str, Dict[str, RankQuality]], columns: Sequence
             row += " |" if d is None else " nan |" if math.isnan(d.value) else \
                 f" {d.value:+.3f} [{_signed(d.ci[0])}, {_signed(d.ci[1])}] |"
         lines.append(row)
+    if versus and any(math.isfinite(d.value) and math.isnan(d.ci[0]) for d in versus.values()):
+        lines.append(f"\n[nan, nan]: some bootstrap resamples leave a column one value throughout, whose τ is "
+                     "undefined, so the interval of the difference is too: too few architectures")
     parts = ["\n".join(lines)]
     for c in names:
         parts.append(f"### {c}\n\n{format_table(results[c])}")
