@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vitcore.ranking import (kendall_tau, kendall_test, mean_tau_ceiling, mean_tau_difference, rank_quality, spearman_rho,
-                            top_k_overlap)
+from vitcore.ranking import (kendall_tau, kendall_test, mean_tau_ceiling, mean_tau_difference, rank_quality,
+                            spearman_rho, top_k_overlap)
 
 
 def test_against_scipy_on_random_data():

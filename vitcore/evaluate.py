@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Sequence
 
 from vitcore.ensemble import COMBINED
 from vitcore.paths import check_input_file, json_lines
-from vitcore.ranking import CI_LEVEL, Ceiling, Difference, RankQuality, mean_tau_ceiling, mean_tau_difference, rank_quality
+from vitcore.ranking import (CI_LEVEL, Ceiling, Difference, RankQuality, mean_tau_ceiling, mean_tau_difference,
+                             rank_quality)
 from vitcore.space import AnyArch, arch_from_dict, without_label
 
 # The built-in ground truth, package data (made by bench/ground_truth.py, provenance in the .md beside
