@@ -31,7 +31,7 @@ import torch
 
 from vitcore.passes import split
 from vitcore.proxies.az_expressivity import residual_stream
-from vitcore.proxies.base import Context, Proxy, stack_by_shape
+from vitcore.proxies.base import Context, Proxy, shape_order, stack_by_shape
 
 SIGMA_EPS = 1e-6  # the authors' 1 / (σ + 1e-6)
 
@@ -60,9 +60,7 @@ def _reduce(ctx: Context) -> Tuple[torch.Tensor, ...]:
         mats = [a + b for a, b in zip(mats, chunk_mats)] if mats else chunk_mats
         differs = [a | b for a, b in zip(differs, chunk_differs)] if differs else chunk_differs
     mats = [m / (B * feats[i].shape[1]) for m, (i, _) in zip(mats, pairs)]  # B·N'_s rows behind each
-    shapes = list(dict.fromkeys(tuple(m.shape) for m in mats))
-    order = sorted(range(len(mats)), key=lambda k: shapes.index(tuple(mats[k].shape)))  # stack_by_shape's order
-    return (*stack_by_shape(mats), torch.stack([differs[k] for k in order]))
+    return (*stack_by_shape(mats), torch.stack([differs[k] for k in shape_order(mats)]))
 
 
 def trainability_finish(values: Tuple[np.ndarray, ...]) -> float:

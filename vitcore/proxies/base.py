@@ -98,11 +98,19 @@ def vit_blocks(model: nn.Module, proxy: str, why: str) -> List[Block]:
     return [m for m in model.modules() if isinstance(m, Block)]
 
 
+def shape_order(mats: Sequence[torch.Tensor]) -> List[int]:
+    """The indices of ``mats`` in ``stack_by_shape``'s order: grouped by shape, the groups in order of
+    their shape's first appearance, each group in its order in ``mats`` (to line up per-tensor flags)."""
+    groups: Dict[Tuple[int, ...], List[int]] = {}
+    for k, m in enumerate(mats):
+        groups.setdefault(tuple(m.shape), []).append(k)
+    return [k for group in groups.values() for k in group]
+
+
 def stack_by_shape(mats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
-    """The tensors stacked by shape, each (count, *shape); the groups in order of their shape's first
-    appearance, each group's tensors in their order in ``mats``. Host steps that batch small matrix
-    decompositions (eigenvalues, singular values, nuclear norms) read them so."""
+    """The tensors stacked by shape, each (count, *shape), in ``shape_order``. Host steps that batch
+    small matrix decompositions (eigenvalues, singular values, nuclear norms) read them so."""
     groups: Dict[Tuple[int, ...], List[torch.Tensor]] = {}
-    for m in mats:
-        groups.setdefault(tuple(m.shape), []).append(m)
+    for k in shape_order(mats):
+        groups.setdefault(tuple(mats[k].shape), []).append(mats[k])
     return tuple(torch.stack(group) for group in groups.values())
