@@ -8,6 +8,7 @@ Results go to a JSON-lines file one architecture at a time, so an interrupted ru
 imported when the command runs: the library imports nothing from the benchmark harness).
 """
 import argparse
+import io
 import math
 import os
 import sys
@@ -22,7 +23,7 @@ from vitcore.ensemble import COMBINED
 from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns,
                               format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any, scatter_plots,
                               with_combined)
-from vitcore.paths import check_input_file, check_out_file
+from vitcore.paths import check_input_file, check_out_file, write_text
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -45,11 +46,14 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     ok = sorted((r for r in results if "scores" in r),
                 key=lambda r: (math.isnan(r["scores"][rank_by]), -r["scores"][rank_by]))  # NaN last
     failed = [r for r in results if "scores" not in r]
-    head = f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>5}  {'width':>11}  {'patch':>5}  {'heads':<14}"
+    cells = [_arch_cells(r["arch"]) for r in ok]
+    # the widest row sets each column: a 14-block ViT's heads are 27 characters
+    w = [max([least, *(len(c[k]) for c in cells)]) for k, least in enumerate((5, 11, 14))]
+    head = f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>{w[0]}}  {'width':>{w[1]}}  {'patch':>5}  {'heads':<{w[2]}}"
     print(head + "".join(f"  {p:>12}" for p in proxies))
-    for i, r in enumerate(ok, 1):
-        depth, width, heads = _arch_cells(r["arch"])
-        row = f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {depth:>5}  {width:>11}  {r['arch']['patch_size']:>5}  {heads:<14}"
+    for i, (r, (depth, width, heads)) in enumerate(zip(ok, cells), 1):
+        row = (f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {depth:>{w[0]}}  {width:>{w[1]}}  "
+               f"{r['arch']['patch_size']:>5}  {heads:<{w[2]}}")
         print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
     for r in failed:
         print(f"   -  {r['id']:12}  failed: {r['error']}")
@@ -61,7 +65,7 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
 
 def cmd_score(args) -> int:
     proxies = check_proxies(args.proxies.split(","))
-    rank_by = args.rank_by or proxies[0]
+    rank_by = args.rank_by.strip() if args.rank_by else proxies[0]
     if rank_by not in proxies:
         raise ValueError(f"--rank-by {rank_by!r} is not among --proxies {','.join(proxies)}")
     results = run_scoring(args.out, space=args.space, n=args.n, archs=args.archs, data=args.data,
@@ -93,6 +97,25 @@ def _check_buildable(archs, batch, options: str) -> None:
                              f"{e}") from None
 
 
+# evaluate's options that choose how it scores: meaningless with --scores (None when not given)
+SCORING_OPTIONS = ("proxies", "n", "space", "data", "batch_size", "seed", "device")
+
+
+def _left_out(records: List[dict], truth, scores: str, truth_path: str) -> str:
+    """What τ is not computed over: the scored architectures the truth has no accuracy for, and the truth's
+    architectures that were not scored ("" when the two hold the same architectures)."""
+    known = set().union(*truth.columns.values())
+    ids = {r["id"] for r in records}
+    parts = []
+    if ids - known:
+        parts.append(f"{len(ids - known)} of the {len(ids)} architectures of {scores} have no accuracy in {truth_path}")
+    if known - ids:
+        parts.append(f"{len(known - ids)} of the {len(known)} architectures of {truth_path} were not scored")
+    if not parts:
+        return ""
+    return f"left out of τ: {'; '.join(parts)} (τ is over the {len(ids & known)} in both)"
+
+
 def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
     truth = read_truth_any(args.truth)
@@ -110,14 +133,27 @@ def cmd_evaluate(args) -> int:
         print(f"{args.truth}: left out, {c} ranks nothing: {why}", file=sys.stderr)
     if not 0 < args.top_fraction <= 1:
         raise ValueError(f"--top-fraction {args.top_fraction}: expected a share in (0, 1]")
+    seed, device = (0 if args.seed is None else args.seed), args.device or "auto"
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a file; evaluate writes a folder")
     proxies = check_proxies(args.proxies.split(",")) if args.proxies else list(PROXIES)
     scores_file = os.path.join(args.out, "scores.jsonl")
-    if not 2 <= args.n <= BUILTIN_N:
-        raise ValueError(f"--n {args.n}: the built-in truth has {BUILTIN_N} architectures; score 2 to {BUILTIN_N}")
+    n, archs = args.n, list(truth.archs.values())
     if args.scores:
         check_input_file(args.scores, "scores file")
+        ignored = [f"--{k.replace('_', '-')}" for k in SCORING_OPTIONS if getattr(args, k) is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)}: {'chooses' if len(ignored) == 1 else 'choose'} how evaluate "
+                             f"scores, but --scores {args.scores} holds scores already made; drop "
+                             f"{'it' if len(ignored) == 1 else 'them'} or --scores")
+    elif archs and n is not None:
+        if isinstance(n, bool) or not 2 <= n <= len(archs):
+            raise ValueError(f"--n {n}: {args.truth} holds {len(archs)} architectures; score 2 to {len(archs)}")
+        archs = archs[:n]
+    elif not archs:
+        n = BUILTIN_N if n is None else n
+        if not 2 <= n <= BUILTIN_N:
+            raise ValueError(f"--n {n}: the built-in truth has {BUILTIN_N} architectures; score 2 to {BUILTIN_N}")
     try:
         os.makedirs(args.out, exist_ok=True)
         tempfile.TemporaryFile(dir=args.out).close()  # a folder we cannot write to fails here, not after scoring
@@ -131,34 +167,38 @@ def cmd_evaluate(args) -> int:
             check_out_file(os.path.join(folder, f"scatter-{p}.png"))
     if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
-    elif truth.archs:  # a JSON-lines truth names its architectures: score them
-        pits = all(isinstance(a, PiTArch) for a in truth.archs.values())
+    elif archs:  # a JSON-lines truth names its architectures: score them (the first --n)
+        pits = all(isinstance(a, PiTArch) for a in archs)
         space_name, data = args.space or ("pit" if pits else "autoformer"), args.data or "synthetic"
         space = get_space(space_name)
-        batch = load_batch(data, args.batch_size or 8, args.seed, space)
-        _check_buildable(truth.archs.values(), batch, f"--space {space_name}, --data {data}")
+        batch = load_batch(data, args.batch_size or 8, seed, space)
+        _check_buildable(archs, batch, f"--space {space_name}, --data {data}")
         if (batch.in_chans, batch.img_size, batch.num_classes) != (space.in_chans, space.img_size, space.num_classes):
             print(f"note: the batch ({batch.in_chans}x{batch.img_size}x{batch.img_size} images, {batch.num_classes} "
                   f"classes) is not the {space_name} space's ({space.in_chans}x{space.img_size}x{space.img_size}, "
                   f"{space.num_classes} classes): the architectures are built for the batch", file=sys.stderr)
-        records = score_archs(list(truth.archs.values()), batch, scores_file, proxies=proxies, seed=args.seed,
-                              device=args.device, resume=True)
+        records = score_archs(archs, batch, scores_file, proxies=proxies, seed=seed, device=device, resume=True)
     else:  # the first n of the built-in 50, with the other defaults of vitcore score unless given
-        records = run_scoring(scores_file, n=args.n, space=args.space or "small", data=args.data or "digits",
-                              batch_size=args.batch_size or 64, seed=args.seed, proxies=proxies,
-                              device=args.device, resume=True)
+        records = run_scoring(scores_file, n=n, space=args.space or "small", data=args.data or "digits",
+                              batch_size=args.batch_size or 64, seed=seed, proxies=proxies, device=device,
+                              resume=True)
     for r in records:  # a proxy that raised on a network: NaN there (ranked last), the other proxies kept
         for proxy, why in r.get("proxy_errors", {}).items():
             print(f"architecture {r['id']}: {proxy} failed, scored NaN: {why}", file=sys.stderr)
     records = with_combined(records)
     results = evaluate_columns(records, truth, args.top_fraction)
+    left_out = _left_out(records, truth, args.scores or scores_file, args.truth)
+    if left_out:
+        print(left_out, file=sys.stderr)
     # one column (a CSV truth's "acc", or a JSON-lines truth's only column): its full table
     versus = mean_tau_vs(records, truth, columns) if columns else {}
     text = format_columns(results, columns, versus) if len(results) > 1 or columns else format_table(*results.values())
+    if left_out:
+        text += f"\n\n{left_out}"
     for proxy, value in constant_proxies(records).items():
         text += (f"\n\n{proxy} gave every architecture the same score ({value:.6g}): its τ and ρ are undefined "
                  "(nan), and its top-k overlap only reflects the file's order")
-    print(text)
+    shown, summary = text, []  # printed: the tables, then the summary lines (evaluation.md: the tables and prose)
     if columns:
         means = {p: t for p, t in mean_tau(results, columns).items() if not math.isnan(t)}  # NaN: a constant proxy
         top = max(means.values(), default=math.nan)
@@ -170,7 +210,7 @@ def cmd_evaluate(args) -> int:
             lo, hi = ("nan" if math.isnan(x) else f"{x:+.3f}" for x in d.ci)  # nan: too few architectures
             named = f"{first} minus {BASELINE}" if ", " in best else "difference"
             line += f" ({BASELINE} {means[BASELINE]:.3f}; {named} {d.value:+.3f}, {CI_LEVEL:.0%} CI [{lo}, {hi}])"
-        print(line)
+        summary.append(line)
         if len(columns) > 1:
             try:
                 ceiling = columns_ceiling(truth, columns)
@@ -183,9 +223,11 @@ def cmd_evaluate(args) -> int:
                 text += (f"\n\nThe columns disagree: the best ranking found (consensus of the true accuracies) "
                          f"reaches mean τ {ceiling.reached:.3f}, and no ranking without ties exceeds "
                          f"{ceiling.bound:.3f} (vitcore.ranking.mean_tau_ceiling).")
-            print(line)
-    with open(os.path.join(args.out, "evaluation.md"), "w") as f:
-        f.write(f"scores: {args.scores or scores_file}; truth: {args.truth}; {_batch_line(records)}\n\n{text}\n")
+            summary.append(line)
+    # the file first and whole: printing cannot lose it (main() has stdout escape what its encoding lacks)
+    write_text(os.path.join(args.out, "evaluation.md"),
+               f"scores: {args.scores or scores_file}; truth: {args.truth}; {_batch_line(records)}\n\n{text}\n")
+    print("\n".join([shown, *summary]))
     plots = []
     for column, acc in truth.columns.items():
         folder = args.out if len(truth.columns) == 1 else os.path.join(args.out, column)
@@ -205,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="score architectures with zero-cost proxies and rank them")
     s.add_argument("--archs", help="JSON or JSON-lines file of architectures (default: sample the space)")
-    s.add_argument("--n", "--num-archs", dest="n", type=int, default=50,
-                   help="architectures to sample (default 50; --num-archs under torchrun, where --n is ambiguous)")
+    s.add_argument("--n", "--num-archs", dest="n", type=int,
+                   help="architectures to sample (default 50), or the first n of --archs (default all); "
+                        "--num-archs under torchrun, where --n is ambiguous")
     s.add_argument("--seed", type=int, default=0, help="sampling, minibatch and initialisation seed")
     s.add_argument("--space", default="small", help=f"search space: {', '.join(SPACES)} (default small)")
     s.add_argument("--batch-size", type=int, default=64)
@@ -232,16 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "columns (default: the built-in digits truth)")
     e.add_argument("--columns", help="comma-separated truth columns to average τ over (JSON-lines truth)")
     e.add_argument("--proxies", help="without --scores: comma-separated proxies to score with (default: every proxy)")
-    e.add_argument("--n", type=int, default=BUILTIN_N,
-                   help=f"without --scores, CSV truth: score the first n of the built-in {BUILTIN_N} (default {BUILTIN_N})")
+    e.add_argument("--n", type=int,
+                   help=f"without --scores: score the first n architectures of a JSON-lines truth (default all), or "
+                        f"of the built-in {BUILTIN_N} for a CSV truth (default {BUILTIN_N})")
     e.add_argument("--space", help="search space giving image size, channels and classes of synthetic data "
                                    "(the networks are built for the batch's images and classes; default for a "
                                    "JSON-lines truth: pit when it holds PiTs only, else autoformer; else small)")
     e.add_argument("--data", help=f"{' | '.join(DATA_CHOICES)}: the batch to score with; data-dependent proxies "
                                   "read it (default: synthetic for a JSON-lines truth, else digits)")
     e.add_argument("--batch-size", type=int, help="examples in the batch (default: 8 for a JSON-lines truth, else 64)")
-    e.add_argument("--seed", type=int, default=0, help="batch and initialisation seed (default 0)")
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--seed", type=int, help="batch and initialisation seed (default 0)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to score (default auto)")
     e.add_argument("--top-fraction", type=float, default=0.1, help="top-k overlap with k = this share of the archs")
     e.add_argument("--out", default=os.path.join("vitcore-results", "evaluate"), help="folder for the table and plots")
     e.set_defaults(func=cmd_evaluate)
@@ -254,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a console or redirect in cp1252 or ASCII: τ printed as \u03c4,
+        if isinstance(stream, io.TextIOWrapper):  # not an error after the work is done
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

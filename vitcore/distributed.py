@@ -5,7 +5,9 @@ same K processes on this machine through torch's elastic launcher), every rank s
 same architecture list and loads the same minibatch. The architectures still to score are dealt out
 round-robin, the i-th to rank i mod the world size, so the ranks' shares differ by at most one.
 
-Files. Rank r of w appends its records to its own shard ``<out>.rank<r>-of-<w>.jsonl``, one flushed
+Files. Rank r of w appends its records to its own shard ``<out>.rank<r>-of-<w>.jsonl``, whose first
+line marks it as vitcore's (``shard_header``: a user's file of that name is never read, moved, merged
+or removed, and a run whose shard would take its name stops before it starts), then one flushed
 line per architecture (fsynced at most once a second and at the end) and locked by its writer, as a
 one-process run writes ``out``: a killed rank loses at most the architecture it was on. When every
 rank has finished, rank 0 appends the shards' records to ``out`` in architecture order, fsyncs it and
@@ -32,6 +34,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,8 +44,8 @@ import torch
 import torch.distributed as dist
 
 from vitcore.data import Batch
-from vitcore.paths import free_name
-from vitcore.runs import open_results, read_results, resolve_device, score_archs
+from vitcore.paths import free_name, lock
+from vitcore.runs import SHARD_KEY, open_results, read_results, resolve_device, score_archs
 from vitcore.space import AnyArch
 
 KILL_ENV = "VITCORE_TEST_KILL"
@@ -81,8 +84,27 @@ def shard_path(out: str, rank: int, world: int) -> str:
     return f"{out}.rank{rank}-of-{world}.jsonl"
 
 
+def shard_header(rank: int, world: int) -> dict:
+    """The first line of rank ``rank`` of ``world``'s shard: what tells vitcore's shard from a user's file
+    of the same name."""
+    return {SHARD_KEY: {"rank": rank, "world": world}}
+
+
+def is_shard(path: str, rank: int, world: int) -> bool:
+    """Whether ``path`` is a regular file whose first line is ``shard_header(rank, world)``."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.readline()) == shard_header(rank, world)
+    except (OSError, ValueError):  # unreadable, not JSON, not UTF-8: not a shard vitcore wrote
+        return False
+
+
 def shard_paths(out: str) -> List[str]:
-    """Every shard beside ``out`` that is a regular file, of any world size, ordered by (world, rank)."""
+    """Every shard of a vitcore run beside ``out`` (named ``shard_path`` and starting with
+    ``shard_header``), of any world size, ordered by (world, rank). A user's file of such a name is
+    not one: never read, moved, merged or removed."""
     folder = os.path.dirname(out)
     if not os.path.isdir(folder or "."):
         return []
@@ -90,9 +112,33 @@ def shard_paths(out: str) -> List[str]:
     found = []
     for name in os.listdir(folder or "."):
         match = pattern.fullmatch(name)
-        if match and os.path.isfile(os.path.join(folder, name)):
+        if match and is_shard(os.path.join(folder, name), int(match[1]), int(match[2])):
             found.append(((int(match[2]), int(match[1])), os.path.join(folder, name)))
     return [path for _, path in sorted(found)]
+
+
+def check_files(out: str, world: int) -> None:
+    """ValueError, before any process starts, for what would stop every rank of a ``world``-process run
+    on ``out``: a folder that cannot be written, an ``out`` another run is writing (its lock), or a file
+    of a shard's name that vitcore did not write (a user's: never moved or appended to)."""
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        if os.path.exists(out):
+            with open(out, "a") as f:
+                lock(f, out)  # released on closing: rank 0 takes it again
+    except OSError as e:
+        raise ValueError(f"--out {out!r} cannot be written: {e.strerror}") from None
+    _check_shard_names(out, world)
+
+
+def _check_shard_names(out: str, world: int) -> None:
+    for rank in range(world):
+        path = shard_path(out, rank, world)
+        if os.path.lexists(path) and not is_shard(path, rank, world):
+            raise ValueError(f"{path} is not a shard of a vitcore run (its first line is not {SHARD_KEY}'s) but has "
+                             "the name this run's would take: move it, or choose another --out")
 
 
 def is_sharded(out: str) -> bool:
@@ -118,6 +164,7 @@ def score_sharded(archs: Sequence[AnyArch], batch: Batch, out: str, *, resume: b
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     merged: Optional[TextIO] = None
     try:
+        _check_shard_names(out, me.world)  # a user's file of a shard's name stops the run, untouched
         if me.rank == 0:
             merged = open_results(out, resume)  # locked to the end; without resume the old out is moved aside
             if resume:
@@ -131,7 +178,8 @@ def score_sharded(archs: Sequence[AnyArch], batch: Batch, out: str, *, resume: b
         todo = [a for a in archs if a.id not in scored]
         shard = shard_path(out, me.rank, me.world)
         own = score_archs(todo[me.rank::me.world], batch, shard, resume=resume,
-                          resume_from=[p for p in stored if p != shard], on_record=_kill_hook(me), **score_kwargs)
+                          resume_from=[p for p in stored if p != shard], on_record=_kill_hook(me),
+                          first_line=shard_header(me.rank, me.world), **score_kwargs)
         _barrier(me)  # every shard is complete
         return _merge(merged, out, archs) if merged is not None else own
     finally:
@@ -160,6 +208,9 @@ def launch(workers: int, kwargs: dict) -> List[dict]:
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()  # the root cause; the others were stopped after it
         message = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+        if not _any_record(kwargs["out"]):
+            raise RankFailed(f"rank {rank} of {workers} failed before any architecture was scored: {message}") \
+                from None
         raise RankFailed(f"rank {rank} of {workers} failed ({message}); the finished architectures are kept "
                          "in the shards beside the results file: rerun with --resume") from None
     finally:
@@ -167,12 +218,31 @@ def launch(workers: int, kwargs: dict) -> List[dict]:
     return returned[0]
 
 
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def max_workers() -> int:
+    """The most ``--workers`` a run starts on this machine: one process per CPU core (each needs one to
+    run), and two on any machine."""
+    return max(2, _cores())
+
+
+def _any_record(out: str) -> bool:
+    """Whether a shard beside ``out`` holds a record (a line beyond its ``shard_header``)."""
+    for path in shard_paths(out):
+        with open(path, "rb") as f:
+            if f.read().count(b"\n") > 1:
+                return True
+    return False
+
+
 def _worker(workers: int, kwargs: dict) -> List[dict]:
     from vitcore.runs import run_scoring
 
     if "OMP_NUM_THREADS" not in os.environ:  # torchrun sets 1; share the cores instead
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // workers))
+        torch.set_num_threads(max(1, _cores() // workers))
     return run_scoring(**kwargs)
 
 

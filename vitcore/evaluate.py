@@ -15,6 +15,7 @@ from vitcore.ensemble import COMBINED
 from vitcore.paths import check_input_file, json_lines
 from vitcore.ranking import (CI_LEVEL, Ceiling, Difference, RankQuality, mean_tau_ceiling, mean_tau_difference,
                              rank_quality)
+from vitcore.runs import check_records
 from vitcore.space import AnyArch, arch_from_dict, without_label
 
 # The built-in ground truth, package data (made by bench/ground_truth.py, provenance in the .md beside
@@ -151,10 +152,18 @@ def read_truth_jsonl(path: str) -> Truth:
 
 
 def read_truth_any(path: str) -> Truth:
-    """A JSON-lines truth (``.jsonl``) with its columns, or a CSV truth as one column named "acc";
-    ValueError for a truth with no column that ranks (see ``Truth.flat``)."""
-    if path.endswith(".jsonl"):
+    """A JSON-lines truth with its columns, or a CSV truth as one column named "acc", told apart by the
+    file's first character that is not blank (``{``: JSON lines, whatever the name: ``.json``, ``.JSONL``);
+    ValueError for a JSON list (``[``: write one object per line), and for a truth with no column that
+    ranks (see ``Truth.flat``)."""
+    path = check_input_file(path, "ground-truth file")
+    with open(path, "rb") as f:
+        start = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]  # after a byte-order mark and blank lines
+    if start == b"{":
         return read_truth_jsonl(path)
+    if start == b"[":
+        raise ValueError(f"ground-truth file {path!r} is a JSON list; write one architecture per line (JSON lines), "
+                         "or a CSV with columns id, acc_mean")
     return _set_aside_flat(path, Truth(columns={"acc": read_truth(path)}))
 
 
@@ -296,8 +305,9 @@ def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float =
 
     ``records`` are results as ``read_results`` gives them, ``truth`` maps ids to accuracies (as
     ``read_truth`` gives it). A failed architecture (a record with an error) counts as NaN for every
-    proxy. Raises TypeError for arguments of the wrong type, ValueError for fewer than 2
-    architectures in common or none of them scored.
+    proxy. Raises TypeError for arguments of the wrong type, ValueError for records that are not one
+    run's (``vitcore.runs.check_records``: other settings, other proxies, a score that is not a number),
+    fewer than 2 architectures in common or none of them scored.
     """
     if isinstance(records, (str, bytes, dict)) or not hasattr(records, "__iter__"):
         raise TypeError(f"records must be a list of result dicts, got {type(records).__name__}")
@@ -307,6 +317,7 @@ def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float =
         raise TypeError(f"records must be dicts with a string 'id' (see read_results), got {bad!r:.80}")
     if not isinstance(truth, dict):
         raise TypeError(f"truth must be a dict of id -> accuracy (see read_truth), got {type(truth).__name__}")
+    records = check_records([(f"records[{i}]", r) for i, r in enumerate(records)])  # one run's, null scores NaN
     proxies = list(dict.fromkeys(p for r in records for p in r.get("scores", {})))  # first-seen order
     common = [r for r in records if r["id"] in truth]
     if len(common) < 2:

@@ -13,9 +13,11 @@ device give bitwise the same weights; the CPU and CUDA generators draw different
 gives different weights on a CPU and on a GPU.
 """
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,26 +26,33 @@ from vitcore.ops.attention import attention_ref
 
 
 def positive_int(name: str, value) -> int:
-    """``value`` if it is a positive int; a TypeError or ValueError naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as an int if it is a positive integer (a Python or NumPy int, as ``vitcore.space.Arch``
+    takes); a TypeError or ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}={value!r} must be an int")
     if value <= 0:
         raise ValueError(f"{name}={value} must be positive")
-    return value
+    return int(value)
+
+
+def _is_list(value) -> bool:
+    """A list, tuple or 1-D NumPy array: one entry per block or stage."""
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim == 1)
 
 
 def _per_block(name: str, value, depth: int, kind: type) -> tuple:
-    """One value or one per block -> a tuple of ``depth`` values, validated."""
-    values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * depth
+    """One value or one per block -> a tuple of ``depth`` values, validated; NumPy scalars become Python
+    ints (``kind`` int) or floats."""
+    values = tuple(value) if _is_list(value) else (value,) * depth
     if len(values) != depth:
         raise ValueError(f"{name}={value!r} has {len(values)} entries, expected depth={depth}")
-    allowed = (int,) if kind is int else (int, float)
+    allowed = numbers.Integral if kind is int else numbers.Real
     for v in values:
         if isinstance(v, bool) or not isinstance(v, allowed):
             raise TypeError(f"{name}={value!r}: entries must be {kind.__name__}")
         if not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name}={value!r}: entries must be positive and finite")
-    return values
+    return tuple(int(v) if kind is int else v if isinstance(v, (int, float)) else float(v) for v in values)
 
 
 @torch.no_grad()
@@ -149,24 +158,25 @@ class ViTConfig:
 
     def __post_init__(self):
         for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth"):
-            positive_int(name, getattr(self, name))
+            object.__setattr__(self, name, positive_int(name, getattr(self, name)))  # NumPy ints become ints
         if self.patch_size > self.img_size:
             raise ValueError(f"patch_size={self.patch_size} is larger than img_size={self.img_size}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
         heads = _per_block("num_heads", self.num_heads, self.depth, int)
-        _per_block("mlp_ratio", self.mlp_ratio, self.depth, float)
-        for name in ("num_heads", "mlp_ratio"):  # lists become tuples: configs compare and hash
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
+        ratios = _per_block("mlp_ratio", self.mlp_ratio, self.depth, float)
+        for name, values in (("num_heads", heads), ("mlp_ratio", ratios)):  # lists become tuples: configs hash
+            object.__setattr__(self, name, values if _is_list(getattr(self, name)) else values[0])
         if self.head_dim is None:
             for h in heads:
                 if self.embed_dim % h:
                     raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={h}")
-        elif isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int):
+        elif isinstance(self.head_dim, bool) or not isinstance(self.head_dim, numbers.Integral):
             raise TypeError(f"head_dim={self.head_dim!r} must be a positive int or None")
         elif self.head_dim <= 0:
             raise ValueError(f"head_dim={self.head_dim!r} must be a positive int or None")
+        else:
+            object.__setattr__(self, "head_dim", int(self.head_dim))
         if not isinstance(self.qkv_bias, bool):
             raise TypeError(f"qkv_bias={self.qkv_bias!r} must be a bool")
         check_attention(self.attention)

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import tempfile
 from typing import Callable, Iterable, Iterator, TextIO, Tuple, Union
 
 try:
@@ -40,7 +41,7 @@ def check_input_file(path, what: str) -> str:
 def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[str, object]]:
     """(where, value) for each non-blank line of a JSON-lines file, ``where`` = "PATH, line N" (numbered
     as an editor numbers them) for the caller's own errors. ``lines`` are text, or bytes decoded as UTF-8
-    (a file opened in binary mode). Raises ValueError naming the line for a line that is not UTF-8 or
+    (a file opened in binary mode); a byte-order mark before line 1 is dropped. Raises ValueError naming the line for a line that is not UTF-8 or
     not JSON (with the column of the JSON error)."""
     for number, line in enumerate(lines, 1):
         where = f"{path}, line {number}"
@@ -49,6 +50,8 @@ def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[
                 line = line.decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError(f"{where}: not UTF-8 text") from None
+        if number == 1:
+            line = line.lstrip("\ufeff")  # a byte-order mark, as some editors write
         if not line.strip():
             continue
         try:
@@ -58,13 +61,28 @@ def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[
         yield where, value
 
 
+def write_text(path: str, text: str) -> None:
+    """``text`` written to ``path`` as UTF-8, whole or not at all (a temporary file beside it, then
+    renamed): characters a path cannot encode (a non-UTF-8 file name) are written as backslash escapes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, encoding="utf-8", errors="backslashreplace",
+                                     prefix=".tmp-", suffix=".part") as f:
+        try:
+            f.write(text)
+        except BaseException:
+            f.close()
+            os.remove(f.name)
+            raise
+    os.replace(f.name, path)
+
+
 def check_out_file(path, option: str = "--out") -> str:
     """``path`` if a results file may be written there: not a folder, not something other than a regular
     file (a device, a FIFO: never moved aside or replaced), not below a file. ValueError otherwise."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{option} must be a path, got {type(path).__name__}")
     path = os.fspath(path)
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(tuple(filter(None, (os.sep, os.altsep)))):  # "newdir/": a folder
         raise ValueError(f"{option} {path!r} is a folder; name a file such as {os.path.join(path, 'scores.jsonl')!r}")
     if os.path.exists(path) and not os.path.isfile(path):
         raise ValueError(f"{option} {path!r} is not a regular file (a device or a pipe?); name a file")

@@ -47,11 +47,11 @@ def _stages(name: str, value) -> Tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise TypeError(f"{name}={value!r} must be a non-empty list with one entry per stage")
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{name}={value!r}: entries must be ints")
         if v <= 0:
             raise ValueError(f"{name}={value!r}: entries must be positive")
-    return tuple(value)
+    return tuple(int(v) for v in value)  # NumPy ints become ints
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class PiTConfig:
 
     def __post_init__(self):
         for name in ("img_size", "patch_size", "stride", "in_chans", "num_classes", "base_dim"):
-            positive_int(name, getattr(self, name))
+            object.__setattr__(self, name, positive_int(name, getattr(self, name)))  # NumPy ints become ints
         if self.patch_size > self.img_size:
             raise ValueError(f"patch_size={self.patch_size} is larger than img_size={self.img_size}")
         depth, heads = _stages("depth", self.depth), _stages("num_heads", self.num_heads)
@@ -87,6 +87,7 @@ class PiTConfig:
         r = self.mlp_ratio
         if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r <= 0:
             raise ValueError(f"mlp_ratio={r!r} must be a positive finite number")
+        object.__setattr__(self, "mlp_ratio", r if isinstance(r, (int, float)) else float(r))
         if not isinstance(self.qkv_bias, bool):
             raise TypeError(f"qkv_bias={self.qkv_bias!r} must be a bool")
         check_attention(self.attention)

@@ -11,6 +11,7 @@ users' scripts load results with.
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, sample
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
+DEFAULT_N = 50  # architectures sampled when neither n nor a file of architectures is given
 FSYNC_EVERY_S = 1.0  # one fsync took 11 ms (median) on this project's VM, as long as scoring a small model
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"  # always arch/s
 
@@ -73,8 +75,9 @@ def read_archs(path: str) -> List[AnyArch]:
         archs = [_entry_arch(e, f"{path}, entry {i}") for i, e in enumerate(document, 1)]
     elif document is not None:
         archs = [_entry_arch(document, path)]
-    else:  # JSON lines: numbered as an editor numbers them
-        archs = [_entry_arch(entry, where) for where, entry in json_lines(path, text.split("\n"))]
+    else:  # JSON lines: numbered as an editor numbers them; a shard's mark (SHARD_KEY) is no architecture
+        archs = [_entry_arch(entry, where) for where, entry in json_lines(path, text.split("\n"))
+                 if not (isinstance(entry, dict) and SHARD_KEY in entry and where.endswith(", line 1"))]
     if not archs:
         raise ValueError(f"architectures file {path!r} holds no architectures")
     unique = list({a.id: a for a in archs}.values())
@@ -84,10 +87,13 @@ def read_archs(path: str) -> List[AnyArch]:
 
 
 def read_results(path: str, repair: bool = False) -> List[dict]:
-    """The complete lines of a results file, as dicts with a string "id" (and a "scores" object or an "error").
+    """The complete lines of a results file, as dicts checked by ``check_records`` (a string "id", a
+    "scores" object of numbers or an "error" string; one run's settings and proxies throughout; a null
+    score, as jq and pandas write NaN, reads as NaN).
 
     A line cut off by an interruption is skipped, and with ``repair`` (before appending to the file)
-    also dropped from the file. A missing file reads as no results. Raises ValueError naming the file
+    also dropped from the file. The first line of a ``vitcore.distributed`` shard (``SHARD_KEY``) is
+    not a record and is skipped. A missing file reads as no results. Raises ValueError naming the file
     and line for a line that is not such a record, and for a directory or a non-regular file.
     """
     if not os.path.lexists(path):
@@ -99,14 +105,92 @@ def read_results(path: str, repair: bool = False) -> List[dict]:
     if repair and len(complete) != len(data):
         with open(path, "r+b") as f:
             f.truncate(len(complete))
+    lines = list(json_lines(path, complete.split(b"\n")[:-1]))
+    if lines and isinstance(lines[0][1], dict) and SHARD_KEY in lines[0][1]:
+        lines = lines[1:]  # a shard's mark, not a record
+    return check_records(lines)
+
+
+SHARD_KEY = "vitcore_shard"  # the first line of a shard, {SHARD_KEY: {"rank": r, "world": w}}: vitcore wrote it
+
+
+def _check_fields(where: str, record) -> dict:
+    """One record, its fields checked; a null score becomes NaN."""
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+        raise ValueError(f"{where}: expected a JSON object with a string \"id\", got {json.dumps(record)[:80]!r}")
+    if "scores" in record:
+        scores = record["scores"]
+        if not isinstance(scores, dict):
+            raise ValueError(f"{where}: \"scores\" is {scores!r}, not an object")
+        for proxy, value in scores.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{where}: score {proxy}={value!r} is not a number (null reads as NaN)")
+        record = {**record, "scores": {p: math.nan if v is None else v for p, v in scores.items()}}
+    elif not isinstance(record.get("error"), str):
+        raise ValueError(f"{where}: expected \"scores\" (an object) or \"error\" (a string); the record has "
+                         f"{', '.join(sorted(record))}")
+    params = record.get("params", 0)
+    if isinstance(params, bool) or not isinstance(params, int) or params < 0:
+        raise ValueError(f"{where}: \"params\" is {params!r}, not a count of parameters")
+    for name in ("settings", "proxy_errors"):
+        if not isinstance(record.get(name, {}), dict):
+            raise ValueError(f"{where}: \"{name}\" is {record[name]!r}, not an object")
+    if "arch" in record:
+        try:
+            arch = arch_from_dict(record["arch"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: \"arch\" is not an architecture ({e})") from None
+        if arch.id != record["id"]:
+            raise ValueError(f"{where}: id {record['id']!r} is not its architecture's (id {arch.id})")
+    return record
+
+
+def _settings_diff(here: Optional[dict], there: Optional[dict]) -> str:
+    if here is None or there is None:
+        return "no settings recorded on one of them"
+    keys = [k for k in dict.fromkeys([*there, *here]) if here.get(k) != there.get(k)]
+    return "; ".join(f"{k} {here.get(k)!r} here, {there.get(k)!r} there" for k in keys)
+
+
+def check_records(lines: Sequence[Tuple[str, object]]) -> List[dict]:
+    """The records of ``lines``, (where, record) pairs ("PATH, line N" or "records[i]"), checked as one
+    run's results: each a dict with a string ``id`` and a ``scores`` object of numbers (null reads as
+    NaN) or an ``error`` string; ``params`` a count, ``settings`` and ``proxy_errors`` objects, ``arch``
+    an architecture whose id is ``id``, when present. One run's records throughout: the same
+    ``settings`` on every record, and the same proxies in every ``scores``, else τ would compare
+    scores made on other batches or seeds, or proxies a record lacks. ValueError naming where, the bad
+    value and, for a mismatch, the first record it differs from.
+
+    Every reader of results goes through it: ``read_results`` (``vitcore score --resume``, ``vitcore
+    evaluate --scores``, the shards of ``vitcore.distributed``) and ``vitcore.evaluate.evaluate``.
+    """
     records = []
-    for where, record in json_lines(path, complete.split(b"\n")[:-1]):
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-            raise ValueError(f"{where}: expected a JSON object with a string \"id\", got {json.dumps(record)[:80]!r}")
-        if not isinstance(record.get("scores", {}), dict):
-            raise ValueError(f"{where}: \"scores\" is {record['scores']!r}, not an object")
+    first = scored = None  # (where, record) of the first record, and of the first scored one
+    for where, record in lines:
+        record = _check_fields(where, record)
+        if first is None:
+            first = where, record
+        elif record.get("settings") != first[1].get("settings"):
+            diff = _settings_diff(record.get("settings"), first[1].get("settings"))
+            raise ValueError(f"{where}: made with other settings than {_line_of(first[0])} ({diff}); a results "
+                             "file holds one run's records: evaluate or resume each run's file on its own")
+        if "scores" in record:
+            if scored is None:
+                scored = where, record
+            elif set(record["scores"]) != set(scored[1]["scores"]):
+                have, want = set(record["scores"]), set(scored[1]["scores"])
+                missing, extra = sorted(want - have), sorted(have - want)
+                raise ValueError(f"{where}: scores other proxies than {_line_of(scored[0])}"
+                                 + (f" (lacks {', '.join(missing)})" if missing else "")
+                                 + (f" (has {', '.join(extra)} too)" if extra else "")
+                                 + "; every record of one run scores the same proxies")
         records.append(record)
     return records
+
+
+def _line_of(where: str) -> str:
+    """"line N" of "PATH, line N"; "records[i]" as it is."""
+    return where.rsplit(", ", 1)[-1]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,7 +305,7 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
                 seed: int = 0, device: str = "auto", dtype: str = "fp32", attention: str = "auto",
                 resume: bool = False, space: Optional[str] = None, resume_from: Sequence[str] = (),
-                on_record: Optional[Callable[[dict], None]] = None) -> List[dict]:
+                on_record: Optional[Callable[[dict], None]] = None, first_line: Optional[dict] = None) -> List[dict]:
     """Score ``archs`` on ``batch`` with ``proxies``, appending one JSON line per architecture to ``out``.
 
     Each model is built on ``device`` and initialised there from ``seed`` and its id, so a record is
@@ -251,7 +335,8 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
 
     With ``resume``, the records of the results files ``resume_from`` count as finished too (the
     shards of a run on several processes, ``vitcore.distributed``). ``on_record``, when given, is
-    called with each record once its line is written and flushed.
+    called with each record once its line is written and flushed. ``first_line``, when given, is
+    written as the first line of a new or empty ``out`` (a shard's mark, ``SHARD_KEY``).
     """
     if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or \
             not all(isinstance(a, ARCH_TYPES) for a in archs):
@@ -273,6 +358,9 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     versions = _versions()
 
     f, done = _open_results(out, settings, resume, resume_from)
+    if first_line is not None and f.tell() == 0:
+        f.write(json.dumps(first_line) + "\n")
+        f.flush()
     inputs, targets = batch.inputs.to(run_device), batch.targets.to(run_device)  # once for the run
     synced = time.monotonic()
     with f:
@@ -317,16 +405,18 @@ def _check_settings(proxies: Sequence[str], batch: Batch, mode: str, params: str
     return proxies
 
 
-def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, archs: Optional[str] = None,
+def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int] = None, archs: Optional[str] = None,
                 data: str = "digits", batch_size: int = 64, seed: int = 0,
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
                 device: str = "auto", dtype: str = "fp32", attention: str = "auto", resume: bool = False,
                 workers: int = 1) -> List[dict]:
-    """The run of ``vitcore score``: ``n`` architectures sampled from ``space`` with ``seed`` (or those
-    of the file ``archs``, see ``read_archs``), scored on ``batch_size`` examples of ``data`` ("digits",
+    """The run of ``vitcore score``: ``n`` architectures (default ``DEFAULT_N``) sampled from ``space``
+    with ``seed``, or the first ``n`` of the file ``archs`` (default all of them, see ``read_archs``), scored on ``batch_size`` examples of ``data`` ("digits",
     "synthetic" or an .npz path, see ``vitcore.data.load_batch``) by ``score_archs``, which documents
     the other arguments and the records returned. Everything is checked before the first
-    architecture is scored: ValueError for an ``n`` larger than the space, a bad file, bad settings.
+    architecture is scored: ValueError for an ``n`` larger than the space or the file, a bad file, bad
+    settings, ``workers`` beyond ``vitcore.distributed.max_workers()`` (more workers than architectures
+    start one per architecture).
 
     Under torchrun with several ranks, or with ``workers`` > 1 (processes started on this machine),
     the ranks share the architectures and rank 0 merges their records into ``out``; a resumed run
@@ -336,25 +426,36 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, ar
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers {workers!r}: expected a positive integer")
+    if workers > distributed.max_workers():
+        raise ValueError(f"--workers {workers}: at most {distributed.max_workers()} on this machine (one process per "
+                         "CPU core, two on any machine; more only wait for a core)")
     if workers > 1 and distributed.Rank.from_env().world > 1:
         raise ValueError(f"--workers {workers}: this process is already one of torchrun's ranks; drop --workers")
     _check_seed(seed)
     check_attention(attention)
     out = check_out_file(out)
     search_space = get_space(space)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise TypeError(f"--n {n!r}: expected an int")
     if archs is None:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"--n {n!r}: expected an int")
+        n = DEFAULT_N if n is None else n
         if not 1 <= n <= search_space.size:
             raise ValueError(f"--n {n}: the {space!r} space holds {search_space.size:,} architectures; "
                              "ask for 1 to that many")
         chosen = sample(search_space, n, seed)
     else:
         chosen = read_archs(archs)
+        if n is not None and not 1 <= n <= len(chosen):
+            raise ValueError(f"--n {n}: {archs} holds {len(chosen)} architectures; ask for 1 to that many")
+        chosen = chosen[:n]
+    if workers > len(chosen):
+        print(f"--workers {workers}: {len(chosen)} architectures, so {len(chosen)} processes", file=sys.stderr)
+        workers = len(chosen)
     resolve_device(device)
     batch = load_batch(data, batch_size, seed, search_space)
     proxies = _check_settings(proxies, batch, mode, params, dtype)  # a list: a generator is read once
     if workers > 1:  # the inputs above are checked once, here, before the workers start
+        distributed.check_files(out, workers)
         return distributed.launch(workers, dict(out=out, space=space, n=n, archs=archs, data=data,
                                                 batch_size=batch_size, seed=seed, proxies=proxies, mode=mode,
                                                 params=params, device=device, dtype=dtype, attention=attention,

@@ -17,10 +17,13 @@ import hashlib
 import json
 import numbers
 import random
+import sys
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import product
 from typing import Dict, List, Optional, Tuple, Union
+
+from tqdm import tqdm
 
 from vitcore.model import ViTConfig, positive_int
 from vitcore.pit import PiTConfig
@@ -54,17 +57,18 @@ class SearchSpace:
         per_block = len(set(self.num_heads)) * len(set(self.mlp_ratios))
         return len(set(self.patch_sizes)) * len(set(self.embed_dims)) * sum(per_block**L for L in set(self.depths))
 
-    def draw(self, rng: random.Random) -> "Arch":
-        """One architecture, every choice uniform (depth first, then per block)."""
+    def draw_fields(self, rng: random.Random) -> tuple:
+        """One architecture's fields, every choice uniform (depth first, then per block), as the
+        arguments of ``Arch``: cheap to compare, where building the ``Arch`` checks its config."""
         depth = rng.choice(self.depths)
-        return Arch(
-            embed_dim=rng.choice(self.embed_dims),
-            depth=depth,
-            num_heads=tuple(rng.choice(self.num_heads) for _ in range(depth)),
-            mlp_ratio=tuple(rng.choice(self.mlp_ratios) for _ in range(depth)),
-            head_dim=self.head_dim,
-            patch_size=rng.choice(self.patch_sizes),
-        )
+        embed_dim = rng.choice(self.embed_dims)
+        num_heads = tuple(rng.choice(self.num_heads) for _ in range(depth))
+        mlp_ratio = tuple(rng.choice(self.mlp_ratios) for _ in range(depth))
+        return embed_dim, depth, num_heads, mlp_ratio, self.head_dim, rng.choice(self.patch_sizes)
+
+    def draw(self, rng: random.Random) -> "Arch":
+        """One architecture, every choice uniform (``draw_fields``)."""
+        return Arch(*self.draw_fields(rng))
 
 
 @lru_cache(maxsize=None)
@@ -110,16 +114,17 @@ class PiTSpace:
             n *= len(set(choices))
         return n
 
+    def draw_fields(self, rng: random.Random) -> tuple:
+        """One architecture's fields, every choice uniform (heads among the valid sequences), as the
+        arguments of ``PiTArch``."""
+        base_dim = rng.choice(self.base_dims)
+        depth = tuple(rng.choice(c) for c in self.stage_depths)
+        num_heads = rng.choice(_heads_sequences(self.stage_heads))
+        return base_dim, depth, num_heads, rng.choice(self.mlp_ratios), self.patch_size, self.stride
+
     def draw(self, rng: random.Random) -> "PiTArch":
-        """One architecture, every choice uniform (heads among the valid sequences)."""
-        return PiTArch(
-            base_dim=rng.choice(self.base_dims),
-            depth=tuple(rng.choice(c) for c in self.stage_depths),
-            num_heads=rng.choice(_heads_sequences(self.stage_heads)),
-            mlp_ratio=rng.choice(self.mlp_ratios),
-            patch_size=self.patch_size,
-            stride=self.stride,
-        )
+        """One architecture, every choice uniform (``draw_fields``)."""
+        return PiTArch(*self.draw_fields(rng))
 
 
 SPACES: Dict[str, Union[SearchSpace, PiTSpace]] = {
@@ -345,7 +350,8 @@ def sample(space: Union[SearchSpace, PiTSpace], n: int, seed: int = 0) -> List["
     """``n`` distinct architectures drawn uniformly from ``space``; the same (space, n, seed), the same list.
 
     Raises TypeError for a ``space`` that is not a SearchSpace or an ``n`` / ``seed`` that is not an
-    int, ValueError for n < 1 or more than the space holds (``space.size``, checked before drawing).
+    int, ValueError for n < 1 or more than the space holds (``space.size``, checked before drawing), or
+    a negative seed.
     """
     if not isinstance(space, (SearchSpace, PiTSpace)):
         raise TypeError(f"space must be a SearchSpace or PiTSpace (see get_space), got {type(space).__name__}")
@@ -355,13 +361,20 @@ def sample(space: Union[SearchSpace, PiTSpace], n: int, seed: int = 0) -> List["
         raise ValueError(f"n={n!r} must be a positive int")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed={seed!r} must be an int")
+    if seed < 0:
+        raise ValueError(f"seed={seed}: expected a non-negative int (as vitcore score and ViT take)")
     if n > space.size:
         raise ValueError(f"n={n}: space {space.name!r} holds {space.size:,} distinct architectures")
     rng = random.Random(f"{space.name}:{seed}")
-    archs: Dict[str, AnyArch] = {}
-    for _ in range(100 * n):
-        arch = space.draw(rng)
-        archs.setdefault(arch.id, arch)
-        if len(archs) == n:
-            return list(archs.values())
+    build = Arch if isinstance(space, SearchSpace) else PiTArch
+    drawn: Dict[tuple, None] = {}  # distinct fields are distinct architectures (ids): built once kept
+    # n near the space's size takes about n·ln(n) draws (the coupon collector's): a bar after a second
+    with tqdm(total=n, desc="sampling", unit="arch", delay=1.0, disable=None, file=sys.stderr) as bar:
+        for _ in range(100 * n):
+            fields = space.draw_fields(rng)
+            if fields not in drawn:
+                drawn[fields] = None
+                bar.update()
+                if len(drawn) == n:
+                    return [build(*fields) for fields in drawn]
     raise ValueError(f"space {space.name!r} has fewer than n={n} distinct architectures")

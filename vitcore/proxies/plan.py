@@ -52,19 +52,21 @@ def _failure(e: Exception) -> str:
 
 
 def check_proxies(proxies: Iterable[str]) -> List[str]:
-    """The requested proxy names as a list; an unknown name raises, listing the valid ones."""
+    """The requested proxy names as a list, each once and without surrounding blanks; an unknown name
+    raises, listing the valid ones."""
     if isinstance(proxies, str):
         names = [proxies]
     elif isinstance(proxies, Iterable):
         names = list(proxies)
     else:
         raise TypeError(f"proxies={proxies!r} must be a proxy name or a list of names")
+    names = [n.strip() if isinstance(n, str) else n for n in names]  # " grad_norm", as "a, b" splits
     if not names:
         raise ValueError("proxies is empty; valid: " + ", ".join(PROXIES))
     for name in names:
         if name not in PROXIES:
             raise ValueError(f"unknown proxy {name!r}; valid: {', '.join(PROXIES)}")
-    return names
+    return list(dict.fromkeys(names))  # each once
 
 
 def counted_tensors(model: nn.Module, which: str) -> List[torch.Tensor]:
