@@ -17,7 +17,7 @@ import torch
 
 from vitcore.cli import main
 from vitcore.data import load_batch
-from vitcore.distributed import KILL_ENV, TIMING_FIELDS, Rank, shard_path, shard_paths
+from vitcore.distributed import KILL_ENV, TIMING_FIELDS, Rank, shard_header, shard_path, shard_paths
 from vitcore.paths import lock
 from vitcore.runs import read_results, run_scoring, score_archs
 from vitcore.space import SPACES, sample
@@ -82,7 +82,11 @@ def test_rank_from_env_and_shard_names(tmp_path, monkeypatch):
     out = str(tmp_path / "s.jsonl")
     assert shard_path(out, 2, 10) == out + ".rank2-of-10.jsonl"
     for rank, world in ((1, 10), (0, 2), (2, 10), (1, 2)):
-        open(shard_path(out, rank, world), "w").close()
+        with open(shard_path(out, rank, world), "w") as f:
+            f.write(json.dumps(shard_header(rank, world)) + "\n")
+    for rank, world, first in ((5, 10, ""), (6, 10, json.dumps(shard_header(0, 2)) + "\n")):
+        with open(shard_path(out, rank, world), "w") as f:  # a user's files of shards' names: not shards
+            f.write(first)
     os.mkdir(shard_path(out, 3, 10))  # not a regular file: never read, moved or removed
     os.mkfifo(shard_path(out, 4, 10))
     for other in (out + ".rank0-of-2.jsonl.bak", str(tmp_path / "t.jsonl.rank0-of-2.jsonl")):
@@ -97,7 +101,7 @@ def _killed_run(out, shares, cut=True):
     batch = load_batch(RUN["data"], RUN["batch_size"], 0, SPACES["small"])
     for rank, share in enumerate(shares):
         shard = shard_path(out, rank, len(shares))
-        score_archs([archs[i] for i in share], batch, shard, space="small")
+        score_archs([archs[i] for i in share], batch, shard, space="small", first_line=shard_header(rank, len(shares)))
         with open(shard, "a") as f:
             f.write('{"id": "cut off by the kill' if cut else "")
 
@@ -113,7 +117,7 @@ def test_resume_on_one_process_merges_shards_of_another_world_size(tmp_path, ref
 def test_resume_counts_a_failed_architecture_once_retried(tmp_path, reference):
     out = str(tmp_path / "r.jsonl")
     _killed_run(out, [[0], [1, 2]], cut=False)
-    record = _lines(shard_path(out, 0, 2))[0]
+    record = read_results(shard_path(out, 0, 2))[0]
     failed = {k: v for k, v in record.items() if k not in ("scores", "params", "time_s")}
     with open(shard_path(out, 1, 2), "a") as f:  # rank 1 recorded a failure for arch 3
         f.write(json.dumps(dict(failed, id=reference[3]["id"], arch=reference[3]["arch"],
@@ -211,8 +215,8 @@ def test_torchrun_then_a_killed_worker_then_resume(tmp_path, monkeypatch, capsys
     assert re.search(r"rank 1 of 2 failed \(Signal 9 \(SIGKILL\).*rerun with --resume", capsys.readouterr().err)
     assert _lines(out) == []  # moved to .bak at the start; never merged
     assert _untimed(_lines(out + ".bak")) == reference
-    assert _untimed(_lines(shard_path(out, 1, 2))) == reference[1:2]  # killed right after its first record
-    rank0 = _untimed(_lines(shard_path(out, 0, 2)))  # stopped by the launcher: all, some or none of its share
+    assert _untimed(read_results(shard_path(out, 1, 2))) == reference[1:2]  # killed right after its first record
+    rank0 = _untimed(read_results(shard_path(out, 0, 2)))  # stopped by the launcher: all, some or none of its share
     assert rank0 == reference[0::2][:len(rank0)]
 
     monkeypatch.delenv(KILL_ENV)
