@@ -346,3 +346,35 @@ def test_the_table_aligns_deep_vits(capsys):
     lines = capsys.readouterr().out.splitlines()[:3]
     assert "3-4-3-4-3-4-3-4-3-4-3-4-3-4" in lines[1]
     assert len({len(line) for line in lines}) == 1  # every row as wide as the header: the scores line up
+
+
+@pytest.mark.parametrize("scored", [False, True])
+def test_a_workers_run_that_failed_before_scoring_says_so_without_advising_resume(tmp_path, monkeypatch, scored):
+    """The one-line error a one-process run gives; --resume is advised only when a shard holds a record."""
+    import torch.distributed.launcher.api as launcher
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    out = str(tmp_path / "r.jsonl")
+    if scored:  # rank 0 of 2 wrote one record before rank 1 failed
+        archs = sample(SPACES["small"], 1, 0)
+        from vitcore.runs import score_archs
+
+        score_archs(archs, load_batch("digits", 4), shard_path(out, 0, 2), proxies=["params"],
+                    first_line=vitcore.distributed.shard_header(0, 2))
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=1, error_file=str(tmp_path / "none.json"))
+    failure.message = {"message": "ValueError: --out cannot be written"}  # as a worker's error file gives it
+
+    def failing(config, entrypoint):
+        def run(*args):
+            raise ChildFailedError("vitcore", {1: failure})
+        return run
+
+    monkeypatch.setattr(launcher, "elastic_launch", failing)
+    with pytest.raises(vitcore.distributed.RankFailed) as failed:
+        vitcore.distributed.launch(2, {"out": out})
+    if scored:
+        assert "rank 1 of 2 failed (ValueError: --out cannot be written); the finished" in str(failed.value)
+        assert "rerun with --resume" in str(failed.value)
+    else:
+        assert str(failed.value) == ("rank 1 of 2 failed before any architecture was scored: "
+                                     "ValueError: --out cannot be written")
