@@ -45,7 +45,8 @@ def test_npz_data_with_nan_is_refused(tmp_path):
     x = np.zeros((4, 8, 8), dtype=np.float32)
     x[1, 2, 3] = np.nan
     np.savez(data, x=x, y=np.arange(4))
-    with pytest.raises(ValueError, match=re.escape(f"{data}: images 'x' hold 1 NaN or infinite values, the first x[1, 2, 3] = nan")):
+    message = f"{data}: images 'x' hold 1 NaN or infinite values, the first x[1, 2, 3] = nan"
+    with pytest.raises(ValueError, match=re.escape(message)):
         load_batch(str(data), 2)
 
 

@@ -152,7 +152,8 @@ def test_evaluate_refuses_scoring_options_beside_scores(tmp_path, capsys, extra)
     (np.zeros((0, 8, 8), np.float32), np.arange(0), "images 'x' have shape (0, 8, 8): no examples or no pixels"),
     (np.zeros((4, 2, 0, 0), np.float32), np.arange(4), "images 'x' have shape (4, 2, 0, 0)"),
     (np.zeros((4, 8, 8), np.complex64), np.arange(4), "images 'x' have dtype complex64; expected real numbers"),
-    (np.full((4, 8, 8), np.inf), np.arange(4), "images 'x' hold 256 NaN or infinite values, the first x[0, 0, 0] = inf"),
+    (np.full((4, 8, 8), np.inf), np.arange(4),
+     "images 'x' hold 256 NaN or infinite values, the first x[0, 0, 0] = inf"),
 ])
 def test_a_data_file_is_checked_whole_naming_the_bad_value(tmp_path, capsys, x, y, message):
     data = tmp_path / "d.npz"
@@ -165,7 +166,8 @@ def test_a_data_file_is_checked_whole_naming_the_bad_value(tmp_path, capsys, x, 
     assert not out.exists()  # before any scoring
 
 
-@pytest.mark.parametrize("dtype, big", [(np.float32, 3e38), (np.float64, 1e300), (np.float64, 1e-300), (np.int64, 2**62)])
+@pytest.mark.parametrize("dtype, big", [(np.float32, 3e38), (np.float64, 1e300), (np.float64, 1e-300),
+                                        (np.int64, 2**62)])
 def test_images_at_the_ends_of_their_dtype_normalise_exactly_without_warnings(tmp_path, dtype, big):
     """Finite float32 near its largest value overflowed the float32 std to NaN; float64 beyond float32's
     range leaked numpy's overflow warning and became infinite."""

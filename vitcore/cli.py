@@ -49,7 +49,8 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     cells = [_arch_cells(r["arch"]) for r in ok]
     # the widest row sets each column: a 14-block ViT's heads are 27 characters
     w = [max([least, *(len(c[k]) for c in cells)]) for k, least in enumerate((5, 11, 14))]
-    head = f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>{w[0]}}  {'width':>{w[1]}}  {'patch':>5}  {'heads':<{w[2]}}"
+    head = (f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>{w[0]}}  {'width':>{w[1]}}  {'patch':>5}  "
+            f"{'heads':<{w[2]}}")
     print(head + "".join(f"  {p:>12}" for p in proxies))
     for i, (r, (depth, width, heads)) in enumerate(zip(ok, cells), 1):
         row = (f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {depth:>{w[0]}}  {width:>{w[1]}}  "

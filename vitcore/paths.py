@@ -41,8 +41,8 @@ def check_input_file(path, what: str) -> str:
 def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[str, object]]:
     """(where, value) for each non-blank line of a JSON-lines file, ``where`` = "PATH, line N" (numbered
     as an editor numbers them) for the caller's own errors. ``lines`` are text, or bytes decoded as UTF-8
-    (a file opened in binary mode); a byte-order mark before line 1 is dropped. Raises ValueError naming the line for a line that is not UTF-8 or
-    not JSON (with the column of the JSON error)."""
+    (a file opened in binary mode); a byte-order mark before line 1 is dropped. Raises ValueError naming
+    the line for a line that is not UTF-8 or not JSON (with the column of the JSON error)."""
     for number, line in enumerate(lines, 1):
         where = f"{path}, line {number}"
         if isinstance(line, bytes):

@@ -411,8 +411,9 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
                 device: str = "auto", dtype: str = "fp32", attention: str = "auto", resume: bool = False,
                 workers: int = 1) -> List[dict]:
     """The run of ``vitcore score``: ``n`` architectures (default ``DEFAULT_N``) sampled from ``space``
-    with ``seed``, or the first ``n`` of the file ``archs`` (default all of them, see ``read_archs``), scored on ``batch_size`` examples of ``data`` ("digits",
-    "synthetic" or an .npz path, see ``vitcore.data.load_batch``) by ``score_archs``, which documents
+    with ``seed``, or the first ``n`` of the file ``archs`` (default all of them, see ``read_archs``),
+    scored on ``batch_size`` examples of ``data`` ("digits", "synthetic" or an .npz path, see
+    ``vitcore.data.load_batch``) by ``score_archs``, which documents
     the other arguments and the records returned. Everything is checked before the first
     architecture is scored: ValueError for an ``n`` larger than the space or the file, a bad file, bad
     settings, ``workers`` beyond ``vitcore.distributed.max_workers()`` (more workers than architectures
