@@ -380,3 +380,13 @@ def test_a_workers_run_that_failed_before_scoring_says_so_without_advising_resum
     else:
         assert str(failed.value) == ("rank 1 of 2 failed before any architecture was scored: "
                                      "ValueError: --out cannot be written")
+
+
+def test_a_workers_resume_of_other_settings_is_refused_before_they_start(tmp_path, monkeypatch):
+    out = tmp_path / "r.jsonl"
+    run_scoring(str(out), n=2, batch_size=4, proxies=["params"])
+    monkeypatch.setattr(vitcore.distributed, "launch", lambda *args: pytest.fail("the workers were started"))
+    with pytest.raises(ValueError, match=re.escape(f"--resume: {out} holds results for settings other than this "
+                                                   "run's (batch_sha256 '")) as refused:
+        run_scoring(str(out), n=2, batch_size=4, proxies=["params"], seed=1, workers=2, resume=True)
+    assert "; seed 1 this run, 0 the file); use another --out" in str(refused.value)

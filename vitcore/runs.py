@@ -145,11 +145,13 @@ def _check_fields(where: str, record) -> dict:
     return record
 
 
-def _settings_diff(here: Optional[dict], there: Optional[dict]) -> str:
+def _settings_diff(here: Optional[dict], there: Optional[dict], here_name: str = "here",
+                   there_name: str = "there") -> str:
+    """The settings that differ, e.g. "seed 1 here, 0 there"."""
     if here is None or there is None:
-        return "no settings recorded on one of them"
+        return f"no settings recorded {there_name if there is None else here_name}"
     keys = [k for k in dict.fromkeys([*there, *here]) if here.get(k) != there.get(k)]
-    return "; ".join(f"{k} {here.get(k)!r} here, {there.get(k)!r} there" for k in keys)
+    return "; ".join(f"{k} {here.get(k)!r} {here_name}, {there.get(k)!r} {there_name}" for k in keys)
 
 
 def check_records(lines: Sequence[Tuple[str, object]]) -> List[dict]:
@@ -255,16 +257,33 @@ def _open_results(out: str, settings: dict, resume: bool,
     done: Dict[str, dict] = {}
     try:
         for path in (out, *resume_from) if resume else ():
-            for r in read_results(path, repair=path == out):
-                if r.get("settings") != settings:
-                    raise ValueError(f"--resume: {path} holds results for settings {r.get('settings')}, "
-                                     f"not {settings}; use another --out")
+            for r in resumable(path, settings, repair=path == out):
                 if "scores" in r or "scores" not in done.get(r["id"], {}):
                     done[r["id"]] = r
     except BaseException:
         f.close()
         raise
     return f, done
+
+
+def resumable(path: str, settings: dict, repair: bool = False) -> List[dict]:
+    """The records of the results file ``path`` (``read_results``), when they were made with ``settings``;
+    ValueError naming the file, the line and the settings that differ otherwise."""
+    records = read_results(path, repair=repair)
+    if records and records[0].get("settings") != settings:  # one run's settings throughout (check_records)
+        diff = _settings_diff(settings, records[0].get("settings"), "this run", "the file")
+        raise ValueError(f"--resume: {path} holds results for settings other than this run's ({diff}); "
+                         "use another --out")
+    return records
+
+
+def run_settings(batch: Batch, proxies: List[str], mode: str, params: str, seed: int, device: torch.device,
+                 dtype: str, attention: str, space: Optional[str]) -> dict:
+    """The resume key of a run: everything that changes a score (``score_archs`` lists it)."""
+    return {"space": space, "data": batch.name, "batch_size": len(batch.targets),
+            "input_shape": list(batch.inputs.shape[1:]), "num_classes": batch.num_classes,
+            "batch_sha256": _batch_digest(batch), "seed": seed, "proxies": proxies, "mode": mode,
+            "params": params, "dtype": dtype, "device": device.type, "attention": attention, "init": INIT_SCHEME}
 
 
 def arch_seed(arch: AnyArch, seed: int) -> int:
@@ -350,11 +369,7 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     check_attention(attention)
     out = check_out_file(out)
     run_device = resolve_device(device)
-    settings = {"space": space, "data": batch.name, "batch_size": len(batch.targets),
-                "input_shape": list(batch.inputs.shape[1:]), "num_classes": batch.num_classes,
-                "batch_sha256": _batch_digest(batch), "seed": seed, "proxies": proxies, "mode": mode,
-                "params": params, "dtype": dtype, "device": run_device.type, "attention": attention,
-                "init": INIT_SCHEME}
+    settings = run_settings(batch, proxies, mode, params, seed, run_device, dtype, attention, space)
     versions = _versions()
 
     f, done = _open_results(out, settings, resume, resume_from)
@@ -457,6 +472,11 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
     proxies = _check_settings(proxies, batch, mode, params, dtype)  # a list: a generator is read once
     if workers > 1:  # the inputs above are checked once, here, before the workers start
         distributed.check_files(out, workers)
+        if resume:  # what every rank reads: records of this run's settings
+            settings = run_settings(batch, proxies, mode, params, seed, resolve_device(device), dtype, attention,
+                                    space)
+            for path in (out, *distributed.shard_paths(out)):
+                resumable(path, settings)
         return distributed.launch(workers, dict(out=out, space=space, n=n, archs=archs, data=data,
                                                 batch_size=batch_size, seed=seed, proxies=proxies, mode=mode,
                                                 params=params, device=device, dtype=dtype, attention=attention,
