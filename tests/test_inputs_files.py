@@ -323,9 +323,10 @@ def test_numpy_scalars_are_taken_by_vit_config_as_by_arch():
         ViTConfig(**{**ints, "embed_dim": 32.0})
 
 
-def test_sample_refuses_a_negative_seed_as_the_cli_does():
+def test_sample_refuses_a_negative_seed_as_the_cli_does_and_takes_numpy_ints():
     with pytest.raises(ValueError, match="seed=-5: expected a non-negative int"):
         sample(SPACES["small"], 3, seed=-5)
+    assert sample(SPACES["small"], np.int64(3), seed=np.uint8(2)) == sample(SPACES["small"], 3, seed=2)
 
 
 def test_sampling_keeps_its_architectures():
@@ -390,3 +391,15 @@ def test_a_workers_resume_of_other_settings_is_refused_before_they_start(tmp_pat
                                                    "run's (batch_sha256 '")) as refused:
         run_scoring(str(out), n=2, batch_size=4, proxies=["params"], seed=1, workers=2, resume=True)
     assert "; seed 1 this run, 0 the file); use another --out" in str(refused.value)
+
+
+def test_a_column_named_twice_counts_once_in_the_mean(tmp_path, capsys):
+    records = _records(5)
+    scores = _write(tmp_path / "s.jsonl", records)
+    truth = tmp_path / "t.jsonl"
+    truth.write_text("".join(json.dumps({**r["arch"], "acc": {"a": i / 10, "b": (i * 3 % 5) / 10}}) + "\n"
+                             for i, r in enumerate(records)))
+    assert main(["evaluate", "--scores", scores, "--truth", str(truth), "--columns", "a, a,b",
+                 "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "| mean τ (a, b) |" in out and "highest mean τ over a, b:" in out

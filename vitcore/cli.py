@@ -121,6 +121,7 @@ def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
     truth = read_truth_any(args.truth)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else []  # "a, b" too
+    columns = list(dict.fromkeys(columns))  # "a,a": a once in the mean
     for c in columns:
         if c in truth.empty:
             raise ValueError(f"--columns: {c!r} is null on every line of {args.truth}")

@@ -350,17 +350,18 @@ def sample(space: Union[SearchSpace, PiTSpace], n: int, seed: int = 0) -> List["
     """``n`` distinct architectures drawn uniformly from ``space``; the same (space, n, seed), the same list.
 
     Raises TypeError for a ``space`` that is not a SearchSpace or an ``n`` / ``seed`` that is not an
-    int, ValueError for n < 1 or more than the space holds (``space.size``, checked before drawing), or
+    int (Python's or NumPy's), ValueError for n < 1 or more than the space holds (``space.size``, checked before drawing), or
     a negative seed.
     """
     if not isinstance(space, (SearchSpace, PiTSpace)):
         raise TypeError(f"space must be a SearchSpace or PiTSpace (see get_space), got {type(space).__name__}")
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n={n!r} must be an int")
     if n < 1:
         raise ValueError(f"n={n!r} must be a positive int")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed={seed!r} must be an int")
+    n, seed = int(n), int(seed)  # NumPy ints as Arch takes them; the same list as the ints give
     if seed < 0:
         raise ValueError(f"seed={seed}: expected a non-negative int (as vitcore score and ViT take)")
     if n > space.size:
