@@ -336,7 +336,8 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: int = 50, ar
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers {workers!r}: expected a positive integer")
-    if workers > 1 and distributed.Rank.from_env().world > 1:
+    world = distributed.Rank.from_env().world  # a leftover or incomplete torchrun environment fails here, up front
+    if workers > 1 and world > 1:
         raise ValueError(f"--workers {workers}: this process is already one of torchrun's ranks; drop --workers")
     _check_seed(seed)
     check_attention(attention)
