@@ -358,10 +358,10 @@ def _addresses(plan: _Plan, ws: _Workspace, g_ptrs: tuple, w_ptrs: tuple) -> tor
 def find_plan(params: List[torch.Tensor], grads: List[torch.Tensor]) -> Optional[_Plan]:
     """The cached plan whose metadata guard accepts these tensors, or None (the caller validates the
     tensors, then calls ``make_plan``). A hit means tensors of exactly this metadata were validated
-    before. A non-tensor in ``params`` finds none, so that the caller's checks name it."""
+    before. A non-tensor or a sparse tensor in ``params`` finds none, so that the caller's checks name it."""
     try:
         key = tuple(map(_ptr, params))
-    except (TypeError, AttributeError):
+    except (TypeError, AttributeError, RuntimeError):  # RuntimeError: a sparse tensor has no data pointer
         return None
     return _lookup(key, params, grads)
 

@@ -184,11 +184,25 @@ def test_bench_cli_writes_report_json_and_plots(tmp_path, capsys):
                                             (["--windows", "0"], "windows=0"), (["--budget-ms", "0"], "budget_s=0"),
                                             (["--d="], "'' is not a comma-separated list"),
                                             (["--dtype="], "dtypes=[]"), (["--budget-ms", "inf"], "'inf'"),
-                                            (["--budget-ms", "nan"], "'nan'"), (["--budget-ms", "x"], "'x'")])
+                                            (["--budget-ms", "nan"], "'nan'"), (["--budget-ms", "x"], "'x'"),
+                                            # issue 26, case 8: a segfault, an allocation traceback, no end
+                                            (["--threads", "100000"], "--threads 100000: expected 1 to this "
+                                                                      "machine's"),
+                                            (["--threads", "0"], "--threads 0: expected 1 to"),
+                                            (["--tokens", "99999999999"], "(fp32, batch 390624999 at "
+                                                                          "tokens=99999999999) needs about"),
+                                            (["--n", "100000000"], "the sweep point N'=100000000, D=384"),
+                                            (["--windows", "100000"], "windows=100000 is above the most this "
+                                                                      "sweep takes, 1000"),
+                                            (["--repeat", "101"], "repeat=101 is above the most this sweep "
+                                                                  "takes, 100"),
+                                            (["--budget-ms", "60001"], "budget_s=60.001 is above the most")])
 def test_bench_cli_errors_exit_2_with_the_bad_value(tmp_path, capsys, extra, message):
+    threads = torch.get_num_threads()
     with pytest.raises(SystemExit) as e:
         main(["bench", "--quick", "--out", str(tmp_path)] + extra)
     assert e.value.code == 2 and message in capsys.readouterr().err
+    assert torch.get_num_threads() == threads and not os.listdir(tmp_path)  # nothing set, nothing written
 
 
 def test_bench_cli_out_naming_a_file_exits_2_and_leaves_the_file(tmp_path, capsys):

@@ -11,9 +11,11 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from vitcore.cli import main
 from vitcore.data import load_batch
@@ -64,13 +66,15 @@ def _readme_commands():
         yield argv + ["--data", RUN["data"], "--batch-size", str(RUN["batch_size"])]
 
 
+TORCHRUN = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
 def test_rank_from_env_and_shard_names(tmp_path, monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+    for name in TORCHRUN:
         monkeypatch.delenv(name, raising=False)
     assert Rank.from_env() == Rank(0, 1, 0)
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    for name, value in {**TORCHRUN, "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
     assert Rank.from_env() == Rank(3, 4, 1)
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="RANK=4 is not below WORLD_SIZE=4"):
@@ -157,7 +161,7 @@ def test_the_results_file_is_locked_while_shards_are_merged(tmp_path, one_thread
 
 @pytest.mark.parametrize("kwargs, env, message", [
     (dict(workers=0), {}, "--workers 0: expected a positive integer"),
-    (dict(workers=2), {"RANK": "0", "WORLD_SIZE": "2"}, "already one of torchrun's ranks"),
+    (dict(workers=2), TORCHRUN, "already one of torchrun's ranks"),
     (dict(), {KILL_ENV: "1"}, f"{KILL_ENV}='1': expected RANK:RECORDS"),
 ])
 def test_bad_worker_settings(tmp_path, monkeypatch, kwargs, env, message):
@@ -252,12 +256,92 @@ def test_a_shard_missing_at_the_merge_is_named_and_nothing_is_lost(tmp_path, mon
     """Rank 0 of 2 whose partner's shard is not beside --out (on another node, in a folder not shared)."""
     from vitcore import distributed
 
-    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+    for name, value in TORCHRUN.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(distributed, "_barrier", lambda me: None)  # rank 1 finished elsewhere
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *args, **kwargs: None)
+    monkeypatch.setattr(distributed, "_join", lambda me: None)
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: None)
     out = str(tmp_path / "r.jsonl")
     with pytest.raises(ValueError, match="no record of 2 architectures .* every node shares"):
         run_scoring(out, **RUN)
     assert read_results(out) == [] and _untimed(read_results(shard_path(out, 0, 2))) == reference[0::2]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "1"}, "the environment sets RANK='1' but not WORLD_SIZE"),
+    ({"WORLD_SIZE": "2"}, "the environment sets WORLD_SIZE='2' but not RANK"),
+    ({"RANK": "1", "WORLD_SIZE": "2"}, "WORLD_SIZE=2 but LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set"),
+    ({**TORCHRUN, "MASTER_PORT": ""}, "WORLD_SIZE=2 but MASTER_PORT is not set"),
+    ({**TORCHRUN, "MASTER_PORT": "70000"}, "MASTER_PORT='70000': expected a TCP port in 1..65535"),
+    ({**TORCHRUN, "MASTER_PORT": "http"}, "MASTER_PORT='http': expected a TCP port"),
+    ({**TORCHRUN, "WORLD_SIZE": "0"}, "RANK=0 is not below WORLD_SIZE=0"),
+    ({**TORCHRUN, "LOCAL_RANK": "x"}, "LOCAL_RANK='x': expected a non-negative integer"),
+])
+def test_a_leftover_torchrun_environment_is_refused_up_front(tmp_path, monkeypatch, env, message):
+    """RANK / WORLD_SIZE / MASTER_* exported by another job: a clear error naming them before any work,
+    never a rendezvous that waits for ranks that do not exist (issue 26, case 7)."""
+    for name in TORCHRUN:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = str(tmp_path / "r.jsonl")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_scoring(out, **RUN)
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ranks_that_never_come_fail_after_the_rendezvous_timeout(tmp_path, monkeypatch, capsys, rank):
+    """A complete torchrun environment with nobody else: rank 0 waits for clients, rank 1 for a server;
+    both give up after RENDEZVOUS_TIMEOUT (shortened here from 120 s) with the environment named."""
+    from datetime import timedelta
+
+    from vitcore import distributed
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    for name, value in {**TORCHRUN, "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_PORT": port}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setattr(distributed, "RENDEZVOUS_TIMEOUT", timedelta(seconds=2))
+    out = str(tmp_path / "r.jsonl")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=rf"rank {rank} of 2: the other ranks did not join at 127\.0\.0\.1:{port} "
+                                         rf"within 2 s .*RANK='{rank}' WORLD_SIZE='2'.*unset RANK, WORLD_SIZE"):
+        run_scoring(out, **RUN)
+    assert time.monotonic() - start < 60
+    assert f"rank {rank} of 2 (from RANK='{rank}'" in capsys.readouterr().err  # said before it waited
+    assert not dist.is_initialized()
+
+
+def test_sigterm_on_a_workers_run_is_one_line_and_the_shards_resume(tmp_path, one_thread):
+    """SIGTERM to `vitcore score --workers 2` printed a 35-line torch traceback (issue 26, case 9): now one
+    line and status 128 + 15; the workers are stopped and their records stay in the shards, each whole
+    and identical to a one-process run's, for --resume."""
+    import signal
+
+    out = str(tmp_path / "r.jsonl")
+    n = 200  # far more than the workers score before the signal
+    argv = ["score", "--workers", "2", "--n", str(n), "--data", RUN["data"], "--batch-size", str(RUN["batch_size"]),
+            "--out", out]
+    run = subprocess.Popen([sys.executable, "-m", "vitcore", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    shard = shard_path(out, 0, 2)
+    deadline = time.monotonic() + 300
+    while not (os.path.exists(shard) and os.path.getsize(shard)) and run.poll() is None:
+        assert time.monotonic() < deadline, "no record after 300 s"
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.splitlines() == ["vitcore score: stopped by SIGTERM; the 2 workers were stopped and the architectures "
+                                   "they finished are kept in the shards beside the results file: rerun with --resume"]
+    assert stdout == ""
+    kept = [r for path in shard_paths(out) for r in read_results(path)]
+    assert 1 <= len(kept) < n
+    archs = {a.id: a for a in sample(SPACES["small"], n, 0)}
+    redo = [archs[r["id"]] for r in kept[:3]]
+    again = score_archs(redo, load_batch(RUN["data"], RUN["batch_size"], 0, SPACES["small"]), str(tmp_path / "one.jsonl"),
+                        space="small")
+    assert _untimed(again) == _untimed(kept[:3])

@@ -158,6 +158,19 @@ def test_msa_validates_shapes():
     (lambda: ViT(ViTConfig(img_size=8, patch_size=4, depth=1))(None), TypeError, "input must be a torch.Tensor"),
     (lambda: vitcore.msa(X.numpy(), WQ, WK, WV, WO), TypeError, "x must be a torch.Tensor, got ndarray"),
     (lambda: vitcore.msa(X.long(), WQ, WK, WV, WO), TypeError, r"x.dtype=torch.int64: expected a floating dtype"),
+    # issue 26, case 12: these failed inside torch
+    (lambda: vitcore.msa(X, WQ.float(), WK, WV, WO), TypeError,
+     r"wq is torch.float32 on cpu but x is torch.float64 on cpu: give all five tensors one dtype and device"),
+    (lambda: vitcore.msa(X, WQ, WK, WV, WO.half()), TypeError, r"wo is torch.float16 on cpu but x is torch.float64"),
+    (lambda: vitcore.msa(X, WQ, WK, WV.to("meta"), WO), TypeError, r"wv is torch.float64 on meta but x is"),
+    (lambda: vitcore.msa(X.to_sparse(), WQ, WK, WV, WO), TypeError, r"x.layout=torch.sparse_coo: expected a dense"),
+    (lambda: ViT(TINY, seed=2**64), ValueError, r"seed=18446744073709551616 must be an int in 0..2\*\*64 - 1"),
+    (lambda: ViT(TINY, seed=-1), ValueError, r"seed=-1 must be an int in 0..2\*\*64 - 1"),
+    (lambda: ViT(TINY, seed=1.0), ValueError, r"seed=1.0 must be an int"),
+    (lambda: ViT(TINY, device="gpu"), ValueError, r"device='gpu' is not a device torch knows"),
+    (lambda: ViT(TINY, device=0.5), TypeError, r"device=0.5 must be a str, a torch.device or None"),
+    (lambda: ViT(TINY, device=f"cuda:{torch.cuda.device_count()}"), ValueError,
+     rf"device='cuda:{torch.cuda.device_count()}': (no CUDA GPU is available here|this machine has)"),
 ])
 def test_public_entry_points_name_bad_values(call, error, message):
     with pytest.raises(error, match=message):
@@ -235,3 +248,22 @@ def test_layers_built_without_init_are_torchs_layers(ours, torchs):
     assert {k: None if p is None else p.shape for k, p in a._parameters.items()} == \
         {k: None if p is None else p.shape for k, p in b._parameters.items()}
     assert repr(a) == repr(b) and list(a.state_dict()) == list(b.state_dict())
+
+
+TINY = ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2)
+
+
+def test_the_largest_seed_builds():
+    """manual_seed takes 64-bit seeds: 2**64 - 1 is the last one ViT accepts."""
+    a, b = ViT(TINY, seed=2**64 - 1), ViT(TINY, seed=2**64 - 1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message for a machine without a GPU")
+@pytest.mark.parametrize("device", ["cuda", torch.device("cuda")])
+def test_a_cuda_model_without_a_gpu_is_a_value_error(device):
+    """ViT(cfg, device="cuda") without a GPU raised torch's AssertionError (issue 26, case 12)."""
+    with pytest.raises(ValueError, match=r"device=.*cuda.*: no CUDA GPU is available here .* build the model on 'cpu'"):
+        ViT(TINY, device=device)
+    with pytest.raises(ValueError, match="no CUDA GPU is available here"):
+        TINY.build(device="cuda")

@@ -286,6 +286,8 @@ def test_fused_and_eager_agree(triton_on, monkeypatch):
         ("type", TypeError, r"grads\[0\] is a list"),
         ("tensors", TypeError, r"params must be a sequence of tensors, got one tensor of shape \(5,\)"),
         ("none", TypeError, "grads must be a sequence of tensors, got NoneType"),
+        ("sparse weight", TypeError, r"params\[1\]\.layout=torch\.sparse_coo: expected a dense"),
+        ("sparse grad", TypeError, r"grads\[0\]\.layout=torch\.sparse_coo: expected a dense"),
     ],
 )
 def test_errors_name_the_bad_value(fused, case, error, match, monkeypatch):
@@ -308,6 +310,10 @@ def test_errors_name_the_bad_value(fused, case, error, match, monkeypatch):
         w, g = w[0], g[0]
     elif case == "none":
         g = None
+    elif case == "sparse weight":  # issue 26, case 12: it failed inside torch (no data pointer)
+        w[1] = w[1].to_sparse()
+    elif case == "sparse grad":
+        g[0] = g[0].to_sparse()
     with pytest.raises(error, match=match):
         param_stats(w, g)
     with pytest.raises(error, match=match):

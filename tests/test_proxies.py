@@ -207,3 +207,129 @@ def test_non_finite_inputs_are_refused(proxies, triton_off):
     x[2, 0, 3, 3], x[4, 0, 0, 0] = float("nan"), float("-inf")
     with pytest.raises(ValueError, match="inputs hold 2 NaN or infinite values of 384"):
         vitcore.score(small_mlp(), x, y, proxies=proxies)
+
+
+def _summed(logits, targets):
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+class _Scaled(torch.nn.Module):
+    """A loss module that divides a sum by a fixed number instead of the batch size."""
+
+    def forward(self, logits, targets):
+        return F.cross_entropy(logits, targets, reduction="sum") / 4
+
+
+@pytest.mark.parametrize("loss_fn", [_summed, torch.nn.CrossEntropyLoss(reduction="sum"), _Scaled()])
+@pytest.mark.parametrize("chunks", [1, 2])
+@pytest.mark.parametrize("proxies", [["grad_norm"], ["zico"], ["grasp", "fisher"], ["lswag"], ["nwot"]])
+def test_a_loss_that_does_not_average_is_refused(loss_fn, chunks, proxies, triton_off):
+    """reduction="sum" made every gradient proxy scale with chunks (grad_norm 62.2 at chunks=1, 31.1 at
+    chunks=2); the loss is probed on the first chunk's logits once and twice over (issue 26, case 2)."""
+    model, (x, y) = small_vit(), batch(4, seed=11, dtype=torch.float32, classes=5)
+    with pytest.raises(ValueError, match=r"loss_fn=.* does not average over the examples: on the first "
+                                         r"(\d) examples it gives [\d.]+, on the same \1 "
+                                         r"examples taken twice [\d.]+ .*reduction='mean'"):
+        vitcore.score(model, x, y, loss_fn=loss_fn, proxies=proxies, chunks=chunks)
+
+
+def test_an_averaging_loss_of_the_callers_is_accepted_and_split_invariant(triton_off):
+    """A mean loss of the caller's (label smoothing, a module) passes the probe, and its scores do not
+    depend on chunks (float64: equal to a few ulps)."""
+    model, (x, y) = small_vit().double(), batch(4, seed=12, classes=5)
+    for loss_fn in (lambda a, b: F.cross_entropy(a, b, label_smoothing=0.1), torch.nn.CrossEntropyLoss()):
+        one, two = (vitcore.score(model, x, y, loss_fn=loss_fn, proxies=["grad_norm", "snip", "grasp"], chunks=c)
+                    for c in (1, 2))
+        for name in one:
+            assert two[name] == pytest.approx(one[name], rel=1e-12, abs=1e-300)
+
+
+def _probabilities(seed=13, rows=6, classes=3, dtype=torch.float64):
+    return torch.softmax(torch.randn(rows, classes, generator=torch.Generator().manual_seed(seed), dtype=dtype), 1)
+
+
+def _with(p, row, col, value):
+    p = p.clone()
+    p[row, col] = value
+    return p
+
+
+@pytest.mark.parametrize("targets, message", [
+    (_with(_probabilities(), 2, 1, float("nan")), r"targets hold 1 rows of 6 that are not class probabilities: "
+                                                  r"finite, >= 0, each row summing to 1 within 6.7e-16; the first is "
+                                                  r"row 2 \(smallest entry nan, sum nan\)"),
+    (_with(_probabilities(), 4, 0, float("inf")), r"targets hold 1 rows of 6 .* the first is row 4 \(.*sum inf\)"),
+    (torch.tensor([[1.0, 0.0, 0.0]] * 5 + [[1.25, -0.25, 0.0]], dtype=torch.float64),
+     r"targets hold 1 rows of 6 .* row 5 \(smallest entry -0.25, sum 1\)"),
+    (_probabilities() * 2, r"targets hold 6 rows of 6 .* row 0 \(smallest entry [\d.]+, sum 2\)"),
+    (_with(_probabilities(), 3, 2, 0.0), r"targets hold 1 rows of 6 .* row 3 \(smallest entry 0, sum 0\.\d+\)"),
+])
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_soft_targets_that_are_not_probabilities_are_refused(targets, message, chunks, triton_off):
+    """NaN rows gave NaN scores, negative "probabilities" and rows not summing to 1 were accepted (issue 26,
+    case 6); the check runs on the device and is read with the one host sync."""
+    x, _ = batch(6, seed=14, classes=3)
+    with pytest.raises(ValueError, match=message):
+        vitcore.score(bn_net().double(), x, targets, proxies=["grad_norm", "nwot"], chunks=chunks)
+
+
+def test_probability_rows_rounded_in_their_dtype_are_accepted(triton_off):
+    """A softmax rounded to fp32 sums to 1 within C · eps(fp32): accepted; 10 · C · eps off is refused."""
+    model, (x, _) = small_mlp(), batch(6, seed=15, dtype=torch.float32)
+    soft = _probabilities(seed=16, classes=5, dtype=torch.float32)
+    assert math.isfinite(vitcore.score(model, x, soft)["grad_norm"])
+    decimal = torch.tensor([[0.1, 0.2, 0.3, 0.15, 0.25]] * 6)  # none of them exact in binary
+    assert math.isfinite(vitcore.score(model, x, decimal)["grad_norm"])
+    eps = torch.finfo(torch.float32).eps
+    with pytest.raises(ValueError, match=r"targets hold 1 rows of 6 .* within 6e-07; the first is row 1"):
+        vitcore.score(model, x, _with(decimal, 1, 4, 0.25 + 50 * eps))
+
+
+def test_targets_of_a_callers_loss_need_only_be_finite(triton_off):
+    """With a loss of the caller's, floating targets may be any finite values (regression), not NaN."""
+    model, (x, _) = small_mlp(), batch(6, seed=17, dtype=torch.float32)
+
+    def mse(logits, targets):
+        return F.mse_loss(logits, targets)
+
+    out = model(x).shape[1]
+    targets = torch.randn(6, out) * 5  # negative, rows not summing to 1: fine for a regression loss
+    assert math.isfinite(vitcore.score(model, x, targets, loss_fn=mse)["grad_norm"])
+    with pytest.raises(ValueError, match=r"targets hold 1 rows of 6 that are not finite values; the first is row 3"):
+        vitcore.score(model, x, _with(targets, 3, 0, float("nan")), loss_fn=mse)
+
+
+class _Returns(torch.nn.Module):
+    """Wraps a model and returns what ``wrap`` makes of its logits."""
+
+    def __init__(self, model, wrap):
+        super().__init__()
+        self.model, self.wrap = model, wrap
+
+    def forward(self, x):
+        return self.wrap(self.model(x))
+
+
+@pytest.mark.parametrize("wrap, error, message", [
+    (lambda z: (z,), TypeError, r"the model returned a tuple, not a tensor of logits \(B, C\): wrap it"),
+    (lambda z: {"logits": z}, TypeError, r"the model returned a dict, not a tensor of logits .*model\(x\).logits"),
+    (lambda z: z[..., None], ValueError, r"the model returned logits of shape \((4|2), 5, 1\): expected \((4|2), C\)"),
+    (lambda z: z[:1], ValueError, r"the model returned a tensor of shape \(1, 5\) for (4|2) examples"),
+    (lambda z: z.argmax(1), TypeError, r"the model returned logits of dtype torch.int64"),
+])
+@pytest.mark.parametrize("proxies", [["grad_norm"], ["jacob_cov", "zico"], ["grasp"], ["nwot"]])
+def test_a_model_output_that_is_not_logits_is_named(wrap, error, message, proxies, triton_off):
+    """A Hugging Face-style tuple or ModelOutput, or logits (B, C, 1), failed inside torch (issue 26,
+    case 12): refused with the type or shape that came back, and a tuple is never silently unpacked."""
+    model, (x, y) = _Returns(small_vit(), wrap), batch(4, seed=18, dtype=torch.float32, classes=5)
+    with pytest.raises(error, match=message):
+        vitcore.score(model, x, y, proxies=proxies, chunks=2 if "zico" in proxies else 1)
+
+
+@pytest.mark.parametrize("wrap, name", [(lambda z: (z,), "tuple"), (lambda z: {"logits": z}, "dict")])
+def test_synflow_names_a_model_output_that_is_not_a_tensor(wrap, name, triton_off):
+    """synflow sums the outputs (any shape), so it refuses only what is not a tensor."""
+    model, (x, y) = _Returns(small_vit(), wrap), batch(4, seed=19, dtype=torch.float32, classes=5)
+    with pytest.raises(TypeError, match=f"the model returned a {name}, not a tensor of logits"):
+        vitcore.score(model, x, y, proxies=["synflow"])
+    assert math.isfinite(vitcore.score(_Returns(small_vit(), lambda z: z[..., None]), x, y, proxies=["synflow"])["synflow"])

@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 from vitcore.attention_choice import ATTENTION_CHOICES
 from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
-from vitcore.distributed import Rank, RankFailed
+from vitcore.distributed import Rank, RankFailed, Stopped
 from vitcore.ensemble import COMBINED
 from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns,
                               format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any, scatter_plots,
@@ -309,5 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except RankFailed as e:  # a worker died or raised: what it finished is kept for --resume
         parser.exit(1, f"vitcore {args.command}: {e}\n")
+    except Stopped as e:  # a --workers run stopped by a signal: the status a process the signal ends has
+        parser.exit(128 + e.signum, f"vitcore {args.command}: {e}\n")
     except (ValueError, TypeError, OSError) as e:  # OSError: a full disk, a file gone meanwhile
         parser.exit(2, f"vitcore {args.command}: error: {e}\n")

@@ -19,7 +19,10 @@ error. Without ``resume`` rank 0 first moves ``out`` and any shard beside it to 
 run killed on K ranks resumes on any number of ranks, one included.
 
 Devices and the process group. On CUDA rank r uses GPU ``LOCAL_RANK mod torch.cuda.device_count()``,
-so several ranks may share one GPU. The ranks exchange nothing but three barriers, so the process
+so several ranks may share one GPU. The ranks join through torchrun's env:// rendezvous (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, checked up front by ``Rank.from_env``) and wait
+``RENDEZVOUS_TIMEOUT`` (120 s) for each other: such variables left over from another job fail then,
+naming them, instead of waiting for ranks that never come. The ranks exchange nothing but three barriers, so the process
 group is gloo (TCP) on CPU and GPU alike: NCCL refuses two ranks on one GPU. Across nodes, torchrun's
 rendezvous (``--nnodes``, ``--rdzv-backend c10d --rdzv-endpoint HOST:PORT``) joins the ranks, and
 ``out`` must sit in a folder every node shares.
@@ -52,10 +55,29 @@ KILL_ENV = "VITCORE_TEST_KILL"
 TIMING_FIELDS = ("time_s", "timing")  # a record's fields that differ between runs (measured seconds)
 # the last barrier waits for the slowest rank's whole share; a dead rank ends the job sooner (torchrun)
 BARRIER_TIMEOUT = timedelta(hours=24)
+# how long the ranks wait for each other to join (torchrun starts them together): a RANK / WORLD_SIZE
+# environment left over from elsewhere then fails after this, naming the variables, not after a day
+RENDEZVOUS_TIMEOUT = timedelta(seconds=120)
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets for each rank
+
+
+def _env_line(names: Sequence[str] = TORCHRUN_ENV) -> str:
+    """``NAME=value`` for each of ``names`` set in the environment, for error messages."""
+    return " ".join(f"{n}={os.environ[n]!r}" for n in names if n in os.environ) or "none of them set"
 
 
 class RankFailed(RuntimeError):
     """A rank of a ``--workers`` run failed; the records it and the others finished stay in the shards."""
+
+
+class Stopped(RuntimeError):
+    """A ``--workers`` run was stopped by a signal (SIGTERM, SIGINT, SIGHUP): the workers were stopped too,
+    and the records they finished stay in the shards. ``signum``: the signal; ``vitcore score`` exits
+    with 128 + signum, as a process the signal ends does."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -67,15 +89,33 @@ class Rank:
 
     @classmethod
     def from_env(cls) -> "Rank":
-        """From torchrun's RANK, WORLD_SIZE and LOCAL_RANK (one process when unset); ValueError when malformed."""
+        """From torchrun's RANK, WORLD_SIZE and LOCAL_RANK (one process when RANK and WORLD_SIZE are unset).
+
+        ValueError, naming the variables, for a malformed value and for an environment torchrun would not
+        make: RANK without WORLD_SIZE or the reverse, RANK >= WORLD_SIZE, or WORLD_SIZE > 1 without
+        LOCAL_RANK, MASTER_ADDR and a MASTER_PORT in 1..65535 (left over from another job, they would make
+        this process wait for ranks that never come)."""
         values = {}
         for name, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-            text = os.environ.get(name, default)
+            text = os.environ.get(name, default).strip()
             if not text.isdigit():
                 raise ValueError(f"environment variable {name}={text!r}: expected a non-negative integer")
             values[name] = int(text)
-        if not values["RANK"] < values["WORLD_SIZE"]:
-            raise ValueError(f"RANK={values['RANK']} is not below WORLD_SIZE={values['WORLD_SIZE']}")
+        hint = ("; vitcore reads these as one rank of a torchrun job: if torchrun did not start this process, "
+                f"unset {', '.join(TORCHRUN_ENV)}")
+        if ("RANK" in os.environ) != ("WORLD_SIZE" in os.environ):
+            have, lack = ("RANK", "WORLD_SIZE") if "RANK" in os.environ else ("WORLD_SIZE", "RANK")
+            raise ValueError(f"the environment sets {_env_line((have,))} but not {lack}{hint}")
+        if values["WORLD_SIZE"] < 1 or not values["RANK"] < values["WORLD_SIZE"]:
+            raise ValueError(f"RANK={values['RANK']} is not below WORLD_SIZE={values['WORLD_SIZE']}{hint}")
+        if values["WORLD_SIZE"] > 1:
+            missing = [n for n in TORCHRUN_ENV if not os.environ.get(n, "").strip()]
+            if missing:
+                raise ValueError(f"WORLD_SIZE={values['WORLD_SIZE']} but {', '.join(missing)} "
+                                 f"{'is' if len(missing) == 1 else 'are'} not set ({_env_line()}){hint}")
+            port = os.environ["MASTER_PORT"].strip()
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"environment variable MASTER_PORT={port!r}: expected a TCP port in 1..65535")
         return cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
 
 
@@ -160,8 +200,8 @@ def score_sharded(archs: Sequence[AnyArch], batch: Batch, out: str, *, resume: b
     if resolve_device(score_kwargs.get("device", "auto")).type == "cuda":
         torch.cuda.set_device(me.local_rank % torch.cuda.device_count())
     joined = me.world > 1 and not dist.is_initialized()
-    if joined:  # env:// rendezvous: MASTER_ADDR and MASTER_PORT come from torchrun
-        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+    if joined:
+        _join(me)
     merged: Optional[TextIO] = None
     try:
         _check_shard_names(out, me.world)  # a user's file of a shard's name stops the run, untouched
@@ -195,14 +235,21 @@ def launch(workers: int, kwargs: dict) -> List[dict]:
 
     Each worker runs ``cores // workers`` CPU threads unless OMP_NUM_THREADS says otherwise. Raises
     RankFailed naming the first failed rank and its error; the other ranks are stopped then, and
-    every record finished before stays in the shards for ``resume``.
+    every record finished before stays in the shards for ``resume``. A signal to this process
+    (SIGTERM, SIGINT, ...) stops the workers and raises Stopped; their records stay there too.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
     logging.disable(logging.ERROR)  # the launcher logs a failed worker with tracebacks; RankFailed names it
+    # A signal leaves the semaphores of the launcher's result queues to multiprocessing's resource tracker
+    # (a process it starts with this one's -W options), which removes them at exit and warns that it did:
+    # nothing a user can act on, under the one-line Stopped message.
+    if _QUIET_TRACKER not in sys.warnoptions:
+        sys.warnoptions.append(_QUIET_TRACKER)
     try:
         returned = elastic_launch(config, _worker)(workers, kwargs)
     except ChildFailedError as e:
@@ -213,6 +260,11 @@ def launch(workers: int, kwargs: dict) -> List[dict]:
                 from None
         raise RankFailed(f"rank {rank} of {workers} failed ({message}); the finished architectures are kept "
                          "in the shards beside the results file: rerun with --resume") from None
+    except SignalException as e:  # the launcher has stopped the workers (elastic agent's shutdown)
+        signum = int(e.sigval)
+        raise Stopped(f"stopped by {signal.Signals(signum).name}; the {workers} workers were stopped and the "
+                      "architectures they finished are kept in the shards beside the results file: rerun with "
+                      "--resume", signum) from None
     finally:
         logging.disable(logging.NOTSET)
     return returned[0]
@@ -238,12 +290,33 @@ def _any_record(out: str) -> bool:
     return False
 
 
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
+
+
 def _worker(workers: int, kwargs: dict) -> List[dict]:
     from vitcore.runs import run_scoring
 
     if "OMP_NUM_THREADS" not in os.environ:  # torchrun sets 1; share the cores instead
         torch.set_num_threads(max(1, _cores() // workers))
     return run_scoring(**kwargs)
+
+
+def _join(me: Rank) -> None:
+    """Join the gloo process group of torchrun's env:// rendezvous (MASTER_ADDR, MASTER_PORT): wait up to
+    ``RENDEZVOUS_TIMEOUT`` for the other ranks, then ``BARRIER_TIMEOUT`` per barrier. ValueError naming
+    the environment when they do not come."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # set by torchrun and --workers: this may be a leftover
+        print(f"rank {me.rank} of {me.world} (from {_env_line()}): waiting up to "
+              f"{RENDEZVOUS_TIMEOUT.total_seconds():.0f} s for the other ranks", file=sys.stderr)
+    try:
+        store, rank, world = next(dist.rendezvous("env://", timeout=RENDEZVOUS_TIMEOUT))
+    except (RuntimeError, ValueError) as e:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
+        raise ValueError(f"rank {me.rank} of {me.world}: the other ranks did not join at "
+                         f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within "
+                         f"{RENDEZVOUS_TIMEOUT.total_seconds():.0f} s ({type(e).__name__}: {str(e).splitlines()[0]}). "
+                         f"The environment ({_env_line()}) makes this process one rank of a torchrun job: if torchrun "
+                         f"did not start it, unset {', '.join(TORCHRUN_ENV)}") from None
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=BARRIER_TIMEOUT)
 
 
 def _barrier(me: Rank) -> None:

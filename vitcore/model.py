@@ -268,14 +268,39 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+
+
+def check_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``device`` as a ``torch.device`` (None: torch's default device), checked to exist here: TypeError
+    for a value that is not a str or torch.device, ValueError for a name torch does not parse, for a
+    CUDA device on a machine without one, or for a GPU index beyond the machine's GPUs."""
+    if device is None:
+        return torch.get_default_device()
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device={device!r} must be a str, a torch.device or None")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not a device torch knows (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: no CUDA GPU is available here (torch.cuda.is_available() is "
+                             "False); build the model on 'cpu'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return parsed
+
+
 def build_args(config, attention: Optional[str], device: Union[str, torch.device, None], seed: Optional[int]):
     """What every family's constructor starts from: (the config with ``attention`` when given, the
-    device (default: torch's default device), ``torch.Generator(device).manual_seed(seed)`` or None for
-    the device's default generator). ValueError for a seed that is not a non-negative int or None."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed={seed!r} must be a non-negative int or None")
+    device (default: torch's default device, checked by ``check_device``),
+    ``torch.Generator(device).manual_seed(seed)`` or None for the device's default generator).
+    ValueError for a seed that is not an int in 0..2^64 - 1 or None, and for a device that is not here."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ValueError(f"seed={seed!r} must be an int in 0..2**64 - 1 or None")
     config = config if attention is None else replace(config, attention=check_attention(attention))
-    device = torch.get_default_device() if device is None else torch.device(device)
+    device = check_device(device)
     return config, device, None if seed is None else torch.Generator(device).manual_seed(seed)
 
 
@@ -361,13 +386,21 @@ def msa(
     """Multi-head self-attention written out for checking hand calculations.
 
     x (N', D); wq, wk, wv (H, D, d); wo (H·d, D). Per head h: softmax(x Wq_h (x Wk_h)^T / sqrt(d)) x Wv_h.
-    Returns ``(heads (H, N', d), out (N', D))`` where out = concat_h(heads) @ wo.
+    Returns ``(heads (H, N', d), out (N', D))`` where out = concat_h(heads) @ wo. All five tensors dense,
+    floating, of one dtype and on one device (TypeError naming the first that is not); ValueError for
+    shapes that do not chain.
     """
     for name, t in (("x", x), ("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"{name}.dtype={t.dtype}: expected a floating dtype")
+        if t.layout != torch.strided:
+            raise TypeError(f"{name}.layout={t.layout}: expected a dense (torch.strided) tensor")
+    for name, t in (("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)):
+        if t.dtype != x.dtype or t.device != x.device:
+            raise TypeError(f"{name} is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}: "
+                            "give all five tensors one dtype and device")
     if x.ndim != 2:
         raise ValueError(f"x has shape {tuple(x.shape)}, expected (N', D)")
     N, D = x.shape

@@ -40,6 +40,27 @@ def split(n: int, chunks: int, groups: int = 1) -> List[Tuple[int, int, int]]:
     return [(a, b, next(g for g in range(groups) if a < (g + 1) * n // groups)) for a, b in zip(cuts, cuts[1:])]
 
 
+def logits_of(output, n: int, targets: Optional[torch.Tensor]) -> torch.Tensor:
+    """The model's ``output`` for ``n`` examples, checked to be logits: a floating tensor (n, C), or (n, ...)
+    for floating targets of that shape (any (n, ...) when ``targets`` is None: synflow sums the outputs).
+    A tuple, list or dict (Hugging Face models return a ModelOutput) is refused, not unpacked: which
+    entry holds the logits is the model's convention, so the caller wraps the model to return them
+    (``forward(x): return self.inner(x).logits``). TypeError / ValueError naming what came back."""
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"the model returned a {type(output).__name__}, not a tensor of logits (B, C): wrap it in "
+                        "an nn.Module whose forward returns the logits alone (e.g. model(x)[0] or model(x).logits)")
+    if not output.is_floating_point():
+        raise TypeError(f"the model returned logits of dtype {output.dtype}: expected a floating dtype")
+    if output.ndim == 0 or output.shape[0] != n:
+        raise ValueError(f"the model returned a tensor of shape {tuple(output.shape)} for {n} examples: "
+                         f"expected logits of shape ({n}, C)")
+    soft_like = targets is not None and targets.is_floating_point() and targets.shape[1:] == output.shape[1:]
+    if targets is not None and output.ndim != 2 and not soft_like:
+        raise ValueError(f"the model returned logits of shape {tuple(output.shape)}: expected ({n}, C), one row "
+                         "of class scores per example (squeeze or flatten the extra dimensions)")
+    return output
+
+
 def loss_on(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``loss_fn(logits, targets)`` with integer targets outside 0..C-1 (C = logits.shape[1]) replaced
     by 0 on the device, so a bad index neither raises inside torch (nor trips a CUDA device assert)
@@ -59,6 +80,19 @@ def loss_on(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor) -> t
     return loss
 
 
+def averaging_check(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(L, L2), float64 (2,) on the device: ``loss_fn`` on these n examples, and on them twice over (2n rows).
+
+    A loss that averages over the examples gives L2 = L (up to rounding); one that sums (``reduction="sum"``)
+    gives 2L, and would make every gradient proxy scale with the number of chunks. Only the loss function
+    is probed, on logits already computed (no model pass); ``vitcore.score`` reads the pair with its one
+    host sync and refuses a loss whose L2 is not L."""
+    with torch.no_grad():
+        once = loss_on(loss_fn, logits, targets)
+        twice = loss_on(loss_fn, torch.cat([logits, logits]), torch.cat([targets, targets]))
+    return torch.stack([once.double(), twice.double()])
+
+
 @dataclass
 class DataPass:
     """What one data pass produced; fields the request did not need stay empty."""
@@ -71,6 +105,7 @@ class DataPass:
     codes: List[torch.Tensor] = field(default_factory=list)  # per ReLU/GELU call: (B, units) bool, input > 0
     codes_nan: Optional[torch.Tensor] = None  # 0-d bool: did any ReLU/GELU input hold a NaN
     num_outputs: int = 0  # logits.shape[1]: the number of classes targets index
+    first_logits: Optional[torch.Tensor] = None  # the first chunk's logits, detached (for averaging_check)
 
 
 def _accumulate(total: List[Optional[torch.Tensor]], part: Sequence[Optional[torch.Tensor]], weight: float,
@@ -146,8 +181,10 @@ def data_pass(
             layer_calls.clear()
             chunk_codes.clear()
             with torch.set_grad_enabled(want_loss_grad or jacobian):
-                logits = model(x)
+                logits = logits_of(model(x), end - start, targets)
             out.num_outputs = logits.shape[1] if logits.ndim >= 2 else 0
+            if out.first_logits is None:
+                out.first_logits = logits.detach()
             if naswot:
                 if not chunk_codes:
                     raise ValueError("nwot reads the inputs of nn.ReLU / nn.GELU modules, and the model ran none")
@@ -221,7 +258,7 @@ def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: tor
     ones = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, device=params[0].device)
     model.eval()  # one example: BatchNorm normalises with its (|θ|-ed) running statistics
     with eager(), torch.enable_grad(), torch.autocast(ones.device.type, enabled=False), _tensors_kept(model):
-        total = functional_call(model, values, (ones,)).sum()  # float64 throughout
+        total = logits_of(functional_call(model, values, (ones,)), 1, None).sum()  # float64 throughout
     model.train()
     abs_list = [abs_params[id(p)] for p in params]
     return abs_list, torch.autograd.grad(total, abs_list, allow_unused=True)
@@ -245,7 +282,8 @@ def hessian_grad(
     ranges = split(B, chunks)
     with eager():
         for start, end, _ in ranges:
-            loss = loss_on(loss_fn, model(inputs[start:end]), targets[start:end]) * ((end - start) / B)
+            logits = logits_of(model(inputs[start:end]), end - start, targets)
+            loss = loss_on(loss_fn, logits, targets[start:end]) * ((end - start) / B)
             gf = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             z = sum((g.detach() * f).sum() for g, f in zip(grads, gf) if g is not None and f is not None)
             if not isinstance(z, torch.Tensor) or not z.requires_grad:

@@ -445,7 +445,8 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
     if workers > distributed.max_workers():
         raise ValueError(f"--workers {workers}: at most {distributed.max_workers()} on this machine (one process per "
                          "CPU core, two on any machine; more only wait for a core)")
-    if workers > 1 and distributed.Rank.from_env().world > 1:
+    world = distributed.Rank.from_env().world  # a leftover or incomplete torchrun environment fails here, up front
+    if workers > 1 and world > 1:
         raise ValueError(f"--workers {workers}: this process is already one of torchrun's ranks; drop --workers")
     _check_seed(seed)
     check_attention(attention)

@@ -47,6 +47,24 @@ from vitcore.ops.dispatch import use_triton
 TOKENS = {"cuda": 16384, "cpu": 1024}
 BUDGET_S = {"cuda": 0.01, "cpu": 0.05}  # default time per measurement, all windows together
 WINDOWS = {"cuda": 5, "cpu": 3}
+# Upper bounds of the sweep's settings: past them a run would not end in any useful time.
+MAX_WINDOWS, MAX_REPEAT, MAX_BUDGET_S = 1000, 100, 60.0
+
+
+def point_bytes(n: int, d: int, elsize: int, tokens: int) -> int:
+    """An estimate of one sweep point's peak memory in bytes: ``MSACase``'s ten (B, N', D)-sized tensors,
+    as many again for the activations and gradients of a forward and backward, the block's 4D² + 4D
+    parameters, and the eager provider's three float32 (B, H, N', N') tensors (logits, probabilities,
+    their gradient)."""
+    B, H = batch_for(n, tokens), max(1, d // HEAD_DIM)
+    return 20 * B * n * d * elsize + (4 * d * d + 4 * d) * elsize + 3 * 4 * B * H * n * n
+
+
+def device_bytes(device: str) -> int:
+    """The memory of ``device``: the GPU's total memory, or the host's physical memory for "cpu"."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 @dataclass
@@ -82,9 +100,21 @@ class SweepConfig:
             raise ValueError(f"device={self.device!r}: expected 'cpu' or 'cuda'")
         if self.graphs and self.device != "cuda":
             raise ValueError(f"graphs=True needs device='cuda' (CUDA graphs), not device={self.device!r}")
-        for name in ("tokens", "budget_s", "windows", "repeat"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        for name, most in (("tokens", None), ("budget_s", MAX_BUDGET_S), ("windows", MAX_WINDOWS),
+                           ("repeat", MAX_REPEAT)):
+            value = getattr(self, name)
+            if value <= 0:
+                raise ValueError(f"{name}={value} must be positive")
+            if most is not None and value > most:
+                raise ValueError(f"{name}={value} is above the most this sweep takes, {most}")
+        # the largest point must fit the device: a clear error now, not an allocation failure mid-sweep
+        total = device_bytes(self.device)
+        need, n, d, dt = max((point_bytes(n, d, DTYPES[dt].itemsize, self.tokens), n, d, dt)
+                             for n in self.ns for d in self.ds for dt in self.dtypes)
+        if need > total:
+            raise ValueError(f"the sweep point N'={n}, D={d} ({dt}, batch {batch_for(n, self.tokens)} at "
+                             f"tokens={self.tokens}) needs about {need / 2**30:.3g} GiB, more than the "
+                             f"{self.device}'s {total / 2**30:.3g} GiB: lower --tokens, --n or --d")
 
 
 def batch_for(n: int, tokens: int) -> int:

@@ -325,9 +325,9 @@ def run_bench(args) -> int:
         return 0
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads is not None:
-        if args.threads <= 0:
-            raise ValueError(f"--threads {args.threads} must be positive")
-        torch.set_num_threads(args.threads)
+        cores = os.cpu_count() or 1
+        if not 1 <= args.threads <= cores:  # torch.set_num_threads(100000) crashes the process
+            raise ValueError(f"--threads {args.threads}: expected 1 to this machine's {cores} CPU threads")
     cfg = SweepConfig(
         ns=_ints(args.n) if args.n is not None else (QUICK_N if args.quick else SWEEP_N),
         ds=_ints(args.d) if args.d is not None else (QUICK_D if args.quick else SWEEP_D),
@@ -338,6 +338,8 @@ def run_bench(args) -> int:
         windows=WINDOWS[device] if args.windows is None else args.windows, repeat=args.repeat, graphs=args.graphs,
     )
     cfg.validate()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     out = args.out or _free_folder(os.path.join(
         "bench", "results", f"{device_tag(device)}-{today()}-msa-scaling"))
     results = run_sweep(cfg, out, command=_command(args))

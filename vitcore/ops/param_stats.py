@@ -39,6 +39,8 @@ def _validate(params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
                 raise TypeError(f"{name}[{i}] is a {type(t).__name__}, not a torch.Tensor")
             if t.dtype not in _DTYPES:
                 raise TypeError(f"{name}[{i}].dtype={t.dtype}: expected one of {_DTYPES}")
+            if t.layout != torch.strided:
+                raise TypeError(f"{name}[{i}].layout={t.layout}: expected a dense (torch.strided) tensor")
             if t.device != device:
                 raise ValueError(f"{name}[{i}].device={t.device} but params[0].device={device}")
         if g.shape != w.shape:
@@ -78,10 +80,10 @@ def param_stats(params: Iterable[torch.Tensor], grads: Iterable[torch.Tensor]) -
     """(T, 4) float64 [Σg², Σ|g·θ|, Σg·θ, Σθ²] for each (weight θ, gradient g) pair, on their device.
 
     params, grads: equal-length sequences (not single tensors) of floating tensors (fp32 / fp16 /
-    bf16 / fp64, mixed freely), each gradient shaped like its weight, all on one device. ``None``
+    bf16 / fp64, mixed freely), dense, each gradient shaped like its weight, all on one device. ``None``
     gradients are the caller's to skip. Accumulated in float64 on both paths: no sum overflows
-    unless its float64 result would. Raises TypeError for a non-sequence, a non-tensor or an
-    unsupported dtype, ValueError for mismatched lengths, shapes or devices (naming the index).
+    unless its float64 result would. Raises TypeError for a non-sequence, a non-tensor, a sparse
+    tensor or an unsupported dtype, ValueError for mismatched lengths, shapes or devices (naming the index).
     """
     params, grads = _as_list("params", params), _as_list("grads", grads)
     if params and grads and all(isinstance(t, torch.Tensor) for t in (params[0], grads[0])) \

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitcore.passes import loss_on, split
+from vitcore.passes import logits_of, loss_on, split
 from vitcore.proxies.base import Context, Proxy, vit_blocks
 from vitcore.proxies.swap import pattern_bounds, swap_reduce, warn_if_saturated
 
@@ -118,7 +118,8 @@ def _reduce(ctx: Context) -> Tuple[torch.Tensor, ...]:
     try:
         for start, end, _ in split(ctx.inputs.shape[0], ctx.chunks):
             layer_io.clear()
-            loss = loss_on(ctx.loss_fn, ctx.model(ctx.inputs[start:end]), ctx.targets[start:end])
+            logits = logits_of(ctx.model(ctx.inputs[start:end]), end - start, ctx.targets)
+            loss = loss_on(ctx.loss_fn, logits, ctx.targets[start:end])
             grads = torch.autograd.grad(loss, [o for _, o in layer_io])  # each (n, N', out)
             # y = x Wᵀ: example b's gradient of its own loss is n · Σ_tokens dy_b ⊗ x_b (the loss averages)
             for stats, (x, _), dy in zip(moments, layer_io, grads):

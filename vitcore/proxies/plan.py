@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from vitcore.model import VisionTransformer
-from vitcore.passes import data_pass, hessian_grad, layer_weights, split, synflow_grads
+from vitcore.passes import averaging_check, data_pass, hessian_grad, layer_weights, split, synflow_grads
 from vitcore.proxies.base import Context, Proxy
 from vitcore.proxies.grad_norm import GRAD_NORM_MODES
 from vitcore.proxies.registry import PROXIES, UNITS
@@ -168,14 +168,23 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
                 errors[unit.name] = _failure(e)
 
     # -- the one host sync: every proxy's tensor, with the counts of bad inputs and targets --
-    num_outputs = next((p.num_outputs for p in (ctx.data, ctx.halves) if p is not None), 0)
-    if num_outputs and not targets.is_floating_point():
+    done = next((p for p in (ctx.data, ctx.halves) if p is not None), None)
+    num_outputs = done.num_outputs if done is not None else 0
+    zero = torch.zeros((), device=inputs.device)
+    if targets.is_floating_point():
+        checks = _target_rows(targets, loss_fn)
+    elif num_outputs:
         bad = (targets < 0) | (targets >= num_outputs)
-        checks = [bad.sum(), targets.min(), targets.max()]
+        checks = [bad.sum(), targets.min(), targets.max(), zero]
     else:
-        checks = [torch.zeros((), device=inputs.device)] * 3
+        checks = [zero] * 4
+    # a loss_fn of the caller's: does it average? (F.cross_entropy's default does)
+    averaging = [zero.double()] * 2
+    if loss_fn is not F.cross_entropy and done is not None and done.first_logits is not None:
+        first = done.first_logits
+        averaging = list(averaging_check(loss_fn, first, targets[: len(first)]))
     non_finite = inputs.numel() - torch.isfinite(inputs).sum()
-    parts = [torch.stack([non_finite.double()] + [c.double() for c in checks])]
+    parts = [torch.stack([non_finite.double()] + [c.double() for c in checks] + averaging)]
     parts += [t.double().reshape(-1) for out in reduced.values() for t in _tensors(out)]
     marks = _PASSES_END.get()
     if marks is not None:
@@ -185,11 +194,23 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
     flat = torch.cat(parts).cpu().numpy()
     if flat[0]:
         raise ValueError(f"inputs hold {int(flat[0])} NaN or infinite values of {inputs.numel()}")
+    if flat[1] and targets.is_floating_point():
+        row, low, total = int(flat[2]), flat[3], flat[4]
+        what = ("class probabilities: finite, >= 0, each row summing to 1 within "
+                f"{_sum_tolerance(targets):.2g}" if _probabilities(targets, loss_fn) else "finite values")
+        raise ValueError(f"targets hold {int(flat[1])} rows of {len(targets)} that are not {what}; the first is row "
+                         f"{row} (smallest entry {low:.6g}, sum {total:.6g})")
     if flat[1]:
         raise ValueError(f"targets hold {int(flat[1])} class indices outside 0..{num_outputs - 1} for the "
                          f"model's {num_outputs} outputs (min {int(flat[2])}, max {int(flat[3])}); "
                          "ignore_index (-100) is not supported: drop those examples")
-    values, offset = {}, 4
+    once, twice = flat[5], flat[6]
+    if abs(twice - once) > 0.25 * abs(once):  # a mean: equal up to rounding; a sum: twice; NaN: not decided
+        n = len(done.first_logits)
+        raise ValueError(f"loss_fn={loss_fn!r} does not average over the examples: on the first {n} examples it "
+                         f"gives {once:.6g}, on the same {n} examples taken twice {twice:.6g} (a mean gives the same "
+                         "value, a sum twice it); the scores would depend on chunks: use reduction='mean'")
+    values, offset = {}, 7
     for name, out in reduced.items():
         arrays = []
         for t in _tensors(out):
@@ -210,6 +231,30 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
     if errors:
         raise ProxyFailed(scores, errors)
     return scores
+
+
+def _probabilities(targets: torch.Tensor, loss_fn) -> bool:
+    """Whether floating ``targets`` are class probabilities: they are for ``F.cross_entropy``; a loss of
+    the caller's may read other values (regression targets), which need only be finite."""
+    return loss_fn is F.cross_entropy and targets.ndim == 2
+
+
+def _sum_tolerance(targets: torch.Tensor) -> float:
+    """How far a row of C probabilities in ``targets.dtype`` may sum from 1: C rounding errors of the
+    dtype (normalising by a sum taken in that dtype, accumulated one term at a time)."""
+    return targets.shape[1] * torch.finfo(targets.dtype).eps
+
+
+def _target_rows(targets: torch.Tensor, loss_fn) -> List[torch.Tensor]:
+    """[bad rows, first bad row, its smallest entry, its sum] of floating ``targets``, on the device (no sync).
+    A row is bad when it holds NaN or inf, or, for class probabilities, a negative entry or a sum off 1."""
+    rows = targets.reshape(len(targets), -1)  # (B, C) or (B, features)
+    bad = ~torch.isfinite(rows).all(1)  # (B,)
+    sums = rows.double().sum(1)  # (B,)
+    if _probabilities(targets, loss_fn):
+        bad |= (rows < 0).any(1) | ((sums - 1).abs() > _sum_tolerance(targets))
+    first = bad.int().argmax().reshape(1)  # the first True (0 when none); a tensor index: no host read
+    return [bad.sum(), first[0], rows.index_select(0, first).min(), sums.index_select(0, first)[0]]
 
 
 def _check_targets(targets: torch.Tensor, B: int, loss_fn) -> None:
@@ -239,9 +284,13 @@ def score(
     """Score ``model`` on one minibatch with the fewest passes the requested proxies need.
 
     model: an ``nn.Module`` taking ``inputs`` (B, ...) floating, on the model's device, and returning
-    logits (B, C). targets: (B,) int64 class indices in 0..C-1, or (B, C) floating probabilities;
-    -100 (cross_entropy's ignore_index) and other out-of-range indices are refused (ValueError,
-    counted on the device and raised after the sync). proxies: names from ``PROXIES``.
+    logits (B, C) as one tensor (a model returning a tuple or a Hugging Face ModelOutput is refused with
+    a TypeError: wrap it to return the logits). targets: (B,) int64 class indices in 0..C-1, or (B, C)
+    floating probabilities, each row finite, >= 0 and summing to 1 within C · eps of its dtype (with a
+    ``loss_fn`` of the caller's, floating targets need only be finite); -100 (cross_entropy's
+    ignore_index), other out-of-range indices and rows that are not probabilities are refused
+    (ValueError naming the first bad row, counted on the device and raised after the sync).
+    proxies: names from ``PROXIES``.
 
     The registry (``vitcore.proxies.registry``) says which passes each proxy needs; each pass runs
     once: one data pass (forward + backward, with hooks) serves grad_norm, snip, plain, fisher,
@@ -259,7 +308,9 @@ def score(
     ``chunks`` splits the batch to fit memory without changing the scores (up to rounding; except
     with layers that normalise with batch statistics, such as BatchNorm in train mode), and on CUDA
     out-of-memory the split doubles automatically, with a warning when the model has BatchNorm.
-    ``loss_fn`` must average over examples. Returns ``{proxy: float}`` in the order asked. Inputs
+    ``loss_fn`` must average over examples: one of the caller's is run on the first chunk's logits once
+    and on them twice over, and refused (ValueError) unless both give one value, as a mean does and a
+    sum (``reduction="sum"``) does not. Returns ``{proxy: float}`` in the order asked. Inputs
     holding NaN or inf are refused (ValueError, raised after the one sync); a model that makes NaN
     gets NaN scores. Errors: TypeError for a wrong type, ValueError for a wrong value, each naming it;
     a proxy that raises in its own reduction or finish, or whose pass raises while other requested
