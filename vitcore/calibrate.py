@@ -255,8 +255,8 @@ def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]]
 
     ``records``: S (``vitcore.runs.read_results``); ``columns``: {column: {id: accuracy}}. Returns the
     ``few-shot.json`` object: {"k", "draws", "seed", "alpha", "columns": {column: {"rule_tau", "params_tau",
-    "best_proxy", "best_proxy_tau" (the candidate with the highest mean τ on the rests: an oracle no
-    user has), "gain" (mean of rule − params), "gain_ci" (its 95% bootstrap interval over the draws),
+    "best_proxy", "best_proxy_tau" (the candidate with the highest mean τ on the rests, an oracle no
+    user has, among those that rank S otherwise than params: flops ranks a ViT space as params does), "gain" (mean of rule − params), "gain_ci" (its 95% bootstrap interval over the draws),
     "fallback_share" (draws that kept params), "chosen" ({proxy: draws}), "proxy_tau" ({proxy: mean τ}),
     "n" (architectures), "rules" (the proxy of each draw, in order)}}, "mean_gain"}; τ means are over
     the draws. ValueError for k < 5, a column with fewer than k + 2 scored architectures, draws < 1.
@@ -293,7 +293,8 @@ def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]]
         rule_tau = taus[np.arange(draws), [names.index(r) for r in rules]]
         gains = rule_tau - taus[:, 0]
         mean_tau = dict(zip(names, taus.mean(0).tolist()))
-        best = max((n for n in names if n != BASELINE), key=lambda n: mean_tau[n])
+        others = [n for n, row in zip(names, percentiles) if not np.array_equal(row, percentiles[0])]
+        best = max(others, key=lambda n: mean_tau[n]) if others else BASELINE
         out["columns"][column] = {
             "rule_tau": float(rule_tau.mean()), "params_tau": mean_tau[BASELINE], "best_proxy": best,
             "best_proxy_tau": mean_tau[best], "gain": float(gains.mean()), "gain_ci": _mean_ci(gains, seed),
