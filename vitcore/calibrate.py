@@ -155,7 +155,7 @@ def _fit(names: List[str], percentiles: np.ndarray, labelled: np.ndarray, acc: n
     def difference(idx: np.ndarray, axis: int = -1) -> np.ndarray:
         counts = (idx[..., :, None] == np.arange(k)).sum(-2).reshape(-1, k)  # (B, K)
         taus = weighted_tau_b(pair_signs, acc_signs, counts.astype(np.float64))
-        return (taus[0] - taus[1]).reshape(idx.shape[:-1])
+        return np.nan_to_num(taus[0] - taus[1]).reshape(idx.shape[:-1])  # NaN: a resample of one value, no evidence
 
     cv_tau, params_tau = weighted_tau_b(pair_signs, acc_signs, np.ones((1, k)))[:, 0]
     boot = stats.bootstrap((np.arange(k),), difference, vectorized=True, n_resamples=resamples,
