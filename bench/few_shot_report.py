@@ -3,8 +3,10 @@
 Runs the command (through ``vitcore.cli.main``) once per K on a scores file of the dev set, keeps each
 ``few-shot.json`` in a folder beside the report, and writes a markdown report: per column the rule's,
 params' and the best single proxy's mean τ on the rest, the gain over params with its interval, the
-mean over the columns, and the issue's targets. A second table reruns the protocol (``few_shot``, fewer
-draws) at other levels ``alpha`` of the test, to show what the choice of level costs and buys.
+mean over the columns, and the issue's targets. Two more tables rerun the protocol (``few_shot``, fewer
+draws): with params and the column's best single proxy as the only candidates (what the test can find
+when the user knows in advance which proxy to try: the power of the test itself), and at other levels
+``alpha`` of the test, to show what the choice of level costs and buys.
 
     python -m bench.few_shot_report --scores bench/results/cpu-2026-11-29-autoformer-dev-100-scores.jsonl \\
         --truth ../shared/data/autoformer-tiny-100.jsonl --out bench/results/cpu-2026-12-07-few-shot-dev.md
@@ -68,6 +70,24 @@ def targets(results: list) -> list:
     return lines + [""]
 
 
+def oracle_section(args, records, columns, results) -> list:
+    lines = [f"## Candidates known in advance ({args.alpha_draws} draws, seed {args.seed}; an oracle)", "",
+             "`vitcore.calibrate.few_shot` on scores holding only params and the column's best single proxy (from "
+             "the run with the largest K above), default alpha: the gain the test finds when no selection among proxies is "
+             "needed. Gain over params [95% CI], share of draws that kept params.", "",
+             "| column | best proxy | " + " | ".join(f"K = {k}" for k in args.k) + " |",
+             "| --- | --- |" + " --- |" * len(args.k)]
+    for column, acc in columns.items():
+        best = results[-1]["columns"][column]["best_proxy"]
+        two = [dict(r, scores={p: r["scores"][p] for p in ("params", best)}) for r in records if "scores" in r]
+        cells = []
+        for k in args.k:
+            c = few_shot(two, {column: acc}, k, args.alpha_draws, args.seed)["columns"][column]
+            cells.append(f"{c['gain']:+.3f} [{c['gain_ci'][0]:+.3f}, {c['gain_ci'][1]:+.3f}], kept {c['fallback_share']:.0%}")
+        lines.append(f"| {column} | {best} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def alpha_section(args, records, columns) -> list:
     lines = [f"## Other levels of the test ({args.alpha_draws} draws, seed {args.seed}; not the default)", "",
              "`vitcore.calibrate.few_shot(..., alpha=A)` on the same scores and truth; mean gain over params per "
@@ -122,8 +142,10 @@ def main(argv=None) -> int:
     for result, seconds, cmd in runs:
         lines += k_section(result, seconds, cmd)
     lines += targets([r for r, _, _ in runs])
+    columns = {c: truth.columns[c] for c in args.columns}
+    lines += oracle_section(args, records, columns, [r for r, _, _ in runs])
     if args.alphas:
-        lines += alpha_section(args, records, {c: truth.columns[c] for c in args.columns})
+        lines += alpha_section(args, records, columns)
     text = "\n".join(lines)
     with open(args.out, "w") as f:
         f.write(text)
