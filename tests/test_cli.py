@@ -22,8 +22,10 @@ def test_a_run_scores_and_ranks(tmp_path, capsys):  # the default run is the REA
     records = _lines(out)
     assert len(records) == 7 and all("scores" in r for r in records)
     assert [r["id"] for r in records] == [a.id for a in sample(SPACES["small"], 7, 0)]
-    assert table[-1] == "7 scored, 0 failed; ranked by grad_norm"
-    ranked = [float(line.split()[-2]) for line in table[1:-1]]  # the grad_norm column
+    assert table[-2] == "7 scored, 0 failed; ranked by grad_norm"
+    assert table[-1].startswith("on the built-in truth (vitcore/truth/digits-small-50.csv, 7 of these architectures) "
+                                "grad_norm ranks with Kendall τ ")  # the 7 are the built-in 50's first
+    ranked = [float(line.split()[-2]) for line in table[1:-2]]  # the grad_norm column
     assert len(ranked) == 7 and ranked == sorted(ranked, reverse=True)
 
 

@@ -3,12 +3,15 @@
 ``vitcore score`` scores architectures of a search space on one minibatch and prints them ranked.
 Results go to a JSON-lines file one architecture at a time, so an interrupted run loses nothing:
 ``--resume`` skips the architectures already scored with the same settings (and retries failed ones).
-``vitcore evaluate`` ranks proxies by their rank correlation with trained accuracy.
+``vitcore evaluate`` ranks proxies by their rank correlation with trained accuracy; with ``--few-shot K`` it
+measures ``vitcore calibrate`` instead. ``vitcore calibrate`` fits a ranking rule from a few trained
+architectures (``vitcore.calibrate``); ``vitcore rank`` ranks scored architectures with it.
 ``vitcore bench`` times one MSA block over N' x D and writes a scaling report (``vitcore.bench.scaling_report``,
 imported when the command runs: the library imports nothing from the benchmark harness).
 """
 import argparse
 import io
+import json
 import math
 import os
 import sys
@@ -16,11 +19,12 @@ import tempfile
 from typing import List, Optional, Tuple
 
 from vitcore.attention_choice import ATTENTION_CHOICES
+from vitcore.calibrate import MIN_K, Rule, apply_rule, few_shot, fit_rule
 from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed, Stopped
 from vitcore.ensemble import COMBINED
-from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns,
+from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_ceiling, constant_proxies, evaluate_columns,
                               format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any, scatter_plots,
                               with_combined)
 from vitcore.paths import check_input_file, check_out_file, write_text
@@ -76,7 +80,26 @@ def cmd_score(args) -> int:
     if Rank.from_env().rank != 0:  # under torchrun: rank 0 prints the merged table
         return 0
     _print_table(results, proxies, rank_by)
+    _print_builtin_note(results, proxies, rank_by)
     return 0 if any("scores" in r for r in results) else 1  # every architecture failed
+
+
+def _print_builtin_note(results: List[dict], proxies: List[str], rank_by: str) -> None:
+    """How the ranked-by proxy and the best of ``proxies`` ranked the built-in truth's architectures among
+    ``results`` (its trained accuracies, ``vitcore/truth/``), or that it holds too few of them."""
+    taus = builtin_taus(results, proxies)
+    if not taus:
+        print("the built-in truth holds too few of these architectures to say how well the proxies rank them; "
+              "vitcore calibrate picks a proxy from a few trained ones")
+        return
+    tau, p, n = taus[rank_by]
+    defined = {q: t for q, (t, _, _) in taus.items() if not math.isnan(t)}
+    best = max(defined, key=defined.get) if defined else None
+    line = (f"on the built-in truth (vitcore/truth/{os.path.basename(DEFAULT_TRUTH)}, "
+            f"{n} of these architectures) {rank_by} ranks with Kendall τ {tau:.3f} (p {p:.2g})")
+    if best is not None and best != rank_by:
+        line += f"; the best of these proxies there: {best} {defined[best]:.3f}"
+    print(line + "; every proxy: vitcore evaluate")
 
 
 def _batch_line(records: List[dict]) -> str:
@@ -117,9 +140,87 @@ def _left_out(records: List[dict], truth, scores: str, truth_path: str) -> str:
     return f"left out of τ: {'; '.join(parts)} (τ is over the {len(ids & known)} in both)"
 
 
+def _records(path: str) -> List[dict]:
+    check_input_file(path, "scores file")
+    records = list({r["id"]: r for r in read_results(path)}.values())  # the last line per id wins
+    if not records:
+        raise ValueError(f"scores file {path!r} holds no results")
+    return records
+
+
+def cmd_calibrate(args) -> int:
+    truth = read_truth_any(args.truth)
+    if args.column not in truth.columns:
+        why = truth.flat.get(args.column) or ("null on every line" if args.column in truth.empty else None)
+        raise ValueError(f"--column {args.column!r} of {args.truth} " + (f"ranks nothing: {why}" if why else
+                         f"does not exist; it has {', '.join(list(truth.columns) + list(truth.flat))}"))
+    check_out_file(args.out)
+    records = _records(args.scores)
+    try:
+        rule = fit_rule(records, truth.columns[args.column], seed=args.seed,
+                        inputs={"scores": args.scores, "truth": args.truth, "column": args.column})
+    except ValueError as e:
+        raise ValueError(f"--scores {args.scores}, --truth {args.truth}, --column {args.column}: {e}") from None
+    with open(args.out, "w") as f:
+        json.dump(rule.to_dict(), f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(f"rule: rank by {rule.proxy}{' (fallback)' if rule.fallback else ''}: {rule.reason}")
+    print(f"written: {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_rank(args) -> int:
+    path = check_input_file(args.rule, "rule file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            rule = Rule.from_dict(json.load(f), path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"rule file {path!r} is not JSON ({e})") from None
+    if args.out:
+        check_out_file(args.out)
+    records = _records(args.scores)
+    ranked = apply_rule(rule, records)
+    by_id = {r["id"]: r["score"] for r in ranked}
+    shown = [dict(r, scores={**r["scores"], rule.proxy: by_id[r["id"]]}) if "scores" in r else r for r in records]
+    _print_table(shown, [rule.proxy], rule.proxy)
+    print(f"rule {args.rule}: {rule.reason}")
+    if args.out:
+        with open(args.out, "w") as f:
+            for i, r in enumerate(ranked, 1):
+                f.write(json.dumps({"rank": i, "id": r["id"], "rule": rule.proxy, "score": r["score"]}) + "\n")
+        print(f"written: {args.out}", file=sys.stderr)
+    return 0
+
+
+def _few_shot(args, records: List[dict], truth) -> int:
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else list(truth.columns)
+    seed = 0 if args.seed is None else args.seed
+    result = few_shot(records, {c: truth.columns[c] for c in columns}, args.few_shot, args.draws, seed)
+    lines = [f"few-shot calibration: K = {args.few_shot} labelled, {args.draws} draws, seed {seed}; "
+             "Kendall τ on the rest, mean over the draws", "",
+             "| column | n | rule τ | params τ | best single proxy (τ) | rule − params [95% CI] | kept params |",
+             "| --- | ---: | ---: | ---: | --- | :---: | ---: |"]
+    for c, r in result["columns"].items():
+        lo, hi = r["gain_ci"]
+        lines.append(f"| {c} | {r['n']} | {r['rule_tau']:.3f} | {r['params_tau']:.3f} | {r['best_proxy']} "
+                     f"({r['best_proxy_tau']:.3f}) | {r['gain']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                     f"{r['fallback_share']:.0%} |")
+    lines += ["", f"mean gain over params ({', '.join(columns)}): {result['mean_gain']:+.3f}"]
+    print("\n".join(lines))
+    with open(os.path.join(args.out, "few-shot.json"), "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    print(f"written: {os.path.join(args.out, 'few-shot.json')}", file=sys.stderr)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
     truth = read_truth_any(args.truth)
+    if args.few_shot is not None and args.few_shot < MIN_K:
+        raise ValueError(f"--few-shot {args.few_shot}: calibration needs K >= {MIN_K} labelled architectures")
+    if args.draws < 1:
+        raise ValueError(f"--draws {args.draws}: expected a positive integer")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else []  # "a, b" too
     columns = list(dict.fromkeys(columns))  # "a,a": a once in the mean
     for c in columns:
@@ -143,7 +244,8 @@ def cmd_evaluate(args) -> int:
     n, archs = args.n, list(truth.archs.values())
     if args.scores:
         check_input_file(args.scores, "scores file")
-        ignored = [f"--{k.replace('_', '-')}" for k in SCORING_OPTIONS if getattr(args, k) is not None]
+        ignored = [f"--{k.replace('_', '-')}" for k in SCORING_OPTIONS if getattr(args, k) is not None
+                   and not (k == "seed" and args.few_shot is not None)]  # --few-shot draws with --seed
         if ignored:
             raise ValueError(f"{', '.join(ignored)}: {'chooses' if len(ignored) == 1 else 'choose'} how evaluate "
                              f"scores, but --scores {args.scores} holds scores already made; drop "
@@ -188,6 +290,8 @@ def cmd_evaluate(args) -> int:
         for proxy, why in r.get("proxy_errors", {}).items():
             print(f"architecture {r['id']}: {proxy} failed, scored NaN: {why}", file=sys.stderr)
     records = with_combined(records)
+    if args.few_shot is not None:
+        return _few_shot(args, records, truth)
     results = evaluate_columns(records, truth, args.top_fraction)
     left_out = _left_out(records, truth, args.scores or scores_file, args.truth)
     if left_out:
@@ -286,11 +390,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help=f"{' | '.join(DATA_CHOICES)}: the batch to score with; data-dependent proxies "
                                   "read it (default: synthetic for a JSON-lines truth, else digits)")
     e.add_argument("--batch-size", type=int, help="examples in the batch (default: 8 for a JSON-lines truth, else 64)")
-    e.add_argument("--seed", type=int, help="batch and initialisation seed (default 0)")
+    e.add_argument("--seed", type=int, help="batch and initialisation seed, and with --few-shot the draws' (default 0)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to score (default auto)")
     e.add_argument("--top-fraction", type=float, default=0.1, help="top-k overlap with k = this share of the archs")
     e.add_argument("--out", default=os.path.join("vitcore-results", "evaluate"), help="folder for the table and plots")
+    e.add_argument("--few-shot", type=int, metavar="K",
+                   help=f"instead of the tables: draw K (>= {MIN_K}) labelled architectures, calibrate on them "
+                        "(vitcore calibrate), and write the τ on the rest to --out/few-shot.json")
+    e.add_argument("--draws", type=int, default=200, help="with --few-shot: seeded draws (default 200)")
     e.set_defaults(func=cmd_evaluate)
+    c = sub.add_parser("calibrate", help="fit a ranking rule from the accuracies of a few trained architectures")
+    c.add_argument("--scores", required=True, help="results of vitcore score: every candidate architecture (S)")
+    c.add_argument("--truth", required=True,
+                   help=f"trained accuracies of K >= {MIN_K} of them (T), as for vitcore evaluate --truth")
+    c.add_argument("--column", default="acc", help="the truth's column to rank by (default acc, a CSV's)")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    c.add_argument("--out", default="rule.json", help="rule file to write (default rule.json)")
+    c.set_defaults(func=cmd_calibrate)
+    r = sub.add_parser("rank", help="rank scored architectures with a rule of vitcore calibrate")
+    r.add_argument("--scores", required=True, help="results of vitcore score")
+    r.add_argument("--rule", required=True, help="rule file of vitcore calibrate")
+    r.add_argument("--out", help="also write the ranking as JSON lines {rank, id, rule, score}")
+    r.set_defaults(func=cmd_rank)
     b = sub.add_parser("bench", help="time one MSA block over N' x D, fit the cost model, write a report")
     from vitcore.bench.options import add_arguments  # plain Python: the grid and options, no benchmark code
 

@@ -11,6 +11,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+from scipy import stats
+
 from vitcore.ensemble import COMBINED
 from vitcore.paths import check_input_file, json_lines
 from vitcore.ranking import (CI_LEVEL, Ceiling, Difference, RankQuality, mean_tau_ceiling, mean_tau_difference,
@@ -265,6 +268,26 @@ def columns_ceiling(truth: Truth, columns: Sequence[str]) -> Ceiling:
     if len(common) < 2:
         raise ValueError(f"columns {', '.join(columns)} share {len(common)} architectures: need at least 2")
     return mean_tau_ceiling([[truth.columns[c][i] for i in common] for c in columns])
+
+
+BUILTIN_MIN = 5  # architectures in common with the built-in truth before its τ is worth printing
+
+
+def builtin_taus(records: List[dict], proxies: Sequence[str]) -> Dict[str, tuple]:
+    """{proxy: (Kendall τ-b, p of τ = 0, n)} of ``records``' scores against the built-in truth
+    (``DEFAULT_TRUTH``, scipy.stats.kendalltau, NaN ranked last), over the scored records it holds; {} when
+    it holds fewer than ``BUILTIN_MIN`` of them (another space, other architectures: nothing to say)."""
+    truth = read_truth(DEFAULT_TRUTH)
+    held = [r for r in records if "scores" in r and r["id"] in truth]
+    if len(held) < BUILTIN_MIN:
+        return {}
+    acc = [truth[r["id"]] for r in held]
+    out = {}
+    for p in proxies:
+        s = np.array([r["scores"].get(p, math.nan) for r in held], dtype=np.float64)
+        result = stats.kendalltau(stats.rankdata(np.where(np.isnan(s), -np.inf, s)), acc)
+        out[p] = (float(result.statistic), float(result.pvalue), len(held))
+    return out
 
 
 def _signed(x: float) -> str:

@@ -1,0 +1,205 @@
+"""Few-shot calibration: the weighted τ-b, the rule's decision, its inputs, and the CLI commands."""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from vitcore import calibrate
+from vitcore.calibrate import Rule, apply_rule, few_shot, fit_rule, weighted_tau_b
+from vitcore.cli import _print_builtin_note, main
+from vitcore.evaluate import DEFAULT_TRUTH, read_truth
+from vitcore.space import SPACES, sample
+
+N = 40  # scored architectures of the small tests
+
+
+def _population(n=N, seed=0, signal=3.0):
+    """Records of n real `small` architectures with proxies params, good (accuracy plus a little noise),
+    noise, and accuracies where params explains a little: good beats params by a wide margin."""
+    gen = np.random.default_rng(seed)
+    archs = sample(SPACES["small"], n, seed)
+    params = gen.uniform(1e5, 1e6, n)
+    acc = signal * gen.standard_normal(n) + 1e-6 * params
+    records = [{"id": a.id, "arch": a.to_dict(), "params": int(p),
+                "scores": {"params": float(p), "good": float(y + 0.3 * gen.standard_normal()),
+                           "noise": float(gen.standard_normal())}}
+               for a, p, y in zip(archs, params, acc)]
+    return archs, records, {a.id: float(y) for a, y in zip(archs, acc)}
+
+
+@pytest.mark.parametrize("k", [2, 7, 23])
+@pytest.mark.parametrize("ties", [False, True])
+def test_weighted_tau_b_is_scipys_tau_b_on_the_repeated_sample(k, ties):
+    gen = np.random.default_rng(k)
+    scores = gen.integers(0, 3, (3, k)).astype(float) if ties else gen.standard_normal((3, k))
+    acc = gen.integers(0, 4, k).astype(float) if ties else gen.standard_normal(k)
+    weights = gen.integers(0, 3, (5, k)).astype(float)
+    weights[:, :2] = 1.0  # at least two architectures in every sample
+    got = weighted_tau_b(calibrate._signs(scores), calibrate._signs(acc), weights)
+    for b, w in enumerate(weights):
+        rows = np.repeat(np.arange(k), w.astype(int))
+        for p in range(3):
+            want = stats.kendalltau(scores[p, rows], acc[rows]).statistic
+            assert (math.isnan(want) and math.isnan(got[p, b])) or abs(got[p, b] - want) < 1e-12
+
+
+def test_a_clearly_better_proxy_is_chosen_and_noise_keeps_params():
+    _, records, truth = _population()
+    labelled = dict(list(truth.items())[:30])
+    rule = fit_rule(records, labelled)
+    assert rule.proxy == "good" and not rule.fallback
+    assert rule.evidence["lower_bound"] > 0 and rule.evidence["k"] == 30
+    assert rule.evidence["tau"]["good"] > rule.evidence["params_tau"]
+    for r in records:  # only noise to choose from: params stays
+        del r["scores"]["good"]
+    kept = fit_rule(records, labelled)
+    assert kept.proxy == "params" and kept.fallback and "kept params" in kept.reason
+
+
+def test_the_rule_is_deterministic_under_a_seed_and_round_trips(tmp_path):
+    _, records, truth = _population(seed=3, signal=1.0)
+    labelled = dict(list(truth.items())[:12])
+    a, b = fit_rule(records, labelled, seed=5), fit_rule(records, labelled, seed=5)
+    assert a == b
+    path = tmp_path / "rule.json"
+    path.write_text(json.dumps(a.to_dict()))
+    assert Rule.from_dict(json.loads(path.read_text())) == a
+    with pytest.raises(ValueError, match="not a vitcore rule"):
+        Rule.from_dict({"proxy": "params"}, "x.json")
+    with pytest.raises(ValueError, match="field 'fallback'"):
+        Rule.from_dict(dict(a.to_dict(), fallback="no"), "x.json")
+
+
+def test_the_rule_never_reads_accuracies_outside_t(monkeypatch):
+    """Poison every accuracy outside the draw's T: the protocol's rule (and its evidence) is the same,
+    only the τ on the rest changes."""
+    _, records, truth = _population(seed=1, signal=1.0)
+    seen = []
+    fit = calibrate._fit
+    monkeypatch.setattr(calibrate, "_fit", lambda *a: seen.append((a[2].copy(), a[3].copy())) or fit(*a))
+    clean = few_shot(records, {"task": truth}, 12, draws=1, seed=4)
+    labelled_positions, labelled_acc = seen[-1]
+    ids = list(truth)
+    t_ids = {ids[n] for n in labelled_positions}
+    gen = np.random.default_rng(9)
+    poisoned = {i: (a if i in t_ids else float(-1e3 * gen.standard_normal())) for i, a in truth.items()}
+    dirty = few_shot(records, {"task": poisoned}, 12, draws=1, seed=4)
+    assert np.array_equal(seen[-1][0], labelled_positions) and np.array_equal(seen[-1][1], labelled_acc)
+    assert dirty["columns"]["task"]["rules"] == clean["columns"]["task"]["rules"]
+    assert dirty["columns"]["task"]["params_tau"] != clean["columns"]["task"]["params_tau"]
+    t_only = {i: truth[i] for i in ids if i in t_ids}
+    assert fit_rule(records, t_only, seed=0) == fit_rule(records, dict(t_only), seed=0)
+
+
+@pytest.mark.parametrize("truth, message", [
+    ("stranger", "not among the"),
+    ("first4", "K = 4 labelled architectures; calibration needs K >= 5"),
+    ("nan", "must be a finite number"),
+    ("flat", "rank nothing"),
+])
+def test_bad_labels_say_what_is_wrong(truth, message):
+    _, records, full = _population()
+    ids = list(full)
+    truth = {"first4": {i: full[i] for i in ids[:4]}, "nan": {**{i: full[i] for i in ids[:6]}, ids[7]: math.nan},
+             "flat": {i: 1.0 for i in ids[:6]}, "stranger": {"x": 1.0, "y": 2.0}}[truth]
+    with pytest.raises(ValueError, match=message):
+        fit_rule(records, truth)
+
+
+def test_a_rule_needs_params_and_apply_needs_its_proxy():
+    _, records, truth = _population()
+    for r in records:
+        del r["scores"]["params"], r["params"]
+    with pytest.raises(ValueError, match="hold no 'params'"):
+        fit_rule(records, dict(list(truth.items())[:8]))
+    rule = Rule("zico", False, "", {}, {})
+    with pytest.raises(ValueError, match="ranks by 'zico'"):
+        apply_rule(rule, records)
+
+
+def test_few_shot_reports_every_column():
+    _, records, truth = _population()
+    other = {i: -a for i, a in truth.items()}
+    out = few_shot(records, {"task": truth, "reversed": other}, 8, draws=6, seed=0)
+    assert out["k"] == 8 and out["draws"] == 6 and set(out["columns"]) == {"task", "reversed"}
+    for c in out["columns"].values():
+        assert set(c) >= {"rule_tau", "params_tau", "best_proxy", "best_proxy_tau", "gain_ci", "fallback_share"}
+        assert c["gain_ci"][0] <= c["gain"] <= c["gain_ci"][1] and len(c["rules"]) == 6
+    assert out["mean_gain"] == pytest.approx(np.mean([c["gain"] for c in out["columns"].values()]))
+    with pytest.raises(ValueError, match="needs at least 42"):
+        few_shot(records, {"task": truth}, 40)
+
+
+def _files(tmp_path, labelled=12, extra_line=None):
+    archs, records, truth = _population()
+    scores = tmp_path / "S.jsonl"
+    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = [json.dumps({**a.to_dict(), "acc": {"task": truth[a.id]}}) for a in archs[:labelled]]
+    t = tmp_path / "T.jsonl"
+    t.write_text("\n".join(lines + ([extra_line] if extra_line else [])) + "\n")
+    full = tmp_path / "full.jsonl"
+    full.write_text("".join(json.dumps({**a.to_dict(), "acc": {"task": truth[a.id], "other": 1.0}}) + "\n"
+                            for a in archs))
+    return scores, t, full
+
+
+def test_calibrate_rank_and_few_shot_end_to_end(tmp_path, capsys):
+    scores, t, full = _files(tmp_path, labelled=30)
+    rule_file, ranked = tmp_path / "rule.json", tmp_path / "ranked.jsonl"
+    assert main(["calibrate", "--scores", str(scores), "--truth", str(t), "--column", "task",
+                 "--out", str(rule_file)]) == 0
+    rule = json.loads(rule_file.read_text())
+    assert rule["proxy"] == "good" and rule["inputs"]["column"] == "task" and len(rule["inputs"]["labelled"]) == 30
+    assert "rule: rank by good" in capsys.readouterr().out
+    assert main(["rank", "--scores", str(scores), "--rule", str(rule_file), "--out", str(ranked)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in ranked.read_text().splitlines()]
+    assert [r["rank"] for r in rows] == list(range(1, N + 1))
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert [line.split()[1] for line in out[1:N + 1]] == [r["id"] for r in rows]  # the table, in that order
+    assert out[N + 1] == f"{N} scored, 0 failed; ranked by good"
+    folder = tmp_path / "fs"
+    assert main(["evaluate", "--scores", str(scores), "--truth", str(full), "--columns", "task",
+                 "--few-shot", "6", "--draws", "4", "--out", str(folder)]) == 0
+    result = json.loads((folder / "few-shot.json").read_text())
+    assert result["k"] == 6 and result["draws"] == 4 and list(result["columns"]) == ["task"]
+    assert "| task | 40 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("k4", "K = 4 labelled architectures; calibration needs K >= 5"),
+    ("column", "--column 'acc' of"),
+    ("stranger", "not among the 40 scored ones"),
+    ("nan", "is not finite"),
+    ("few_shot", "--few-shot 3: calibration needs K >= 5"),
+    ("rule", "is not JSON"),
+])
+def test_bad_inputs_to_the_commands(case, message, tmp_path, capsys):
+    stranger = sample(SPACES["small"], N + 1, 7)[-1]
+    extra = {"stranger": json.dumps({**stranger.to_dict(), "acc": {"task": 50.0}}),
+             "nan": json.dumps({**sample(SPACES["small"], N, 0)[20].to_dict(), "acc": {"task": 1.0}}).replace(
+                 "1.0}}", "NaN}}")}.get(case)
+    scores, t, full = _files(tmp_path, labelled=4 if case == "k4" else 12, extra_line=extra)
+    (tmp_path / "bad.json").write_text("{")
+    argv = {"column": ["calibrate", "--scores", str(scores), "--truth", str(t)],
+            "few_shot": ["evaluate", "--scores", str(scores), "--truth", str(full), "--few-shot", "3",
+                         "--out", str(tmp_path / "o")],
+            "rule": ["rank", "--scores", str(scores), "--rule", str(tmp_path / "bad.json")]}.get(
+        case, ["calibrate", "--scores", str(scores), "--truth", str(t), "--column", "task"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + (["--out", str(tmp_path / "r.json")] if argv[0] == "calibrate" else []))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_score_says_how_its_ranking_did_on_the_builtin_truth(capsys):
+    truth = read_truth(DEFAULT_TRUTH)
+    records = [{"id": i, "scores": {"grad_norm": -a, "meco": a}} for i, a in list(truth.items())[:10]]
+    _print_builtin_note(records, ["grad_norm", "meco"], "grad_norm")
+    line = capsys.readouterr().out
+    assert "10 of these architectures) grad_norm ranks with Kendall τ -1.000" in line
+    assert "the best of these proxies there: meco 1.000" in line
+    _print_builtin_note([dict(r, id=f"x{n}") for n, r in enumerate(records)], ["meco"], "meco")
+    assert "holds too few of these architectures" in capsys.readouterr().out

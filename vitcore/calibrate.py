@@ -1,0 +1,304 @@
+"""Few-shot calibration: which proxy to rank a task's architectures by, from K of them trained.
+
+A user holds S, every candidate architecture scored by zero-cost proxies (``vitcore score``), and T,
+the trained accuracies of K of them on the task. ``fit_rule`` turns (S, T) into a rule, the one score
+to rank S by; ``apply_rule`` ranks with it; ``few_shot`` measures the whole procedure on a full ground
+truth by drawing T at random R times and scoring the rule on the architectures outside T.
+
+The rule and why (decided before the dev-set runs; the report says what else was tried):
+
+- Candidates: every proxy of S that is finite on all of S, params included. A rule is one of them as
+  scored (higher ranks higher); no sign is flipped and no weights are fitted, since K labels cannot
+  estimate more than a choice among a few orderings.
+- The default is params, the parameter count, which ranks ViTs as well as any single proxy on average
+  (bench/results/cpu-2026-11-29-autoformer-dev-100.md).
+- Picking the proxy with the best τ on T ("naive selection") overestimates the winner: with K labels
+  and a dozen proxies of similar τ the maximum is mostly noise (the winner's curse). So the selection
+  is judged out of sample, by leave-one-out cross-validation on T: for each architecture i of T the
+  proxy with the best Kendall τ-b on T without i is chosen, and i gets its percentile in S under that
+  proxy (percentiles within S are comparable across folds; S's scores carry no label). The Kendall τ-b
+  of these held-out percentiles with T's accuracies (``cv_tau``) is the selection's honest τ on T.
+- The rule leaves params only when that held-out ranking beats params on T with a one-sided paired
+  bootstrap test at level ``alpha`` = 0.05: the architectures of T are resampled together with their
+  held-out percentile, params' percentile and accuracy (scipy.stats.bootstrap, percentile method), and
+  the ``alpha`` quantile of τ_b(held out) − τ_b(params) must exceed 0. One comparison is made, of one
+  procedure chosen in advance, so no correction for many proxies is needed: the multiplicity lives
+  inside the cross-validation. Then the rule is the proxy with the best τ on all of T. Otherwise it is
+  params, and the rule says so (``fallback``) with the numbers it rests on.
+
+Only the accuracies of T are read: S's architectures outside T enter through their scores alone (the
+percentiles), never through an accuracy.
+"""
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy import stats
+
+BASELINE = "params"  # the rule a calibration falls back to
+MIN_K = 5  # fewer labels cannot separate a rule from params (K = 5: 10 pairs)
+ALPHA = 0.05  # one-sided level of the test that a rule beats params on T
+RESAMPLES = 2000  # bootstrap resamples of T's architectures
+RULE_FORMAT = 1  # version of the rule file's layout
+
+
+@dataclass
+class Rule:
+    """A fitted ranking rule: rank architectures by the score ``proxy`` (higher ranks higher).
+
+    ``fallback`` is True when the labels could not show that any rule beats params (``proxy`` is then
+    params) and ``reason`` says why in words. ``evidence``: ``k`` (labelled architectures), ``tau`` ({proxy:
+    Kendall τ-b on T}), ``params_tau``, ``cv_tau`` (the selection's leave-one-out τ on T), ``cv_minus_params``,
+    ``lower_bound`` (the bootstrap ``alpha`` quantile of cv_tau − params_tau; NaN when undefined),
+    ``excluded`` ({proxy: why it was not a candidate}). ``parameters``: alpha, resamples, seed.
+    ``inputs``: where S and T came from, the column, the ids of T."""
+
+    proxy: str
+    fallback: bool
+    reason: str
+    evidence: dict
+    parameters: dict
+    inputs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": RULE_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d, where: str = "rule") -> "Rule":
+        """A rule read back from ``to_dict``'s form; ValueError naming ``where`` and the bad field."""
+        if not isinstance(d, dict) or d.get("format") != RULE_FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"{where}: not a vitcore rule (format {got!r}; expected {RULE_FORMAT})")
+        for name, kind in [("proxy", str), ("fallback", bool), ("reason", str), ("evidence", dict),
+                           ("parameters", dict), ("inputs", dict)]:
+            if not isinstance(d.get(name), kind):
+                raise ValueError(f"{where}: field {name!r} is {d.get(name)!r:.60}, expected a {kind.__name__}")
+        return cls(**{k: d[k] for k in ("proxy", "fallback", "reason", "evidence", "parameters", "inputs")})
+
+
+def score_matrix(records: Sequence[dict]) -> Dict[str, Dict[str, float]]:
+    """{proxy: {id: score}} of the scored records (``vitcore.runs.read_results``); params from the
+    record's own count when it was not scored as a proxy. Failed records (no "scores") are left out."""
+    out: Dict[str, Dict[str, float]] = {}
+    for r in records:
+        if "scores" not in r:
+            continue
+        scores = dict(r["scores"])
+        if BASELINE not in scores and isinstance(r.get("params"), (int, float)):
+            scores[BASELINE] = float(r["params"])
+        for p, v in scores.items():
+            out.setdefault(p, {})[r["id"]] = float(v) if isinstance(v, (int, float)) else math.nan
+    return out
+
+
+def _candidates(matrix: Dict[str, Dict[str, float]], ids: List[str]):
+    """(names, (P, N) scores) of the proxies finite on every id, params first; {proxy: why} for the rest."""
+    if BASELINE not in matrix:
+        raise ValueError(f"the scores hold no {BASELINE!r}: a rule falls back to it, so score it "
+                         "(--proxies params,...) or keep the records' \"params\" field")
+    names, rows, excluded = [], [], {}
+    for p in [BASELINE] + [q for q in matrix if q != BASELINE]:
+        row = np.array([matrix[p].get(i, math.nan) for i in ids])
+        if not np.isfinite(row).all():
+            excluded[p] = f"not finite on {int((~np.isfinite(row)).sum())} of {len(ids)} architectures"
+        elif np.ptp(row) == 0:
+            excluded[p] = "the same score for every architecture"
+        else:
+            names.append(p)
+            rows.append(row)
+    if not names or names[0] != BASELINE:
+        raise ValueError(f"{BASELINE} is {excluded[BASELINE]}: it cannot be the fallback")
+    return names, np.stack(rows), excluded
+
+
+def _signs(x: np.ndarray) -> np.ndarray:
+    """(..., K, K) sign(x_i - x_j) of (..., K) values."""
+    return np.sign(x[..., :, None] - x[..., None, :])
+
+
+def weighted_tau_b(score_signs: np.ndarray, acc_signs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Kendall's τ-b of P rankings with one accuracy column over B weighted samples of K architectures.
+
+    ``score_signs`` (P, K, K) and ``acc_signs`` (K, K) are sign(x_i - x_j); ``weights`` (B, K) how often
+    each architecture occurs (a bootstrap resample's counts, or 0/1 to leave some out). A sample that holds
+    architecture i w_i times is the list with i repeated: its τ-b (scipy.stats.kendalltau's variant b:
+    concordant minus discordant pairs over sqrt of the pairs untied in each) is Σ w_i w_j s_ij a_ij /
+    sqrt(Σ w_i w_j |s_ij| · Σ w_i w_j |a_ij|), copies of one architecture being tied in both. Returns
+    (P, B) float64, NaN where either side is one value throughout.
+    """
+    both = np.einsum("bi,pij,bj->pb", weights, score_signs * acc_signs, weights, optimize=True)
+    untied_s = np.einsum("bi,pij,bj->pb", weights, np.abs(score_signs), weights, optimize=True)
+    untied_a = np.einsum("bi,ij,bj->b", weights, np.abs(acc_signs), weights, optimize=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return both / np.sqrt(untied_s * untied_a)
+
+
+def _best(taus: np.ndarray) -> np.ndarray:
+    """Index of the highest τ along axis 0, the earliest (params first) on ties; NaN never wins."""
+    return np.argmax(np.where(np.isnan(taus), -np.inf, taus), axis=0)
+
+
+def _fit(names: List[str], percentiles: np.ndarray, labelled: np.ndarray, acc: np.ndarray,
+         alpha: float, resamples: int, seed: int) -> tuple:
+    """The decision of the module docstring on (P, N) percentiles, T's positions and accuracies:
+    (proxy index, evidence)."""
+    k = len(labelled)
+    p_t = percentiles[:, labelled]  # (P, K)
+    score_signs, acc_signs = _signs(p_t), _signs(acc)
+    tau = weighted_tau_b(score_signs, acc_signs, np.ones((1, k)))[:, 0]  # (P,)
+    chosen = _best(tau[:, None])[0]
+    held_out = _best(weighted_tau_b(score_signs, acc_signs, 1.0 - np.eye(k)))  # (K,): proxy chosen without i
+    pair = np.stack([p_t[held_out, np.arange(k)], p_t[0]])  # (2, K): held-out percentiles, params'
+    pair_signs = _signs(pair)
+
+    def difference(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        counts = (idx[..., :, None] == np.arange(k)).sum(-2).reshape(-1, k)  # (B, K)
+        taus = weighted_tau_b(pair_signs, acc_signs, counts.astype(np.float64))
+        return np.nan_to_num(taus[0] - taus[1]).reshape(idx.shape[:-1])  # NaN: a resample of one value, no evidence
+
+    cv_tau, params_tau = weighted_tau_b(pair_signs, acc_signs, np.ones((1, k)))[:, 0]
+    boot = stats.bootstrap((np.arange(k),), difference, vectorized=True, n_resamples=resamples,
+                           confidence_level=1 - 2 * alpha, method="percentile",
+                           random_state=np.random.default_rng(seed))
+    lower = float(boot.confidence_interval.low)
+    evidence = {"k": k, "tau": {n: float(t) for n, t in zip(names, tau)}, "params_tau": float(params_tau),
+                "cv_tau": float(cv_tau), "cv_minus_params": float(cv_tau - params_tau), "lower_bound": lower}
+    return (chosen if lower > 0 else 0), evidence
+
+
+def _check_labels(truth: Mapping[str, float], ids: Sequence[str], n_total: int) -> None:
+    if not isinstance(truth, Mapping):
+        raise TypeError(f"truth must be a dict of id -> accuracy, got {type(truth).__name__}")
+    missing = [i for i in truth if i not in ids]
+    if missing:
+        raise ValueError(f"{len(missing)} labelled architectures are not among the {n_total} scored ones "
+                         f"(first: {missing[0]}): T must be a subset of S")
+    bad = {i: a for i, a in truth.items() if isinstance(a, bool) or not isinstance(a, (int, float))
+           or not math.isfinite(a)}
+    if bad:
+        i = next(iter(bad))
+        raise ValueError(f"accuracy of {i} is {bad[i]!r}: every accuracy of T must be a finite number")
+    if len(truth) < MIN_K:
+        raise ValueError(f"K = {len(truth)} labelled architectures; calibration needs K >= {MIN_K}")
+    if len(set(truth.values())) == 1:
+        raise ValueError(f"all {len(truth)} accuracies of T are {next(iter(truth.values()))}: they rank nothing")
+
+
+def fit_rule(records: Sequence[dict], truth: Mapping[str, float], *, alpha: float = ALPHA,
+             resamples: int = RESAMPLES, seed: int = 0, inputs: Optional[dict] = None) -> Rule:
+    """Fit a ranking rule from S (``records`` of ``vitcore score``) and T (``truth``, {id: accuracy} of
+    K >= 5 architectures of S), as the module docstring says; the same inputs and ``seed`` give the same
+    rule. ``inputs`` is recorded as given (paths, column).
+
+    Raises TypeError for a truth that is not a dict; ValueError for K < 5, an id of T not scored in S, an
+    accuracy that is not a finite number, accuracies of one value, no params score, and for an
+    ``alpha`` outside (0, 0.5) or ``resamples`` < 100.
+    """
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha={alpha!r}: expected a level in (0, 0.5)")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
+        raise ValueError(f"resamples={resamples!r}: expected an int >= 100")
+    matrix = score_matrix(records)
+    ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
+    _check_labels(truth, ids, len(ids))
+    names, scores, excluded = _candidates(matrix, ids)
+    percentiles = stats.rankdata(scores, axis=1) / scores.shape[1]  # (P, N)
+    position = {i: n for n, i in enumerate(ids)}
+    labelled = np.array([position[i] for i in truth])
+    acc = np.array([float(truth[i]) for i in truth])
+    chosen, evidence = _fit(names, percentiles, labelled, acc, alpha, resamples, seed)
+    evidence["excluded"] = excluded
+    return _rule(names[chosen], evidence, alpha, resamples, seed, dict(inputs or {}, labelled=list(truth)))
+
+
+def _rule(proxy: str, evidence: dict, alpha: float, resamples: int, seed: int, inputs: dict) -> Rule:
+    e = evidence
+    lo = "nan" if math.isnan(e["lower_bound"]) else f"{e['lower_bound']:+.3f}"
+    numbers = (f"K = {e['k']}: leave-one-out τ of choosing the best proxy {e['cv_tau']:.3f}, params' τ "
+               f"{e['params_tau']:.3f}, one-sided {1 - alpha:.0%} bootstrap lower bound of the difference {lo}")
+    if proxy == BASELINE:
+        reason = f"kept params: the labels do not show that any proxy beats it ({numbers})"
+    else:
+        reason = f"{proxy} (τ {e['tau'][proxy]:.3f} on T) beats params on held-out labels ({numbers})"
+    return Rule(proxy=proxy, fallback=proxy == BASELINE, reason=reason, evidence=evidence,
+                parameters={"alpha": alpha, "resamples": resamples, "seed": seed}, inputs=inputs)
+
+
+def apply_rule(rule: Rule, records: Sequence[dict]) -> List[dict]:
+    """[{"id", "score"}] of the scored records, ranked by the rule (best first; NaN last, then failed
+    records with score NaN). ValueError when no record holds the rule's proxy."""
+    matrix = score_matrix(records)
+    if rule.proxy not in matrix:
+        raise ValueError(f"the rule ranks by {rule.proxy!r}, which these scores do not hold; they have "
+                         f"{', '.join(matrix) or 'no scores'}")
+    column = matrix[rule.proxy]
+    ranked = [{"id": r["id"], "score": column.get(r["id"], math.nan)} for r in records]
+    return sorted(ranked, key=lambda r: (math.isnan(r["score"]), -r["score"] if not math.isnan(r["score"]) else 0))
+
+
+def _mean_ci(values: np.ndarray, seed: int) -> List[float]:
+    """95% percentile bootstrap interval of the mean of ``values`` (scipy.stats.bootstrap); [v, v] when
+    every value is v (a rule that kept params on every draw)."""
+    if np.ptp(values) == 0:
+        return [float(values[0])] * 2
+    boot = stats.bootstrap((values,), np.mean, n_resamples=RESAMPLES, confidence_level=0.95, method="percentile",
+                           random_state=np.random.default_rng(seed))
+    return [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
+
+
+def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]], k: int, draws: int = 200,
+             seed: int = 0, alpha: float = ALPHA, resamples: int = RESAMPLES) -> dict:
+    """The few-shot protocol: per column, ``draws`` seeded draws of ``k`` labelled architectures T among
+    those the column holds and S scored; ``fit_rule``'s decision fitted on T alone; Kendall τ-b on the
+    rest of the column of the rule, of params and of every candidate proxy.
+
+    ``records``: S (``vitcore.runs.read_results``); ``columns``: {column: {id: accuracy}}. Returns the
+    ``few-shot.json`` object: {"k", "draws", "seed", "alpha", "columns": {column: {"rule_tau", "params_tau",
+    "best_proxy", "best_proxy_tau" (the candidate with the highest mean τ on the rests, an oracle no
+    user has, among those that rank S otherwise than params: flops ranks a ViT space as params does), "gain" (mean of rule − params), "gain_ci" (its 95% bootstrap interval over the draws),
+    "fallback_share" (draws that kept params), "chosen" ({proxy: draws}), "proxy_tau" ({proxy: mean τ}),
+    "n" (architectures), "rules" (the proxy of each draw, in order)}}, "mean_gain"}; τ means are over
+    the draws. ValueError for k < 5, a column with fewer than k + 2 scored architectures, draws < 1.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < MIN_K:
+        raise ValueError(f"--few-shot {k!r}: calibration needs K >= {MIN_K} labelled architectures")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"--draws {draws!r}: expected a positive integer")
+    if not columns:
+        raise ValueError("few_shot needs at least one accuracy column")
+    matrix = score_matrix(records)
+    ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
+    names, scores, _ = _candidates(matrix, ids)
+    percentiles = stats.rankdata(scores, axis=1) / scores.shape[1]  # (P, N)
+    out = {"k": k, "draws": draws, "seed": seed, "alpha": alpha, "columns": {}}
+    for c_index, (column, acc_of) in enumerate(columns.items()):
+        held = [n for n, i in enumerate(ids) if i in acc_of]  # positions in S with an accuracy
+        if len(held) < k + 2:
+            raise ValueError(f"column {column!r}: {len(held)} scored architectures have an accuracy; "
+                             f"--few-shot {k} needs at least {k + 2} (K labelled, 2 or more to rank)")
+        acc = np.array([float(acc_of[ids[n]]) for n in held])
+        _check_labels({ids[n]: a for n, a in zip(held, acc)}, ids, len(ids))
+        all_signs, acc_signs = _signs(percentiles[:, held]), _signs(acc)  # (P, L, L), (L, L)
+        rng = np.random.default_rng([seed, c_index])
+        taus, rules = np.empty((draws, len(names))), []
+        for d in range(draws):
+            t = np.sort(rng.choice(len(held), size=k, replace=False))  # positions in ``held``
+            chosen, _ = _fit(names, percentiles, np.asarray(held)[t], acc[t], alpha, resamples,
+                             int(rng.integers(2**32)))
+            rest = np.ones((1, len(held)))
+            rest[0, t] = 0.0
+            taus[d] = weighted_tau_b(all_signs, acc_signs, rest)[:, 0]
+            rules.append(names[chosen])
+        rule_tau = taus[np.arange(draws), [names.index(r) for r in rules]]
+        gains = rule_tau - taus[:, 0]
+        mean_tau = dict(zip(names, taus.mean(0).tolist()))
+        others = [n for n, row in zip(names, percentiles) if not np.array_equal(row, percentiles[0])]
+        best = max(others, key=lambda n: mean_tau[n]) if others else BASELINE
+        out["columns"][column] = {
+            "rule_tau": float(rule_tau.mean()), "params_tau": mean_tau[BASELINE], "best_proxy": best,
+            "best_proxy_tau": mean_tau[best], "gain": float(gains.mean()), "gain_ci": _mean_ci(gains, seed),
+            "fallback_share": rules.count(BASELINE) / draws, "chosen": {n: rules.count(n) for n in sorted(set(rules))},
+            "proxy_tau": mean_tau, "n": len(held), "rules": rules}
+    out["mean_gain"] = float(np.mean([c["gain"] for c in out["columns"].values()]))
+    return out
