@@ -31,7 +31,9 @@ from scipy.stats import kendalltau
 from torch import nn
 
 from vitcore.bench.env import environment, header_lines, today
-from vitcore.compat import FORESIGHT_MEASURES, find_measures
+import vitcore
+from vitcore.compat import FORESIGHT_MEASURES, find_measures, per_module_weights
+from vitcore.passes import synflow_grads
 from vitcore.space import get_space, sample
 
 try:
@@ -136,6 +138,14 @@ def reason(net_name: str, measure: str) -> str:
     return ""
 
 
+def nb201_params(net: nn.Module) -> int:
+    """The architecture's parameters: foresight's NB201 model builds every op of every edge and runs
+    the kept ones (keep_mask), so the ops it does not keep are left out of the count."""
+    unused = sum(p.numel() for cell in net.modules() if isinstance(cell, nasbench2.SearchCell)
+                 for op, keep in zip(cell.options, cell.keep_mask) if not keep for p in op.parameters())
+    return sum(p.numel() for p in net.parameters()) - unused
+
+
 def side_by_side(dtype: torch.dtype, batch: int, seed: int) -> List[Dict]:
     rows = []
     g = torch.Generator().manual_seed(seed)
@@ -157,6 +167,8 @@ def side_by_side(dtype: torch.dtype, batch: int, seed: int) -> List[Dict]:
             a, b = float(ours[m]), float(theirs[m])
             rel = abs(a - b) / abs(b) if b else abs(a - b)
             why = reason(net_name, m)
+            if m == "fisher" and dtype == torch.float64 and rel <= ROUNDING[torch.float32]:
+                why = "fp32 rounding: foresight's per-weight fisher copies are fp32 tensors (torch.Tensor)"
             rows.append({"net": net_name, "dtype": str(dtype).removeprefix("torch."), "measure": m,
                          "foresight": b, "vitcore": a, "rel": rel,
                          "verdict": why or ("rounding" if rel <= ROUNDING[dtype] else "UNEXPLAINED")})
@@ -170,12 +182,14 @@ def nb201_taus(n: int, seed: int) -> Dict:
     archs = list(dict.fromkeys(random_arch(rng) for _ in range(4 * n)))[:n]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     y = torch.tensor([0, 1])
-    cols = {"params": [], "foresight": [], "vitcore.score": [], "compat": []}
-    import vitcore
+    cols = {"params": [], "foresight": [], "vitcore.score": [], "compat": [], "by the example": []}
     for arch in archs:
         torch.manual_seed(seed)
         net = nasbench2.get_model_from_arch_str(arch, 10)
-        cols["params"].append(sum(p.numel() for p in net.parameters() if p.requires_grad))
+        cols["params"].append(nb201_params(net))
+        theta, grads = synflow_grads(net.eval(), per_module_weights(net), x.shape[1:], "keep")  # the old bug
+        cols["by the example"].append(sum((t * g).abs().sum().item() for t, g in zip(theta, grads) if g is not None))
+        net.train()
         cols["vitcore.score"].append(vitcore.score(net, x, y, proxies=["synflow"], params="weights")["synflow"])
         cols["compat"].append(find_measures(net, [(x, y)], ("random", 1, 10), "cpu", measure_names=["synflow"])["synflow"])
         cols["foresight"].append(predictive.find_measures(copy.deepcopy(net), [(x, y)], ("random", 1, 10), "cpu",
@@ -216,15 +230,17 @@ def main(argv=None) -> str:
               + str(sum(r["verdict"] == "UNEXPLAINED" for r in rows)) + ".", ""]
     lines += [f"## synflow on {len(tau['archs'])} NAS-Bench-201 networks (foresight's model, C=16, CIFAR-10 head)", "",
               "Random cells (seeded), float32 networks, `vitcore.score(params='weights')` (BatchNorm without running "
-              "statistics at mean 0, variance 1), compat's \"synflow\" (BatchNorm stripped), foresight's \"synflow\".", "",
+              "statistics at mean 0, variance 1), compat's \"synflow\" (BatchNorm stripped), foresight's \"synflow\"; "
+              "\"by the example\": vitcore.score's synflow before this report's fix (eval mode, the cells' BatchNorm "
+              "normalising by the one all-ones example). params: the kept ops' parameters and the rest of the network.", "",
               "| Kendall τ | value |", "|---|---|"]
     for (a, b), t in tau["taus"].items():
         lines.append(f"| {a} vs {b} | {t:.3f} |")
-    lines += ["", "| cell | params | foresight | vitcore.score | compat |", "|---|---|---|---|---|"]
+    lines += ["", "| cell | params | foresight | vitcore.score | compat | by the example |", "|---|---|---|---|---|---|"]
     for i, arch in enumerate(tau["archs"]):
         c = tau["cols"]
         lines.append(f"| `{arch}` | {c['params'][i]} | {c['foresight'][i]:.6g} | {c['vitcore.score'][i]:.6g} | "
-                     f"{c['compat'][i]:.6g} |")
+                     f"{c['compat'][i]:.6g} | {c['by the example'][i]:.6g} |")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{today()}-foresight-compat.md")
     with open(path, "w") as f:
