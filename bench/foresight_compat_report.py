@@ -11,10 +11,12 @@ Writes OUT/<date>-foresight-compat.md (device, date, versions, command at the to
 Part 1: both libraries' eight measures on the same networks and the same batch, fp32 and fp64 (the
 network and batch cast): a BatchNorm CNN fresh in train mode, the same CNN after its BatchNorm ran in
 training mode passed in eval mode, a ViT of vitcore's "small" space, a timm-structured ViT written
-in plain torch, foresight's NAS-Bench-201 network. Each row gives |vitcore - foresight| / |foresight|
+in plain torch, foresight's NAS-Bench-201 network (with its own get_prunable_copy, and copied as foresight copies
+any other network). Each row gives |vitcore - foresight| / |foresight|
 and whether that is rounding or a documented difference (docs/foresight.md), with its reason.
 Part 2: synflow on >= 20 NAS-Bench-201 networks: Kendall τ with the parameter count for foresight's
 synflow, vitcore.score's and compat's, and τ between them.
+Part 3: each measure with the batch cut in k chunks over its value on the whole batch, both libraries.
 """
 import argparse
 import copy
@@ -23,6 +25,7 @@ import math
 import os
 import random
 import sys
+import types
 from typing import Dict, List
 
 import torch
@@ -32,13 +35,15 @@ from torch import nn
 
 from vitcore.bench.env import environment, header_lines, today
 import vitcore
+from vitcore import compat
 from vitcore.compat import FORESIGHT_MEASURES, find_measures, per_module_weights
 from vitcore.passes import synflow_grads
+from vitcore.proxies.plan import Settings, score_counted
 from vitcore.space import get_space, sample
 
 try:
     from foresight.models import nasbench2
-    from foresight.pruners import predictive
+    from foresight.pruners import measures, predictive
 except ImportError as e:
     sys.exit(f"foresight is not importable ({e}). Fetch SamsungLabs/zero-cost-nas (commit a43bfbc) and put its "
              "root on PYTHONPATH: see this script's docstring. It is not vendored in vitcore.")
@@ -119,13 +124,15 @@ def trained_bn_cnn() -> nn.Module:
     return net.eval()
 
 
+NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+GENERIC_COPY = "foresight NAS-Bench-201, generic copy"  # foresight copies it as any network (deepcopy, BN no-op)
 NETWORKS = {
     "BatchNorm CNN (train mode)": bn_cnn,
     "BatchNorm CNN (eval mode, statistics moved)": trained_bn_cnn,
     "vitcore small-space ViT": small_space_vit,
     "timm-structured ViT": TimmViT,
-    "foresight NAS-Bench-201": lambda: nasbench2.get_model_from_arch_str(
-        "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_3x3~1|nor_conv_1x1~2|", 10),
+    "foresight NAS-Bench-201": lambda: nasbench2.get_model_from_arch_str(NB201_ARCH, 10),
+    GENERIC_COPY: lambda: nasbench2.get_model_from_arch_str(NB201_ARCH, 10),
 }
 
 
@@ -133,7 +140,7 @@ def reason(net_name: str, measure: str) -> str:
     """The documented difference a measure has on a network (docs/foresight.md), or ''."""
     if measure == "fisher" and "ViT" in net_name:
         return "transformer fisher: vitcore keeps channels of (B, N', C), foresight keeps tokens"
-    if measure == "synflow" and "201" in net_name:
+    if measure == "synflow" and net_name == "foresight NAS-Bench-201":
         return "foresight's NB201 copy (its get_prunable_copy) keeps 4 BatchNorm layers in train mode"
     return ""
 
@@ -157,7 +164,10 @@ def side_by_side(dtype: torch.dtype, batch: int, seed: int) -> List[Dict]:
         loader = [(x.to(dtype), y)]
         ours = find_measures(net, loader, ("random", 1, 10), "cpu")
         try:
-            theirs = predictive.find_measures(copy.deepcopy(net), loader, ("random", 1, 10), "cpu")
+            theirs_net = copy.deepcopy(net)
+            if net_name == GENERIC_COPY:  # foresight's own copy for networks without get_prunable_copy
+                theirs_net.get_prunable_copy = types.MethodType(predictive.copynet, theirs_net)
+            theirs = predictive.find_measures(theirs_net, loader, ("random", 1, 10), "cpu")
         except RuntimeError as e:  # foresight's NB201 copy is rebuilt in fp32 whatever the network's dtype
             rows.append({"net": net_name, "dtype": str(dtype).removeprefix("torch."), "measure": "all",
                          "foresight": math.nan, "vitcore": math.nan, "rel": math.nan,
@@ -198,6 +208,35 @@ def nb201_taus(n: int, seed: int) -> Dict:
     return {"archs": archs, "cols": cols, "taus": taus}
 
 
+def split_ratios(batch: int, seed: int, splits=(2, 4)) -> List[Dict]:
+    """What a batch cut in k chunks does to each measure (foresight splits after CUDA runs out of
+    memory): the score with k chunks over the score of the whole batch, foresight's ``calc_measure``
+    with split_data=k against compat's passes with chunks=k, on the timm-structured ViT in fp64."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, 32, 32, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    torch.manual_seed(seed)
+    net = TimmViT().double()
+    net.get_prunable_copy = types.MethodType(predictive.copynet, net)
+    names = ["grad_norm", "snip", "plain", "grasp", "fisher"]
+    units = {n: compat._FORESIGHT[n][0] for n in names}
+
+    def foresight(k):
+        arrays = {n: measures.calc_measure(n, net, "cpu", x, y, loss_fn=F.cross_entropy, split_data=k) for n in names}
+        return {n: sum(float(t.detach().sum()) for t in v) for n, v in arrays.items()}
+
+    def ours(k):
+        return score_counted(net, x, y, F.cross_entropy, names, "per_layer", compat.per_module_weights(net), k,
+                             "weights", Settings(units=units, ignore_index=compat.IGNORE_INDEX))
+
+    base_f, base_o = foresight(1), ours(1)
+    rows = []
+    for k in splits:
+        f, o = foresight(k), ours(k)
+        rows += [{"k": k, "measure": n, "foresight": f[n] / base_f[n], "vitcore": o[n] / base_o[n]} for n in names]
+    return rows
+
+
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/results", help="folder of the report")
@@ -209,6 +248,7 @@ def main(argv=None) -> str:
     env = environment("cpu")
     rows = side_by_side(torch.float32, args.batch, args.seed) + side_by_side(torch.float64, args.batch, args.seed)
     tau = nb201_taus(args.cells, args.seed)
+    ratios = split_ratios(args.batch, args.seed)
     lines = [f"# vitcore.compat.find_measures against foresight's find_measures ({today()})", "",
              f"- device: {env['device_name']}; foresight: SamsungLabs/zero-cost-nas a43bfbc, unpatched, on PYTHONPATH",
              *header_lines(env), "",
@@ -241,6 +281,12 @@ def main(argv=None) -> str:
         c = tau["cols"]
         lines.append(f"| `{arch}` | {c['params'][i]} | {c['foresight'][i]:.6g} | {c['vitcore.score'][i]:.6g} | "
                      f"{c['compat'][i]:.6g} | {c['by the example'][i]:.6g} |")
+    lines += ["", "## A batch split in k chunks (foresight's retry after CUDA runs out of memory)", "",
+              f"timm-structured ViT, fp64, the same {args.batch} examples; score with k chunks / score of the whole "
+              "batch: foresight's `calc_measure(..., split_data=k)`, vitcore.compat's passes with `chunks=k`.", "",
+              "| k | measure | foresight | vitcore.compat |", "|---|---|---|---|"]
+    for r in ratios:
+        lines.append(f"| {r['k']} | {r['measure']} | {r['foresight']:.6g} | {r['vitcore']:.6g} |")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{today()}-foresight-compat.md")
     with open(path, "w") as f:
