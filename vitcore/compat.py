@@ -43,6 +43,9 @@ Where foresight is wrong, vitcore's definition, whatever the name:
   scaling is not offered by any name.
 - a layer run more than once per forward: foresight's fisher fails in its backward hook; here every
   call adds its terms.
+- a network's own ``get_prunable_copy`` (foresight's NAS-Bench-201 model has one) is not called:
+  "synflow" strips every BatchNorm1d/2d, where that NAS-Bench-201 copy keeps 4 BatchNorm layers (in its two
+  reduction blocks) in train mode, and is rebuilt in fp32 whatever the network's dtype.
 - the network stays where and as it came in: foresight moves it to the CPU and returns it on
   ``device`` in train mode; here its device, train/eval flags, buffers and the RNG state are put back.
   Each pass starts from the RNG state on entry, where foresight's measures draw one after another
