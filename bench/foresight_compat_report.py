@@ -201,7 +201,8 @@ def nb201_taus(n: int, seed: int) -> Dict:
         cols["by the example"].append(sum((t * g).abs().sum().item() for t, g in zip(theta, grads) if g is not None))
         net.train()
         cols["vitcore.score"].append(vitcore.score(net, x, y, proxies=["synflow"], params="weights")["synflow"])
-        cols["compat"].append(find_measures(net, [(x, y)], ("random", 1, 10), "cpu", measure_names=["synflow"])["synflow"])
+        ours = find_measures(net, [(x, y)], ("random", 1, 10), "cpu", measure_names=["synflow"])
+        cols["compat"].append(ours["synflow"])
         cols["foresight"].append(predictive.find_measures(copy.deepcopy(net), [(x, y)], ("random", 1, 10), "cpu",
                                                           measure_names=["synflow"])["synflow"])
     taus = {(a, b): kendalltau(cols[a], cols[b])[0] for a, b in itertools.combinations(cols, 2)}
@@ -253,10 +254,12 @@ def main(argv=None) -> str:
              f"- device: {env['device_name']}; foresight: SamsungLabs/zero-cost-nas a43bfbc, unpatched, on PYTHONPATH",
              *header_lines(env), "",
              "## The eight measures, same networks and batch",
-             "", f"Batch: {args.batch} examples 3x32x32, N(0, 1), 10 classes, seed {args.seed}, `dataload_info=('random', 1, 10)`, "
+             "", f"Batch: {args.batch} examples 3x32x32, N(0, 1), 10 classes, seed {args.seed}, "
+             "`dataload_info=('random', 1, 10)`, "
              "default measure set. rel = |vitcore - foresight| / |foresight|; rounding: rel <= "
              f"{ROUNDING[torch.float32]:g} (fp32), {ROUNDING[torch.float64]:g} (fp64).", "",
-             "| network | dtype | measure | foresight | vitcore.compat | rel | verdict |", "|---|---|---|---|---|---|---|"]
+             "| network | dtype | measure | foresight | vitcore.compat | rel | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['net']} | {r['dtype']} | {r['measure']} | {r['foresight']:.9g} | {r['vitcore']:.9g} | "
                      f"{r['rel']:.2e} | {r['verdict']} |")
@@ -272,11 +275,13 @@ def main(argv=None) -> str:
               "Random cells (seeded), float32 networks, `vitcore.score(params='weights')` (BatchNorm without running "
               "statistics at mean 0, variance 1), compat's \"synflow\" (BatchNorm stripped), foresight's \"synflow\"; "
               "\"by the example\": vitcore.score's synflow before this report's fix (eval mode, the cells' BatchNorm "
-              "normalising by the one all-ones example). params: the kept ops' parameters and the rest of the network.", "",
+              "normalising by the one all-ones example). params: the kept ops' parameters and the rest of the "
+              "network.", "",
               "| Kendall τ | value |", "|---|---|"]
     for (a, b), t in tau["taus"].items():
         lines.append(f"| {a} vs {b} | {t:.3f} |")
-    lines += ["", "| cell | params | foresight | vitcore.score | compat | by the example |", "|---|---|---|---|---|---|"]
+    lines += ["", "| cell | params | foresight | vitcore.score | compat | by the example |",
+              "|---|---|---|---|---|---|"]
     for i, arch in enumerate(tau["archs"]):
         c = tau["cols"]
         lines.append(f"| `{arch}` | {c['params'][i]} | {c['foresight'][i]:.6g} | {c['vitcore.score'][i]:.6g} | "

@@ -179,7 +179,8 @@ def test_ignored_targets_are_left_out_of_the_loss_however_the_batch_is_split(chu
     net = small_cnn().double()
     x, y = batch(7, seed=42, classes=5)
     y[[1, 2, 5]] = -100
-    whole = find_measures(net, [(x, y)], ("random", 1, 5), "cpu", measure_names=["grad_norm", "snip", "grasp", "fisher"])
+    names = ["grad_norm", "snip", "grasp", "fisher"]
+    whole = find_measures(net, [(x, y)], ("random", 1, 5), "cpu", measure_names=names)
     kept = y != -100
     ref = foresight_loop(net, x[kept], y[kept])
     rel = U[torch.float32] + 2 * bound64(net, 7)

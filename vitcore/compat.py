@@ -145,7 +145,8 @@ _FORESIGHT: Dict[str, Tuple[Proxy, str, Optional[str]]] = {
     "synflow": (UNITS["synflow"], "as passed", "strip"),
 }
 assert tuple(_FORESIGHT) == FORESIGHT_MEASURES
-MEASURE_NAMES = FORESIGHT_MEASURES + tuple(VITCORE + p for p in PROXIES) + tuple(p for p in PROXIES if p not in _FORESIGHT)
+MEASURE_NAMES = (FORESIGHT_MEASURES + tuple(VITCORE + p for p in PROXIES)
+                 + tuple(p for p in PROXIES if p not in _FORESIGHT))  # every name find_measures takes
 
 
 def _plan(names: Sequence[str], all_train: bool) -> List[Tuple[Settings, List[str]]]:
