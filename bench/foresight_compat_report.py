@@ -251,7 +251,9 @@ def main(argv=None) -> str:
     tau = nb201_taus(args.cells, args.seed)
     ratios = split_ratios(args.batch, args.seed)
     lines = [f"# vitcore.compat.find_measures against foresight's find_measures ({today()})", "",
-             f"- device: {env['device_name']}; foresight: SamsungLabs/zero-cost-nas a43bfbc, unpatched, on PYTHONPATH",
+             f"- device: {env['device_name']}; foresight: SamsungLabs/zero-cost-nas a43bfbc, unpatched, imported from "
+             f"`{os.path.dirname(os.path.dirname(predictive.__file__))}`; exact command: "
+             f"`PYTHONPATH={os.environ.get('PYTHONPATH', '')} {env['command']}`",
              *header_lines(env), "",
              "## The eight measures, same networks and batch",
              "", f"Batch: {args.batch} examples 3x32x32, N(0, 1), 10 classes, seed {args.seed}, "
