@@ -86,3 +86,45 @@ def float64_train_copy(model):
 def batch(n, seed, dtype=torch.float64, classes=5):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 8, 8, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+
+
+class NB201Cell(nn.Module):
+    """A NAS-Bench-201 cell (Dong & Yang, ICLR 2020): nodes 0..3, node j = Σ_{i<j} op_ij(node i), the
+    six ops listed in edge order (1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2); each conv is ReLU-Conv-BatchNorm
+    with BatchNorm(affine=False, track_running_stats=False), as in NAS-Bench-201's cells."""
+
+    def __init__(self, ops, channels):
+        super().__init__()
+        assert len(ops) == 6, ops
+        self.ops = ops
+        self.edges = nn.ModuleList(self._op(op, channels) for op in ops)
+
+    @staticmethod
+    def _op(op, c):
+        if op in ("nor_conv_1x1", "nor_conv_3x3"):
+            k = int(op[-1])
+            return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, k, padding=k // 2, bias=False),
+                                 nn.BatchNorm2d(c, affine=False, track_running_stats=False))
+        if op == "avg_pool_3x3":
+            return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        assert op in ("skip_connect", "none"), op
+        return nn.Identity()
+
+    def forward(self, x):
+        nodes, e = [x], 0
+        for j in range(1, 4):
+            total = 0
+            for i in range(j):
+                if self.ops[e] != "none":
+                    total = total + self.edges[e](nodes[i])
+                e += 1
+            nodes.append(total if isinstance(total, torch.Tensor) else torch.zeros_like(x))
+        return nodes[3]
+
+
+def nb201_net(ops=("nor_conv_3x3", "skip_connect", "nor_conv_1x1", "avg_pool_3x3", "none", "nor_conv_3x3"),
+              channels=3, classes=5):
+    """Stem (Conv2d-BatchNorm2d, tracked statistics), two NB201 cells, global pooling, Linear."""
+    return nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                         NB201Cell(ops, channels), NB201Cell(ops, channels),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from vitcore.ops.dispatch import eager
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # "layers" for fisher and params="weights"
 ACTIVATION_TYPES = (nn.ReLU, nn.GELU)  # NASWOT reads the sign pattern of their inputs
+SYNFLOW_BATCHNORM = ("eval", "strip", "keep")  # how synflow's pass treats BatchNorm, see synflow_grads
 PASSES = ("data", "halves", "synflow", "hessian")  # what a proxy unit may ask for (vitcore.proxies.base)
 DATA_TAPS = ("grads", "fisher", "jacobian", "codes")  # what the data pass may record, see DataPass
 
@@ -61,13 +63,34 @@ def logits_of(output, n: int, targets: Optional[torch.Tensor]) -> torch.Tensor:
     return output
 
 
-def loss_on(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def chunk_shares(targets: torch.Tensor, ranges: Sequence[Tuple[int, int, int]],
+                 ignore_index: Optional[int] = None) -> List[float]:
+    """Each chunk's weight in the batch's mean loss: n_c / B; with ``ignore_index``, the chunk's
+    targets that the loss counts over the batch's (one host read, made only when the batch is split)."""
+    B = targets.shape[0]
+    if ignore_index is None or len(ranges) == 1 or targets.is_floating_point():
+        return [(end - start) / B for start, end, _ in ranges]
+    ends = torch.tensor([end for _, end, _ in ranges], device=targets.device) - 1
+    counted = (targets != ignore_index).cumsum(0)[ends].tolist()  # (chunks,) running counts
+    total = counted[-1]
+    if total == 0:  # every target ignored: the loss is NaN whatever the weights
+        return [(end - start) / B for start, end, _ in ranges]
+    return [(c - prev) / total for c, prev in zip(counted, [0] + counted[:-1])]
+
+
+def loss_on(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor,
+            ignore_index: Optional[int] = None) -> torch.Tensor:
     """``loss_fn(logits, targets)`` with integer targets outside 0..C-1 (C = logits.shape[1]) replaced
     by 0 on the device, so a bad index neither raises inside torch (nor trips a CUDA device assert)
     nor is silently ignored (-100): ``vitcore.score`` counts them and refuses them after its sync.
-    A loss that is not one number (a 0-d tensor: the batch's mean) is refused, naming what came back."""
+    ``ignore_index`` (``vitcore.compat``: -100, which cross_entropy leaves out of its mean) is passed
+    to the loss as it is. A loss that is not one number (a 0-d tensor: the batch's mean) is refused,
+    naming what came back."""
     if not targets.is_floating_point() and logits.ndim >= 2:
-        targets = torch.where((targets >= 0) & (targets < logits.shape[1]), targets, 0)
+        valid = (targets >= 0) & (targets < logits.shape[1])
+        if ignore_index is not None:
+            valid |= targets == ignore_index
+        targets = torch.where(valid, targets, 0)
     elif loss_fn is F.cross_entropy and targets.shape != logits.shape:
         raise ValueError(f"class probabilities of shape {tuple(targets.shape)} for the model's outputs of "
                          f"shape {tuple(logits.shape)}: they must match")
@@ -101,6 +124,7 @@ class DataPass:
     grads: List[Optional[torch.Tensor]] = field(default_factory=list)  # d(mean loss)/dθ per params entry
     group_grads: List[List[Optional[torch.Tensor]]] = field(default_factory=list)  # per group, per entry
     fisher: List[torch.Tensor] = field(default_factory=list)  # per layer call: mean_b (Σ_n a·da)², (C,)
+    fisher_layers: List[nn.Module] = field(default_factory=list)  # the module of each fisher entry
     jacobian: Optional[torch.Tensor] = None  # (B, input features) float64: d(Σ outputs)/dx per example
     codes: List[torch.Tensor] = field(default_factory=list)  # per ReLU/GELU call: (B, units) bool, input > 0
     codes_nan: Optional[torch.Tensor] = None  # 0-d bool: did any ReLU/GELU input hold a NaN
@@ -139,6 +163,7 @@ def data_pass(
     chunks: int,
     groups: int = 1,
     taps: Sequence[str] = (),
+    ignore_index: Optional[int] = None,
 ) -> DataPass:
     """Forward and backward over the batch in chunks, with the hooks ``taps`` asks for.
 
@@ -146,9 +171,11 @@ def data_pass(
     groups > 1 also keeps the gradient of each group's mean loss (the batch cut in ``groups``
     equal parts, for ZiCo). taps, from DATA_TAPS: "grads", "fisher" (every Linear/Conv output times
     its loss gradient), "jacobian" (input gradients of Σ f(x)), "codes" (ReLU/GELU input signs).
+    ignore_index: a target value the loss leaves out (see ``loss_on``); groups must then be 1.
     """
     unknown = set(taps) - set(DATA_TAPS)
     assert not unknown, unknown
+    assert ignore_index is None or groups == 1, "per-group weights do not count ignored targets"
     fisher, jacobian, naswot = "fisher" in taps, "jacobian" in taps, "codes" in taps
     B = inputs.shape[0]
     out = DataPass(params=list(params), grads=[None] * len(params),
@@ -172,9 +199,11 @@ def data_pass(
         handles += [m.register_forward_pre_hook(keep_code) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)]
     want_loss_grad = bool(params) or fisher
     fisher_sums: List[torch.Tensor] = []
+    fisher_layers: List[nn.Module] = []
     try:
         ranges = split(B, chunks, groups)
-        for start, end, group in ranges:
+        shares = chunk_shares(targets, ranges, ignore_index)
+        for (start, end, group), share in zip(ranges, shares):
             x = inputs[start:end]
             if jacobian:
                 x = x.detach().requires_grad_(True)
@@ -191,21 +220,19 @@ def data_pass(
                 codes = codes or [[] for _ in chunk_codes]
                 for call, c in zip(codes, chunk_codes):
                     call.append(c)
-            if want_loss_grad:
-                loss = loss_on(loss_fn, logits, targets[start:end])
+            if want_loss_grad and share > 0:  # a chunk whose targets are all ignored adds nothing
+                loss = loss_on(loss_fn, logits, targets[start:end], ignore_index)
                 acts = [a for _, a in layer_calls]
                 got = torch.autograd.grad(loss, params + acts, retain_graph=jacobian, allow_unused=True)
-                share = (end - start) / B
                 _accumulate(out.grads, got[: len(params)], share, only=len(ranges) == 1)
                 if groups > 1:
                     group_size = (group + 1) * B // groups - group * B // groups
                     _accumulate(out.group_grads[group], got[: len(params)], (end - start) / group_size,
                                 only=end - start == group_size)
-                terms = [
-                    _fisher_term(a.detach(), ga * share, m)
-                    for (m, a), ga in zip(layer_calls, got[len(params):]) if ga is not None
-                ]
+                called = [(m, a, ga) for (m, a), ga in zip(layer_calls, got[len(params):]) if ga is not None]
+                terms = [_fisher_term(a.detach(), ga * share, m) for m, a, ga in called]
                 fisher_sums = terms if not fisher_sums else [s + t for s, t in zip(fisher_sums, terms)]
+                fisher_layers = [m for m, _, _ in called]
             if jacobian:
                 (jx,) = torch.autograd.grad(logits.sum(), x)
                 jacobians.append(jx.reshape(jx.shape[0], -1))  # (n, input features)
@@ -215,6 +242,7 @@ def data_pass(
         layer_calls.clear()
         chunk_codes.clear()
     out.fisher = [s / B for s in fisher_sums]
+    out.fisher_layers = fisher_layers
     if jacobian:
         out.jacobian = torch.cat(jacobians).double()  # (B, features)
     if naswot:
@@ -239,14 +267,49 @@ def _tensors_kept(model: nn.Module):
             m._buffers.update(buffers)
 
 
-def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: torch.Size):
-    """Synflow's pass: gradients of Σ f(1) for the network with |θ| in float64, one all-ones example.
+@contextlib.contextmanager
+def _batchnorm_stripped(model: nn.Module):
+    """Every BatchNorm1d/BatchNorm2d of the model an identity map inside the block (foresight's
+    ``synflow``, which swaps their ``forward`` for a no-op on its copy of the network)."""
+    stripped = [(m, m.__dict__.get("forward")) for m in model.modules()
+                if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for m, _ in stripped:
+        m.forward = _identity
+    try:
+        yield
+    finally:
+        for m, own in stripped:
+            del m.forward
+            if own is not None:
+                m.forward = own
+
+
+def _identity(x):
+    return x
+
+
+def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: torch.Size, batchnorm: str = "eval"):
+    """Synflow's pass: gradients of R = Σ f(1) for the network with |θ| in float64, one all-ones example.
 
     The model itself is untouched: ``functional_call`` runs it on float64 copies of |θ| and of its
-    floating buffers, in eval mode (foresight removes BatchNorm for synflow; here it uses its running
-    statistics, a fixed affine map). float64 keeps deep products of |θ| from overflowing.
-    Returns (|θ|, grads).
+    floating buffers (|·| of the whole state, as Tanaka et al.'s code and foresight take it).
+    float64 keeps deep products of |θ| from overflowing. ``batchnorm``, from SYNFLOW_BATCHNORM:
+
+    - "eval" (``vitcore.score``): every module in eval mode, so BatchNorm is the fixed affine map of
+      its |running statistics| (Tanaka et al.'s synflow code scores in eval mode). A BatchNorm that
+      tracks no statistics (``track_running_stats=False``: NAS-Bench-201's cells) would normalise
+      by the one all-ones example even in eval mode; it gets the fixed statistics mean 0, variance 1
+      instead, those of a freshly built BatchNorm that tracks them. So the same initialised network
+      scores the same whichever way its BatchNorm is built, and its γ and β keep their place in R,
+      where stripping the layer (foresight's choice) would give them no synflow at all.
+    - "strip" (foresight's ``synflow``): BatchNorm1d/2d are identity maps, every module in the mode
+      it is in when the pass runs.
+    - "keep" (foresight's ``synflow_bn``): BatchNorm as it is, every module in its current mode; in
+      train mode it normalises by the statistics of the one example.
+
+    Returns (|θ|, grads); the model's train/eval flags are put back.
     """
+    assert batchnorm in SYNFLOW_BATCHNORM, batchnorm
     wanted = {id(p) for p in params}
     values, abs_params = {}, {}
     for name, p in model.named_parameters():
@@ -255,11 +318,25 @@ def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: tor
             abs_params[id(p)] = values[name]
     for name, b in model.named_buffers():
         values[name] = b.double().abs() if b.is_floating_point() else b
-    ones = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, device=params[0].device)
-    model.eval()  # one example: BatchNorm normalises with its (|θ|-ed) running statistics
-    with eager(), torch.enable_grad(), torch.autocast(ones.device.type, enabled=False), _tensors_kept(model):
-        total = logits_of(functional_call(model, values, (ones,)), 1, None).sum()  # float64 throughout
-    model.train()
+    device = params[0].device
+    if batchnorm == "eval":
+        for name, m in model.named_modules():
+            if isinstance(m, _BatchNorm) and m.running_mean is None and m.running_var is None:
+                prefix = f"{name}." if name else ""
+                values[prefix + "running_mean"] = torch.zeros(m.num_features, dtype=torch.float64, device=device)
+                values[prefix + "running_var"] = torch.ones(m.num_features, dtype=torch.float64, device=device)
+    ones = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, device=device)
+    modes = [(m, m.training) for m in model.modules()]
+    if batchnorm == "eval":
+        model.eval()
+    stripped = _batchnorm_stripped(model) if batchnorm == "strip" else contextlib.nullcontext()
+    try:
+        with eager(), torch.enable_grad(), torch.autocast(ones.device.type, enabled=False), _tensors_kept(model), \
+                stripped:
+            total = logits_of(functional_call(model, values, (ones,)), 1, None).sum()  # float64 throughout
+    finally:
+        for m, mode in modes:
+            m.training = mode
     abs_list = [abs_params[id(p)] for p in params]
     return abs_list, torch.autograd.grad(total, abs_list, allow_unused=True)
 
@@ -272,18 +349,22 @@ def hessian_grad(
     params: List[torch.Tensor],
     grads: Sequence[Optional[torch.Tensor]],
     chunks: int,
+    ignore_index: Optional[int] = None,
 ) -> List[Optional[torch.Tensor]]:
     """GraSP's pass: H·g, the loss Hessian times the (fixed) batch gradient g, by double backward.
 
     Runs the eager references (``eager()``): the Triton kernels' backward is not differentiable.
+    ignore_index: as in ``data_pass``.
     """
     B = inputs.shape[0]
     hg: List[Optional[torch.Tensor]] = [None] * len(params)
     ranges = split(B, chunks)
     with eager():
-        for start, end, _ in ranges:
+        for (start, end, _), share in zip(ranges, chunk_shares(targets, ranges, ignore_index)):
+            if share == 0:
+                continue
             logits = logits_of(model(inputs[start:end]), end - start, targets)
-            loss = loss_on(loss_fn, logits, targets[start:end]) * ((end - start) / B)
+            loss = loss_on(loss_fn, logits, targets[start:end], ignore_index) * share
             gf = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             z = sum((g.detach() * f).sum() for g, f in zip(grads, gf) if g is not None and f is not None)
             if not isinstance(z, torch.Tensor) or not z.requires_grad:

@@ -4,7 +4,8 @@ import contextvars
 import math
 import time
 import warnings
-from typing import Callable, Dict, Iterable, List, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from vitcore.model import VisionTransformer
-from vitcore.passes import averaging_check, data_pass, hessian_grad, layer_weights, split, synflow_grads
+from vitcore.passes import (SYNFLOW_BATCHNORM, averaging_check, data_pass, hessian_grad, layer_weights, split,
+                            synflow_grads)
 from vitcore.proxies.base import Context, Proxy
 from vitcore.proxies.grad_norm import GRAD_NORM_MODES
 from vitcore.proxies.registry import PROXIES, UNITS
@@ -31,6 +33,20 @@ def passes_end_marks():
         yield _PASSES_END.get()
     finally:
         _PASSES_END.reset(token)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How ``score_counted`` runs the passes; the defaults are ``vitcore.score``'s definitions
+    (``vitcore.compat`` runs foresight's)."""
+
+    units: Mapping[str, Proxy] = field(default_factory=lambda: UNITS)  # the proxy of each name asked for
+    train_mode: bool = True  # every module in train mode; False: each in the mode it came in
+    synflow_batchnorm: str = "eval"  # BatchNorm in synflow's pass, from vitcore.passes.SYNFLOW_BATCHNORM
+    ignore_index: Optional[int] = None  # a target value the loss leaves out (foresight: -100), else refused
+
+    def __post_init__(self):
+        assert self.synflow_batchnorm in SYNFLOW_BATCHNORM, self.synflow_batchnorm
 
 
 class ProxyFailed(RuntimeError):
@@ -110,8 +126,9 @@ def _tensors(out) -> Tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
 
-def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -> Dict[str, float]:
-    units: List[Proxy] = [UNITS[n] for n in dict.fromkeys(names)]
+def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh, settings) -> Dict[str, float]:
+    units: List[Proxy] = [settings.units[n] for n in dict.fromkeys(names)]
+    ignore = settings.ignore_index
     passes = {p for u in units for p in u.passes}
     taps = sorted({t for u in units for t in u.taps})
     ctx = Context(model, inputs, targets, loss_fn, mode, counted, chunks)
@@ -129,7 +146,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
 
     def run_pass(name: str, fn: Callable[[], object], serves: Tuple[str, ...] = ()) -> object:
         needs = [u for u in units if {name, *serves} & set(u.passes)]
-        fresh.reset()
+        fresh.reset(training=settings.train_mode)
         try:
             return fn()
         except Exception as e:
@@ -145,23 +162,24 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
             ids = {id(p) for p in params}
             params += [w for w in weights if id(w) not in ids]
         ctx.data = run_pass("data", lambda: data_pass(model, inputs, targets, loss_fn, params, chunks,
-                                                      2 if shared else 1, taps), ("halves",) if shared else ())
+                                                      2 if shared else 1, taps, ignore), ("halves",) if shared else ())
         if shared:
             ctx.halves = ctx.data
     if "halves" in passes and ctx.halves is None and "halves" not in failed:
         ctx.halves = run_pass("halves", lambda: data_pass(model, inputs, targets, loss_fn, weights, chunks, groups=2))
     if "synflow" in passes:
-        ctx.synflow = run_pass("synflow", lambda: synflow_grads(model, counted, inputs.shape[1:]))
+        ctx.synflow = run_pass("synflow", lambda: synflow_grads(model, counted, inputs.shape[1:],
+                                                                     settings.synflow_batchnorm))
     if "hessian" in passes and "data" not in failed:
         ctx.hessian = run_pass("hessian", lambda: hessian_grad(model, inputs, targets, loss_fn, counted,
-                                                               ctx.data.grads[: len(counted)], chunks))
+                                                               ctx.data.grads[: len(counted)], chunks, ignore))
     reduced: Dict[str, object] = {}  # per proxy: a tensor or a tuple of tensors
     for unit in units:
         lost = next((failed[p] for p in unit.passes if p in failed), None)
         if lost is not None:
             errors[unit.name] = lost
         elif unit.reduce is not None:
-            fresh.reset()
+            fresh.reset(training=settings.train_mode)
             try:
                 reduced[unit.name] = unit.reduce(ctx)
             except Exception as e:  # a proxy's own failure; the passes' are handled above
@@ -175,6 +193,8 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
         checks = _target_rows(targets, loss_fn)
     elif num_outputs:
         bad = (targets < 0) | (targets >= num_outputs)
+        if ignore is not None:
+            bad &= targets != ignore
         checks = [bad.sum(), targets.min(), targets.max(), zero]
     else:
         checks = [zero] * 4
@@ -217,12 +237,12 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh) -
             arrays.append(flat[offset: offset + t.numel()].reshape(t.shape))
             offset += t.numel()
         try:
-            values[name] = float(UNITS[name].finish(tuple(arrays) if isinstance(out, tuple) else arrays[0]))
+            values[name] = float(settings.units[name].finish(tuple(arrays) if isinstance(out, tuple) else arrays[0]))
         except Exception as e:
             errors[name] = _failure(e)
     for unit in units:
         if unit.host is not None and unit.name not in errors:
-            fresh.reset()
+            fresh.reset(training=settings.train_mode)
             try:
                 values[unit.name] = float(unit.host(ctx))
             except Exception as e:
@@ -297,7 +317,10 @@ def score(
     jacob_cov and nwot; zico's two half-batches share it when the chunks cut there anyway, else run
     as their own pass; synflow adds its pass on |θ|, grasp a Hessian-gradient pass. Every pass starts
     from the model's buffers, mode and RNG state on entry, so asking for one proxy never changes
-    another's value. The model is scored in train mode (as foresight does) and left as it came in:
+    another's value. Every module is put in train mode for the passes, synflow's aside (eval mode,
+    see ``vitcore.proxies.synflow``): the proxies' papers score freshly built networks, which PyTorch
+    builds in train mode (foresight instead keeps the mode a network is passed in, fisher aside;
+    ``vitcore.compat.find_measures`` does as foresight). The model is left as it came in:
     every module's train/eval flag, every buffer (BatchNorm statistics) and the global RNG state are
     restored, and its weights are never changed. Gradients come from ``torch.autograd.grad``, so
     existing ``.grad`` values are neither read nor changed. The device syncs with the host once.
@@ -331,8 +354,11 @@ def score(
                          chunks, f"params={params!r}")
 
 
-def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks, which) -> Dict[str, float]:
-    """``score`` on an explicit list of counted tensors (``vitcore.compat`` counts per module)."""
+def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks, which,
+                  settings: Settings = Settings()) -> Dict[str, float]:
+    """``score`` on an explicit list of counted tensors (``vitcore.compat`` counts per module), the
+    passes run as ``settings`` says."""
+    units = settings.units
     for name, value in (("inputs", inputs), ("targets", targets)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -347,9 +373,9 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
     if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= B:
         raise ValueError(f"chunks={chunks!r} must be an int in 1..{B} (the batch size)")
     for name in names:
-        if B < UNITS[name].min_batch:
-            raise ValueError(f"{name} needs at least {UNITS[name].min_batch} examples; the batch holds {B}")
-    vit_only = [name for name in names if UNITS[name].vit_only]
+        if B < units[name].min_batch:
+            raise ValueError(f"{name} needs at least {units[name].min_batch} examples; the batch holds {B}")
+    vit_only = [name for name in names if units[name].vit_only]
     if vit_only and not isinstance(model, VisionTransformer):
         raise TypeError(f"{', '.join(vit_only)} {'needs' if len(vit_only) == 1 else 'need'} a vitcore ViT or PiT "
                         f"(they read its blocks: vitcore.model.VisionTransformer), got {type(model).__name__}")
@@ -364,7 +390,7 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
         while True:
             try:
                 with torch.enable_grad():
-                    return _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh)
+                    return _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh, settings)
             except torch.cuda.OutOfMemoryError:
                 if chunks >= B:
                     raise
