@@ -174,7 +174,7 @@ def _make_missing_inputs(argv):
     if truth and not os.path.exists(truth):
         if truth.endswith(".jsonl"):
             _write_truth_jsonl(truth, (_option(argv, "--columns") or "acc").split(","))
-        else:
+        elif _option(argv, "--scores"):
             _write_truth(_option(argv, "--scores"), truth)
     data = _option(argv, "--data")
     if data and data.endswith(".npz") and not os.path.exists(data):
