@@ -266,56 +266,39 @@ def test_the_readme_is_short():
 
 LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]+)\)")
 NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)*(?:e[-+]?\d+)?", flags=re.I)  # 0.983, 2.13.0, 4e-12
+LIST_ITEM = re.compile(r"([-*]|\d+\.)\s")
 UNIT = re.compile(r"(?:x(?![\w])|%|\s?(?:s|ms|µs|us|min)\b)")
 
 
 def _units(page):
-    """[(text, cited report paths, first line)]: paragraphs, list items, table rows, text blocks."""
-    text = _read(page)
-    units, current, caption, start = [], [], set(), 0
-    fenced = {m.start(): m for m in FENCE.finditer(text)}
-
-    def close():
-        nonlocal current
-        if current:
-            body = "\n".join(current)
-            units.append((body, _cited(page, body), start))
-        current = []
-
-    lines = text.splitlines(keepends=True)
-    offset, i = 0, 0
+    """[(text, cited reports, first line)] of a page: paragraphs, list items, table rows, text blocks."""
+    lines = _read(page).splitlines()
+    units, caption, i = [], set(), 0
     while i < len(lines):
-        line, number = lines[i], i + 1
-        if offset in fenced:
-            close()
-            m = fenced[offset]
-            block_lines = m.group(0).count("\n") + 1
-            if m[1] == "text":
-                units.append((m[2], caption | _cited(page, m[2]), number))
-            offset += sum(len(l) for l in lines[i:i + block_lines])
-            i += block_lines
-            continue
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#") or stripped.startswith("<!--"):
-            close()
-            if stripped:
-                units.append((stripped, set(), number))
-                caption = set()  # a heading or comment ends what a caption can cite
-        elif stripped.startswith("|"):
-            close()
-            units.append((stripped, caption | _cited(page, stripped), number))
-        elif re.match(r"([-*]|\d+\.)\s", stripped):
-            close()
-            current, start = [stripped], number
-        else:
-            if not current:
-                start = number
-            current.append(stripped)
-        if stripped and not stripped.startswith("|") and current:
-            caption = _cited(page, "\n".join(current))
-        offset += len(line)
-        i += 1
-    close()
+        line, first = lines[i].strip(), i + 1
+        if line.startswith("```"):  # a fenced block: only a text block holds prose numbers
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+            if line == "```text":
+                body = "\n".join(lines[i + 1:end])
+                units.append((body, caption | _cited(page, body), first))
+            i = end + 1
+        elif line.startswith("|"):  # a table row cites its own links and its caption's
+            units.append((line, caption | _cited(page, line), first))
+            i += 1
+        elif not line or line.startswith(("#", "<!--")):
+            if line:  # a heading ends what a caption can cite
+                units.append((line, set(), first))
+                caption = set()
+            i += 1
+        else:  # a paragraph or a list item: to the next blank line, table, block, heading or item
+            j = i + 1
+            while j < len(lines) and lines[j].strip() and not lines[j].strip().startswith(("|", "```", "#")) \
+                    and not LIST_ITEM.match(lines[j].strip()):
+                j += 1
+            body = "\n".join(l.strip() for l in lines[i:j])
+            caption = _cited(page, body)
+            units.append((body, caption, first))
+            i = j
     return units
 
 
