@@ -15,7 +15,7 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_run_scores_and_ranks(tmp_path, capsys):  # the default run is the README's (test_readme)
+def test_a_run_scores_and_ranks(tmp_path, capsys):  # the default run is the README's (test_docs)
     out = tmp_path / "scores.jsonl"
     assert main(["score", "--n", "7", "--batch-size", "8", "--out", str(out)]) == 0
     table = capsys.readouterr().out.splitlines()
