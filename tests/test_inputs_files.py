@@ -403,3 +403,15 @@ def test_a_column_named_twice_counts_once_in_the_mean(tmp_path, capsys):
                  "--out", str(tmp_path / "ev")]) == 0
     out = capsys.readouterr().out
     assert "| mean τ (a, b) |" in out and "highest mean τ over a, b:" in out
+
+
+def test_workers_stop_at_once_on_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    """A read-only folder (simulated: the tests may run as root, whom permissions do not stop)."""
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(vitcore.distributed, "launch", lambda *args: pytest.fail("the workers were started"))
+    monkeypatch.setattr(vitcore.distributed.tempfile, "TemporaryFile", read_only)
+    out = str(tmp_path / "r.jsonl")
+    with pytest.raises(ValueError, match=re.escape(f"--out {out!r} cannot be written: Permission denied")):
+        run_scoring(out, n=2, workers=2, data="synthetic", batch_size=4)
