@@ -184,11 +184,19 @@ def test_images_at_the_ends_of_their_dtype_normalise_exactly_without_warnings(tm
     np.testing.assert_allclose(batch.inputs.numpy(), ref, rtol=0, atol=8 * np.finfo(np.float32).eps * np.abs(ref).max())
 
 
-def test_npz_extension_in_any_case(tmp_path):
-    data = tmp_path / "D.NPZ"
+@pytest.mark.parametrize("name", ["D.NPZ", "images.bin"])
+def test_an_npz_by_any_name_is_read(tmp_path, name):
+    data = tmp_path / name
     with open(data, "wb") as f:
         np.savez(f, x=np.random.default_rng(0).random((4, 8, 8)), y=np.arange(4))
     assert load_batch(str(data), 4).inputs.shape == (4, 1, 8, 8)
+
+
+def test_a_data_file_that_is_no_npz_is_named(tmp_path):
+    data = tmp_path / "notes.txt"
+    data.write_text("x,y\n")
+    with pytest.raises(ValueError, match=re.escape(f"{data}: not a readable .npz of images and labels")):
+        load_batch(str(data), 4)
 
 
 # -- ground truths: told apart by content -----------------------------------------------------------------
