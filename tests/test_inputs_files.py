@@ -89,6 +89,17 @@ def test_a_bad_results_record_is_named_with_file_and_line(tmp_path, capsys, chan
     assert f"{path}, {message}" in err
 
 
+@pytest.mark.parametrize("field", ["arch", "params"])
+def test_a_record_of_vitcore_score_lacking_a_field_is_named(tmp_path, field):
+    """`vitcore score --resume` prints the table from them: a KeyError where they lack a field."""
+    records = _records(3)
+    del records[1][field]
+    path = _write(tmp_path / "s.jsonl", records)
+    with pytest.raises(ValueError, match=re.escape(f'{path}, line 2: a record with "settings" (written by vitcore '
+                                                   f"score) lacks {field}")):
+        read_results(path)
+
+
 def test_a_null_score_reads_as_nan(tmp_path, capsys):
     """jq and pandas write NaN as null: read back as the NaN vitcore wrote (ranked last, counted)."""
     records = _records(5)
