@@ -53,7 +53,8 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
             f"{'heads':<{w[2]}}")
     print(head + "".join(f"  {p:>12}" for p in proxies))
     for i, (r, (depth, width, heads)) in enumerate(zip(ok, cells), 1):
-        row = (f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {depth:>{w[0]}}  {width:>{w[1]}}  "
+        params = f"{r['params']:,}" if "params" in r else "-"  # a hand-made record resumed
+        row = (f"{i:>4}  {r['id']:12}  {params:>9}  {depth:>{w[0]}}  {width:>{w[1]}}  "
                f"{r['arch']['patch_size']:>5}  {heads:<{w[2]}}")
         print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
     for r in failed:

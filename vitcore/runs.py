@@ -127,11 +127,8 @@ def _check_fields(where: str, record) -> dict:
     elif not isinstance(record.get("error"), str):
         raise ValueError(f"{where}: expected \"scores\" (an object) or \"error\" (a string); the record has "
                          f"{', '.join(sorted(record))}")
-    needed = ["arch", *(["params"] if "scores" in record else [])] if "settings" in record else []
-    absent = [name for name in needed if name not in record]  # a record of vitcore score has them
-    if absent:
-        raise ValueError(f"{where}: a record with \"settings\" (written by vitcore score) lacks "
-                         f"{', '.join(absent)}")
+    if "settings" in record and "arch" not in record:  # vitcore score's records have both: its table reads arch
+        raise ValueError(f"{where}: a record with \"settings\" (written by vitcore score) lacks its \"arch\"")
     params = record.get("params", 0)
     if isinstance(params, bool) or not isinstance(params, int) or params < 0:
         raise ValueError(f"{where}: \"params\" is {params!r}, not a count of parameters")
@@ -162,7 +159,7 @@ def check_records(lines: Sequence[Tuple[str, object]]) -> List[dict]:
     run's results: each a dict with a string ``id`` and a ``scores`` object of numbers (null reads as
     NaN) or an ``error`` string; ``params`` a count, ``settings`` and ``proxy_errors`` objects, ``arch``
     an architecture whose id is ``id``, when present (a record with ``settings``, as ``vitcore score``
-    writes it, has ``arch``, and ``params`` when scored). One run's records throughout: the same
+    writes it, has ``arch``). One run's records throughout: the same
     ``settings`` on every record, and the same proxies in every ``scores``, else τ would compare
     scores made on other batches or seeds, or proxies a record lacks. ValueError naming where, the bad
     value and, for a mismatch, the first record it differs from.
