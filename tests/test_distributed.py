@@ -174,6 +174,7 @@ def test_bad_worker_settings(tmp_path, monkeypatch, kwargs, env, message):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(proxies=["zico"], batch_size=1), "zico needs at least 2 examples; the batch holds 1"),
+    (dict(kill="1"), f"{KILL_ENV}='1': expected RANK:RECORDS"),
     (dict(proxies=["nope"]), "unknown proxy 'nope'"),
     (dict(dtype="fp8"), "dtype='fp8'"),
     (dict(mode="nope"), "mode='nope'"),
@@ -187,6 +188,9 @@ def test_settings_every_worker_would_refuse_are_refused_before_they_start(tmp_pa
         raise AssertionError("the workers were started")
 
     monkeypatch.setattr(vitcore.distributed, "launch", started)
+    kwargs = dict(kwargs)
+    if "kill" in kwargs:  # the test hook's variable, malformed
+        monkeypatch.setenv(KILL_ENV, kwargs.pop("kill"))
     with pytest.raises(ValueError, match=re.escape(message)):
         run_scoring(str(tmp_path / "r.jsonl"), workers=2, **{**RUN, **kwargs})
 

@@ -89,6 +89,16 @@ def test_a_bad_results_record_is_named_with_file_and_line(tmp_path, capsys, chan
     assert f"{path}, {message}" in err
 
 
+def test_a_record_of_vitcore_score_lacking_its_arch_is_named(tmp_path):
+    """`vitcore score --resume` prints the table from them: a KeyError where they lacked it."""
+    records = _records(3)
+    del records[1]["arch"]
+    path = _write(tmp_path / "s.jsonl", records)
+    with pytest.raises(ValueError, match=re.escape(f'{path}, line 2: a record with "settings" (written by vitcore '
+                                                   'score) lacks its "arch"')):
+        read_results(path)
+
+
 def test_a_null_score_reads_as_nan(tmp_path, capsys):
     """jq and pandas write NaN as null: read back as the NaN vitcore wrote (ranked last, counted)."""
     records = _records(5)
@@ -184,11 +194,19 @@ def test_images_at_the_ends_of_their_dtype_normalise_exactly_without_warnings(tm
     np.testing.assert_allclose(batch.inputs.numpy(), ref, rtol=0, atol=8 * np.finfo(np.float32).eps * np.abs(ref).max())
 
 
-def test_npz_extension_in_any_case(tmp_path):
-    data = tmp_path / "D.NPZ"
+@pytest.mark.parametrize("name", ["D.NPZ", "images.bin"])
+def test_an_npz_by_any_name_is_read(tmp_path, name):
+    data = tmp_path / name
     with open(data, "wb") as f:
         np.savez(f, x=np.random.default_rng(0).random((4, 8, 8)), y=np.arange(4))
     assert load_batch(str(data), 4).inputs.shape == (4, 1, 8, 8)
+
+
+def test_a_data_file_that_is_no_npz_is_named(tmp_path):
+    data = tmp_path / "notes.txt"
+    data.write_text("x,y\n")
+    with pytest.raises(ValueError, match=re.escape(f"{data}: not a readable .npz of images and labels")):
+        load_batch(str(data), 4)
 
 
 # -- ground truths: told apart by content -----------------------------------------------------------------
@@ -345,9 +363,10 @@ def test_the_table_aligns_deep_vits(capsys):
     small = sample(SPACES["small"], 1, 0)[0]
     records = [{"id": a.id, "arch": a.to_dict(), "params": p, "scores": {"params": float(p)}}
                for a, p in ((deep, 5_000_000), (small, 1000))]
+    del records[1]["params"]  # a hand-made record, resumed: "-" in the table
     _print_table(records, ["params"], "params")
     lines = capsys.readouterr().out.splitlines()[:3]
-    assert "3-4-3-4-3-4-3-4-3-4-3-4-3-4" in lines[1]
+    assert "3-4-3-4-3-4-3-4-3-4-3-4-3-4" in lines[1] and f"  {'-':>9}  " in lines[2]
     assert len({len(line) for line in lines}) == 1  # every row as wide as the header: the scores line up
 
 
@@ -403,3 +422,15 @@ def test_a_column_named_twice_counts_once_in_the_mean(tmp_path, capsys):
                  "--out", str(tmp_path / "ev")]) == 0
     out = capsys.readouterr().out
     assert "| mean τ (a, b) |" in out and "highest mean τ over a, b:" in out
+
+
+def test_workers_stop_at_once_on_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    """A read-only folder (simulated: the tests may run as root, whom permissions do not stop)."""
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(vitcore.distributed, "launch", lambda *args: pytest.fail("the workers were started"))
+    monkeypatch.setattr(vitcore.distributed.tempfile, "TemporaryFile", read_only)
+    out = str(tmp_path / "r.jsonl")
+    with pytest.raises(ValueError, match=re.escape(f"--out {out!r} cannot be written: Permission denied")):
+        run_scoring(out, n=2, workers=2, data="synthetic", batch_size=4)

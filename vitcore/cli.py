@@ -27,7 +27,7 @@ from vitcore.ensemble import COMBINED
 from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_ceiling, constant_proxies, evaluate_columns,
                               format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any, scatter_plots,
                               with_combined)
-from vitcore.paths import check_input_file, check_out_file, write_text
+from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -57,7 +57,8 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
             f"{'heads':<{w[2]}}")
     print(head + "".join(f"  {p:>12}" for p in proxies))
     for i, (r, (depth, width, heads)) in enumerate(zip(ok, cells), 1):
-        row = (f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {depth:>{w[0]}}  {width:>{w[1]}}  "
+        params = f"{r['params']:,}" if "params" in r else "-"  # a hand-made record resumed
+        row = (f"{i:>4}  {r['id']:12}  {params:>9}  {depth:>{w[0]}}  {width:>{w[1]}}  "
                f"{r['arch']['patch_size']:>5}  {heads:<{w[2]}}")
         print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
     for r in failed:
@@ -251,7 +252,7 @@ def cmd_evaluate(args) -> int:
                              f"scores, but --scores {args.scores} holds scores already made; drop "
                              f"{'it' if len(ignored) == 1 else 'them'} or --scores")
     elif archs and n is not None:
-        if isinstance(n, bool) or not 2 <= n <= len(archs):
+        if not 2 <= n <= len(archs):
             raise ValueError(f"--n {n}: {args.truth} holds {len(archs)} architectures; score 2 to {len(archs)}")
         archs = archs[:n]
     elif not archs:
@@ -330,9 +331,10 @@ def cmd_evaluate(args) -> int:
                          f"reaches mean τ {ceiling.reached:.3f}, and no ranking without ties exceeds "
                          f"{ceiling.bound:.3f} (vitcore.ranking.mean_tau_ceiling).")
             summary.append(line)
-    # the file first and whole: printing cannot lose it (main() has stdout escape what its encoding lacks)
-    write_text(os.path.join(args.out, "evaluation.md"),
-               f"scores: {args.scores or scores_file}; truth: {args.truth}; {_batch_line(records)}\n\n{text}\n")
+    # UTF-8 whatever the locale, a path that is not (a non-UTF-8 name) escaped; written before printing, so
+    # nothing printed can stop it (main() has stdout escape what its encoding lacks)
+    with open(os.path.join(args.out, "evaluation.md"), "w", encoding="utf-8", errors="backslashreplace") as f:
+        f.write(f"scores: {args.scores or scores_file}; truth: {args.truth}; {_batch_line(records)}\n\n{text}\n")
     print("\n".join([shown, *summary]))
     plots = []
     for column, acc in truth.columns.items():

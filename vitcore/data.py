@@ -113,8 +113,8 @@ def load_batch(data: str = "digits", batch_size: int = 64, seed: int = 0, space=
     ``data`` is "digits" (scikit-learn's 8x8 digits, 10 classes), "synthetic" (Gaussian images
     shaped for ``space``, a SearchSpace, with random labels) or the path of an .npz file with arrays
     ``x`` (or ``images``, (N, C, H, H) or (N, H, H), any real dtype) and ``y`` (or ``labels``, N ints
-    from 0 to ``MAX_CLASSES`` - 1), checked whole before a batch is drawn (``check_arrays``); the
-    extension is matched in any case (``.NPZ``).
+    from 0 to ``MAX_CLASSES`` - 1), checked whole before a batch is drawn (``check_arrays``); a path
+    ending in .npz in any case (``.NPZ``), or any existing file, is read as an .npz.
     Raises TypeError for arguments of the wrong type; FileNotFoundError for a missing file;
     ValueError for an unknown ``data``, a directory, an unreadable, empty or cut-off .npz, images or
     labels ``check_arrays`` refuses (naming the array and the first bad value), a batch
@@ -144,7 +144,7 @@ def load_batch(data: str = "digits", batch_size: int = 64, seed: int = 0, space=
                 from None
         y = rng.integers(0, space.num_classes, size=batch_size)
         return Batch(torch.from_numpy(x), torch.from_numpy(y), space.num_classes, data)
-    elif data.lower().endswith(".npz"):
+    elif data.lower().endswith(".npz") or os.path.isfile(data):  # an .npz by any name: its content decides
         x, y = _npz(data)
     else:
         raise ValueError(f"unknown data {data!r}; valid: {', '.join(DATA_CHOICES)}")

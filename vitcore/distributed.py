@@ -160,7 +160,8 @@ def shard_paths(out: str) -> List[str]:
 def check_files(out: str, world: int) -> None:
     """ValueError, before any process starts, for what would stop every rank of a ``world``-process run
     on ``out``: a folder that cannot be written, an ``out`` another run is writing (its lock), or a file
-    of a shard's name that vitcore did not write (a user's: never moved or appended to)."""
+    of a shard's name that vitcore did not write (a user's: never moved or appended to), a malformed
+    ``VITCORE_TEST_KILL``."""
     folder = os.path.dirname(os.path.abspath(out))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -171,6 +172,7 @@ def check_files(out: str, world: int) -> None:
     except OSError as e:
         raise ValueError(f"--out {out!r} cannot be written: {e.strerror}") from None
     _check_shard_names(out, world)
+    _kill_hook(Rank())  # the test hook's variable, read by every rank: malformed stops them all
 
 
 def _check_shard_names(out: str, world: int) -> None:

@@ -2,7 +2,6 @@
 import json
 import os
 import sys
-import tempfile
 from typing import Callable, Iterable, Iterator, TextIO, Tuple, Union
 
 try:
@@ -59,21 +58,6 @@ def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
         yield where, value
-
-
-def write_text(path: str, text: str) -> None:
-    """``text`` written to ``path`` as UTF-8, whole or not at all (a temporary file beside it, then
-    renamed): characters a path cannot encode (a non-UTF-8 file name) are written as backslash escapes."""
-    folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, encoding="utf-8", errors="backslashreplace",
-                                     prefix=".tmp-", suffix=".part") as f:
-        try:
-            f.write(text)
-        except BaseException:
-            f.close()
-            os.remove(f.name)
-            raise
-    os.replace(f.name, path)
 
 
 def check_out_file(path, option: str = "--out") -> str:

@@ -32,6 +32,7 @@ from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, sample
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
 DEFAULT_N = 50  # architectures sampled when neither n nor a file of architectures is given
+SHARD_KEY = "vitcore_shard"  # the first line of a shard, {SHARD_KEY: {"rank": r, "world": w}}: vitcore wrote it
 FSYNC_EVERY_S = 1.0  # one fsync took 11 ms (median) on this project's VM, as long as scoring a small model
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"  # always arch/s
 
@@ -111,9 +112,6 @@ def read_results(path: str, repair: bool = False) -> List[dict]:
     return check_records(lines)
 
 
-SHARD_KEY = "vitcore_shard"  # the first line of a shard, {SHARD_KEY: {"rank": r, "world": w}}: vitcore wrote it
-
-
 def _check_fields(where: str, record) -> dict:
     """One record, its fields checked; a null score becomes NaN."""
     if not isinstance(record, dict) or not isinstance(record.get("id"), str):
@@ -129,6 +127,8 @@ def _check_fields(where: str, record) -> dict:
     elif not isinstance(record.get("error"), str):
         raise ValueError(f"{where}: expected \"scores\" (an object) or \"error\" (a string); the record has "
                          f"{', '.join(sorted(record))}")
+    if "settings" in record and "arch" not in record:  # vitcore score's records have both: its table reads arch
+        raise ValueError(f"{where}: a record with \"settings\" (written by vitcore score) lacks its \"arch\"")
     params = record.get("params", 0)
     if isinstance(params, bool) or not isinstance(params, int) or params < 0:
         raise ValueError(f"{where}: \"params\" is {params!r}, not a count of parameters")
@@ -158,7 +158,8 @@ def check_records(lines: Sequence[Tuple[str, object]]) -> List[dict]:
     """The records of ``lines``, (where, record) pairs ("PATH, line N" or "records[i]"), checked as one
     run's results: each a dict with a string ``id`` and a ``scores`` object of numbers (null reads as
     NaN) or an ``error`` string; ``params`` a count, ``settings`` and ``proxy_errors`` objects, ``arch``
-    an architecture whose id is ``id``, when present. One run's records throughout: the same
+    an architecture whose id is ``id``, when present (a record with ``settings``, as ``vitcore score``
+    writes it, has ``arch``). One run's records throughout: the same
     ``settings`` on every record, and the same proxies in every ``scores``, else τ would compare
     scores made on other batches or seeds, or proxies a record lacks. ValueError naming where, the bad
     value and, for a mismatch, the first record it differs from.
@@ -191,7 +192,7 @@ def check_records(lines: Sequence[Tuple[str, object]]) -> List[dict]:
 
 
 def _line_of(where: str) -> str:
-    """"line N" of "PATH, line N"; "records[i]" as it is."""
+    """The line of ``where`` ("line N" of "PATH, line N"); "records[i]" as it is."""
     return where.rsplit(", ", 1)[-1]
 
 
@@ -257,7 +258,7 @@ def _open_results(out: str, settings: dict, resume: bool,
     done: Dict[str, dict] = {}
     try:
         for path in (out, *resume_from) if resume else ():
-            for r in resumable(path, settings, repair=path == out):
+            for r in _resumable(path, settings, repair=path == out):
                 if "scores" in r or "scores" not in done.get(r["id"], {}):
                     done[r["id"]] = r
     except BaseException:
@@ -266,9 +267,9 @@ def _open_results(out: str, settings: dict, resume: bool,
     return f, done
 
 
-def resumable(path: str, settings: dict, repair: bool = False) -> List[dict]:
+def _resumable(path: str, settings: dict, repair: bool = False) -> List[dict]:
     """The records of the results file ``path`` (``read_results``), when they were made with ``settings``;
-    ValueError naming the file, the line and the settings that differ otherwise."""
+    ValueError naming the file and the settings that differ otherwise."""
     records = read_results(path, repair=repair)
     if records and records[0].get("settings") != settings:  # one run's settings throughout (check_records)
         diff = _settings_diff(settings, records[0].get("settings"), "this run", "the file")
@@ -277,7 +278,7 @@ def resumable(path: str, settings: dict, repair: bool = False) -> List[dict]:
     return records
 
 
-def run_settings(batch: Batch, proxies: List[str], mode: str, params: str, seed: int, device: torch.device,
+def _run_settings(batch: Batch, proxies: List[str], mode: str, params: str, seed: int, device: torch.device,
                  dtype: str, attention: str, space: Optional[str]) -> dict:
     """The resume key of a run: everything that changes a score (``score_archs`` lists it)."""
     return {"space": space, "data": batch.name, "batch_size": len(batch.targets),
@@ -369,7 +370,7 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     check_attention(attention)
     out = check_out_file(out)
     run_device = resolve_device(device)
-    settings = run_settings(batch, proxies, mode, params, seed, run_device, dtype, attention, space)
+    settings = _run_settings(batch, proxies, mode, params, seed, run_device, dtype, attention, space)
     versions = _versions()
 
     f, done = _open_results(out, settings, resume, resume_from)
@@ -474,10 +475,10 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
     if workers > 1:  # the inputs above are checked once, here, before the workers start
         distributed.check_files(out, workers)
         if resume:  # what every rank reads: records of this run's settings
-            settings = run_settings(batch, proxies, mode, params, seed, resolve_device(device), dtype, attention,
+            settings = _run_settings(batch, proxies, mode, params, seed, resolve_device(device), dtype, attention,
                                     space)
             for path in (out, *distributed.shard_paths(out)):
-                resumable(path, settings)
+                _resumable(path, settings)
         return distributed.launch(workers, dict(out=out, space=space, n=n, archs=archs, data=data,
                                                 batch_size=batch_size, seed=seed, proxies=proxies, mode=mode,
                                                 params=params, device=device, dtype=dtype, attention=attention,
