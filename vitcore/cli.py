@@ -22,6 +22,7 @@ from vitcore.ensemble import COMBINED
 from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns,
                               format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any, scatter_plots,
                               with_combined)
+from vitcore.families import FAMILY_HELP, VITCORE
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
@@ -32,13 +33,21 @@ BUILTIN_N = 50  # architectures of the built-in ground truth: the default sample
 DESCRIPTION = "Zero-cost proxies for Vision Transformer search: score architectures, evaluate proxies, time MSA."
 
 
-def _arch_cells(a: dict) -> Tuple[str, str, str]:
-    """(depth, width, heads) of a record's architecture as the table prints them: a ViT's depth and
-    width D, a PiT's blocks and widths D_s per stage; heads per block or per stage, joined by '-'."""
+def _arch_cells(a: dict) -> Tuple[str, str, str, str]:
+    """(depth, width, patch, heads) of a record's architecture as the table prints them: a ViT's depth and
+    width D, a PiT's blocks and widths D_s per stage; heads per block or per stage, joined by '-'; for
+    another family's record the fields of those names it has (timm's depth, embed_dim, patch_size,
+    num_heads), '-' for the others."""
     if "base_dim" in a:
         widths = (a["base_dim"] * h for h in a["num_heads"])
-        return "-".join(map(str, a["depth"])), "-".join(map(str, widths)), "-".join(map(str, a["num_heads"]))
-    return str(a["depth"]), str(a["embed_dim"]), "-".join(map(str, a["num_heads"]))
+        return ("-".join(map(str, a["depth"])), "-".join(map(str, widths)), str(a["patch_size"]),
+                "-".join(map(str, a["num_heads"])))
+
+    def cell(key: str) -> str:
+        value = a.get(key, "-")
+        return "-".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return cell("depth"), cell("embed_dim"), cell("patch_size"), cell("num_heads")
 
 
 def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
@@ -48,8 +57,8 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     head = f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>5}  {'width':>11}  {'patch':>5}  {'heads':<14}"
     print(head + "".join(f"  {p:>12}" for p in proxies))
     for i, r in enumerate(ok, 1):
-        depth, width, heads = _arch_cells(r["arch"])
-        row = f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {depth:>5}  {width:>11}  {r['arch']['patch_size']:>5}  {heads:<14}"
+        depth, width, patch, heads = _arch_cells(r["arch"])
+        row = f"{i:>4}  {r['id']:12}  {r['params']:>9,}  {depth:>5}  {width:>11}  {patch:>5}  {heads:<14}"
         print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
     for r in failed:
         print(f"   -  {r['id']:12}  failed: {r['error']}")
@@ -67,7 +76,7 @@ def cmd_score(args) -> int:
     results = run_scoring(args.out, space=args.space, n=args.n, archs=args.archs, data=args.data,
                           batch_size=args.batch_size, seed=args.seed, proxies=proxies, mode=args.mode,
                           params=args.params, device=args.device, dtype=args.dtype, attention=args.attention,
-                          resume=args.resume, workers=args.workers)
+                          resume=args.resume, workers=args.workers, family=args.family)
     if Rank.from_env().rank != 0:  # under torchrun: rank 0 prints the merged table
         return 0
     _print_table(results, proxies, rank_by)
@@ -208,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", "--num-archs", dest="n", type=int, default=50,
                    help="architectures to sample (default 50; --num-archs under torchrun, where --n is ambiguous)")
     s.add_argument("--seed", type=int, default=0, help="sampling, minibatch and initialisation seed")
-    s.add_argument("--space", default="small", help=f"search space: {', '.join(SPACES)} (default small)")
+    s.add_argument("--space", default="small", help=f"search space: {', '.join(SPACES)} (default small; with another "
+                                                     "--family it only shapes synthetic data)")
+    s.add_argument("--family", default=VITCORE, help=f"model family building --archs' records: {FAMILY_HELP} "
+                                                     "(default vitcore)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--data", default="digits", help=f"{' | '.join(DATA_CHOICES)} (default digits)")
     s.add_argument("--proxies", default="grad_norm,snip", help=f"comma-separated: {', '.join(PROXIES)}")

@@ -46,7 +46,8 @@ from vitcore.proxies.base import Context, Proxy, stack_by_shape, vit_blocks
 
 
 def meco_layers(model: nn.Module) -> List[nn.Module]:
-    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT or PiT, in forward order."""
+    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT or PiT or a timm ViT
+    (``vitcore.proxies.base.find_vit_blocks``), in forward order."""
     return [m for b in vit_blocks(model, "meco", "it reads the blocks' GELUs") for m in b.modules() if isinstance(m, nn.GELU)]
 
 
