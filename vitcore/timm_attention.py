@@ -22,10 +22,13 @@ class TimmAttention(nn.Module):
     def __init__(self, timm_attention: nn.Module, attention: str):
         super().__init__()
         self.attention = check_attention(attention)
-        self.num_heads, self.head_dim, self.attn_dim = (timm_attention.num_heads, timm_attention.head_dim,
-                                                        timm_attention.attn_dim)
-        for name in ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop"):
+        self.num_heads, self.head_dim = timm_attention.num_heads, timm_attention.head_dim
+        self.attn_dim = self.num_heads * self.head_dim  # H·d
+        for name in ("qkv", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop"):
             setattr(self, name, getattr(timm_attention, name))
+        # timm 1.0's output norm and gate (absent before: identity and none)
+        self.norm = getattr(timm_attention, "norm", nn.Identity())
+        self.gate = getattr(timm_attention, "gate", None)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) \
             -> torch.Tensor:
