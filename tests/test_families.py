@@ -188,3 +188,33 @@ def test_vitcore_family_records_are_unchanged(tmp_path):
                         family="vitcore")
     assert [r["scores"] for r in plain] == [r["scores"] for r in named]
     assert "family" not in plain[0]["settings"] and plain[0]["settings"] == named[0]["settings"]
+
+
+def test_evaluate_scores_a_json_lines_truth_of_a_users_records(tmp_path, capsys):
+    """``vitcore evaluate --family F --truth T.jsonl``: the truth's records scored (on digits, as vitcore
+    score does) and ranked against its columns; the same τ as scoring them first and passing --scores."""
+    acc = {"cnn-a": {"top1": 0.61}, "cnn-b": {"top1": 0.55}, "cnn-c": {"top1": 0.70}}
+    truth = tmp_path / "truth.jsonl"
+    rows = [dict(r, id=i, acc=a) for (i, a), r in zip(acc.items(), RECORDS)]
+    truth.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["evaluate", "--family", CNN, "--truth", str(truth), "--proxies", "grad_norm,synflow",
+                 "--device", "cpu", "--out", str(tmp_path / "ev")]) == 0
+    scored = read_results(str(tmp_path / "ev" / "scores.jsonl"))
+    assert [r["id"] for r in scored] == list(acc) and scored[0]["settings"]["data"] == "digits"
+    text = (tmp_path / "ev" / "evaluation.md").read_text()
+    for proxy in ("grad_norm", "synflow"):
+        tau = kendalltau([r["scores"][proxy] for r in scored], [acc[r["id"]]["top1"] for r in scored]).statistic
+        assert f"| {proxy} | {tau:.3f} |" in text
+    # a CSV truth names ids, not records: without --scores there is nothing to score
+    (tmp_path / "t.csv").write_text("id,acc_mean\ncnn-a,0.5\ncnn-b,0.6\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--family", CNN, "--truth", str(tmp_path / "t.csv"), "--out", str(tmp_path / "e2")])
+    assert stop.value.code == 2 and f"--family {CNN}: give --scores" in capsys.readouterr().err
+
+
+def test_a_vit_native_proxy_on_a_users_cnn_names_what_it_needs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _score(tmp_path, tmp_path / "r.jsonl", "--proxies", "grad_norm,dss")
+    assert stop.value.code == 2
+    assert ("dss needs a vitcore ViT or PiT or a timm VisionTransformer (they read its blocks' attn.qkv, attn.proj, "
+            "mlp.fc1, mlp.fc2, norm2), got Sequential") in capsys.readouterr().err

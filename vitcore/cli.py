@@ -22,7 +22,7 @@ from vitcore.ensemble import COMBINED
 from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, columns_ceiling, constant_proxies, evaluate_columns,
                               format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any, scatter_plots,
                               with_combined)
-from vitcore.families import FAMILY_HELP, VITCORE
+from vitcore.families import FAMILY_HELP, VITCORE, get_family
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
@@ -104,7 +104,8 @@ def _check_buildable(archs, batch, options: str) -> None:
 
 def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
-    truth = read_truth_any(args.truth)
+    family = get_family(args.family)
+    truth = read_truth_any(args.truth, family)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else []  # "a, b" too
     for c in columns:
         if c in truth.empty:
@@ -140,6 +141,11 @@ def cmd_evaluate(args) -> int:
             check_out_file(os.path.join(folder, f"scatter-{p}.png"))
     if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
+    elif truth.archs and not family.builtin:  # another family's records: vitcore score's defaults
+        space_name, data = args.space or "small", args.data or "digits"
+        batch = load_batch(data, args.batch_size or 8, args.seed, get_space(space_name))
+        records = score_archs(list(truth.archs.values()), batch, scores_file, proxies=proxies, seed=args.seed,
+                              device=args.device, resume=True, family=family)
     elif truth.archs:  # a JSON-lines truth names its architectures: score them
         pits = all(isinstance(a, PiTArch) for a in truth.archs.values())
         space_name, data = args.space or ("pit" if pits else "autoformer"), args.data or "synthetic"
@@ -152,6 +158,8 @@ def cmd_evaluate(args) -> int:
                   f"{space.num_classes} classes): the architectures are built for the batch", file=sys.stderr)
         records = score_archs(list(truth.archs.values()), batch, scores_file, proxies=proxies, seed=args.seed,
                               device=args.device, resume=True)
+    elif not family.builtin:
+        raise ValueError(f"--family {family.name}: give --scores, or a JSON-lines --truth of its records to score")
     else:  # the first n of the built-in 50, with the other defaults of vitcore score unless given
         records = run_scoring(scores_file, n=args.n, space=args.space or "small", data=args.data or "digits",
                               batch_size=args.batch_size or 64, seed=args.seed, proxies=proxies,
@@ -242,15 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--truth", default=DEFAULT_TRUTH,
                    help="CSV with columns id, acc_mean, or JSON lines of architectures with an \"acc\" object of "
                         "columns (default: the built-in digits truth)")
+    e.add_argument("--family", default=VITCORE, help=f"without --scores: the family of a JSON-lines truth's "
+                                                     f"records: {FAMILY_HELP} (default vitcore)")
     e.add_argument("--columns", help="comma-separated truth columns to average τ over (JSON-lines truth)")
     e.add_argument("--proxies", help="without --scores: comma-separated proxies to score with (default: every proxy)")
     e.add_argument("--n", type=int, default=BUILTIN_N,
                    help=f"without --scores, CSV truth: score the first n of the built-in {BUILTIN_N} (default {BUILTIN_N})")
     e.add_argument("--space", help="search space giving image size, channels and classes of synthetic data "
                                    "(the networks are built for the batch's images and classes; default for a "
-                                   "JSON-lines truth: pit when it holds PiTs only, else autoformer; else small)")
+                                   "JSON-lines truth of vitcore's: pit when it holds PiTs only, else autoformer; "
+                                   "else small)")
     e.add_argument("--data", help=f"{' | '.join(DATA_CHOICES)}: the batch to score with; data-dependent proxies "
-                                  "read it (default: synthetic for a JSON-lines truth, else digits)")
+                                  "read it (default: synthetic for a JSON-lines truth of vitcore's, else digits)")
     e.add_argument("--batch-size", type=int, help="examples in the batch (default: 8 for a JSON-lines truth, else 64)")
     e.add_argument("--seed", type=int, default=0, help="batch and initialisation seed (default 0)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

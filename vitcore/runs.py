@@ -84,7 +84,7 @@ def read_archs(path: str, family: Union[str, Family] = VITCORE) -> List[Union[An
     elif document is not None:
         entries = [(path, document)]
     else:  # JSON lines: numbered as an editor numbers them
-        entries = list(json_lines(path, text.split("\n")))
+        entries = json_lines(path, text.split("\n"))  # read as checked: the first bad line is named
     archs, where_of = [], {}
     for where, entry in entries:
         arch = _entry_arch(entry, where, family)
@@ -341,12 +341,13 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
 
 def _check_archs(archs, family: Family) -> list:
     """``archs`` as a list of the family's architectures (dicts made into records); TypeError otherwise."""
-    if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence):
-        raise TypeError(f"archs must be a list of architectures (see read_archs, sample), got {archs!r:.80}")
+    listed = not isinstance(archs, (str, bytes)) and isinstance(archs, Sequence)
     if family.builtin:
-        if not all(isinstance(a, ARCH_TYPES) for a in archs):
+        if not listed or not all(isinstance(a, ARCH_TYPES) for a in archs):
             raise TypeError(f"archs must be a list of Arch or PiTArch (see read_archs, sample), got {archs!r:.80}")
         return list(archs)
+    if not listed:
+        raise TypeError(f"archs must be a list of records (see read_archs), got {archs!r:.80}")
     records = [Record.from_dict(a) if isinstance(a, dict) else a for a in archs]
     for i, r in enumerate(records):
         if not isinstance(r, Record):
