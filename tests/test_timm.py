@@ -22,7 +22,7 @@ from vitcore.cli import main
 from vitcore.cost import vit_cost
 from vitcore.data import load_batch
 from vitcore.model import ViT, ViTConfig
-from vitcore.proxies import PROXIES, score
+from vitcore.proxies import PROXIES, ProxyFailed, score
 from vitcore.proxies.base import find_vit_blocks, vit_blocks
 from vitcore.runs import read_results, score_archs
 
@@ -198,6 +198,10 @@ def test_the_block_adapter_knows_timm_vits_and_names_what_it_needs():
                                             r"attn.qkv, attn.proj, mlp.fc1, mlp.fc2, norm2.*got ResNet"):
             score(timm.create_model("resnet18", num_classes=3), torch.randn(4, 3, 16, 16),
                   torch.randint(0, 3, (4,)), proxies=[proxy])
+    with pytest.raises(ProxyFailed, match="meco failed: TypeError: meco reads the GELU activations of the blocks' "
+                                          "MLPs; VisionTransformer's blocks have none"):
+        score(timm_vit(8, 4, 12, 2, act_layer=nn.SiLU), torch.randn(4, 3, 8, 8), torch.randint(0, 7, (4,)),
+              proxies=["meco"])
     model.blocks[1].mlp.fc2 = nn.Identity()
     with pytest.raises(TypeError, match=r"VisionTransformer.blocks\[1\].mlp.fc2 is a Identity, not an nn.Linear"):
         vit_blocks(model, "dss", "it tells MSA from MLP layers")
