@@ -2,6 +2,7 @@ from setuptools import find_packages, setup
 
 # Triton ships wheels for Linux x86_64 only; elsewhere vitcore runs its eager paths.
 TRITON = 'triton; platform_system == "Linux" and platform_machine == "x86_64"'
+TIMM = "timm>=1.0"  # 1.0: the Attention layout vitcore.timm_attention routes (tested: 1.0.31)
 
 setup(
     name="vitcore",
@@ -21,6 +22,8 @@ setup(
         "matplotlib",  # the scatter plots of `vitcore evaluate` and the plots of `vitcore bench`
         TRITON,
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    # timm: its models as a family (vitcore score --family timm, vitcore.timm_attention). timm imports
+    # torchvision, which needs the torch build it was made for: see .ci/run for the pair CI installs.
+    extras_require={"timm": [TIMM], "test": ["pytest", "pytest-benchmark", TIMM]},
     entry_points={"console_scripts": ["vitcore = vitcore.cli:main"]},
 )

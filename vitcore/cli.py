@@ -27,6 +27,7 @@ from vitcore.ensemble import COMBINED
 from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_ceiling, constant_proxies, evaluate_columns,
                               format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any, scatter_plots,
                               with_combined)
+from vitcore.families import FAMILY_HELP, VITCORE, get_family
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
@@ -37,13 +38,21 @@ BUILTIN_N = 50  # architectures of the built-in ground truth: the default sample
 DESCRIPTION = "Zero-cost proxies for Vision Transformer search: score architectures, evaluate proxies, time MSA."
 
 
-def _arch_cells(a: dict) -> Tuple[str, str, str]:
-    """(depth, width, heads) of a record's architecture as the table prints them: a ViT's depth and
-    width D, a PiT's blocks and widths D_s per stage; heads per block or per stage, joined by '-'."""
+def _arch_cells(a: dict) -> Tuple[str, str, str, str]:
+    """(depth, width, patch, heads) of a record's architecture as the table prints them: a ViT's depth and
+    width D, a PiT's blocks and widths D_s per stage; heads per block or per stage, joined by '-'; for
+    another family's record the fields of those names it has (timm's depth, embed_dim, patch_size,
+    num_heads), '-' for the others."""
     if "base_dim" in a:
         widths = (a["base_dim"] * h for h in a["num_heads"])
-        return "-".join(map(str, a["depth"])), "-".join(map(str, widths)), "-".join(map(str, a["num_heads"]))
-    return str(a["depth"]), str(a["embed_dim"]), "-".join(map(str, a["num_heads"]))
+        return ("-".join(map(str, a["depth"])), "-".join(map(str, widths)), str(a["patch_size"]),
+                "-".join(map(str, a["num_heads"])))
+
+    def cell(key: str) -> str:
+        value = a.get(key, "-")
+        return "-".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return cell("depth"), cell("embed_dim"), cell("patch_size"), cell("num_heads")
 
 
 def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
@@ -52,14 +61,14 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     failed = [r for r in results if "scores" not in r]
     cells = [_arch_cells(r["arch"]) for r in ok]
     # the widest row sets each column: a 14-block ViT's heads are 27 characters
-    w = [max([least, *(len(c[k]) for c in cells)]) for k, least in enumerate((5, 11, 14))]
-    head = (f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>{w[0]}}  {'width':>{w[1]}}  {'patch':>5}  "
-            f"{'heads':<{w[2]}}")
+    w = [max([least, *(len(c[k]) for c in cells)]) for k, least in enumerate((5, 11, 5, 14))]
+    head = (f"{'rank':>4}  {'id':12}  {'params':>9}  {'depth':>{w[0]}}  {'width':>{w[1]}}  {'patch':>{w[2]}}  "
+            f"{'heads':<{w[3]}}")
     print(head + "".join(f"  {p:>12}" for p in proxies))
-    for i, (r, (depth, width, heads)) in enumerate(zip(ok, cells), 1):
+    for i, (r, (depth, width, patch, heads)) in enumerate(zip(ok, cells), 1):
         params = f"{r['params']:,}" if "params" in r else "-"  # a hand-made record resumed
-        row = (f"{i:>4}  {r['id']:12}  {params:>9}  {depth:>{w[0]}}  {width:>{w[1]}}  "
-               f"{r['arch']['patch_size']:>5}  {heads:<{w[2]}}")
+        row = (f"{i:>4}  {r['id']:12}  {params:>9}  {depth:>{w[0]}}  {width:>{w[1]}}  {patch:>{w[2]}}  "
+               f"{heads:<{w[3]}}")
         print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
     for r in failed:
         print(f"   -  {r['id']:12}  failed: {r['error']}")
@@ -77,7 +86,7 @@ def cmd_score(args) -> int:
     results = run_scoring(args.out, space=args.space, n=args.n, archs=args.archs, data=args.data,
                           batch_size=args.batch_size, seed=args.seed, proxies=proxies, mode=args.mode,
                           params=args.params, device=args.device, dtype=args.dtype, attention=args.attention,
-                          resume=args.resume, workers=args.workers)
+                          resume=args.resume, workers=args.workers, family=args.family)
     if Rank.from_env().rank != 0:  # under torchrun: rank 0 prints the merged table
         return 0
     _print_table(results, proxies, rank_by)
@@ -217,7 +226,8 @@ def _few_shot(args, records: List[dict], truth) -> int:
 
 def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
-    truth = read_truth_any(args.truth)
+    family = get_family(args.family)
+    truth = read_truth_any(args.truth, family)
     if args.few_shot is not None and args.few_shot < MIN_K:
         raise ValueError(f"--few-shot {args.few_shot}: calibration needs K >= {MIN_K} labelled architectures")
     if args.draws < 1:
@@ -255,6 +265,8 @@ def cmd_evaluate(args) -> int:
         if not 2 <= n <= len(archs):
             raise ValueError(f"--n {n}: {args.truth} holds {len(archs)} architectures; score 2 to {len(archs)}")
         archs = archs[:n]
+    elif not family.builtin:
+        raise ValueError(f"--family {family.name}: give --scores, or a JSON-lines --truth of its records to score")
     elif not archs:
         n = BUILTIN_N if n is None else n
         if not 2 <= n <= BUILTIN_N:
@@ -272,6 +284,11 @@ def cmd_evaluate(args) -> int:
             check_out_file(os.path.join(folder, f"scatter-{p}.png"))
     if args.scores:
         records = list({r["id"]: r for r in read_results(args.scores)}.values())  # the last line per id wins
+    elif archs and not family.builtin:  # another family's records (the first --n): vitcore score's defaults
+        space_name, data = args.space or "small", args.data or "digits"
+        batch = load_batch(data, args.batch_size or 8, seed, get_space(space_name))
+        records = score_archs(archs, batch, scores_file, proxies=proxies, seed=seed, device=device, resume=True,
+                              family=family)
     elif archs:  # a JSON-lines truth names its architectures: score them (the first --n)
         pits = all(isinstance(a, PiTArch) for a in archs)
         space_name, data = args.space or ("pit" if pits else "autoformer"), args.data or "synthetic"
@@ -359,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="architectures to sample (default 50), or the first n of --archs (default all); "
                         "--num-archs under torchrun, where --n is ambiguous")
     s.add_argument("--seed", type=int, default=0, help="sampling, minibatch and initialisation seed")
-    s.add_argument("--space", default="small", help=f"search space: {', '.join(SPACES)} (default small)")
+    s.add_argument("--space", default="small", help=f"search space: {', '.join(SPACES)} (default small; with another "
+                                                     "--family it only shapes synthetic data)")
+    s.add_argument("--family", default=VITCORE, help=f"model family building --archs' records: {FAMILY_HELP} "
+                                                     "(default vitcore)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--data", default="digits", help=f"{' | '.join(DATA_CHOICES)} (default digits)")
     s.add_argument("--proxies", default="grad_norm,snip", help=f"comma-separated: {', '.join(PROXIES)}")
@@ -381,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--truth", default=DEFAULT_TRUTH,
                    help="CSV with columns id, acc_mean, or JSON lines of architectures with an \"acc\" object of "
                         "columns (default: the built-in digits truth)")
+    e.add_argument("--family", default=VITCORE, help=f"without --scores: the family of a JSON-lines truth's "
+                                                     f"records: {FAMILY_HELP} (default vitcore)")
     e.add_argument("--columns", help="comma-separated truth columns to average τ over (JSON-lines truth)")
     e.add_argument("--proxies", help="without --scores: comma-separated proxies to score with (default: every proxy)")
     e.add_argument("--n", type=int,
@@ -388,9 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"of the built-in {BUILTIN_N} for a CSV truth (default {BUILTIN_N})")
     e.add_argument("--space", help="search space giving image size, channels and classes of synthetic data "
                                    "(the networks are built for the batch's images and classes; default for a "
-                                   "JSON-lines truth: pit when it holds PiTs only, else autoformer; else small)")
+                                   "JSON-lines truth of vitcore's: pit when it holds PiTs only, else autoformer; "
+                                   "else small)")
     e.add_argument("--data", help=f"{' | '.join(DATA_CHOICES)}: the batch to score with; data-dependent proxies "
-                                  "read it (default: synthetic for a JSON-lines truth, else digits)")
+                                  "read it (default: synthetic for a JSON-lines truth of vitcore's, else digits)")
     e.add_argument("--batch-size", type=int, help="examples in the batch (default: 8 for a JSON-lines truth, else 64)")
     e.add_argument("--seed", type=int, help="batch and initialisation seed, and with --few-shot the draws' (default 0)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to score (default auto)")

@@ -9,12 +9,13 @@ import csv
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from scipy import stats
 
 from vitcore.ensemble import COMBINED
+from vitcore.families import VITCORE, Family, Record, check_record, get_family
 from vitcore.paths import check_input_file, json_lines
 from vitcore.ranking import (CI_LEVEL, Ceiling, Difference, RankQuality, mean_tau_ceiling, mean_tau_difference,
                              rank_quality)
@@ -72,7 +73,7 @@ class Truth:
     line; not in ``columns``)."""
 
     columns: Dict[str, Dict[str, float]]
-    archs: Dict[str, AnyArch] = field(default_factory=dict)
+    archs: Dict[str, Union[AnyArch, Record]] = field(default_factory=dict)
     empty: List[str] = field(default_factory=list)
     flat: Dict[str, str] = field(default_factory=dict)
 
@@ -103,7 +104,7 @@ def _accuracy(where: str, column: str, value) -> float:
     return float(value)
 
 
-def read_truth_jsonl(path: str) -> Truth:
+def read_truth_jsonl(path: str, family: Union[str, Family] = VITCORE) -> Truth:
     """Architectures with an ``acc`` object of columns, one JSON object per line (blank lines skipped).
 
     Each line holds an architecture's fields, a ViT's (``vitcore.space.Arch``; ``head_dim`` absent or
@@ -116,7 +117,11 @@ def read_truth_jsonl(path: str) -> Truth:
     every line is left out of ``columns`` and named in ``empty``; one that cannot rank (one accuracy,
     or the same on every line) is left out and named in ``flat``, and a file left with no column is a
     ValueError.
+
+    With a ``family`` other than "vitcore" (``vitcore.families``) a line holds that family's record
+    instead (``vitcore.families.Record``: any JSON fields, its "id" string its label).
     """
+    family = family if isinstance(family, Family) else get_family(family)
     path = check_input_file(path, "ground-truth file")
     truth = Truth(columns={})
     lines: Dict[str, str] = {}  # architecture id -> where it was read
@@ -124,7 +129,8 @@ def read_truth_jsonl(path: str) -> Truth:
         for where, row in json_lines(path, f):
             if not isinstance(row, dict) or not isinstance(row.get("acc"), dict) or not row["acc"]:
                 raise ValueError(f"{where}: expected an architecture with an \"acc\" object of accuracies")
-            fields = without_label({k: v for k, v in row.items() if k != "acc"})
+            fields = {k: v for k, v in row.items() if k != "acc"}
+            fields = without_label(fields) if family.builtin else fields
             if "arch" in fields:
                 extra = set(fields) - {"arch", "id"}
                 if extra:
@@ -133,9 +139,10 @@ def read_truth_jsonl(path: str) -> Truth:
                 nested = fields["arch"]
                 fields = {**nested, "id": fields["id"]} if "id" in fields and isinstance(nested, dict) else nested
             try:
-                arch = arch_from_dict(fields)
+                arch = arch_from_dict(fields) if family.builtin else Record.from_dict(fields)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{where}: {e}") from None
+            check_record(family, arch, where)
             if arch.id in truth.archs:
                 first = lines[arch.id].rsplit(", ", 1)[-1]
                 raise ValueError(f"{where}: architecture {arch.id} appears twice ({first} has the same fields); "
@@ -154,8 +161,8 @@ def read_truth_jsonl(path: str) -> Truth:
     return _set_aside_flat(path, truth)
 
 
-def read_truth_any(path: str) -> Truth:
-    """A JSON-lines truth with its columns, or a CSV truth as one column named "acc", told apart by the
+def read_truth_any(path: str, family: Union[str, Family] = VITCORE) -> Truth:
+    """A JSON-lines truth (of ``family``'s records: ``read_truth_jsonl``) with its columns, or a CSV truth as one column named "acc", told apart by the
     file's first character that is not blank (``{``: JSON lines, whatever the name: ``.json``, ``.JSONL``);
     ValueError for a JSON list (``[``: write one object per line), and for a truth with no column that
     ranks (see ``Truth.flat``)."""
@@ -163,7 +170,7 @@ def read_truth_any(path: str) -> Truth:
     with open(path, "rb") as f:
         start = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]  # after a byte-order mark and blank lines
     if start == b"{":
-        return read_truth_jsonl(path)
+        return read_truth_jsonl(path, family)
     if start == b"[":
         raise ValueError(f"ground-truth file {path!r} is a JSON list; write one architecture per line (JSON lines), "
                          "or a CSV with columns id, acc_mean")

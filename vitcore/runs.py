@@ -16,18 +16,20 @@ import os
 import sys
 import time
 from importlib import metadata
-from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple, Union
 
 import torch
 from tqdm import tqdm
 
 from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
+from vitcore.families import TIMM, VITCORE, Family, Record, build_record, check_record, get_family
 from vitcore.model import INIT_SCHEME
 from vitcore.paths import check_input_file, check_out_file, free_name, json_lines, lock
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, UNITS, ProxyFailed, check_proxies, score
 from vitcore.proxies.plan import passes_end_marks
-from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, sample, without_label
+from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, is_arch_id, sample, without_label
+from vitcore.timm_attention import use_vitcore_attention
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OUT = os.path.join("vitcore-results", "scores.jsonl")
@@ -37,27 +39,35 @@ FSYNC_EVERY_S = 1.0  # one fsync took 11 ms (median) on this project's VM, as lo
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"  # always arch/s
 
 
-def _entry_arch(entry, where: str) -> AnyArch:
+def _entry_arch(entry, where: str, family: Family) -> Union[AnyArch, Record]:
     if isinstance(entry, dict) and "arch" in entry:  # a results record
         entry = entry["arch"]
     elif isinstance(entry, dict) and "acc" in entry:  # a ground-truth line: its accuracies are not read here
-        entry = without_label({k: v for k, v in entry.items() if k != "acc"})  # its own "id" label too
+        entry = {k: v for k, v in entry.items() if k != "acc"}
+        entry = without_label(entry) if family.builtin else entry  # vitcore's ids hash the fields
     try:
-        return arch_from_dict(entry)
+        if family.builtin:
+            return arch_from_dict(entry)
+        record = Record.from_dict(entry)
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"{where}: not an architecture ({e})") from None
+    check_record(family, record, where)
+    return record
 
 
-def read_archs(path: str) -> List[AnyArch]:
-    """Architectures from a JSON list, one JSON object, or JSON lines; each entry an arch (a ViT's or a
-    PiT's fields, ``vitcore.space.arch_from_dict``), a result with an "arch" field, or a ground-truth
-    line (an arch's fields and an "acc" object, ``vitcore.evaluate.read_truth_jsonl``).
+def read_archs(path: str, family: Union[str, Family] = VITCORE) -> List[Union[AnyArch, Record]]:
+    """Architectures from a JSON list, one JSON object, or JSON lines; each entry an arch, a result with
+    an "arch" field, or a ground-truth line (an arch's fields and an "acc" object,
+    ``vitcore.evaluate.read_truth_jsonl``). An arch is, for the ``family`` "vitcore" (the default), a
+    ViT's or a PiT's fields (``vitcore.space.arch_from_dict``); for any other family
+    (``vitcore.families``) a JSON object, a ``vitcore.families.Record``.
 
     Repeated architectures (a results file holds a retried id twice) are kept once, in first-seen
     order. Raises FileNotFoundError for a missing file; ValueError for a directory, a file with no
-    architecture, a line that is not UTF-8 text, or a bad entry (naming the file and the line, or the
-    entry of a list).
+    architecture, a line that is not UTF-8 text, a bad entry (naming the file and the line, or the
+    entry of a list), or two different records under one "id" label.
     """
+    family = family if isinstance(family, Family) else get_family(family)
     path = check_input_file(path, "architectures file")
     with open(path, "rb") as f:
         data = f.read()
@@ -73,12 +83,19 @@ def read_archs(path: str) -> List[AnyArch]:
             raise ValueError(f"{path}, line {e.lineno}: not JSON ({e.msg})") from None
         document = None
     if isinstance(document, list):
-        archs = [_entry_arch(e, f"{path}, entry {i}") for i, e in enumerate(document, 1)]
+        entries = [(f"{path}, entry {i}", e) for i, e in enumerate(document, 1)]
     elif document is not None:
-        archs = [_entry_arch(document, path)]
-    else:  # JSON lines: numbered as an editor numbers them; a shard's mark (SHARD_KEY) is no architecture
-        archs = [_entry_arch(entry, where) for where, entry in json_lines(path, text.split("\n"))
-                 if not (isinstance(entry, dict) and SHARD_KEY in entry and where.endswith(", line 1"))]
+        entries = [(path, document)]
+    else:  # JSON lines, read as checked (the first bad line is named); a shard's mark (SHARD_KEY) is no architecture
+        entries = ((where, entry) for where, entry in json_lines(path, text.split("\n"))
+                   if not (isinstance(entry, dict) and SHARD_KEY in entry and where.endswith(", line 1")))
+    archs, where_of = [], {}
+    for where, entry in entries:
+        arch = _entry_arch(entry, where, family)
+        first = where_of.setdefault(arch.id, (where, arch))
+        if first[1] != arch:
+            raise ValueError(f"{where}: id {arch.id!r} names another architecture at {first[0]}")
+        archs.append(arch)
     if not archs:
         raise ValueError(f"architectures file {path!r} holds no architectures")
     unique = list({a.id: a for a in archs}.values())
@@ -279,25 +296,44 @@ def _resumable(path: str, settings: dict, repair: bool = False) -> List[dict]:
 
 
 def _run_settings(batch: Batch, proxies: List[str], mode: str, params: str, seed: int, device: torch.device,
-                 dtype: str, attention: str, space: Optional[str]) -> dict:
-    """The resume key of a run: everything that changes a score (``score_archs`` lists it)."""
-    return {"space": space, "data": batch.name, "batch_size": len(batch.targets),
+                  dtype: str, attention: str, space: Optional[str], family: Family) -> dict:
+    """The resume key of a run: everything that changes a score (``score_archs`` lists it); a family other
+    than vitcore's adds its name and builder."""
+    family_key = {} if family.builtin else {"family": family.name, "builder": family.builder}
+    return {**family_key, "space": space, "data": batch.name, "batch_size": len(batch.targets),
             "input_shape": list(batch.inputs.shape[1:]), "num_classes": batch.num_classes,
             "batch_sha256": _batch_digest(batch), "seed": seed, "proxies": proxies, "mode": mode,
             "params": params, "dtype": dtype, "device": device.type, "attention": attention, "init": INIT_SCHEME}
 
 
-def arch_seed(arch: AnyArch, seed: int) -> int:
-    """The initialisation seed of ``arch``'s model in a run with ``seed``: same arch and seed, same weights."""
-    return (int(arch.id, 16) + seed) % 2**31
+def arch_seed(arch: Union[AnyArch, Record], seed: int) -> int:
+    """The initialisation seed of ``arch``'s model in a run with ``seed``: same arch and seed, same weights
+    (a record's own "id" label is hashed first)."""
+    key = arch.id if is_arch_id(arch.id) else hashlib.sha1(arch.id.encode()).hexdigest()[:12]
+    return (int(key, 16) + seed) % 2**31
 
 
-def _score_one(arch: AnyArch, batch: Batch, inputs: torch.Tensor, targets: torch.Tensor, proxies: List[str],
-               mode: str, params: str, seed: int, device: torch.device, dtype: torch.dtype, attention: str) -> dict:
+def build_model(family: Family, arch: Union[AnyArch, Record], batch: Batch, device: torch.device, seed: int,
+                attention: str) -> torch.nn.Module:
+    """``arch``'s model for ``batch``'s images and classes, on ``device``, from the run's ``seed``
+    (``arch_seed``): a vitcore architecture builds itself with ``attention``; a record is built by its
+    family (``vitcore.families.build_record``), its timm attention then routed through ``attention``."""
+    if family.builtin:
+        return arch.config(batch.img_size, batch.in_chans, batch.num_classes).build(
+            attention=attention, device=device, seed=arch_seed(arch, seed))
+    model = build_record(family, arch, device, arch_seed(arch, seed), (batch.in_chans, batch.img_size,
+                                                                      batch.num_classes))
+    if family.name == TIMM:
+        use_vitcore_attention(model, attention)
+    return model
+
+
+def _score_one(family: Family, arch: Union[AnyArch, Record], batch: Batch, inputs: torch.Tensor,
+               targets: torch.Tensor, proxies: List[str], mode: str, params: str, seed: int, device: torch.device,
+               dtype: torch.dtype, attention: str) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
-    model = arch.config(batch.img_size, batch.in_chans, batch.num_classes).build(
-        attention=attention, device=device, seed=arch_seed(arch, seed))
+    model = build_model(family, arch, batch, device, seed, attention)
     sync()
     built = time.perf_counter()
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
@@ -325,8 +361,14 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
                 seed: int = 0, device: str = "auto", dtype: str = "fp32", attention: str = "auto",
                 resume: bool = False, space: Optional[str] = None, resume_from: Sequence[str] = (),
-                on_record: Optional[Callable[[dict], None]] = None, first_line: Optional[dict] = None) -> List[dict]:
+                on_record: Optional[Callable[[dict], None]] = None, first_line: Optional[dict] = None,
+                family: Union[str, Family] = VITCORE) -> List[dict]:
     """Score ``archs`` on ``batch`` with ``proxies``, appending one JSON line per architecture to ``out``.
+
+    ``family`` (``vitcore.families``) builds the models: "vitcore" (the default) takes ``Arch`` and
+    ``PiTArch`` objects; "timm" or "package.module:function" take ``vitcore.families.Record`` objects
+    or plain dicts (JSON objects, made into records), as ``read_archs(path, family)`` returns them.
+    With a user's family, ``attention`` must stay "auto" (its modules are the user's).
 
     Each model is built on ``device`` and initialised there from ``seed`` and its id, so a record is
     reproducible on its own on the same kind of device (CPU and CUDA generators draw different
@@ -347,7 +389,8 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
 
     ``settings`` is the resume key: everything that changes a score (space, the data's name, batch
     size, image shape, classes and a digest of the batch's contents, seed, proxies, mode, params,
-    dtype, device type, attention, and ``vitcore.model.INIT_SCHEME``: how a seed becomes weights).
+    dtype, device type, attention, and ``vitcore.model.INIT_SCHEME``: how a seed becomes weights; for
+    a family other than vitcore also "family" and "builder", its name and its builder's qualified name).
     Without ``resume`` an existing ``out`` is moved aside to ``out.bak`` (or ``.bak-2``, ...). With ``resume`` the finished records in ``out`` are kept and not scored again;
     ValueError if they were made with other settings. ValueError too when another run is writing
     ``out``, or ``out`` cannot be written or is not a regular file. Returns the records in the order
@@ -358,19 +401,18 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     called with each record once its line is written and flushed. ``first_line``, when given, is
     written as the first line of a new or empty ``out`` (a shard's mark, ``SHARD_KEY``).
     """
-    if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or \
-            not all(isinstance(a, ARCH_TYPES) for a in archs):
-        raise TypeError(f"archs must be a list of Arch or PiTArch (see read_archs, sample), got {archs!r:.80}")
+    family = family if isinstance(family, Family) else get_family(family)
+    archs = _check_archs(archs, family)
     if not isinstance(batch, Batch):
         raise TypeError(f"batch must be a vitcore.data.Batch (see load_batch), got {type(batch).__name__}")
     _check_seed(seed)
     if not isinstance(resume, bool):
         raise TypeError(f"resume={resume!r} must be a bool")
     proxies = _check_settings(proxies, batch, mode, params, dtype)
-    check_attention(attention)
+    _check_family_attention(family, attention)
     out = check_out_file(out)
     run_device = resolve_device(device)
-    settings = _run_settings(batch, proxies, mode, params, seed, run_device, dtype, attention, space)
+    settings = _run_settings(batch, proxies, mode, params, seed, run_device, dtype, attention, space, family)
     versions = _versions()
 
     f, done = _open_results(out, settings, resume, resume_from)
@@ -384,7 +426,7 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
         for arch in tqdm(todo, desc="scoring", unit="arch", disable=None, file=sys.stderr, bar_format=BAR):
             record = {"id": arch.id, "arch": arch.to_dict(), "settings": settings, "versions": versions}
             try:
-                record.update(_score_one(arch, batch, inputs, targets, proxies, mode, params, seed, run_device,
+                record.update(_score_one(family, arch, batch, inputs, targets, proxies, mode, params, seed, run_device,
                                          DTYPES[dtype], attention))
             except (RuntimeError, ValueError) as e:  # out of memory, an invalid config: record and go on
                 record["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -401,6 +443,31 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
         os.fsync(f.fileno())
     print(f"results: {out}", file=sys.stderr)
     return [done[a.id] for a in archs]
+
+
+def _check_archs(archs, family: Family) -> list:
+    """``archs`` as a list of the family's architectures (dicts made into records); TypeError otherwise."""
+    listed = not isinstance(archs, (str, bytes)) and isinstance(archs, Sequence)
+    if family.builtin:
+        if not listed or not all(isinstance(a, ARCH_TYPES) for a in archs):
+            raise TypeError(f"archs must be a list of Arch or PiTArch (see read_archs, sample), got {archs!r:.80}")
+        return list(archs)
+    if not listed:
+        raise TypeError(f"archs must be a list of records (see read_archs), got {archs!r:.80}")
+    records = [Record.from_dict(a) if isinstance(a, dict) else a for a in archs]
+    for i, r in enumerate(records):
+        if not isinstance(r, Record):
+            raise TypeError(f"archs[{i}] is a {type(r).__name__}; family {family.name} scores records "
+                            "(dicts or vitcore.families.Record, see read_archs)")
+        check_record(family, r, f"archs[{i}]")
+    return records
+
+
+def _check_family_attention(family: Family, attention: str) -> None:
+    check_attention(attention)
+    if not family.builtin and family.name != TIMM and attention != "auto":
+        raise ValueError(f"--attention {attention}: family {family.name} builds its own modules; the attention "
+                         "choice applies to vitcore's and timm's ViTs")
 
 
 def _check_settings(proxies: Sequence[str], batch: Batch, mode: str, params: str, dtype: str) -> List[str]:
@@ -425,7 +492,7 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
                 data: str = "digits", batch_size: int = 64, seed: int = 0,
                 proxies: Sequence[str] = ("grad_norm", "snip"), mode: str = "global", params: str = "all",
                 device: str = "auto", dtype: str = "fp32", attention: str = "auto", resume: bool = False,
-                workers: int = 1) -> List[dict]:
+                workers: int = 1, family: str = VITCORE) -> List[dict]:
     """The run of ``vitcore score``: ``n`` architectures (default ``DEFAULT_N``) sampled from ``space``
     with ``seed``, or the first ``n`` of the file ``archs`` (default all of them, see ``read_archs``),
     scored on ``batch_size`` examples of ``data`` ("digits", "synthetic" or an .npz path, see
@@ -438,7 +505,11 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
     Under torchrun with several ranks, or with ``workers`` > 1 (processes started on this machine),
     the ranks share the architectures and rank 0 merges their records into ``out``; a resumed run
     also takes the records of the shards an earlier such run left (``vitcore.distributed``).
-    RankFailed (a RuntimeError) when a worker fails."""
+    RankFailed (a RuntimeError) when a worker fails.
+
+    ``family`` (``vitcore.families``): "vitcore" (the spaces' ViTs and PiTs), "timm" or
+    "package.module:function"; any but vitcore needs ``archs``, a file of its records, and ``space``
+    then only shapes the "synthetic" data."""
     from vitcore import distributed  # imports this module
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -450,11 +521,15 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
     if workers > 1 and world > 1:
         raise ValueError(f"--workers {workers}: this process is already one of torchrun's ranks; drop --workers")
     _check_seed(seed)
-    check_attention(attention)
+    model_family = get_family(family)
+    _check_family_attention(model_family, attention)
     out = check_out_file(out)
     search_space = get_space(space)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
         raise TypeError(f"--n {n!r}: expected an int")
+    if archs is None and not model_family.builtin:
+        raise ValueError(f"--family {family}: give its architectures with --archs FILE (a JSON object per "
+                         "architecture); only vitcore's spaces can be sampled")
     if archs is None:
         n = DEFAULT_N if n is None else n
         if not 1 <= n <= search_space.size:
@@ -462,7 +537,7 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
                              "ask for 1 to that many")
         chosen = sample(search_space, n, seed)
     else:
-        chosen = read_archs(archs)
+        chosen = read_archs(archs, model_family)
         if n is not None and not 1 <= n <= len(chosen):
             raise ValueError(f"--n {n}: {archs} holds {len(chosen)} architectures; ask for 1 to that many")
         chosen = chosen[:n]
@@ -476,15 +551,15 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
         distributed.check_files(out, workers)
         if resume:  # what every rank reads: records of this run's settings
             settings = _run_settings(batch, proxies, mode, params, seed, resolve_device(device), dtype, attention,
-                                    space)
+                                     space, model_family)
             for path in (out, *distributed.shard_paths(out)):
                 _resumable(path, settings)
         return distributed.launch(workers, dict(out=out, space=space, n=n, archs=archs, data=data,
                                                 batch_size=batch_size, seed=seed, proxies=proxies, mode=mode,
                                                 params=params, device=device, dtype=dtype, attention=attention,
-                                                resume=resume))
+                                                resume=resume, family=family))
     settings = dict(proxies=proxies, mode=mode, params=params, seed=seed, device=device, dtype=dtype,
-                    attention=attention, space=space)
+                    attention=attention, space=space, family=model_family)
     if distributed.is_sharded(out):
         return distributed.score_sharded(chosen, batch, out, resume=resume, **settings)
     return score_archs(chosen, batch, out, resume=resume, **settings)

@@ -2,6 +2,7 @@
 
 See ``vitcore.proxies.registry`` for the contract a proxy file follows.
 """
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -37,8 +38,8 @@ class Proxy:
               (same shape), or on the tuple of arrays when reduce returned a tuple
     host      host-only proxies (nothing to read from the device): ``host(ctx) -> float``
     min_batch the fewest examples it is defined for (``score`` refuses fewer, naming the proxy)
-    vit_only  True when it reads the blocks (MSA vs MLP) of a ``vitcore.model.VisionTransformer`` (a ViT or a
-              PiT) and raises TypeError on other models
+    vit_only  True when it reads the blocks (MSA vs MLP) of a ViT (``find_vit_blocks``: vitcore's ViT or
+              PiT, timm's VisionTransformer) and raises TypeError on other models
     """
 
     name: str
@@ -90,12 +91,51 @@ def present(params, grads):
     return [p for p, _ in kept], [g for _, g in kept]
 
 
-def vit_blocks(model: nn.Module, proxy: str, why: str) -> List[Block]:
-    """The ``Block``s of a vitcore ViT or PiT (``VisionTransformer``) in forward order, for the proxies
-    marked ``vit_only``; TypeError naming ``proxy`` and ``why`` it needs one for any other model."""
-    if not isinstance(model, VisionTransformer):
-        raise TypeError(f"{proxy} needs a vitcore ViT or PiT ({why}), got {type(model).__name__}")
-    return [m for m in model.modules() if isinstance(m, Block)]
+# What a block must hold for the proxies that read blocks: MSA projections, MLP layers, the LayerNorm
+# before the MLP (the residual stream after attention, az_nas).
+BLOCK_PARTS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm2")
+
+
+def _timm_vit_blocks(model: nn.Module) -> Optional[List[nn.Module]]:
+    """The blocks of a timm ``VisionTransformer`` (``model.blocks``), or None for any other model (and
+    whenever timm was never imported: then no model can be one of its)."""
+    if "timm" not in sys.modules:
+        return None
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    return list(model.blocks) if isinstance(model, TimmViT) else None
+
+
+def find_vit_blocks(model: nn.Module) -> Optional[List[nn.Module]]:
+    """The blocks, in forward order, of a model the block-reading proxies know: a vitcore ViT or PiT
+    (``vitcore.model.VisionTransformer``'s ``Block``s) or a timm ``VisionTransformer`` (its
+    ``blocks[i]``, DeiT's included); None for any other model. Each block holds ``BLOCK_PARTS``:
+    ``attn.qkv`` and ``attn.proj`` (nn.Linear), ``mlp.fc1`` and ``mlp.fc2`` (nn.Linear), ``norm2``
+    (the norm before the MLP; its input is the residual stream after attention); a timm ViT whose
+    blocks lack one (a custom ``block_fn``) is refused with a TypeError naming the part."""
+    if isinstance(model, VisionTransformer):
+        return [m for m in model.modules() if isinstance(m, Block)]
+    blocks = _timm_vit_blocks(model)
+    for i, block in enumerate(blocks or ()):
+        for part in BLOCK_PARTS:
+            try:
+                module = block.get_submodule(part)
+            except AttributeError:
+                raise TypeError(f"{type(model).__name__}.blocks[{i}] ({type(block).__name__}) has no {part}") from None
+            if part != "norm2" and not isinstance(module, nn.Linear):
+                raise TypeError(f"{type(model).__name__}.blocks[{i}].{part} is a {type(module).__name__}, "
+                                "not an nn.Linear")
+    return blocks
+
+
+def vit_blocks(model: nn.Module, proxy: str, why: str) -> List[nn.Module]:
+    """``find_vit_blocks(model)`` for the proxies marked ``vit_only``; TypeError naming ``proxy``, ``why``
+    it reads blocks and what it needs for any other model."""
+    blocks = find_vit_blocks(model)
+    if blocks is None:
+        raise TypeError(f"{proxy} needs a vitcore ViT or PiT or a timm VisionTransformer ({why}: blocks with "
+                        f"{', '.join(BLOCK_PARTS)}), got {type(model).__name__}")
+    return blocks
 
 
 def shape_order(mats: Sequence[torch.Tensor]) -> List[int]:

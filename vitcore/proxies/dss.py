@@ -25,7 +25,8 @@ The saliency sums run on the device; the MSA matrices, grouped by shape, cross i
 (float64) and their nuclear norms come from one batched numpy SVD per shape on the host:
 ``torch.linalg.svdvals`` would sync the device with the host on CUDA (it checks cusolver's info).
 The transfer carries each MSA weight and its gradient: 16 bytes per MSA weight element.
-A model that is not a vitcore ViT or PiT is refused (TypeError): DSS must tell attention from MLP layers.
+A model that is not a vitcore ViT or PiT or a timm VisionTransformer is refused (TypeError): DSS must
+tell attention from MLP layers.
 """
 from typing import List, Sequence, Tuple
 
@@ -37,16 +38,19 @@ from vitcore.proxies.base import Context, Proxy, stack_by_shape, vit_blocks
 
 
 def dss_weights(model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """(MSA weights, MLP weights) of a vitcore ViT or PiT, in module order, as DSS counts them (a PiT's
-    pooling layers are in neither).
+    """(MSA weights, MLP weights) of a vitcore ViT or PiT or a timm ViT, in module order, as DSS counts
+    them (a PiT's pooling layers are in neither).
 
-    Raises TypeError for a model that is not a ``vitcore.model.VisionTransformer``: DSS needs to know
-    which layers are attention and which are MLP.
+    Raises TypeError for a model that is not one ``vitcore.proxies.base.find_vit_blocks`` knows (a
+    vitcore ViT or PiT, a timm VisionTransformer): DSS needs to know which layers are attention and
+    which are MLP. The classifier counts when ``model.head`` is an nn.Linear (a timm ViT built with
+    ``num_classes=0`` has none).
     """
     blocks = vit_blocks(model, "dss", "it tells MSA from MLP layers")
     msa = [w for b in blocks for w in (b.attn.qkv.weight, b.attn.proj.weight)]
     mlp = [w for b in blocks for w in (b.mlp.fc1.weight, b.mlp.fc2.weight)]
-    return msa, mlp + [model.head.weight]
+    head = getattr(model, "head", None)
+    return msa, mlp + ([head.weight] if isinstance(head, nn.Linear) else [])
 
 
 def dss_reduce(msa_w: Sequence[torch.Tensor], msa_g: Sequence[torch.Tensor],

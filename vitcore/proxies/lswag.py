@@ -100,7 +100,8 @@ def lswag_reduce(per_layer_terms: Sequence[torch.Tensor], psi: torch.Tensor) -> 
 
 
 def lswag_layers(model: nn.Module) -> List[nn.Linear]:
-    """The Linear layers inside the blocks of a vitcore ViT or PiT (the window L̂ = every block)."""
+    """The Linear layers inside the blocks of a vitcore ViT or PiT or a timm ViT
+    (``vitcore.proxies.base.find_vit_blocks``; the window L̂ = every block)."""
     return [m for b in vit_blocks(model, "lswag", "it reads the blocks' layers") for m in b.modules() if isinstance(m, nn.Linear)]
 
 

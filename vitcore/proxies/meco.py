@@ -46,8 +46,15 @@ from vitcore.proxies.base import Context, Proxy, stack_by_shape, vit_blocks
 
 
 def meco_layers(model: nn.Module) -> List[nn.Module]:
-    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT or PiT, in forward order."""
-    return [m for b in vit_blocks(model, "meco", "it reads the blocks' GELUs") for m in b.modules() if isinstance(m, nn.GELU)]
+    """The MLP activations (GELU modules) inside the blocks of a vitcore ViT or PiT or a timm ViT
+    (``vitcore.proxies.base.find_vit_blocks``), in forward order. TypeError for a model whose blocks hold
+    none (a timm ViT built with another ``act_layer``): MeCo would sum nothing."""
+    layers = [m for b in vit_blocks(model, "meco", "it reads the blocks' GELUs") for m in b.modules()
+              if isinstance(m, nn.GELU)]
+    if not layers:
+        raise TypeError(f"meco reads the GELU activations of the blocks' MLPs; {type(model).__name__}'s blocks "
+                        "have none")
+    return layers
 
 
 def _row_correlation(f: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from vitcore.model import VisionTransformer
 from vitcore.passes import (SYNFLOW_BATCHNORM, averaging_check, data_pass, hessian_grad, layer_weights, split,
                             synflow_grads)
-from vitcore.proxies.base import Context, Proxy
+from vitcore.proxies.base import BLOCK_PARTS, Context, Proxy, find_vit_blocks
 from vitcore.proxies.grad_norm import GRAD_NORM_MODES
 from vitcore.proxies.registry import PROXIES, UNITS
 
@@ -376,9 +375,10 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
         if B < units[name].min_batch:
             raise ValueError(f"{name} needs at least {units[name].min_batch} examples; the batch holds {B}")
     vit_only = [name for name in names if units[name].vit_only]
-    if vit_only and not isinstance(model, VisionTransformer):
+    if vit_only and find_vit_blocks(model) is None:
         raise TypeError(f"{', '.join(vit_only)} {'needs' if len(vit_only) == 1 else 'need'} a vitcore ViT or PiT "
-                        f"(they read its blocks: vitcore.model.VisionTransformer), got {type(model).__name__}")
+                        f"or a timm VisionTransformer (they read its blocks' {', '.join(BLOCK_PARTS)}), "
+                        f"got {type(model).__name__}")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("vitcore.score differentiates the model: call it outside torch.inference_mode()")
     if not counted:
