@@ -1,5 +1,5 @@
 """Scoring on several processes (vitcore.distributed): shards, the merge, resume across world sizes, a
-killed rank, and the README's `--workers` and torchrun commands run on 2 CPU processes (gloo).
+killed rank, and docs/scale.md's `--workers` and torchrun commands run on 2 CPU processes (gloo).
 
 Every comparison with a one-process run is exact: the same architectures, seed and minibatch on one
 CPU thread per process give the same floating-point operations in the same order.
@@ -24,8 +24,8 @@ from vitcore.paths import lock
 from vitcore.runs import read_results, run_scoring, score_archs
 from vitcore.space import SPACES, sample
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-RUN = dict(n=4, data="synthetic", batch_size=8)  # the cheap stand-in for the README's run: 4 tiny archs
+SCALE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "scale.md")
+RUN = dict(n=4, data="synthetic", batch_size=8)  # the cheap stand-in for docs/scale.md's run: 4 tiny archs
 CHEAP = {"--workers": "2", "--nproc-per-node": "2", "--num-archs": "4"}
 
 
@@ -56,10 +56,10 @@ def _lines(path):
         return [json.loads(line) for line in f]
 
 
-def _readme_commands():
-    with open(README, encoding="utf-8") as f:
-        blocks = re.findall(r"^```sh\n(.*?)^```", f.read(), flags=re.S | re.M)
-    assert blocks, "README: no sh block of --workers / torchrun commands"
+def _scale_commands():
+    with open(SCALE, encoding="utf-8") as f:
+        blocks = re.findall(r"^```text\n(vitcore score --workers.*?)^```", f.read(), flags=re.S | re.M)
+    assert blocks, "docs/scale.md: no text block of --workers / torchrun commands"
     for line in "".join(blocks).splitlines():
         argv = shlex.split(line)
         argv = [CHEAP.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)]
@@ -202,11 +202,11 @@ def test_proxies_from_a_generator_are_read_once(tmp_path):
 
 
 def test_torchrun_then_a_killed_worker_then_resume(tmp_path, monkeypatch, capsys, reference):
-    """The README's commands on 2 processes: torchrun gives the one-process results; `--workers` with
+    """docs/scale.md's commands on 2 processes: torchrun gives the one-process results; `--workers` with
     rank 1 killed after its first architecture exits 1 naming it and loses nothing finished;
     `--resume` on one process completes the run."""
     monkeypatch.chdir(tmp_path)
-    (workers, torchrun) = _readme_commands()
+    (workers, torchrun) = _scale_commands()
     assert workers[:2] == ["vitcore", "score"] and torchrun[0] == "torchrun"
     out = workers[workers.index("--out") + 1]
     assert torchrun[torchrun.index("--out") + 1] == out
@@ -233,10 +233,10 @@ def test_torchrun_then_a_killed_worker_then_resume(tmp_path, monkeypatch, capsys
 
 
 def test_two_nodes_by_rendezvous_share_one_results_file(tmp_path, monkeypatch, one_thread):
-    """The README's multi-node command, as two torchrun agents ("nodes") of one process each on this
+    """docs/scale.md's multi-node command, as two torchrun agents ("nodes") of one process each on this
     machine: HOST is 127.0.0.1 (a free port), the space the small one, the device the CPU."""
     monkeypatch.chdir(tmp_path)
-    with open(README, encoding="utf-8") as f:
+    with open(SCALE, encoding="utf-8") as f:
         (template,) = re.findall(r"^```text\n(torchrun --nnodes.*?)^```", f.read(), flags=re.S | re.M)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -265,7 +265,7 @@ def cmd_evaluate(args) -> int:
         if not 2 <= n <= len(archs):
             raise ValueError(f"--n {n}: {args.truth} holds {len(archs)} architectures; score 2 to {len(archs)}")
         archs = archs[:n]
-    elif not family.builtin:
+    elif not archs and not family.builtin:
         raise ValueError(f"--family {family.name}: give --scores, or a JSON-lines --truth of its records to score")
     elif not archs:
         n = BUILTIN_N if n is None else n

@@ -153,8 +153,9 @@ def _check_fields(where: str, record) -> dict:
         if not isinstance(record.get(name, {}), dict):
             raise ValueError(f"{where}: \"{name}\" is {record[name]!r}, not an object")
     if "arch" in record:
+        made_by = record.get("settings", {}).get("family")  # a family other than vitcore's: its record's fields
         try:
-            arch = arch_from_dict(record["arch"])
+            arch = Record.from_dict(record["arch"]) if made_by else arch_from_dict(record["arch"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: \"arch\" is not an architecture ({e})") from None
         if arch.id != record["id"]:
