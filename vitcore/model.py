@@ -286,9 +286,9 @@ def build_args(config, attention: Optional[str], device: Union[str, torch.device
     """What every family's constructor starts from: (the config with ``attention`` when given, the
     device (default: torch's default device, checked by ``check_device``),
     ``torch.Generator(device).manual_seed(seed)`` or None for the device's default generator).
-    ValueError for a seed that is not an int in 0..2^64 - 1 or None, and for a device that is not here."""
+    ValueError for a seed that is not a non-negative int below 2^64 or None, and for a device that is not here."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-        raise ValueError(f"seed={seed!r} must be an int in 0..2**64 - 1 or None")
+        raise ValueError(f"seed={seed!r} must be a non-negative int below 2**64, or None")
     config = config if attention is None else replace(config, attention=check_attention(attention))
     device = check_device(device)
     return config, device, None if seed is None else torch.Generator(device).manual_seed(seed)
