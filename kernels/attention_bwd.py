@@ -41,7 +41,8 @@ def _attention_bwd_dq_inner(
         vT = _tf32(vT, ROUND_TF32)
         # -- recompute the probabilities from the saved log-sum-exp --
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        p = tl.exp2(qk * qk_scale - lse[:, None])
+        # min(., 0): p <= 1 exactly; a recomputed logit a rounding above the forward's (huge logits) is not inf
+        p = tl.exp2(tl.minimum(qk * qk_scale - lse[:, None], 0.0))
         if MASK_KEYS:
             p = tl.where(cols[None, :] < N_CTX, p, 0.0)
         # -- dS = P * (dP - delta), dQ += dS K --
@@ -144,7 +145,7 @@ def _attention_bwd_dkdv_inner(
         do = _tf32(do, ROUND_TF32)
         # -- P^T from the saved log-sum-exp; dV += P^T dO --
         qkT = tl.dot(k, qT, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
-        pT = tl.exp2(qkT * qk_scale - lse[None, :])
+        pT = tl.exp2(tl.minimum(qkT * qk_scale - lse[None, :], 0.0))  # p <= 1, as in the dQ kernel
         if MASK_ROWS:
             pT = tl.where(rows[None, :] < N_CTX, pT, 0.0)
         dv = tl.dot(_tf32(pT.to(do.dtype), ROUND_TF32), do, dv, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
