@@ -39,14 +39,16 @@ import torch
 import triton
 import triton.language as tl
 
+from vitcore.ops.dispatch import env_flag
+
 from .launch import CachedLauncher
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 (exp2 is one MUFU instruction)
 # Shared-memory budget for the (rough) tile estimate below: H100 has 227 KiB per block, and the
 # compiler adds layout-conversion buffers (transposes, the O tile of the delta phase) it does not count.
 _SMEM_BYTES = 160 * 1024
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-_AUTOTUNE = os.environ.get("VITCORE_AUTOTUNE", "1") != "0" and not _INTERPRET
+_INTERPRET = env_flag("TRITON_INTERPRET", False)
+_AUTOTUNE = env_flag("VITCORE_AUTOTUNE", True) and not _INTERPRET
 _ROUND_TF32 = not _INTERPRET  # cvt.rna.tf32.f32 is PTX: compiled kernels only
 
 
@@ -323,6 +325,10 @@ def load_tuned(path: str) -> int:
 def _load_env_table() -> None:
     path = os.environ.get(_TUNED_ENV)
     if path:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path) or not os.path.isdir(folder):  # checked now, not when it is written at exit
+            raise ValueError(f"{_TUNED_ENV}={path!r}: expected a file path in an existing folder (the tuned-config "
+                             "table, read now and written at exit)")
         if os.path.isfile(path):
             load_tuned(path)
         atexit.register(lambda: _new_entries and save_tuned(path))
