@@ -231,6 +231,8 @@ def test_bad_devices_scale_and_types_raise():
         flash_attention(q, q.to("meta"), q)
     with pytest.raises(ValueError, match="scale=nan"):
         flash_attention(q, q, q, scale=float("nan"))
+    with pytest.raises(ValueError, match="scale=1000000000000000000000000000000000.* must be a finite number"):
+        flash_attention(q, q, q, scale=10**400)  # an int past float64: was float()'s OverflowError
     with pytest.raises(TypeError, match="v must be a torch.Tensor, got list"):
         flash_attention(q, q, [1.0])
 

@@ -2,6 +2,7 @@
 the public ``flash_attention`` that dispatches between them (``vitcore.ops.dispatch.use_triton``)."""
 import math
 import os
+import sys
 from typing import Optional, Tuple
 
 import torch
@@ -141,9 +142,15 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional
         raise ValueError(f"head dim d={d} is outside the supported {_MIN_HEAD_DIM}..{_MAX_HEAD_DIM}")
     if min(B, H, N) < 1:
         raise ValueError(f"empty input: (B, H, N', d)={(B, H, N, d)}; every size must be >= 1")
-    if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ValueError(f"scale={scale!r} must be a finite number or None")
+    if scale is not None and not _finite_number(scale):
+        raise ValueError(f"scale={scale!r} must be a finite number or None")
+
+
+def _finite_number(value) -> bool:
+    """An int or float that is a finite float64 (an int past 1.8e308 is not: float() would overflow)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= sys.float_info.max if isinstance(value, int) else math.isfinite(value)
 
 
 def flash_attention(
