@@ -301,11 +301,12 @@ def test_bf16_on_the_interpreter_runs_the_reference(triton_on, monkeypatch):
 
 
 # -- the whole range of logits float32 holds (issue 26, case 5) --
-# Inputs whose logits q k^T / sqrt(d) run from ~1 to ~1e37: random, identical in every row (a uniform
+# Inputs whose logits q k^T / sqrt(d) run from ~1 to ~1e38: random, identical in every row (a uniform
 # softmax however large), q = k (a dominant diagonal) and every logit <= 0 (down to -1e37).
 RANGE_KINDS = ["random", "identical", "q = k", "very negative"]
-RANGE_SCALES = {torch.float32: (1.0, 1e3, 1e9, 1e18), torch.float16: (1.0, 32.0, 200.0),
-                torch.bfloat16: (1.0, 32.0, 1e9, 1e18)}  # fp16 holds |q| <= 65504: logits up to ~2e5 here
+# 4e18: |q.k| up to ~5e38, past fp32's largest value, for logits up to ~1.3e38 (the kernels' limit is 2.4e38)
+RANGE_SCALES = {torch.float32: (1.0, 1e3, 1e9, 4e18), torch.float16: (1.0, 32.0, 200.0),
+                torch.bfloat16: (1.0, 32.0, 1e9, 4e18)}  # fp16 holds |q| <= 65504: logits up to ~2e5 here
 
 
 def _range_inputs(kind, big, dtype, B=1, H=2, N=37, d=16):
@@ -329,7 +330,8 @@ def _assert_range(q, k, v, eps_dot, eps_io):
     ref64 = _run(attention_ref, q.double(), k.double(), v.double(), do.double())
     size = max(r.abs().max().item() for r in [ref64[0], *ref64[1], v, do])
     rounding = _bound(q, k, size, eps_dot, eps_io)
-    for name, a, b, r in zip(["out", "dq", "dk", "dv"], [ours[0], *ours[1]], [sdpa[0], *sdpa[1]], [ref64[0], *ref64[1]]):
+    names = ["out", "dq", "dk", "dv"]
+    for name, a, b, r in zip(names, [ours[0], *ours[1]], [sdpa[0], *sdpa[1]], [ref64[0], *ref64[1]]):
         assert torch.isfinite(a).all(), f"{name} has non-finite values"
         err = _max_err(a, r)
         bound = 2 * torch.nan_to_num(torch.tensor(_max_err(b, r)), nan=math.inf).item() + rounding
@@ -342,7 +344,7 @@ def _assert_range(q, k, v, eps_dot, eps_io):
 def test_eager_attention_over_the_whole_range_of_logits(triton_off, dtype, kind):
     """The eager path (the CPU fallback and attention="eager") computes fp16 / bf16 in float32 and scales q
     and k by sqrt(scale) first, as SDPA does: its forward and backward stay finite and within SDPA's error,
-    for logits up to ~1e37 in float32."""
+    for logits up to ~1e38 in float32."""
     eps_io = 0.0 if dtype == torch.float32 else torch.finfo(dtype).eps
     for big in RANGE_SCALES[dtype]:
         _assert_range(*_range_inputs(kind, big, dtype), EPS32, eps_io)
@@ -364,8 +366,9 @@ def test_eager_fp16_logits_past_fp16s_range_are_exact(triton_off):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("kind", RANGE_KINDS)
 def test_kernels_over_the_whole_range_of_logits(triton_on, poisoned, dtype, kind):
-    """The Triton forward and backward on the same range: finite everywhere (the backward's recomputed
-    probabilities are capped at 1, so a logit recomputed a rounding above the forward's is not inf) and
+    """The Triton forward and backward on the same range: finite everywhere (fp32 scales q before q.k, so
+    q.k past fp32's range with a representable logit is not inf; the backward's recomputed probabilities
+    are capped at 1, so a logit recomputed a rounding above the forward's is not inf either) and
     within 2x SDPA's error plus rounding. Their gradients lose accuracy as eps·max|s| (the logits'
     rounding) once the softmax is one-hot, like SDPA's recomputing backward; the eager path keeps P."""
     eps_dot, eps_io = (FP32_DOT_EPS, 0.0) if dtype == torch.float32 else (EPS32, torch.finfo(dtype).eps)
