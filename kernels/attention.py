@@ -11,6 +11,11 @@ Supported:
     tensor cores), "high" / "medium" -> "tf32", with every fp32 dot operand rounded to TF32 first
     (``cvt.rna.tf32.f32``, as cuBLAS does; the MMA alone truncates). Compiled kernels only: the
     interpreter computes fp32 dots in full precision. Not yet run on a GPU.
+  - logits (scale * q.k) up to fp32's largest value / log2(e) = 2.4e38 in magnitude: fp32 q is scaled
+    before the dot (``split_scale``), so q.k may itself be past fp32's range; the backward caps its
+    recomputed probabilities at 1. Where the softmax is one-hot and the logits' fp32 rounding is past
+    ~1e-3 (|logit| > ~1e4), the gradients carry that rounding (eps * |logit|), as SDPA's do: the eager
+    reference, which keeps P, is exact there.
 Not supported: causal or arbitrary masks, dropout, different lengths or head dims for q, k and v.
 
 Outputs (O, dQ, dK, dV) are written laid out (B, N', H, d) and returned as (B, H, N', d) views, so the
@@ -39,14 +44,16 @@ import torch
 import triton
 import triton.language as tl
 
+from vitcore.ops.dispatch import env_flag
+
 from .launch import CachedLauncher
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 (exp2 is one MUFU instruction)
 # Shared-memory budget for the (rough) tile estimate below: H100 has 227 KiB per block, and the
 # compiler adds layout-conversion buffers (transposes, the O tile of the delta phase) it does not count.
 _SMEM_BYTES = 160 * 1024
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-_AUTOTUNE = os.environ.get("VITCORE_AUTOTUNE", "1") != "0" and not _INTERPRET
+_INTERPRET = env_flag("TRITON_INTERPRET", False)
+_AUTOTUNE = env_flag("VITCORE_AUTOTUNE", True) and not _INTERPRET
 _ROUND_TF32 = not _INTERPRET  # cvt.rna.tf32.f32 is PTX: compiled kernels only
 
 
@@ -117,8 +124,8 @@ def _attention_fwd_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
-    # Sizes and scale
-    H, N_CTX, qk_scale,  # qk_scale = softmax scale / ln 2
+    # Sizes and scales
+    H, N_CTX, q_scale, qk_scale,  # q_scale * qk_scale = softmax scale / ln 2 (``split_scale``)
     # Meta-parameters
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -137,7 +144,7 @@ def _attention_fwd_kernel(
     offs_d = tl.arange(0, D_PAD)
     io_mask = (rows[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(Q + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=io_mask, other=0.0)
-    q = _tf32(q, ROUND_TF32)
+    q = _tf32((q * q_scale).to(Q.dtype.element_ty), ROUND_TF32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -323,6 +330,10 @@ def load_tuned(path: str) -> int:
 def _load_env_table() -> None:
     path = os.environ.get(_TUNED_ENV)
     if path:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path) or not os.path.isdir(folder):  # checked now, not when it is written at exit
+            raise ValueError(f"{_TUNED_ENV}={path!r}: expected a file path in an existing folder (the tuned-config "
+                             "table, read now and written at exit)")
         if os.path.isfile(path):
             load_tuned(path)
         atexit.register(lambda: _new_entries and save_tuned(path))
@@ -340,6 +351,15 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
         return "tf32x3"
     return "tf32"  # TF32 for fp32; ignored for fp16 / bf16 operands
+
+
+def split_scale(dtype: torch.dtype, sm_scale: float) -> tuple:
+    """(q_scale, qk_scale), whose product is sm_scale / ln 2: the scores in base 2 are dot(q * q_scale, k)
+    * qk_scale. fp32 scales q before the dot, so that q.k does not overflow before the scale (logits up
+    to fp32's largest / log2(e), 2.4e38); fp16 / bf16 after it, since their products are exact in the fp32
+    accumulator (|q.k| <= 65504^2 * 256) and a scaled fp16 q would be rounded once more."""
+    base2 = sm_scale * LOG2E
+    return (base2, 1.0) if dtype == torch.float32 else (1.0, base2)
 
 
 def _bhnd_like(x: torch.Tensor) -> torch.Tensor:
@@ -369,5 +389,5 @@ def attention_fwd(q, k, v, sm_scale: float, out=None):
     _check(q, o)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     ints = (*q.stride(), *k.stride(), *v.stride(), *o.stride(), H, N)
-    _FWD.launch((q, k, v, o, lse), ints, (sm_scale * LOG2E,), N, B * H, d, dot_precision(q.dtype))
+    _FWD.launch((q, k, v, o, lse), ints, split_scale(q.dtype, sm_scale), N, B * H, d, dot_precision(q.dtype))
     return o, lse

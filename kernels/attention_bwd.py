@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import LOG2E, Launchable, _bhnd_like, _check, _tf32, dot_precision
+from .attention import Launchable, _bhnd_like, _check, _tf32, dot_precision, split_scale
 
 
 @triton.jit
@@ -41,7 +41,8 @@ def _attention_bwd_dq_inner(
         vT = _tf32(vT, ROUND_TF32)
         # -- recompute the probabilities from the saved log-sum-exp --
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        p = tl.exp2(qk * qk_scale - lse[:, None])
+        # min(., 0): p <= 1 exactly; a recomputed logit a rounding above the forward's (huge logits) is not inf
+        p = tl.exp2(tl.minimum(qk * qk_scale - lse[:, None], 0.0))
         if MASK_KEYS:
             p = tl.where(cols[None, :] < N_CTX, p, 0.0)
         # -- dS = P * (dP - delta), dQ += dS K --
@@ -62,8 +63,8 @@ def _attention_bwd_dq_kernel(
     stride_ob, stride_oh, stride_on, stride_od,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
-    # Sizes and scale
-    H, N_CTX, sm_scale, qk_scale,  # qk_scale = sm_scale / ln 2
+    # Sizes and scales
+    H, N_CTX, sm_scale, q_scale, qk_scale,  # q_scale * qk_scale = sm_scale / ln 2 (``split_scale``)
     # Meta-parameters
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -92,7 +93,7 @@ def _attention_bwd_dq_kernel(
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
     tl.store(DELTA + rows, delta, mask=row_ok)
     lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
-    q = _tf32(q, ROUND_TF32)
+    q = _tf32((q * q_scale).to(Q.dtype.element_ty), ROUND_TF32)  # q only makes the scores here
     do = _tf32(do, ROUND_TF32)
 
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
@@ -144,7 +145,7 @@ def _attention_bwd_dkdv_inner(
         do = _tf32(do, ROUND_TF32)
         # -- P^T from the saved log-sum-exp; dV += P^T dO --
         qkT = tl.dot(k, qT, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
-        pT = tl.exp2(qkT * qk_scale - lse[None, :])
+        pT = tl.exp2(tl.minimum(qkT * qk_scale - lse[None, :], 0.0))  # p <= 1, as in the dQ kernel
         if MASK_ROWS:
             pT = tl.where(rows[None, :] < N_CTX, pT, 0.0)
         dv = tl.dot(_tf32(pT.to(do.dtype), ROUND_TF32), do, dv, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
@@ -166,8 +167,8 @@ def _attention_bwd_dkdv_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,  # dV is allocated with dK's layout
-    # Sizes and scale
-    H, N_CTX, sm_scale, qk_scale,  # qk_scale = sm_scale / ln 2
+    # Sizes and scales
+    H, N_CTX, sm_scale, q_scale, qk_scale,  # q_scale * qk_scale = sm_scale / ln 2 (``split_scale``)
     # Meta-parameters
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -190,7 +191,7 @@ def _attention_bwd_dkdv_kernel(
     io_mask = (cols[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM)
     k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=io_mask, other=0.0)
     v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=io_mask, other=0.0)
-    k = _tf32(k, ROUND_TF32)
+    k = _tf32((k * q_scale).to(K.dtype.element_ty), ROUND_TF32)  # k only makes the scores here: q's scale on it
     v = _tf32(v, ROUND_TF32)
 
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
@@ -227,7 +228,7 @@ def attention_bwd(do, q, k, v, o, lse, sm_scale: float):
     precision = dot_precision(q.dtype)
     dq, dk, dv = _bhnd_like(q), _bhnd_like(k), _bhnd_like(v)
     delta = torch.empty_like(lse)  # (B, H, N') rowsum(dO * O), written by the dQ kernel
-    scales = (sm_scale, sm_scale * LOG2E)
+    scales = (sm_scale, *split_scale(q.dtype, sm_scale))
     strides = (*q.stride(), *k.stride(), *v.stride())
     _DQ.launch((q, k, v, o, do, lse, delta, dq), (*strides, *o.stride(), *do.stride(), *dq.stride(), H, N),
                scales, N, B * H, d, precision)

@@ -27,11 +27,12 @@ one the direct launch passes None for the hooks, which both versions' C launcher
 import functools
 import inspect
 import logging
-import os
 from typing import Optional, Sequence
 
 import torch
 import triton
+
+from vitcore.ops.dispatch import env_flag
 
 _LOG = logging.getLogger("vitcore.kernels")
 _RELEASES = ((3, 6), (3, 9))  # whose JITFunction.run and launchers were read (module docstring)
@@ -75,7 +76,7 @@ def direct_problem(triton_version: str, interpreting: bool) -> Optional[str]:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return env_flag("TRITON_INTERPRET", False)
 
 
 def _stream(device_index: int) -> int:

@@ -231,6 +231,8 @@ def test_bad_devices_scale_and_types_raise():
         flash_attention(q, q.to("meta"), q)
     with pytest.raises(ValueError, match="scale=nan"):
         flash_attention(q, q, q, scale=float("nan"))
+    with pytest.raises(ValueError, match="scale=1000000000000000000000000000000000.* must be a finite number"):
+        flash_attention(q, q, q, scale=10**400)  # an int past float64: was float()'s OverflowError
     with pytest.raises(TypeError, match="v must be a torch.Tensor, got list"):
         flash_attention(q, q, [1.0])
 
@@ -296,3 +298,94 @@ def test_bf16_on_the_interpreter_runs_the_reference(triton_on, monkeypatch):
     with pytest.warns(UserWarning, match="bfloat16"):
         out = flash_attention(q, k, v)
     assert torch.equal(out, attention_ref(q, k, v))
+
+
+# -- the whole range of logits float32 holds (issue 26, case 5) --
+# Inputs whose logits q k^T / sqrt(d) run from ~1 to ~1e38: random, identical in every row (a uniform
+# softmax however large), q = k (a dominant diagonal) and every logit <= 0 (down to -1e37).
+RANGE_KINDS = ["random", "identical", "q = k", "very negative"]
+# 4e18: |q.k| up to ~5e38, past fp32's largest value, for logits up to ~1.3e38 (the kernels' limit is 2.4e38)
+RANGE_SCALES = {torch.float32: (1.0, 1e3, 1e9, 4e18), torch.float16: (1.0, 32.0, 200.0),
+                torch.bfloat16: (1.0, 32.0, 1e9, 4e18)}  # fp16 holds |q| <= 65504: logits up to ~2e5 here
+
+
+def _range_inputs(kind, big, dtype, B=1, H=2, N=37, d=16):
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(B, H, N, d, generator=gen, dtype=torch.float64) for _ in range(3))
+    if kind == "identical":
+        q = k = q[..., :1, :].expand_as(q)
+    elif kind == "q = k":
+        k = q
+    elif kind == "very negative":
+        q, k = q.abs(), -k.abs()
+    return tuple((t * s).to(DEVICE, dtype).contiguous() for t, s in ((q, big), (k, big), (v, 1.0)))
+
+
+def _assert_range(q, k, v, eps_dot, eps_io):
+    """flash_attention vs float64: finite everywhere, and within 2x SDPA's error in the same dtype (PyTorch's
+    own fused kernel) plus what rounding allows (``_bound``: its eps·max|s| term is the logits' own rounding)."""
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(6)).to(q.device)
+    ours = _run(flash_attention, q, k, v, do)
+    sdpa = _run(torch.nn.functional.scaled_dot_product_attention, q, k, v, do)
+    ref64 = _run(attention_ref, q.double(), k.double(), v.double(), do.double())
+    size = max(r.abs().max().item() for r in [ref64[0], *ref64[1], v, do])
+    rounding = _bound(q, k, size, eps_dot, eps_io)
+    names = ["out", "dq", "dk", "dv"]
+    for name, a, b, r in zip(names, [ours[0], *ours[1]], [sdpa[0], *sdpa[1]], [ref64[0], *ref64[1]]):
+        assert torch.isfinite(a).all(), f"{name} has non-finite values"
+        err = _max_err(a, r)
+        bound = 2 * torch.nan_to_num(torch.tensor(_max_err(b, r)), nan=math.inf).item() + rounding
+        assert err <= bound, f"{name}: max|ours - ref64| = {err:.3g} > {bound:.3g}"
+    return ours, ref64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", RANGE_KINDS)
+def test_eager_attention_over_the_whole_range_of_logits(triton_off, dtype, kind):
+    """The eager path (the CPU fallback and attention="eager") computes fp16 / bf16 in float32 and scales q
+    and k by sqrt(scale) first, as SDPA does: its forward and backward stay finite and within SDPA's error,
+    for logits up to ~1e38 in float32."""
+    eps_io = 0.0 if dtype == torch.float32 else torch.finfo(dtype).eps
+    for big in RANGE_SCALES[dtype]:
+        _assert_range(*_range_inputs(kind, big, dtype), EPS32, eps_io)
+
+
+def test_eager_fp16_logits_past_fp16s_range_are_exact(triton_off):
+    """Issue 26, case 5: fp16 q = k of size ~32 at d = 64 make q·k ~ 65 000 on the diagonal, past fp16's
+    largest value, before the 1/8 scale: the eager path returned inf / NaN where SDPA is exact."""
+    gen = torch.Generator().manual_seed(7)
+    q = (torch.randn(2, 2, 9, 64, generator=gen) * 32).to(DEVICE, torch.float16)
+    v = torch.randn(2, 2, 9, 64, generator=gen).to(DEVICE, torch.float16)
+    assert (q.double() @ q.double().transpose(-2, -1)).abs().max() > torch.finfo(torch.float16).max
+    ours, ref64 = _assert_range(q, q, v, EPS32, torch.finfo(torch.float16).eps)
+    # the softmax is one-hot on the diagonal: out = v up to fp16's rounding of v
+    assert _max_err(ours[0], ref64[0]) <= torch.finfo(torch.float16).eps * v.abs().max().item()
+
+
+@requires_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("kind", RANGE_KINDS)
+def test_kernels_over_the_whole_range_of_logits(triton_on, poisoned, dtype, kind):
+    """The Triton forward and backward on the same range: finite everywhere (fp32 scales q before q.k, so
+    q.k past fp32's range with a representable logit is not inf; the backward's recomputed probabilities
+    are capped at 1, so a logit recomputed a rounding above the forward's is not inf either) and
+    within 2x SDPA's error plus rounding. Their gradients lose accuracy as eps·max|s| (the logits'
+    rounding) once the softmax is one-hot, like SDPA's recomputing backward; the eager path keeps P."""
+    eps_dot, eps_io = (FP32_DOT_EPS, 0.0) if dtype == torch.float32 else (EPS32, torch.finfo(dtype).eps)
+    for big in RANGE_SCALES[dtype]:
+        _assert_range(*_range_inputs(kind, big, dtype), eps_dot, eps_io)
+
+
+@pytest.mark.parametrize("fn", [flash_attention, attention_ref])
+@pytest.mark.parametrize("which", [0, 2])
+def test_sparse_inputs_are_named(fn, which):
+    """A sparse q, k or v failed inside torch ("expand is unsupported for Sparse tensors"; issue 26, case 12)."""
+    args = [torch.randn(1, 2, 5, 8) for _ in range(3)]
+    args[which] = args[which].to_sparse()
+    with pytest.raises(TypeError, match=f"{'qkv'[which]}.layout=torch.sparse_coo: expected a dense"):
+        fn(*args)
+
+
+def test_eager_reference_names_mixed_dtypes():
+    with pytest.raises(ValueError, match="q, k, v dtypes differ: q=torch.float32, k=torch.float16"):
+        attention_ref(torch.zeros(2, 4), torch.zeros(3, 4, dtype=torch.float16), torch.zeros(3, 4))

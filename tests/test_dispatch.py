@@ -78,3 +78,39 @@ def test_interpreter_dot_dtypes(triton_on, monkeypatch, dtype, dot_ok):
 def test_use_triton_needs_a_tensor(value):
     with pytest.raises(TypeError, match="expects a torch.Tensor"):
         dispatch.use_triton(value)
+
+
+@pytest.mark.parametrize("text, expected", [("1", True), ("true", True), ("ON", True), (" 1 ", True), ("0", False),
+                                            ("False", False), ("off", False), ("", None)])
+def test_env_flags_read_as_triton_reads_them(monkeypatch, text, expected):
+    monkeypatch.setenv("VITCORE_SOME_FLAG", text)
+    assert dispatch.env_flag("VITCORE_SOME_FLAG", None) is expected
+
+
+@pytest.mark.parametrize("text", ["yes", "2", "enable"])
+def test_env_flags_triton_would_read_otherwise_are_named(monkeypatch, text):
+    """Triton reads TRITON_INTERPRET=yes or =2 as off, where vitcore read any value but '0' as on: the kernels
+    then ran uninterpreted on CPU tensors. A value outside 1/true/on and 0/false/off is refused, named."""
+    monkeypatch.setenv("VITCORE_SOME_FLAG", text)
+    with pytest.raises(ValueError, match=f"VITCORE_SOME_FLAG={text!r}: expected '1' or '0'"):
+        dispatch.env_flag("VITCORE_SOME_FLAG", False)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TRITON_INTERPRET": "yes"}, "TRITON_INTERPRET='yes': expected '1' or '0'"),
+    ({"VITCORE_AUTOTUNE": "maybe"}, "VITCORE_AUTOTUNE='maybe': expected '1' or '0'"),
+    ({"VITCORE_TUNED": "."}, "VITCORE_TUNED='.': expected a file path in an existing folder"),
+    ({"VITCORE_TUNED": "no-such-folder/tuned.json"}, "VITCORE_TUNED='no-such-folder/tuned.json': expected a file"),
+])
+def test_bad_kernel_environment_is_named_at_the_first_kernel_call(tmp_path, env, message):
+    """Read once when the kernels are imported (a fresh process): the first flash_attention names the variable."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom vitcore.ops import flash_attention\nq = torch.randn(1, 1, 5, 16)\n"
+            "try:\n    flash_attention(q, q, q)\nexcept ValueError as e:\n    print(e)\n")
+    run_env = {**os.environ, "VITCORE_TRITON": "1", "TRITON_INTERPRET": "1", **env}
+    run = subprocess.run([sys.executable, "-c", code], env=run_env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and message in run.stdout, run.stderr

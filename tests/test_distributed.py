@@ -339,13 +339,14 @@ def test_sigterm_on_a_workers_run_is_one_line_and_the_shards_resume(tmp_path, on
     run.send_signal(signal.SIGTERM)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 128 + signal.SIGTERM, stderr
-    assert stderr.splitlines() == ["vitcore score: stopped by SIGTERM; the 2 workers were stopped and the architectures "
-                                   "they finished are kept in the shards beside the results file: rerun with --resume"]
+    assert stderr.splitlines() == ["vitcore score: stopped by SIGTERM; the 2 workers were stopped and the "
+                                   "architectures they finished are kept in the shards beside the results file: "
+                                   "rerun with --resume"]
     assert stdout == ""
     kept = [r for path in shard_paths(out) for r in read_results(path)]
     assert 1 <= len(kept) < n
     archs = {a.id: a for a in sample(SPACES["small"], n, 0)}
     redo = [archs[r["id"]] for r in kept[:3]]
-    again = score_archs(redo, load_batch(RUN["data"], RUN["batch_size"], 0, SPACES["small"]), str(tmp_path / "one.jsonl"),
-                        space="small")
+    batch = load_batch(RUN["data"], RUN["batch_size"], 0, SPACES["small"])
+    again = score_archs(redo, batch, str(tmp_path / "one.jsonl"), space="small")
     assert _untimed(again) == _untimed(kept[:3])

@@ -164,9 +164,9 @@ def test_msa_validates_shapes():
     (lambda: vitcore.msa(X, WQ, WK, WV, WO.half()), TypeError, r"wo is torch.float16 on cpu but x is torch.float64"),
     (lambda: vitcore.msa(X, WQ, WK, WV.to("meta"), WO), TypeError, r"wv is torch.float64 on meta but x is"),
     (lambda: vitcore.msa(X.to_sparse(), WQ, WK, WV, WO), TypeError, r"x.layout=torch.sparse_coo: expected a dense"),
-    (lambda: ViT(TINY, seed=2**64), ValueError, r"seed=18446744073709551616 must be an int in 0..2\*\*64 - 1"),
-    (lambda: ViT(TINY, seed=-1), ValueError, r"seed=-1 must be an int in 0..2\*\*64 - 1"),
-    (lambda: ViT(TINY, seed=1.0), ValueError, r"seed=1.0 must be an int"),
+    (lambda: ViT(TINY, seed=2**64), ValueError, r"seed=18446744073709551616 must be a non-negative int below 2\*\*64"),
+    (lambda: ViT(TINY, seed=-1), ValueError, r"seed=-1 must be a non-negative int below 2\*\*64"),
+    (lambda: ViT(TINY, seed=1.0), ValueError, r"seed=1.0 must be a non-negative int"),
     (lambda: ViT(TINY, device="gpu"), ValueError, r"device='gpu' is not a device torch knows"),
     (lambda: ViT(TINY, device=0.5), TypeError, r"device=0.5 must be a str, a torch.device or None"),
     (lambda: ViT(TINY, device=f"cuda:{torch.cuda.device_count()}"), ValueError,
@@ -267,3 +267,21 @@ def test_a_cuda_model_without_a_gpu_is_a_value_error(device):
         ViT(TINY, device=device)
     with pytest.raises(ValueError, match="no CUDA GPU is available here"):
         TINY.build(device="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_an_input_of_another_dtype_than_the_model_is_named(dtype):
+    """score(model, x.double(), y) on a float32 ViT failed inside conv2d ("Input type (double) and bias
+    type (float) should be the same"); under autocast the inputs it casts (fp16, bf16, fp32) are fine."""
+    model, x = ViT(TINY, seed=0), torch.randn(2, 1, 8, 8)
+    with pytest.raises(TypeError, match=f"input dtype {dtype} does not match the model's torch.float32"):
+        model(x.to(dtype))
+    with pytest.raises(TypeError, match="input dtype torch.int64 does not match"):
+        model(x.long())
+    with pytest.raises(TypeError, match="input.layout=torch.sparse_coo: expected a dense"):
+        model(x.to_sparse())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x.half()).shape == (2, 3)
+        with pytest.raises(TypeError, match="input dtype torch.float64 does not match .* not float64"):
+            model(x.double())
+    assert model.double()(x.double()).dtype == torch.float64

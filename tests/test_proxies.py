@@ -167,6 +167,11 @@ def test_class_probabilities_are_accepted(triton_off):
     (lambda m, x, y: vitcore.score(None, x, y), TypeError, "model must be a torch.nn.Module, got NoneType"),
     (lambda m, x, y: vitcore.score(m, x.numpy(), y), TypeError, "inputs must be a torch.Tensor, got ndarray"),
     (lambda m, x, y: vitcore.score(m, x.long(), y), TypeError, "inputs.dtype=torch.int64: expected a floating dtype"),
+    (lambda m, x, y: vitcore.score(m, x.to_sparse(), y), TypeError, "inputs.layout=torch.sparse_coo: expected a dense"),
+    (lambda m, x, y: vitcore.score(m, x, y.to_sparse()), TypeError,
+     "targets.layout=torch.sparse_coo: expected a dense"),
+    (lambda m, x, y: vitcore.score(m, x.double(), y), TypeError,
+     "input dtype torch.float64 does not match the model's torch.float32"),
     (lambda m, x, y: vitcore.score(m, x[0, 0, 0, 0], y), ValueError, r"inputs of shape \(\) hold no examples"),
     (lambda m, x, y: vitcore.score(m, x, y, loss_fn="ce"), TypeError, "loss_fn='ce' must be callable"),
     (lambda m, x, y: vitcore.score(m, x, y, loss_fn=lambda a, b: a), ValueError,
@@ -332,4 +337,5 @@ def test_synflow_names_a_model_output_that_is_not_a_tensor(wrap, name, triton_of
     model, (x, y) = _Returns(small_vit(), wrap), batch(4, seed=19, dtype=torch.float32, classes=5)
     with pytest.raises(TypeError, match=f"the model returned a {name}, not a tensor of logits"):
         vitcore.score(model, x, y, proxies=["synflow"])
-    assert math.isfinite(vitcore.score(_Returns(small_vit(), lambda z: z[..., None]), x, y, proxies=["synflow"])["synflow"])
+    column = _Returns(small_vit(), lambda z: z[..., None])  # (B, C, 1): synflow sums it all
+    assert math.isfinite(vitcore.score(column, x, y, proxies=["synflow"])["synflow"])

@@ -296,12 +296,23 @@ def build_args(config, attention: Optional[str], device: Union[str, torch.device
     """What every family's constructor starts from: (the config with ``attention`` when given, the
     device (default: torch's default device, checked by ``check_device``),
     ``torch.Generator(device).manual_seed(seed)`` or None for the device's default generator).
-    ValueError for a seed that is not an int in 0..2^64 - 1 or None, and for a device that is not here."""
+    ValueError for a seed that is not a non-negative int below 2^64 or None, and for a device that is not here."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-        raise ValueError(f"seed={seed!r} must be an int in 0..2**64 - 1 or None")
+        raise ValueError(f"seed={seed!r} must be a non-negative int below 2**64, or None")
     config = config if attention is None else replace(config, attention=check_attention(attention))
     device = check_device(device)
     return config, device, None if seed is None else torch.Generator(device).manual_seed(seed)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (torch >= 2.4 takes the device; 2.3 has one call per device)."""
+    if _TORCH_RELEASE >= (2, 4):
+        return torch.is_autocast_enabled(device_type)
+    return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+_TORCH_RELEASE = tuple(int(part) for part in torch.__version__.split(".")[:2])
+_AUTOCAST_CASTS = (torch.float16, torch.bfloat16, torch.float32)  # what autocast casts (never float64)
 
 
 class VisionTransformer(nn.Module):
@@ -310,10 +321,19 @@ class VisionTransformer(nn.Module):
     them."""
 
     def check_input(self, x) -> None:
-        """TypeError unless ``x`` is a tensor, ValueError unless it is (B, in_chans, img_size, img_size)."""
+        """TypeError unless ``x`` is a dense floating tensor of the parameters' dtype (under autocast also
+        fp16, bf16 or fp32, which autocast casts), ValueError unless it is (B, in_chans, img_size, img_size)."""
         c = self.config
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.layout != torch.strided:
+            raise TypeError(f"input.layout={x.layout}: expected a dense (torch.strided) tensor")
+        weight = self.head.weight
+        cast = autocast_enabled(x.device.type) and x.dtype in _AUTOCAST_CASTS
+        if not x.is_floating_point() or (x.dtype != weight.dtype and not cast):
+            raise TypeError(f"input dtype {x.dtype} does not match the model's {weight.dtype}: convert one "
+                            "(x.to(dtype) or model.to(dtype)), or run under torch.autocast (which casts fp16, "
+                            "bf16 and fp32 inputs, not float64)")
         if x.ndim != 4 or x.shape[1:] != (c.in_chans, c.img_size, c.img_size):
             raise ValueError(
                 f"input shape {tuple(x.shape)} does not match (B, {c.in_chans}, {c.img_size}, {c.img_size})"

@@ -2,6 +2,7 @@
 the public ``flash_attention`` that dispatches between them (``vitcore.ops.dispatch.use_triton``)."""
 import math
 import os
+import sys
 from typing import Optional, Tuple
 
 import torch
@@ -18,21 +19,39 @@ def attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None
 ) -> torch.Tensor:
     """softmax(q k^T * scale) v, non-causal; q (..., N', d), k (..., M, d), v (..., M, d_v), scale
-    defaults to 1/sqrt(d). Computes in the inputs' dtype (upcast them for a float64 reference).
-    TypeError for a non-tensor, ValueError for shapes that do not chain (named in the message).
+    defaults to 1/sqrt(d). Returns (..., N', d_v) in the inputs' dtype.
+
+    Precision follows ``F.scaled_dot_product_attention``: fp16 / bf16 inputs are computed in float32
+    (autocast off; SDPA's CPU and flash kernels accumulate in float32) and the result rounded once,
+    and q and k are each multiplied by sqrt(scale) before q k^T (as SDPA's math path does), so the
+    product does not overflow before it is scaled: fp16 q and k of size ~32 at d = 64 give logits of
+    ~8000, whose unscaled q k^T (65 536) is past fp16's largest value. float32 and float64 compute in
+    their own dtype (upcast the inputs for a float64 reference).
+    TypeError for a non-tensor or a sparse one, ValueError for shapes that do not chain or dtypes that
+    differ (named in the message).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            raise TypeError(f"{name}.layout={t.layout}: expected a dense (torch.strided) tensor")
         if t.dim() < 2:
             raise ValueError(f"{name} has shape {tuple(t.shape)}; expected (..., N', d)")
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"shapes q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)} do not chain: "
                          "q and k need the same d, k and v the same number of keys")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: q={q.dtype}, k={k.dtype}, v={v.dtype}")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., N', N')
-    return torch.matmul(scores.softmax(dim=-1), v)  # (..., N', d)
+    compute = torch.promote_types(q.dtype, torch.float32)  # fp16 / bf16 -> float32; float64 stays
+    root = math.sqrt(abs(scale))  # scale = sign * root^2, split between q and k
+    with torch.autocast(q.device.type, enabled=False):
+        qs = q.to(compute) * math.copysign(root, scale)  # (..., N', d)
+        ks = k.to(compute) * root  # (..., M, d)
+        scores = torch.matmul(qs, ks.transpose(-2, -1))  # (..., N', M)
+        out = torch.matmul(scores.softmax(dim=-1), v.to(compute))  # (..., N', d_v)
+    return out.to(q.dtype)
 
 
 # -- torch.library registration: what torch.compile sees --
@@ -103,6 +122,8 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            raise TypeError(f"{name}.layout={t.layout}: expected a dense (torch.strided) tensor")
         if t.dim() != 4:
             raise ValueError(f"{name} has shape {tuple(t.shape)} (ndim={t.dim()}); expected 4 dims (B, H, N', d)")
         if t.dtype not in _DTYPES:
@@ -121,9 +142,15 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional
         raise ValueError(f"head dim d={d} is outside the supported {_MIN_HEAD_DIM}..{_MAX_HEAD_DIM}")
     if min(B, H, N) < 1:
         raise ValueError(f"empty input: (B, H, N', d)={(B, H, N, d)}; every size must be >= 1")
-    if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ValueError(f"scale={scale!r} must be a finite number or None")
+    if scale is not None and not _finite_number(scale):
+        raise ValueError(f"scale={scale!r} must be a finite number or None")
+
+
+def _finite_number(value) -> bool:
+    """An int or float that is a finite float64 (an int past 1.8e308 is not: float() would overflow)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= sys.float_info.max if isinstance(value, int) else math.isfinite(value)
 
 
 def flash_attention(

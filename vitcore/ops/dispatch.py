@@ -5,6 +5,10 @@
                       (how the tests run kernels without a GPU).
 unset                 Triton for CUDA tensors when Triton imports, eager otherwise.
 
+Any other ``VITCORE_TRITON`` value is a ValueError naming it. ``TRITON_INTERPRET`` and
+``VITCORE_AUTOTUNE`` are on/off switches read as Triton reads its own (``env_flag``: 1 / true / on,
+0 / false / off); another value (Triton would take 'yes' for off) is a ValueError naming it.
+
 Triton's interpreter has no bfloat16 arithmetic of its own (NumPy has no bf16): its ``tl.dot`` on
 bf16 tiles multiplies the bit patterns (Triton 3.9: flash attention off by 8e8), so an op whose kernel
 has a bf16 ``tl.dot`` (``uses_dot=True``) runs its eager reference for bf16 CPU tensors, with one
@@ -61,8 +65,23 @@ def triton_available() -> bool:
     return _FIXED["triton"]
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """The on/off environment switch ``name`` read as Triton reads its own (``TRITON_INTERPRET``): '1',
+    'true', 'on' are on, '0', 'false', 'off' off (any case), unset or empty ``default``. Anything else is a
+    ValueError naming it: Triton takes 'yes' or '2' for off, so guessing could run a kernel uninterpreted."""
+    text = os.environ.get(name, "")
+    value = text.strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "on"):
+        return True
+    if value in ("0", "false", "off"):
+        return False
+    raise ValueError(f"{name}={text!r}: expected '1' or '0' (or 'true' / 'on', 'false' / 'off'), or unset")
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return env_flag("TRITON_INTERPRET", False)
 
 
 def _release(version: str) -> tuple:

@@ -361,6 +361,8 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
     for name, value in (("inputs", inputs), ("targets", targets)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{name}.layout={value.layout}: expected a dense (torch.strided) tensor")
     if not inputs.is_floating_point():
         raise TypeError(f"inputs.dtype={inputs.dtype}: expected a floating dtype")
     B = inputs.shape[0] if inputs.ndim else 0
