@@ -64,7 +64,9 @@ BENCH_GRID = {"--n": "16,64,197", "--d": "64", "--budget-ms": "1", "--windows": 
 
 # Measured-looking numbers that need no report, each with the reason.
 NOT_MEASURED = {
-    "2.13.0": "the torch version .ci/run installs (the CPU build its package index serves)",
+    "2.13.0": "the torch CPU build the README's set-up installs where the package index serves it",
+    "2.14.1": "the torch release .ci/run installs with torchvision 0.29.1 so that timm imports",
+    "0.29.1": "the torchvision release .ci/run installs with torch 2.14.1",
     "2.3": "the oldest torch setup.py accepts",
     "3.6": "a Triton version the code is written and tested for",
     "3.9": "a Triton version the code is written and tested for",
