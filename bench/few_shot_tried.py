@@ -5,8 +5,8 @@ The candidate procedure, fitted on labelled architectures R with accuracies a:
 - the shipped rule's choice, the proxy with the best Kendall τ-b on R, with its leave-one-out τ on R
   (``vitcore.calibrate``'s selection), and
 - a ridge on within-R ranks: target rank(a)/|R| − params' percentile in S (params is the offset, the
-  prior the ridge shrinks to), features every other candidate proxy's percentile in S (computed
-  without labels), fitted with scikit-learn's ``RidgeCV``; its penalty is chosen by ridge's exact
+  prior the ridge shrinks to), features every candidate's percentile in S, params' included so that
+  the fit can also lower params' weight (computed without labels), fitted with scikit-learn's ``RidgeCV``; its penalty is chosen by ridge's exact
   leave-one-out error on R over 10^-2 … 10^4 (the top of the grid is params alone), and its
   leave-one-out τ-b on R comes from the same leave-one-out predictions;
 - the procedure returns the ridge's score (params' percentile + the fitted ridge) when its
@@ -57,10 +57,10 @@ def procedure(percentiles: np.ndarray, rows: np.ndarray, acc: np.ndarray) -> tup
     selection_cv = _tau(p_r[loo, np.arange(n)], acc)
     target = stats.rankdata(acc) / n - p_r[0]  # (n,) within-R rank over params' percentile
     ridge = RidgeCV(alphas=PENALTIES, scoring="neg_mean_squared_error", store_cv_results=True)
-    ridge.fit(p_r[1:].T, target)  # (n, P - 1) features
+    ridge.fit(p_r.T, target)  # (n, P) features
     held_out = ridge.cv_results_[:, list(PENALTIES).index(ridge.alpha_)]  # (n,) exact leave-one-out predictions
     if _tau(p_r[0] + held_out, acc) > selection_cv:
-        return percentiles[0] + ridge.predict(percentiles[1:].T), True
+        return percentiles[0] + ridge.predict(percentiles.T), True
     return percentiles[best], False
 
 
