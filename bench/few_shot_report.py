@@ -73,8 +73,8 @@ def targets(results: list) -> list:
 def oracle_section(args, records, columns, results) -> list:
     lines = [f"## Candidates known in advance ({args.alpha_draws} draws, seed {args.seed}; an oracle)", "",
              "`vitcore.calibrate.few_shot` on scores holding only params and the column's best single proxy (from "
-             "the run with the largest K above), default alpha: the gain the test finds when no selection among proxies is "
-             "needed. Gain over params [95% CI], share of draws that kept params.", "",
+             "the run with the largest K above), default alpha: the gain the test finds when no selection among "
+             "proxies is needed. Gain over params [95% CI], share of draws that kept params.", "",
              "| column | best proxy | " + " | ".join(f"K = {k}" for k in args.k) + " |",
              "| --- | --- |" + " --- |" * len(args.k)]
     for column, acc in columns.items():
@@ -83,7 +83,8 @@ def oracle_section(args, records, columns, results) -> list:
         cells = []
         for k in args.k:
             c = few_shot(two, {column: acc}, k, args.alpha_draws, args.seed)["columns"][column]
-            cells.append(f"{c['gain']:+.3f} [{c['gain_ci'][0]:+.3f}, {c['gain_ci'][1]:+.3f}], kept {c['fallback_share']:.0%}")
+            lo, hi = c["gain_ci"]
+            cells.append(f"{c['gain']:+.3f} [{lo:+.3f}, {hi:+.3f}], kept {c['fallback_share']:.0%}")
         lines.append(f"| {column} | {best} | " + " | ".join(cells) + " |")
     return lines + [""]
 

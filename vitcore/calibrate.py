@@ -256,7 +256,8 @@ def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]]
     ``records``: S (``vitcore.runs.read_results``); ``columns``: {column: {id: accuracy}}. Returns the
     ``few-shot.json`` object: {"k", "draws", "seed", "alpha", "columns": {column: {"rule_tau", "params_tau",
     "best_proxy", "best_proxy_tau" (the candidate with the highest mean τ on the rests, an oracle no
-    user has, among those that rank S otherwise than params: flops ranks a ViT space as params does), "gain" (mean of rule − params), "gain_ci" (its 95% bootstrap interval over the draws),
+    user has, among those that rank S otherwise than params: flops ranks a ViT space as params does),
+    "gain" (mean of rule − params), "gain_ci" (its 95% bootstrap interval over the draws),
     "fallback_share" (draws that kept params), "chosen" ({proxy: draws}), "proxy_tau" ({proxy: mean τ}),
     "n" (architectures), "rules" (the proxy of each draw, in order)}}, "mean_gain"}; τ means are over
     the draws. ValueError for k < 5, a column with fewer than k + 2 scored architectures, draws < 1.

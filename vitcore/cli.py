@@ -24,9 +24,9 @@ from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed, Stopped
 from vitcore.ensemble import COMBINED
-from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_ceiling, constant_proxies, evaluate_columns,
-                              format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any, scatter_plots,
-                              with_combined)
+from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_ceiling, constant_proxies,
+                              evaluate_columns, format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any,
+                              scatter_plots, with_combined)
 from vitcore.families import FAMILY_HELP, VITCORE, get_family
 from vitcore.paths import check_input_file, check_out_file
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
