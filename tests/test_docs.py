@@ -143,7 +143,7 @@ def _cheap(argv, folder):
         for flag in ("--n", "--num-archs"):
             if flag in argv:
                 argv[argv.index(flag) + 1] = "1"
-    if argv[0] != "bench" and _is_large(argv):
+    if argv[0] != "bench" and "--scores" not in argv and _is_large(argv):  # scores read, not made: no batch
         _set(argv, "--batch-size", "2")
     if "cuda" in argv and not torch.cuda.is_available():
         argv[argv.index("cuda")] = "cpu"
@@ -195,6 +195,8 @@ def _run_vitcore(argv, capsys, where):
     if argv[0] == "score":
         results = _option(argv, "--out") or "vitcore-results/scores.jsonl"
         assert f"{len(read_results(results))} scored, 0 failed" in out, where
+    elif argv[0] == "evaluate" and "--few-shot" in argv:
+        assert "| column | n | rule τ |" in out, f"{where}: no few-shot table printed"
     elif argv[0] == "evaluate":
         assert "| proxy |" in out, f"{where}: no table of proxies printed"
 
