@@ -21,7 +21,8 @@ The draws are ``vitcore.calibrate.few_shot``'s (same generator, same order), so 
 gain here is the one of its first ``--draws`` draws, paired with the candidate's.
 
     python -m bench.few_shot_tried --scores bench/results/cpu-2026-11-29-autoformer-dev-100-scores.jsonl \\
-        --truth ../shared/data/autoformer-tiny-100.jsonl --out bench/results/cpu-2026-12-07-few-shot-tried.md
+        --truth ../shared/data/autoformer-tiny-100.jsonl --k 40,20 --draws 200 \\
+        --out bench/results/cpu-2026-12-07-few-shot-tried.md
 """
 import argparse
 import sys
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--truth", required=True, help="the JSON-lines truth (../shared/data/autoformer-tiny-100.jsonl)")
     p.add_argument("--columns", default=",".join(KD_COLUMNS))
     p.add_argument("--k", default="40,20,10", help="labelled architectures per draw, comma-separated (largest first: the slowest tasks start first)")
-    p.add_argument("--draws", type=int, default=60)
+    p.add_argument("--draws", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="worker processes, one (column, K) each")
     p.add_argument("--out", required=True, help="markdown report")
