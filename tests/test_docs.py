@@ -73,6 +73,8 @@ NOT_MEASURED = {
     "3.7": "the Triton release whose interpreter accepts NumPy 2.4 (vitcore/ops/dispatch.py)",
     "2.4": "the NumPy release older Triton interpreters fail on (vitcore/ops/dispatch.py)",
     "0.1": "the default of evaluate's --top-fraction (vitcore/cli.py)",
+    "0.05": "the level of vitcore calibrate's one-sided test (vitcore.calibrate.ALPHA)",
+    "5": "vitcore calibrate's level in percent (vitcore.calibrate.ALPHA), and its fewest labels (MIN_K)",
     "95": "the confidence level of evaluate's intervals (vitcore.ranking.CI_LEVEL)",
     "1e-5": "jacob_cov's offset k, part of its formula (vitcore/proxies/jacob_cov.py)",
     "10.6": "PiT-XS's parameter count in millions, from the PiT paper; tests/test_pit.py checks it",
