@@ -1,9 +1,12 @@
 """The kernels' launch path on CPU: the specialisation key against Triton's own, the direct launcher's
 cache (a fake compiled kernel stands in for the GPU), the tuned-config table, TF32 rounding."""
+import contextlib
+import gc
 import itertools
 import json
 import logging
 import math
+import weakref
 
 import pytest
 import torch
@@ -169,6 +172,82 @@ def test_launch_hooks_take_the_ordinary_path(toy, monkeypatch):
     monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", lambda *a: None)
     _call(toy, x, y)
     assert len(toy.ordinary) == 2 and not toy.direct
+
+
+class _Loaded:
+    """A compiled kernel whose launcher does not hold it (Triton 3.9's ``run`` is the launcher object, not a
+    bound method): only the cache's own reference keeps it, and with it its module, alive."""
+
+    function, packed_metadata = "cufunction", "packed"
+
+    def __init__(self, log):
+        self.run = lambda *args: log.append(args)
+
+
+def test_the_compiled_kernel_is_kept_alive(toy, monkeypatch):
+    made = []
+
+    def ordinary(grid, args, meta, num_warps, num_stages):
+        kernel = _Loaded(toy.direct)
+        made.append(weakref.ref(kernel))
+        return kernel
+
+    monkeypatch.setattr(toy, "_ordinary", ordinary)
+    x, y = torch.zeros(64), torch.zeros(64)
+    _call(toy, x, y)
+    gc.collect()
+    assert made[0]() is not None  # Triton 3.9's CompiledKernel.__del__ would unload the module
+    _call(toy, x, y)
+    assert len(made) == 1 and len(toy.direct) == 1
+
+
+@pytest.mark.parametrize("group, name, value", [
+    ("runtime", "debug", True), ("compilation", "instrumentation_mode", "fpsan"),
+])
+def test_tritons_compile_options_are_in_the_key(toy, monkeypatch, group, name, value):
+    """Triton compiles another kernel when its debug / instrumentation knobs change: so does the cache."""
+    if not hasattr(getattr(triton.knobs, group), name):
+        pytest.skip(f"Triton {triton.__version__} has no knobs.{group}.{name}")
+    x, y = torch.zeros(64), torch.zeros(64)
+    _call(toy, x, y)
+    monkeypatch.setattr(getattr(triton.knobs, group), name, value)
+    _call(toy, x, y)
+    assert len(toy.ordinary) == 2 and not toy.direct and len(toy.kernels) == 2
+    _call(toy, x, y)
+    assert len(toy.ordinary) == 2 and len(toy.direct) == 1
+
+
+def test_every_launch_runs_on_the_tensors_device(toy, monkeypatch):
+    current = []
+
+    @contextlib.contextmanager
+    def on_device(t):
+        current.append(t.device)
+        yield
+        current.pop()
+
+    monkeypatch.setattr(launch, "on_device", on_device)
+    seen = []
+    ordinary = toy._ordinary
+    monkeypatch.setattr(toy, "_ordinary", lambda *a: seen.append(list(current)) or ordinary(*a))
+    monkeypatch.setattr(launch, "_stream", lambda index: seen.append(list(current)) or 7)
+    x, y = torch.zeros(64), torch.zeros(64)
+    _call(toy, x, y)  # compiled through Triton
+    _call(toy, x, y)  # launched directly
+    assert seen == [[x.device], [x.device]] and len(toy.direct) == 1
+
+
+def test_on_device_switches_only_to_another_cuda_device(monkeypatch):
+    assert isinstance(launch.on_device(torch.zeros(1)), contextlib.nullcontext)
+
+    class OnGpu1:
+        device = torch.device("cuda", 1)
+
+    monkeypatch.setattr(torch.cuda, "device", lambda index: ("current device", index))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert launch.on_device(OnGpu1()) == ("current device", 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert isinstance(launch.on_device(OnGpu1()), contextlib.nullcontext)
 
 
 @requires_triton
