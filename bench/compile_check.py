@@ -291,14 +291,20 @@ def check(arches, head_dims, configs="default", variants=VARIANTS, phases=PHASES
                 _mark(group_rows, g[5])
                 for r in group_rows:
                     done(r)
-        elif configs == "first":
-            for f in [submit(run_case, Case(g[0], g[1], g[2], g[3], g[5][0], g[4])) for g in groups]:
+        elif configs == "first":  # a generator: the serial path writes each row as it is compiled
+            for f in list_or_lazy(pool, (submit(run_case, Case(g[0], g[1], g[2], g[3], g[5][0], g[4]))
+                                         for g in groups)):
                 done(f.result())
         else:  # in the library's order until one fits; groups run side by side
-            for f in [submit(_walk, g) for g in groups]:
+            for f in list_or_lazy(pool, (submit(_walk, g) for g in groups)):
                 for r in f.result():
                     done(r)
     return rows
+
+
+def list_or_lazy(pool, futures):
+    """All futures submitted at once to a pool (they run side by side); one at a time without one."""
+    return list(futures) if pool else futures
 
 
 def _walk(group) -> List[dict]:
@@ -326,6 +332,10 @@ class _Done:
 # ----------------------------------------------------------------------------------------------
 # The table
 # ----------------------------------------------------------------------------------------------
+def _spills(row: dict) -> bool:
+    return bool(row.get("stack_frame") or row.get("spill_stores"))
+
+
 def _kib(n: Optional[int]) -> str:
     return "-" if n is None else f"{n:,}"
 
@@ -346,7 +356,7 @@ def render(rows: List[dict], env: dict, note: str = "") -> str:
               f"- compiles: {len(rows)}; compiled: {len(compiled)}; failed: {len(rows) - len(compiled)}",
               f"- configs the library launches (default or autotune candidate; param_stats): {len(used)}; "
               f"over the shared-memory limit: {sum(not r['fits'] for r in used)}; "
-              f"spilling: {sum((r['spill_stores'] or 0) > 0 for r in used)}",
+              f"spilling (a stack frame or spill stores): {sum(map(_spills, used))}",
               f"- configs compiled but not launched (over the limit, or listed after the default): "
               f"{len(compiled) - len(used)}", ""]
     groups = sorted({(r["kernel"], r["dtype"], r["precision"], r["head_dim"], r["arch"]) for r in rows
@@ -356,19 +366,19 @@ def render(rows: List[dict], env: dict, note: str = "") -> str:
                                             for r in rows)]
     lines += [f"- specialisations with no config that fits: {len(missing)}"
               + ("" if not missing else " (" + "; ".join(" ".join(map(str, g)) for g in missing) + ")"), ""]
-    spilling = [r for r in used if (r["spill_stores"] or 0) > 0]
+    spilling = [r for r in used if _spills(r)]
     if spilling:
         lines += ["Spilling configs the library launches:", ""]
         lines += [f"- {r['kernel']} {r['dtype']}/{r['precision']} d={r['head_dim']} {r['arch']} "
-                  f"{tuple(r['config'])} ({r['use'] or 'launched'}): {r['registers']} registers, "
-                  f"{r['spill_stores']} B spill stores" for r in spilling]
+                  f"{tuple(r['config'])} ({r.get('use') or 'launched'}): {r['registers']} registers, "
+                  f"{r['stack_frame']} B stack frame, {r['spill_stores']} B spill stores" for r in spilling]
         lines.append("")
     lines += ["## Every compile", "",
               "config = (outer block, inner block, num_warps, num_stages); use: `default` = launched without "
               "autotuning, `tuned` = an autotune candidate, blank = not launched on this target.", "",
               "| kernel | dtype | dot | d | D_PAD | padded | target | config | use | compiled | registers "
-              "| spill stores B | shared B | limit B | fits |",
-              "|---|---|---|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---|"]
+              "| stack frame B | spill stores B | shared B | limit B | fits |",
+              "|---|---|---|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     order = {k: i for i, k in enumerate(("param_stats",) + PHASES)}
     for r in sorted(rows, key=lambda r: (order[r["kernel"]], r["arch"], r["dtype"], r["precision"], r["head_dim"],
                                          r["config"])):
@@ -377,7 +387,8 @@ def render(rows: List[dict], env: dict, note: str = "") -> str:
         lines.append(
             f"| {r['kernel']} | {r['dtype']} | {r['precision']} | {r['head_dim'] or 'T=%d' % r['n_tensors']} | {r.get('d_pad', '-')} "
             f"| {pad} | {r['arch']} | {tuple(r['config'])} | {r.get('use', '')} | {status} "
-            f"| {r.get('registers', '-')} | {_kib(r.get('spill_stores'))} | {_kib(r.get('shared'))} "
+            f"| {r.get('registers', '-')} | {_kib(r.get('stack_frame'))} | {_kib(r.get('spill_stores'))} "
+            f"| {_kib(r.get('shared'))} "
             f"| {r['smem_limit']:,} | {'yes' if r.get('fits') else 'NO' if r['compiled'] else '-'} |")
     return "\n".join(lines) + "\n"
 
