@@ -30,8 +30,11 @@ Block sizes are autotuned once per (phase, device, dtype, N', d, dot precision):
 config is timed with ``triton.testing.do_bench`` and the fastest kept in a table that
 ``save_tuned(path)`` / ``load_tuned(path)`` write and read (``VITCORE_TUNED=path`` loads it at import
 and writes it back at exit when something new was tuned), so a scoring run tunes nothing twice.
-``VITCORE_AUTOTUNE=0`` (and Triton's interpreter, ``TRITON_INTERPRET=1``) skip the search and use one
-fixed config per kernel. Launches go through ``kernels/launch.py``: after the first call of a
+``VITCORE_AUTOTUNE=0`` (and Triton's interpreter, ``TRITON_INTERPRET=1``) skip the search and use the
+first listed config that fits. Either way a config is compiled first and launched only if its compiled
+shared memory is within the device's per-block limit (``torch.cuda.get_device_properties``), so the
+99 KB of an RTX 3090 / 4090 and the 163 KB of an A100 are never overrun; ``python -m bench.compile_check``
+compiles every config for sm_80, sm_86, sm_89 and sm_90 on any machine (docs/compile-check.md). Launches go through ``kernels/launch.py``: after the first call of a
 specialisation the compiled kernel is launched directly.
 """
 import atexit
@@ -46,12 +49,9 @@ import triton.language as tl
 
 from vitcore.ops.dispatch import env_flag
 
-from .launch import CachedLauncher
+from .launch import CachedLauncher, on_device
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 (exp2 is one MUFU instruction)
-# Shared-memory budget for the (rough) tile estimate below: H100 has 227 KiB per block, and the
-# compiler adds layout-conversion buffers (transposes, the O tile of the delta phase) it does not count.
-_SMEM_BYTES = 160 * 1024
 _INTERPRET = env_flag("TRITON_INTERPRET", False)
 _AUTOTUNE = env_flag("VITCORE_AUTOTUNE", True) and not _INTERPRET
 _ROUND_TF32 = not _INTERPRET  # cvt.rna.tf32.f32 is PTX: compiled kernels only
@@ -174,46 +174,90 @@ def _attention_fwd_kernel(
 # Block sizes
 # ----------------------------------------------------------------------------------------------
 # (outer block, inner block, num_warps, num_stages). The outer block is the rows a program owns
-# (queries for fwd / dq, keys for dkdv); the inner block is what its loop steps over.
+# (queries for fwd / dq, keys for dkdv); the inner block is what its loop steps over. Listed in order of
+# preference: without autotuning the first whose *compiled* shared memory fits the device without spilling
+# registers is launched; autotuning times every listed one that does (``choose``). The fallbacks follow
+# when none does (fp32 at large head dims on GPUs with 99 KB per block); ``bench/compile_check.py``
+# compiles them all for sm_80..sm_90.
+# The 8-warp and narrow configs after the first four are there for fp32 at D_PAD 64-128, where ptxas spills
+# the 4-warp ones (the fp32 dK, dV accumulators alone take 2 * 64 * D_PAD / 128 registers per thread).
 _CONFIGS = {
     "fwd": [(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
-    "dq": [(64, 32, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2)],
-    "dkdv": [(64, 32, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2)],
+    "dq": [(64, 32, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 8, 2)],
+    "dkdv": [(64, 32, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 8, 2), (64, 16, 8, 2),
+             (32, 32, 4, 2)],
 }
+FALLBACK_CONFIGS = [(64, 32, 4, 2), (64, 32, 4, 1), (32, 32, 4, 1), (32, 16, 4, 1), (16, 16, 4, 1)]
 _INTERPRET_CONFIG = (64, 32, 4, 1)  # one config: the interpreter runs tails and BLOCK_M != BLOCK_N
-_SMALLEST_CONFIG = (32, 32, 4, 1)  # when nothing listed fits (fp32 at d = 256)
 _OUTER = {"fwd": "BLOCK_M", "dq": "BLOCK_M", "dkdv": "BLOCK_N"}
 _INNER = {"fwd": "BLOCK_N", "dq": "BLOCK_N", "dkdv": "BLOCK_M"}
-# Tiles held in shared memory: outer tiles once, inner tiles once per pipeline stage.
-_TILES = {"fwd": (1, 2), "dq": (2, 2), "dkdv": (2, 2)}
 
 
-def _smem_bytes(phase, outer, inner, stages, d_pad, elsize):
-    n_outer, n_inner = _TILES[phase]
-    return (n_outer * outer + n_inner * max(stages, 1) * inner) * d_pad * elsize
+def head_dim_pad(head_dim: int) -> int:
+    """D_PAD: the tile width for head dim d, the next power of two and at least 16 (``tl.dot``'s minimum)."""
+    return max(16, triton.next_power_of_2(head_dim))
 
 
-def _candidates(phase, n_ctx, d_pad, elsize):
-    """The listed configs that fit shared memory and are not mostly masked at this N'."""
-    kept = []
-    for outer, inner, warps, stages in _CONFIGS[phase]:
-        if _smem_bytes(phase, outer, inner, stages, d_pad, elsize) > _SMEM_BYTES:
-            continue
-        if outer > 64 and n_ctx <= 64:  # one short sequence: a 128-row tile is mostly masked
-            continue
-        kept.append((outer, inner, warps, stages))
-    return kept or [_SMALLEST_CONFIG]
+def padded_fraction(head_dim: int) -> float:
+    """The share of a tile's head-dim columns that are padding, (D_PAD - d) / D_PAD."""
+    return 1 - head_dim / head_dim_pad(head_dim)
 
 
-def _default_config(phase, d_pad, elsize):
-    """The fixed config used without autotuning: the first listed one that fits shared memory."""
-    if _INTERPRET:
-        return _INTERPRET_CONFIG
-    for outer, inner, warps, stages in _CONFIGS[phase]:
-        for s in range(stages, 0, -1):
-            if _smem_bytes(phase, outer, inner, s, d_pad, elsize) <= _SMEM_BYTES:
-                return outer, inner, warps, s
-    return _SMALLEST_CONFIG
+def config_order(phase: str, n_ctx: int, elsize: int) -> list:
+    """The configs tried for ``phase`` at sequence length N' = ``n_ctx`` and element size ``elsize``
+    (bytes), in order of preference: the listed ones (less those mostly masked at this N'), then the
+    fallbacks."""
+    listed = [c for c in _CONFIGS[phase] if not (c[0] > 64 and n_ctx <= 64)]  # a 128-row tile, mostly masked
+    return listed + [c for c in FALLBACK_CONFIGS if c not in listed]
+
+
+def _n_listed(order: list) -> int:
+    return sum(c not in FALLBACK_CONFIGS for c in order)
+
+
+FITS, SPILLS = 0, 1  # ranks of a compiled config that fits shared memory: without / with local-memory spills
+
+
+def choose(order: list, rank, autotune: bool) -> list:
+    """The configs to launch, by what the compiler reports: ``rank(config)`` is None when its compiled
+    shared memory exceeds the device's per-block limit, else FITS, or SPILLS when registers spill to
+    local memory. Configs that do not fit are never returned; spilling ones only when nothing fits
+    without spilling. Autotuning gets every listed config of the best rank present (else the first
+    fallback of that rank); without autotuning, the first config in ``order`` of the best rank, asking
+    ``rank`` no further than the first that FITS. Raises RuntimeError when nothing fits."""
+    n_listed = _n_listed(order)
+    ranks = {}
+
+    def walk(configs, stop):  # rank in order, up to the first that FITS if ``stop``
+        for c in configs:
+            ranks[c] = rank(c)
+            if stop and ranks[c] == FITS:
+                return
+
+    if autotune:
+        walk(order[:n_listed], stop=False)
+        if FITS not in ranks.values():
+            walk(order[n_listed:], stop=True)
+    else:
+        walk(order, stop=True)
+    for best in (FITS, SPILLS):
+        listed = [c for c in order[:n_listed] if ranks.get(c) == best]
+        if autotune and listed:
+            return listed
+        first = next((c for c in order if ranks.get(c) == best), None)
+        if first is not None:
+            return [first]
+    raise RuntimeError(f"no attention config fits this GPU's shared memory (tried {order})")
+
+
+@functools.lru_cache(maxsize=None)
+def smem_limit(index: int) -> int:
+    """The shared memory a block may use on CUDA device ``index``, bytes: the opt-in per-block maximum
+    (163 KB on A100, 99 KB on sm_86 / sm_89, 227 KB on H100), as torch reports it, else as Triton does."""
+    limit = getattr(torch.cuda.get_device_properties(index), "shared_memory_per_block_optin", None)
+    if limit is None:  # an older torch: Triton's figure, the one its launch checks against
+        limit = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+    return int(limit)
 
 
 # The tuned table: (phase, device name, dtype, N', d, dot precision) -> (outer, inner, warps, stages).
@@ -234,29 +278,56 @@ def _device_name(index: Optional[int]) -> str:
 
 
 class Launchable:
-    """A phase's kernel: its config (tuned once per key, then read from ``_TUNED``) and its direct
-    launcher (``kernels/launch.py``). Per call: two dict lookups, the grid from cached block sizes."""
+    """A phase's kernel: its config (chosen once per key, then read from ``_TUNED`` / ``chosen``) and its
+    direct launcher (``kernels/launch.py``). Per call: two dict lookups, the grid from cached block sizes.
+
+    A config is launched only if its compiled shared memory (Triton's ``metadata.shared``, known after
+    compiling and before loading) is within the device's per-block limit (``smem_limit``), with
+    autotuning on or off, and one that spills registers only when none fits without (``choose``)."""
 
     def __init__(self, phase: str, kernel):
         self.phase = phase
         self.launcher = CachedLauncher(kernel)
-        self.defaults: Dict[tuple, tuple] = {}  # (d_pad, elsize) -> config, without autotuning
+        self.chosen: Dict[tuple, tuple] = {}  # key -> config, without autotuning
 
-    def _tune(self, key, tensors, ints, floats, meta, n_bh, n_ctx, elsize):
+    def meta(self, q: torch.Tensor, head_dim: int, dot_precision: str) -> dict:
+        """The constexprs of a launch, less the block sizes."""
+        return dict(HEAD_DIM=head_dim, D_PAD=head_dim_pad(head_dim), DOT_PRECISION=dot_precision,
+                    ROUND_TF32=_ROUND_TF32 and q.dtype == torch.float32 and dot_precision == "tf32")
+
+    def rank(self, args: tuple, meta: dict, config: tuple, grid: tuple, limit: int) -> Optional[int]:
+        """``config`` compiled for these arguments on the current device, not launched (Triton keeps the
+        kernel: its first launch compiles nothing): None if its shared memory (``metadata.shared``) is over
+        ``limit``, else loaded and FITS, or SPILLS if it uses local memory (Triton's ``n_spills``)."""
+        outer, inner, warps, stages = config
+        m = {**meta, _OUTER[self.phase]: outer, _INNER[self.phase]: inner}
+        kernel = self.launcher.fn.warmup(*args, grid=grid, **m, num_warps=warps, num_stages=stages)
+        if kernel.metadata.shared > limit:
+            return None
+        kernel._init_handles()  # loads the module: n_regs and n_spills (Triton 3.6 and 3.9)
+        return SPILLS if kernel.n_spills else FITS
+
+    def _configs(self, tensors, ints, floats, meta, n_bh, n_ctx, autotune):
+        q = tensors[0]
+        order = config_order(self.phase, n_ctx, q.element_size())
+        if _INTERPRET:  # nothing is compiled: shared memory is no limit
+            return choose(order, lambda c: FITS, autotune) if autotune else [_INTERPRET_CONFIG]
+        limit = smem_limit(q.device.index)
+        args = (*tensors, *ints, *floats)
+        with on_device(q):  # Triton compiles for the current device
+            return choose(order, lambda c: self.rank(args, meta, c, (n_bh, 1), limit), autotune)
+
+    def _tune(self, key, candidates, tensors, ints, floats, meta, n_bh, n_ctx):
         """Time every candidate config once (median of Triton's ``do_bench``) and keep the fastest.
         The kernels only write their outputs, so repeated launches are harmless."""
         outer_name, inner_name = _OUTER[self.phase], _INNER[self.phase]
         timed = []
-        for outer, inner, warps, stages in _candidates(self.phase, n_ctx, meta["D_PAD"], elsize):
+        for outer, inner, warps, stages in candidates:
             m = {**meta, outer_name: outer, inner_name: inner}
             grid = (n_bh, triton.cdiv(n_ctx, outer))
             run = functools.partial(self.launcher, grid, tensors, ints, floats, m, warps, stages)
-            try:
-                ms = triton.testing.do_bench(run, return_mode="median")
-            except triton.runtime.errors.OutOfResources:  # compiled larger than the estimate
-                continue
-            timed.append((ms, (outer, inner, warps, stages)))
-        config = min(timed)[1] if timed else _SMALLEST_CONFIG
+            timed.append((triton.testing.do_bench(run, return_mode="median"), (outer, inner, warps, stages)))
+        config = min(timed)[1]
         _TUNED[key] = config
         _new_entries.append(key)
         return config
@@ -264,19 +335,15 @@ class Launchable:
     def launch(self, tensors: tuple, ints: tuple, floats: tuple, n_ctx: int, n_bh: int, head_dim: int,
                dot_precision: str) -> None:
         q = tensors[0]
-        elsize = q.element_size()
-        d_pad = max(16, triton.next_power_of_2(head_dim))
-        meta = dict(HEAD_DIM=head_dim, D_PAD=d_pad, DOT_PRECISION=dot_precision,
-                    ROUND_TF32=_ROUND_TF32 and q.dtype == torch.float32 and dot_precision == "tf32")
-        if _AUTOTUNE:
-            key = (self.phase, _device_name(q.device.index), _DTYPE_NAMES[q.dtype], n_ctx, head_dim, dot_precision)
-            config = _TUNED.get(key)
-            if config is None:
-                config = self._tune(key, tensors, ints, floats, meta, n_bh, n_ctx, elsize)
-        else:
-            config = self.defaults.get((d_pad, elsize))
-            if config is None:
-                config = self.defaults[(d_pad, elsize)] = _default_config(self.phase, d_pad, elsize)
+        meta = self.meta(q, head_dim, dot_precision)
+        key = (self.phase, _device_name(q.device.index), _DTYPE_NAMES[q.dtype], n_ctx, head_dim, dot_precision)
+        config = _TUNED.get(key) if _AUTOTUNE else self.chosen.get(key)
+        if config is None:
+            candidates = self._configs(tensors, ints, floats, meta, n_bh, n_ctx, _AUTOTUNE)
+            if _AUTOTUNE:
+                config = self._tune(key, candidates, tensors, ints, floats, meta, n_bh, n_ctx)
+            else:
+                config = self.chosen[key] = candidates[0]
         outer, inner, warps, stages = config
         meta[_OUTER[self.phase]], meta[_INNER[self.phase]] = outer, inner
         self.launcher((n_bh, triton.cdiv(n_ctx, outer)), tensors, ints, floats, meta, warps, stages)

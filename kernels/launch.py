@@ -10,7 +10,9 @@ The key (``spec_key``) covers everything Triton specialises on, or finer:
   - each integer's type (i32 / i64 / u64) and, unless the kernel marks it ``do_not_specialize``,
     whether it equals 1 (Triton makes it a constant) and whether it is divisible by 16;
   - the constexpr values (block sizes, head dim, dot precision, ...), num_warps and num_stages;
-  - the device index.
+  - the device index, and Triton's compile options read from its knobs at launch time (``debug``,
+    ``instrumentation_mode``, and ``fpsan_homomorphic_casts`` where the release has it): a kernel compiled
+    with another setting is another kernel.
 Floats are always fp32 arguments and do not enter the key. ``tests/test_launch.py`` checks that two
 calls with the same key get the same specialisation from the installed Triton
 (``native_specialize_impl``).
@@ -23,7 +25,12 @@ ordinary ``kernel[grid](...)`` on every call; ``direct_problem()`` says why, log
 (INFO on the interpreter, WARNING otherwise).
 A launch hook (a profiler) added to ``triton.knobs.runtime`` also takes the ordinary path; without
 one the direct launch passes None for the hooks, which both versions' C launchers then skip.
+
+Every launch, ordinary or direct, runs with the tensors' device set as the current one (``on_device``):
+Triton compiles, loads and launches for the current device. The cache holds the ``CompiledKernel`` itself,
+not only its launcher and function handle: Triton 3.9's ``CompiledKernel.__del__`` unloads the module.
 """
+import contextlib
 import functools
 import inspect
 import logging
@@ -94,6 +101,23 @@ def _parameters(fn) -> tuple:
     return specialize, constexpr
 
 
+def on_device(t: torch.Tensor):
+    """A context in which ``t``'s CUDA device is the current one (nothing to do if it is, or on the CPU)."""
+    index = t.device.index
+    if index is None or t.device.type != "cuda" or index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(index)
+
+
+def compile_options(fn) -> tuple:
+    """The compile options ``JITFunction.run`` reads from Triton's knobs on every launch (those this
+    release has), as a tuple for the cache key."""
+    knobs = triton.knobs
+    return (bool(getattr(fn, "debug", False)) or bool(knobs.runtime.debug),
+            getattr(knobs.compilation, "instrumentation_mode", None),
+            getattr(knobs.compilation, "fpsan_homomorphic_casts", None))
+
+
 def _hooked(hook) -> bool:
     """Whether a launch hook is set: Triton 3.6 and 3.9 keep a ``HookChain``, empty unless a profiler adds to it."""
     return hook is not None and bool(getattr(hook, "calls", True))
@@ -108,8 +132,8 @@ class CachedLauncher:
     constexprs, in that order) directly after the first call for each specialisation key.
 
     Two levels, so that a hit costs hashing, not classifying: ``calls`` maps the raw call (device,
-    the int values, the first pointer's dtype, every address mod 16, constexprs, options) to the
-    compiled kernel; a miss there computes ``spec_key`` and looks in ``kernels``, which holds one
+    the int values, the first pointer's dtype, every address mod 16, constexprs, options, Triton's
+    compile options) to the compiled kernel; a miss there computes ``spec_key`` and looks in ``kernels``, which holds one
     compiled kernel per specialisation; a miss there too launches through ``kernel[grid](...)``
     (Triton compiles or finds its own cached binary) and keeps the kernel it returns. The raw key
     assumes what vitcore's launchers guarantee: every pointer's dtype is fixed by the first one's.
@@ -119,17 +143,17 @@ class CachedLauncher:
         self.fn = fn
         self.name = getattr(fn, "fn", fn).__name__
         self.specialize, self.constexpr_names = _parameters(fn)
-        self.calls = {}  # raw call -> (launcher function, CUfunction, packed metadata)
-        self.kernels = {}  # spec_key -> the same triple
+        self.calls = {}  # raw call -> (launcher function, CUfunction, packed metadata, CompiledKernel)
+        self.kernels = {}  # spec_key -> the same entry
         self.problem = direct_problem(triton.__version__, _interpreting())
         self._said = False
 
     def _ordinary(self, grid, args, meta, num_warps, num_stages):
         return self.fn[grid](*args, **meta, num_warps=num_warps, num_stages=num_stages)
 
-    def _compiled(self, grid, tensors, ints, args, meta, constexprs, num_warps, num_stages):
+    def _compiled(self, grid, tensors, ints, args, meta, constexprs, num_warps, num_stages, options):
         """The compiled kernel for this call's specialisation (launching it, if it is new)."""
-        key = spec_key(tensors, ints, self.specialize[len(tensors):], constexprs, (num_warps, num_stages))
+        key = spec_key(tensors, ints, self.specialize[len(tensors):], constexprs, (num_warps, num_stages, options))
         entry = self.kernels.get(key)
         if entry is None:
             kernel = self._ordinary(grid, args, meta, num_warps, num_stages)  # compiles, launches
@@ -137,14 +161,18 @@ class CachedLauncher:
                 self.problem = (f"Triton {triton.__version__} returned a {type(kernel).__name__} without "
                                 "run/function/packed_metadata; using the ordinary kernel[grid](...) launch")
                 return None, True
-            entry = self.kernels[key] = (kernel.run, kernel.function, kernel.packed_metadata)
+            # the kernel too: dropping the last reference to it would unload its module (Triton 3.9)
+            entry = self.kernels[key] = (kernel.run, kernel.function, kernel.packed_metadata, kernel)
             return entry, True
         return entry, False
 
     def __call__(self, grid: tuple, tensors: tuple, ints: tuple, floats: tuple, meta: dict,
                  num_warps: int, num_stages: int) -> None:
         """Launch on ``grid`` (a 1- to 3-tuple) with ``meta`` the constexprs by name."""
-        args = (*tensors, *ints, *floats)
+        with on_device(tensors[0]):
+            self._launch(grid, tensors, ints, (*tensors, *ints, *floats), meta, num_warps, num_stages)
+
+    def _launch(self, grid, tensors, ints, args, meta, num_warps, num_stages):
         if self.problem is not None:
             if not self._said:
                 level = logging.INFO if _interpreting() else logging.WARNING  # expected there; a surprise here
@@ -158,11 +186,13 @@ class CachedLauncher:
             return
         constexprs = tuple(map(meta.__getitem__, self.constexpr_names))
         device = tensors[0].device.index
+        options = compile_options(self.fn)
         call = (device, ints, tensors[0].dtype, tuple(map(_low_bits, map(_ptr, tensors))), constexprs,
-                num_warps, num_stages)
+                num_warps, num_stages, options)
         entry = self.calls.get(call)
         if entry is None:
-            entry, launched = self._compiled(grid, tensors, ints, args, meta, constexprs, num_warps, num_stages)
+            entry, launched = self._compiled(grid, tensors, ints, args, meta, constexprs, num_warps, num_stages,
+                                             options)
             if entry is None:  # not a kernel this file can launch: said on the next call
                 return
             if len(self.calls) >= _CACHE_SIZE:
@@ -170,7 +200,7 @@ class CachedLauncher:
             self.calls[call] = entry
             if launched:
                 return
-        run, function, packed = entry
+        run, function, packed, _ = entry
         grid = (*grid, 1, 1)
         run(grid[0], grid[1], grid[2], _stream(device), function, packed, None, None, None, *args, *constexprs)
 

@@ -1,9 +1,12 @@
 """The kernels' launch path on CPU: the specialisation key against Triton's own, the direct launcher's
 cache (a fake compiled kernel stands in for the GPU), the tuned-config table, TF32 rounding."""
+import contextlib
+import gc
 import itertools
 import json
 import logging
 import math
+import weakref
 
 import pytest
 import torch
@@ -171,6 +174,82 @@ def test_launch_hooks_take_the_ordinary_path(toy, monkeypatch):
     assert len(toy.ordinary) == 2 and not toy.direct
 
 
+class _Loaded:
+    """A compiled kernel whose launcher does not hold it (Triton 3.9's ``run`` is the launcher object, not a
+    bound method): only the cache's own reference keeps it, and with it its module, alive."""
+
+    function, packed_metadata = "cufunction", "packed"
+
+    def __init__(self, log):
+        self.run = lambda *args: log.append(args)
+
+
+def test_the_compiled_kernel_is_kept_alive(toy, monkeypatch):
+    made = []
+
+    def ordinary(grid, args, meta, num_warps, num_stages):
+        kernel = _Loaded(toy.direct)
+        made.append(weakref.ref(kernel))
+        return kernel
+
+    monkeypatch.setattr(toy, "_ordinary", ordinary)
+    x, y = torch.zeros(64), torch.zeros(64)
+    _call(toy, x, y)
+    gc.collect()
+    assert made[0]() is not None  # Triton 3.9's CompiledKernel.__del__ would unload the module
+    _call(toy, x, y)
+    assert len(made) == 1 and len(toy.direct) == 1
+
+
+@pytest.mark.parametrize("group, name, value", [
+    ("runtime", "debug", True), ("compilation", "instrumentation_mode", "fpsan"),
+])
+def test_tritons_compile_options_are_in_the_key(toy, monkeypatch, group, name, value):
+    """Triton compiles another kernel when its debug / instrumentation knobs change: so does the cache."""
+    if not hasattr(getattr(triton.knobs, group), name):
+        pytest.skip(f"Triton {triton.__version__} has no knobs.{group}.{name}")
+    x, y = torch.zeros(64), torch.zeros(64)
+    _call(toy, x, y)
+    monkeypatch.setattr(getattr(triton.knobs, group), name, value)
+    _call(toy, x, y)
+    assert len(toy.ordinary) == 2 and not toy.direct and len(toy.kernels) == 2
+    _call(toy, x, y)
+    assert len(toy.ordinary) == 2 and len(toy.direct) == 1
+
+
+def test_every_launch_runs_on_the_tensors_device(toy, monkeypatch):
+    current = []
+
+    @contextlib.contextmanager
+    def on_device(t):
+        current.append(t.device)
+        yield
+        current.pop()
+
+    monkeypatch.setattr(launch, "on_device", on_device)
+    seen = []
+    ordinary = toy._ordinary
+    monkeypatch.setattr(toy, "_ordinary", lambda *a: seen.append(list(current)) or ordinary(*a))
+    monkeypatch.setattr(launch, "_stream", lambda index: seen.append(list(current)) or 7)
+    x, y = torch.zeros(64), torch.zeros(64)
+    _call(toy, x, y)  # compiled through Triton
+    _call(toy, x, y)  # launched directly
+    assert seen == [[x.device], [x.device]] and len(toy.direct) == 1
+
+
+def test_on_device_switches_only_to_another_cuda_device(monkeypatch):
+    assert isinstance(launch.on_device(torch.zeros(1)), contextlib.nullcontext)
+
+    class OnGpu1:
+        device = torch.device("cuda", 1)
+
+    monkeypatch.setattr(torch.cuda, "device", lambda index: ("current device", index))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert launch.on_device(OnGpu1()) == ("current device", 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert isinstance(launch.on_device(OnGpu1()), contextlib.nullcontext)
+
+
 @requires_triton
 def test_fallback_is_said_once(triton_on, caplog, monkeypatch):
     if not launch._interpreting():
@@ -195,6 +274,11 @@ def table(monkeypatch):
     return attention._TUNED
 
 
+def _listed(phase, n_ctx, elsize=4):
+    """The autotune candidates when every config fits (the interpreter compiles nothing)."""
+    return attention.choose(attention.config_order(phase, n_ctx, elsize), lambda c: attention.FITS, autotune=True)
+
+
 @requires_triton
 def test_autotune_once_per_key(triton_on, table, monkeypatch):
     timed = []
@@ -207,7 +291,7 @@ def test_autotune_once_per_key(triton_on, table, monkeypatch):
     monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
     q = torch.randn(1, 2, 9, 16)
     first = flash_attention(q, q, q)
-    n_candidates = len(attention._candidates("fwd", 9, 16, 4))
+    n_candidates = len(_listed("fwd", 9))
     assert len(timed) == n_candidates  # every candidate timed once
     second = flash_attention(q, q, q)
     assert len(timed) == n_candidates  # the same key: no re-tuning
@@ -217,7 +301,7 @@ def test_autotune_once_per_key(triton_on, table, monkeypatch):
     assert table[key][1] == max(timed)
     q10 = torch.randn(1, 2, 10, 16)
     flash_attention(q10, q10, q10)  # another N': tuned anew
-    assert len(table) == 2 and len(timed) == n_candidates + len(attention._candidates("fwd", 10, 16, 4))
+    assert len(table) == 2 and len(timed) == n_candidates + len(_listed("fwd", 10))
 
 
 def test_table_round_trip(table, tmp_path):
@@ -364,3 +448,127 @@ def test_direct_launches_on_the_gpu(triton_on):
     cols = [0, 1, 3]
     rtol = 2 * (70000 + 1) * torch.finfo(torch.float64).eps
     torch.testing.assert_close(outs[1][:, cols], param_stats_ref(params, grads)[:, cols], rtol=rtol, atol=0)
+
+
+# -- configs chosen by what the compiler reports --
+SM80_LIMIT = 163 * 1024
+
+
+def _fake_rank(phase, config):
+    """Compiled configs as the test pretends: 3 stages overflow an A100's shared memory, 8 warps spill."""
+    if config[3] >= 3:
+        return None  # e.g. 180,224 B > 166,912 B
+    return attention.SPILLS if config[2] == 8 else attention.FITS
+
+
+RANKS = {
+    "all fit": lambda c: attention.FITS,
+    "2 stages fit": lambda c: attention.FITS if c[3] < 3 else None,
+    "fallbacks only": lambda c: attention.FITS if c in attention.FALLBACK_CONFIGS[1:] else None,
+    "listed spill": lambda c: attention.SPILLS if c not in attention.FALLBACK_CONFIGS else None,
+    "first spills": lambda c: attention.SPILLS if c == attention.config_order("dq", 197, 4)[0] else attention.FITS,
+}
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+@pytest.mark.parametrize("case", list(RANKS))
+def test_choose_prefers_fitting_then_unspilled(case, autotune):
+    order = attention.config_order("dq", 197, 4)
+    listed = [c for c in order if c not in attention.FALLBACK_CONFIGS]
+    rank = RANKS[case]
+    asked = []
+    chosen = attention.choose(order, lambda c: asked.append(c) or rank(c), autotune)
+    assert all(rank(c) is not None for c in chosen)  # never one over the limit
+    best = min(rank(c) for c in order if rank(c) is not None)
+    assert all(rank(c) == best for c in chosen)  # a spilling config only when every fitting one spills
+    if autotune:
+        listed_best = [c for c in listed if rank(c) == best]
+        assert chosen == (listed_best or [next(c for c in order if rank(c) == best)])
+    else:
+        first = next(c for c in order if rank(c) == best)
+        assert chosen == [first]
+        if best == attention.FITS:  # nothing compiled past it
+            assert asked == order[:order.index(first) + 1]
+
+
+def test_nothing_fits_is_an_error():
+    with pytest.raises(RuntimeError, match="no attention config fits"):
+        attention.choose(attention.config_order("dkdv", 197, 4), lambda c: None, autotune=False)
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """The kernels' config choice as on an A100: the interpreter's shortcut off, the device's limit and
+    what the compiler reports faked, and every launch recorded (nothing runs)."""
+    from vitcore.kernels import attention_bwd
+
+    monkeypatch.setattr(attention, "_INTERPRET", False)
+    monkeypatch.setattr(attention, "smem_limit", lambda index: SM80_LIMIT)
+    monkeypatch.setattr(attention.Launchable, "rank",
+                        lambda self, args, meta, config, grid, limit: _fake_rank(self.phase, config))
+    launched = []
+
+    class Spy:
+        def __init__(self, phase):
+            self.phase = phase
+
+        def __call__(self, grid, tensors, ints, floats, meta, warps, stages):
+            outer = meta[attention._OUTER[self.phase]]
+            inner = meta[attention._INNER[self.phase]]
+            launched.append((self.phase, (outer, inner, warps, stages)))
+
+    for lau in (attention._FWD, attention_bwd._DQ, attention_bwd._DKDV):
+        monkeypatch.setattr(lau, "launcher", Spy(lau.phase))
+        monkeypatch.setattr(lau, "chosen", {})
+    return launched
+
+
+def _forward_and_backward():
+    from vitcore.kernels import attention_bwd
+
+    q = torch.randn(1, 2, 197, 72)
+    o, lse = attention.attention_fwd(q, q, q, 0.125)
+    attention_bwd.attention_bwd(torch.randn_like(q), q, q, q, o, lse, 0.125)
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_no_config_over_the_devices_limit_is_launched(compiled, table, monkeypatch, autotune):
+    monkeypatch.setattr(attention, "_AUTOTUNE", autotune)
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, return_mode: fn() or 1.0)
+    for _ in range(2):
+        _forward_and_backward()
+    assert {phase for phase, _ in compiled} == {"fwd", "dq", "dkdv"}
+    assert all(_fake_rank(phase, c) == attention.FITS for phase, c in compiled)
+    for phase in ("fwd", "dq", "dkdv"):
+        order = attention.config_order(phase, 197, 4)
+        unspilled = [c for c in order if _fake_rank(phase, c) == attention.FITS]
+        used = [c for p, c in compiled if p == phase]
+        if autotune:  # every listed config that fits unspilled timed once, then the winner launched
+            listed = [c for c in unspilled if c not in attention.FALLBACK_CONFIGS] or unspilled[:1]
+            assert used[:len(listed)] == listed and set(used) == set(listed)
+        else:  # the first that fits unspilled, on both calls
+            assert used == [unspilled[0]] * 2
+
+
+def test_smem_limit_comes_from_the_device(monkeypatch):
+    class Props:
+        shared_memory_per_block_optin = 101_376
+
+    class Utils:
+        @staticmethod
+        def get_device_properties(index):
+            return {"max_shared_mem": 232_448}
+
+    class Driver:
+        utils = Utils
+
+    attention.smem_limit.cache_clear()
+    try:
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props())
+        assert attention.smem_limit(0) == 101_376
+        attention.smem_limit.cache_clear()
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: object())  # an older torch
+        monkeypatch.setattr(triton.runtime.driver, "_active", Driver())
+        assert attention.smem_limit(0) == 232_448
+    finally:
+        attention.smem_limit.cache_clear()
