@@ -19,13 +19,14 @@ import os
 import sys
 import time
 
+from bench.autoformer_dev_report import KD_COLUMNS
 from vitcore.bench.env import environment
+from vitcore.bench.writer import write_text
 from vitcore.calibrate import ALPHA, few_shot
 from vitcore.cli import main as vitcore_main
 from vitcore.evaluate import read_truth_jsonl, with_combined
 from vitcore.runs import read_results
 
-KD_COLUMNS = ("c100_kd", "flower_kd", "chaoyang_kd")
 TARGETS = {20: 0.05, 40: 0.08}  # the issue's mean gain over params at K
 WORST = -0.01  # the issue's: no column below params by more than this, at any K
 
@@ -104,14 +105,19 @@ def alpha_section(args, records, columns) -> list:
     return lines + [""]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_inputs(p: argparse.ArgumentParser, k: str) -> None:
+    """The options every few-shot report takes: the dev set's scores and truth, columns, K list, draws, seed."""
     p.add_argument("--scores", required=True, help="results of `vitcore score` on the dev set")
     p.add_argument("--truth", required=True, help="the JSON-lines truth (../shared/data/autoformer-tiny-100.jsonl)")
     p.add_argument("--columns", default=",".join(KD_COLUMNS))
-    p.add_argument("--k", default="10,20,40", help="labelled architectures per draw, comma-separated")
+    p.add_argument("--k", default=k, help="labelled architectures per draw, comma-separated")
     p.add_argument("--draws", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_inputs(p, "10,20,40")
     p.add_argument("--alphas", default="0.1,0.2,0.4", help="other levels of the test to rerun at (empty: none)")
     p.add_argument("--alpha-draws", type=int, default=100)
     p.add_argument("--out", required=True, help="markdown report; the few-shot.json files go in a folder beside it")
@@ -148,8 +154,7 @@ def main(argv=None) -> int:
     if args.alphas:
         lines += alpha_section(args, records, columns)
     text = "\n".join(lines)
-    with open(args.out, "w") as f:
-        f.write(text)
+    write_text(args.out, text)
     print(text)
     return 0
 

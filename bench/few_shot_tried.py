@@ -33,12 +33,13 @@ import numpy as np
 from scipy import stats
 from sklearn.linear_model import RidgeCV
 
+from bench.few_shot_report import add_inputs
 from vitcore import calibrate
 from vitcore.bench.env import environment
+from vitcore.bench.writer import write_text
 from vitcore.evaluate import read_truth_jsonl, with_combined
 from vitcore.runs import read_results
 
-KD_COLUMNS = ("c100_kd", "flower_kd", "chaoyang_kd")
 PENALTIES = np.logspace(-2, 4, 13)  # ridge penalties: near least squares on percentiles ... params alone
 
 
@@ -118,12 +119,7 @@ def run_column(task: tuple) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scores", required=True, help="results of `vitcore score` on the dev set")
-    p.add_argument("--truth", required=True, help="the JSON-lines truth (../shared/data/autoformer-tiny-100.jsonl)")
-    p.add_argument("--columns", default=",".join(KD_COLUMNS))
-    p.add_argument("--k", default="40,20,10", help="labelled architectures per draw, comma-separated (largest first: the slowest tasks start first)")
-    p.add_argument("--draws", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    add_inputs(p, "40,20,10")  # largest K first: the slowest tasks start first
     p.add_argument("--jobs", type=int, default=2, help="worker processes, one (column, K) each")
     p.add_argument("--out", required=True, help="markdown report")
     args = p.parse_args(argv)
@@ -170,8 +166,7 @@ def main(argv=None) -> int:
         mean = {m: np.mean([np.mean(r[m]) for r in results if r["k"] == k]) for m in ("shipped", "candidate", "ungated")}
         lines.append(f"| {k} | {mean['shipped']:+.3f} | {mean['candidate']:+.3f} | {mean['ungated']:+.3f} |")
     text = "\n".join(lines + [""])
-    with open(args.out, "w") as f:
-        f.write(text)
+    write_text(args.out, text)
     print(text)
     return 0
 
