@@ -19,8 +19,9 @@ library tries them (``attention.config_order``), marked as ``attention.choose`` 
 compiler reported: ``default``, launched with ``VITCORE_AUTOTUNE=0`` (the first that fits the target's
 shared memory without spilling registers); ``tuned``, an autotune candidate. ``--configs default``
 compiles in that order up to the first that fits unspilled; ``--configs all`` every config listed;
-``--configs first`` the first listed only (a quick compile test). Padded fraction = (D_PAD - d) / D_PAD,
-the share of each tile's head-dim columns that are padding.
+``--configs first`` the first listed only (a quick compile test). D parts = the head dim's column parts
+(``attention.head_dim_parts``: D_MAIN, plus D_TAIL where one power of two would waste more); padded fraction
+= 1 - d / (D_MAIN + D_TAIL), the share of the computed head-dim columns that are padding.
 """
 import argparse
 import concurrent.futures
@@ -132,7 +133,7 @@ def launch_args(phase: str, dtype: str, precision: str, d: int):
     index = 0 if phase in ("fwd", "dq") else 1
     tensors, ints, floats, head_dim, dot_precision = recorder.calls[index]
     assert dot_precision == precision or dtype != "float32", (dot_precision, precision)
-    meta = launchable.meta(tensors[0], head_dim, dot_precision)
+    meta = launchable.meta(tensors, head_dim, dot_precision)
     return launchable.launcher.fn, (*tensors, *ints, *floats), meta
 
 
@@ -204,7 +205,7 @@ def run_case(case: Case) -> dict:
         fn, args, meta = launch_args(case.kernel, case.dtype, case.precision, case.head_dim)
         meta[attention._OUTER[case.kernel]], meta[attention._INNER[case.kernel]] = outer, inner
         row["padded_fraction"] = round(attention.padded_fraction(case.head_dim), 4)
-        row["d_pad"] = meta["D_PAD"]
+        row["d_parts"] = [meta["D_MAIN"], meta["D_TAIL"]]
     try:
         kernel, log = compile_for(fn, args, meta, warps, stages, capability)
     except Exception as e:  # a compile failure is a row of the table, not the end of the check
@@ -336,6 +337,11 @@ def _spills(row: dict) -> bool:
     return bool(row.get("stack_frame") or row.get("spill_stores"))
 
 
+def _parts(row: dict) -> str:
+    parts = row.get("d_parts")
+    return "-" if parts is None else "+".join(str(p) for p in parts if p)
+
+
 def _kib(n: Optional[int]) -> str:
     return "-" if n is None else f"{n:,}"
 
@@ -376,7 +382,7 @@ def render(rows: List[dict], env: dict, note: str = "") -> str:
     lines += ["## Every compile", "",
               "config = (outer block, inner block, num_warps, num_stages); use: `default` = launched without "
               "autotuning, `tuned` = an autotune candidate, blank = not launched on this target.", "",
-              "| kernel | dtype | dot | d | D_PAD | padded | target | config | use | compiled | registers "
+              "| kernel | dtype | dot | d | D parts | padded | target | config | use | compiled | registers "
               "| stack frame B | spill stores B | shared B | limit B | fits |",
               "|---|---|---|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     order = {k: i for i, k in enumerate(("param_stats",) + PHASES)}
@@ -385,7 +391,7 @@ def render(rows: List[dict], env: dict, note: str = "") -> str:
         pad = "-" if r["padded_fraction"] is None else f"{100 * r['padded_fraction']:.0f}%"
         status = "yes" if r["compiled"] else f"no: {r['error']}"
         lines.append(
-            f"| {r['kernel']} | {r['dtype']} | {r['precision']} | {r['head_dim'] or 'T=%d' % r['n_tensors']} | {r.get('d_pad', '-')} "
+            f"| {r['kernel']} | {r['dtype']} | {r['precision']} | {r['head_dim'] or 'T=%d' % r['n_tensors']} | {_parts(r)} "
             f"| {pad} | {r['arch']} | {tuple(r['config'])} | {r.get('use', '')} | {status} "
             f"| {r.get('registers', '-')} | {_kib(r.get('stack_frame'))} | {_kib(r.get('spill_stores'))} "
             f"| {_kib(r.get('shared'))} "

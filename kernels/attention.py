@@ -4,8 +4,10 @@ Supported:
   - q, k, v of shape (B, H, N', d) with any strides (e.g. views of the packed (B, N', 3, H, d) QKV
     projection: nothing is copied); one sequence length N' >= 1 for q, k and v (masked tails, no
     multiple-of-block requirement);
-  - head dims 1..256, powers of two or not (5, 48, 80, 96: the tile is padded to the next power of
-    two, at least 16 for ``tl.dot``, and masked);
+  - head dims 1..256, powers of two or not (5, 48, 80, 96): computed in at most two column parts, each a
+    power of two of at least 16 (``tl.dot``'s least reduction length), masked past d; 48 = 32 + 16,
+    72 = 64 + 16 (of which 8 masked), 54 in one part of 64 (``head_dim_parts``). At most 25% of the
+    computed columns are padding for d >= 24 but 33-35;
   - float16, bfloat16 (fp32 accumulation) and float32. float32 follows
     ``torch.get_float32_matmul_precision()``: "highest" -> Triton's "tf32x3" dot (fp32 accuracy on the
     tensor cores), "high" / "medium" -> "tf32", with every fp32 dot operand rounded to TF32 first
@@ -26,8 +28,8 @@ The forward kernel, its launcher and the launch machinery the backward shares (b
 autotuning) are here; the backward's two kernels (dQ, then dK and dV; deterministic, no atomics) and
 their launcher ``attention_bwd`` are in ``kernels/attention_bwd.py``.
 
-Block sizes are autotuned once per (phase, device, dtype, N', d, dot precision): every candidate
-config is timed with ``triton.testing.do_bench`` and the fastest kept in a table that
+Block sizes are autotuned once per (phase, device, dtype, N', d, dot precision, row alignment ``ALIGN``):
+every candidate config is timed with ``triton.testing.do_bench`` and the fastest kept in a table that
 ``save_tuned(path)`` / ``load_tuned(path)`` write and read (``VITCORE_TUNED=path`` loads it at import
 and writes it back at exit when something new was tuned), so a scoring run tunes nothing twice.
 ``VITCORE_AUTOTUNE=0`` (and Triton's interpreter, ``TRITON_INTERPRET=1``) skip the search and use the
@@ -40,6 +42,7 @@ specialisation the compiled kernel is launched directly.
 import atexit
 import functools
 import json
+import math
 import os
 from typing import Dict, Optional
 
@@ -73,35 +76,70 @@ def _tf32(x, ROUND_TF32: tl.constexpr):
 
 
 # ----------------------------------------------------------------------------------------------
-# Forward
+# Tiles
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c, MASK_R: tl.constexpr, MASK_C: tl.constexpr):
+    """The tile ptr[offs_r, offs_c] (rows x columns), zero where a masked dimension's offset is past its size
+    (``n_r`` rows, ``n_c`` columns)."""
+    ptrs = ptr + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c
+    if MASK_R and MASK_C:
+        x = tl.load(ptrs, mask=(offs_r[:, None] < n_r) & (offs_c[None, :] < n_c), other=0.0)
+    elif MASK_R:
+        x = tl.load(ptrs, mask=offs_r[:, None] < n_r, other=0.0)
+    elif MASK_C:
+        x = tl.load(ptrs, mask=offs_c[None, :] < n_c, other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _aligned(stride, ALIGN: tl.constexpr):
+    """``stride``, which the launcher checked is a multiple of ALIGN (``row_align``), in a form the compiler
+    knows is one: Triton's own specialisation only knows whether an int is divisible by 16, so without this
+    a row stride such as packed QKV's 3 H d = 648 (d = 72) makes every load scalar."""
+    return (stride // ALIGN) * ALIGN
+
+
+@triton.jit
+def _store(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c, x):
+    """ptr[offs_r, offs_c] = x in ptr's dtype, where the row offset is below ``n_r`` and the column's below ``n_c``."""
+    ptrs = ptr + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c
+    tl.store(ptrs, x.to(ptr.dtype.element_ty), mask=(offs_r[:, None] < n_r) & (offs_c[None, :] < n_c))
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+# The head dim d is computed in two column parts, each a power of two (``head_dim_parts``): columns
+# [0, D_MAIN) and, when D_TAIL > 0, [D_MAIN, D_MAIN + D_TAIL). A part's tile is masked past d. Every dot
+# over d is the sum of the two parts' dots; every (rows, d) accumulator is two. With D_TAIL = 0 the tail
+# variables are a placeholder 0.0 that no code reads.
+@triton.jit
 def _attention_fwd_inner(
-    acc, l_i, m_i, q,  # running output, row sums, row maxima (base 2, scaled), query tile
+    acc0, acc1, l_i, m_i, q0, q1,  # running output (two column parts), row sums, row maxima (base 2), query tile
     K, V, stride_kn, stride_kd, stride_vn, stride_vd,
     lo, hi, N_CTX, qk_scale,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
-    BLOCK_N: tl.constexpr, MASK_KEYS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUND_TF32: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KEYS: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
+    d0 = tl.arange(0, D_MAIN)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        kT_ptrs = K + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn  # (D_PAD, BLOCK_N)
-        v_ptrs = V + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd  # (BLOCK_N, D_PAD)
-        if MASK_KEYS:
-            kT = tl.load(kT_ptrs, mask=(offs_d[:, None] < HEAD_DIM) & (cols[None, :] < N_CTX), other=0.0)
-            v = tl.load(v_ptrs, mask=(cols[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        elif HEAD_DIM == D_PAD:
-            kT = tl.load(kT_ptrs)
-            v = tl.load(v_ptrs)
-        else:
-            kT = tl.load(kT_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
-            v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-        kT = _tf32(kT, ROUND_TF32)
-        v = _tf32(v, ROUND_TF32)
+        kT0 = _tile(K, d0, cols, stride_kd, stride_kn, HEAD_DIM, N_CTX, HEAD_DIM < D_MAIN, MASK_KEYS)  # (D_MAIN, BLOCK_N)
+        v0 = _tile(V, cols, d0, stride_vn, stride_vd, N_CTX, HEAD_DIM, MASK_KEYS, HEAD_DIM < D_MAIN)  # (BLOCK_N, D_MAIN)
         # -- scores, in base-2 units --
-        qk = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        qk = tl.dot(q0, _tf32(kT0, ROUND_TF32), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        if D_TAIL > 0:
+            d1 = tl.arange(0, D_TAIL)
+            kT1 = _tile(K + D_MAIN * stride_kd, d1, cols, stride_kd, stride_kn, HEAD_DIM - D_MAIN, N_CTX,
+                        HEAD_DIM < D_MAIN + D_TAIL, MASK_KEYS)  # (D_TAIL, BLOCK_N)
+            v1 = _tile(V + D_MAIN * stride_vd, cols, d1, stride_vn, stride_vd, N_CTX, HEAD_DIM - D_MAIN,
+                       MASK_KEYS, HEAD_DIM < D_MAIN + D_TAIL)  # (BLOCK_N, D_TAIL)
+            qk = tl.dot(q1, _tf32(kT1, ROUND_TF32), qk, input_precision=DOT_PRECISION)
+        qk = qk * qk_scale
         if MASK_KEYS:
             qk = tl.where(cols[None, :] < N_CTX, qk, float("-inf"))
         # -- online softmax update --
@@ -109,10 +147,12 @@ def _attention_fwd_inner(
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old maximum
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(_tf32(p.to(v.dtype), ROUND_TF32), v, acc, input_precision=DOT_PRECISION)  # (BLOCK_M, D_PAD)
+        p = _tf32(p.to(V.dtype.element_ty), ROUND_TF32)
+        acc0 = tl.dot(p, _tf32(v0, ROUND_TF32), acc0 * alpha[:, None], input_precision=DOT_PRECISION)
+        if D_TAIL > 0:
+            acc1 = tl.dot(p, _tf32(v1, ROUND_TF32), acc1 * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
-    return acc, l_i, m_i
+    return acc0, acc1, l_i, m_i
 
 
 @triton.jit(do_not_specialize=["H", "N_CTX"])
@@ -127,13 +167,18 @@ def _attention_fwd_kernel(
     # Sizes and scales
     H, N_CTX, q_scale, qk_scale,  # q_scale * qk_scale = softmax scale / ln 2 (``split_scale``)
     # Meta-parameters
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUND_TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)  # (batch, head) on axis 0: its limit is 2^31 - 1, axis 1's 65535
     pid_m = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
+    # -- batch, head and token strides: multiples of ALIGN elements (vector loads along d) --
+    stride_qb, stride_qh, stride_qn = _aligned(stride_qb, ALIGN), _aligned(stride_qh, ALIGN), _aligned(stride_qn, ALIGN)
+    stride_kb, stride_kh, stride_kn = _aligned(stride_kb, ALIGN), _aligned(stride_kh, ALIGN), _aligned(stride_kn, ALIGN)
+    stride_vb, stride_vh, stride_vn = _aligned(stride_vb, ALIGN), _aligned(stride_vh, ALIGN), _aligned(stride_vn, ALIGN)
+    stride_ob, stride_oh, stride_on = _aligned(stride_ob, ALIGN), _aligned(stride_oh, ALIGN), _aligned(stride_on, ALIGN)
     Q += off_b * stride_qb + off_h * stride_qh
     K += off_b * stride_kb + off_h * stride_kh
     V += off_b * stride_vb + off_h * stride_vh
@@ -141,33 +186,38 @@ def _attention_fwd_kernel(
     LSE += pid_bh.to(tl.int64) * N_CTX
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    io_mask = (rows[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(Q + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=io_mask, other=0.0)
-    q = _tf32((q * q_scale).to(Q.dtype.element_ty), ROUND_TF32)
-
+    d0 = tl.arange(0, D_MAIN)
+    q0 = _tile(Q, rows, d0, stride_qn, stride_qd, N_CTX, HEAD_DIM, True, HEAD_DIM < D_MAIN)  # (BLOCK_M, D_MAIN)
+    q0 = _tf32((q0 * q_scale).to(Q.dtype.element_ty), ROUND_TF32)
+    acc0 = tl.zeros([BLOCK_M, D_MAIN], dtype=tl.float32)
+    q1, acc1 = 0.0, 0.0  # no tail part
+    if D_TAIL > 0:
+        d1 = tl.arange(0, D_TAIL)
+        q1 = _tile(Q + D_MAIN * stride_qd, rows, d1, stride_qn, stride_qd, N_CTX, HEAD_DIM - D_MAIN, True,
+                   HEAD_DIM < D_MAIN + D_TAIL)  # (BLOCK_M, D_TAIL)
+        q1 = _tf32((q1 * q_scale).to(Q.dtype.element_ty), ROUND_TF32)
+        acc1 = tl.zeros([BLOCK_M, D_TAIL], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     # -- full key blocks, no key mask --
     n_full = (N_CTX // BLOCK_N) * BLOCK_N
-    acc, l_i, m_i = _attention_fwd_inner(
-        acc, l_i, m_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
+    acc0, acc1, l_i, m_i = _attention_fwd_inner(
+        acc0, acc1, l_i, m_i, q0, q1, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
         0, n_full, N_CTX, qk_scale,
-        HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_N, False,
+        HEAD_DIM, D_MAIN, D_TAIL, DOT_PRECISION, ROUND_TF32, BLOCK_N, False,
     )
     # -- ragged tail block (e.g. the 197th token), masked --
     if n_full < N_CTX:
-        acc, l_i, m_i = _attention_fwd_inner(
-            acc, l_i, m_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
+        acc0, acc1, l_i, m_i = _attention_fwd_inner(
+            acc0, acc1, l_i, m_i, q0, q1, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             n_full, N_CTX, N_CTX, qk_scale,
-            HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_N, True,
+            HEAD_DIM, D_MAIN, D_TAIL, DOT_PRECISION, ROUND_TF32, BLOCK_N, True,
         )
     # -- epilogue: normalise, save the row log-sum-exp (base 2) for the backward --
-    acc = acc / l_i[:, None]
     tl.store(LSE + rows, m_i + tl.log2(l_i), mask=rows < N_CTX)
-    o_ptrs = O + rows[:, None] * stride_on + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=io_mask)
+    _store(O, rows, d0, stride_on, stride_od, N_CTX, HEAD_DIM, acc0 / l_i[:, None])
+    if D_TAIL > 0:
+        _store(O + D_MAIN * stride_od, rows, d1, stride_on, stride_od, N_CTX, HEAD_DIM - D_MAIN, acc1 / l_i[:, None])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,8 +229,9 @@ def _attention_fwd_kernel(
 # registers is launched; autotuning times every listed one that does (``choose``). The fallbacks follow
 # when none does (fp32 at large head dims on GPUs with 99 KB per block); ``bench/compile_check.py``
 # compiles them all for sm_80..sm_90.
-# The 8-warp and narrow configs after the first four are there for fp32 at D_PAD 64-128, where ptxas spills
-# the 4-warp ones (the fp32 dK, dV accumulators alone take 2 * 64 * D_PAD / 128 registers per thread).
+# The 8-warp and narrow configs after the first four are there for fp32 at head-dim widths 64-128, where
+# ptxas spills the 4-warp ones (the fp32 dK, dV accumulators alone take 2 * 64 * width / 128 registers per
+# thread).
 _CONFIGS = {
     "fwd": [(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
     "dq": [(64, 32, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 8, 2)],
@@ -193,14 +244,36 @@ _OUTER = {"fwd": "BLOCK_M", "dq": "BLOCK_M", "dkdv": "BLOCK_N"}
 _INNER = {"fwd": "BLOCK_N", "dq": "BLOCK_N", "dkdv": "BLOCK_M"}
 
 
-def head_dim_pad(head_dim: int) -> int:
-    """D_PAD: the tile width for head dim d, the next power of two and at least 16 (``tl.dot``'s minimum)."""
-    return max(16, triton.next_power_of_2(head_dim))
+def head_dim_parts(head_dim: int) -> tuple:
+    """(D_MAIN, D_TAIL): the column parts head dim d is computed in, powers of two of at least 16 (``tl.dot``'s
+    least reduction length) with D_TAIL = 0 when one part covers d. D_MAIN is the largest power of two <= d
+    (16 for d < 16), D_TAIL the least power of two that covers the rest; where that equals D_MAIN, one part
+    of twice the width does the same work in fewer dots. E.g. 48 -> (32, 16), 54 -> (64, 0), 72 -> (64, 16),
+    96 -> (64, 32). The padded width is then the least multiple of 16 >= d for d <= 96 and wastes at most
+    25% of it for every d >= 24 but 33-35 (48 columns: 27-31%); below 24 the 16-column minimum decides."""
+    main = max(16, 1 << (head_dim.bit_length() - 1))
+    rest = head_dim - main
+    if rest <= 0:
+        return main, 0
+    tail = max(16, triton.next_power_of_2(rest))
+    return (2 * main, 0) if tail == main else (main, tail)
+
+
+def row_align(tensors: tuple) -> int:
+    """ALIGN: the largest power of two, at most 16, that divides every batch, head and token stride (in
+    elements) of the 4-D tensors among ``tensors``. The kernels hand it to the compiler (``_aligned``) so
+    loads along d are vectorised (and pipelined through shared memory) wherever the layout allows."""
+    g = 0
+    for t in tensors:
+        if t.dim() == 4:
+            for s in t.stride()[:3]:
+                g = math.gcd(g, s)
+    return min(16, g & -g) if g else 16
 
 
 def padded_fraction(head_dim: int) -> float:
-    """The share of a tile's head-dim columns that are padding, (D_PAD - d) / D_PAD."""
-    return 1 - head_dim / head_dim_pad(head_dim)
+    """The share of the computed head-dim columns that are padding, 1 - d / (D_MAIN + D_TAIL)."""
+    return 1 - head_dim / sum(head_dim_parts(head_dim))
 
 
 def config_order(phase: str, n_ctx: int, elsize: int) -> list:
@@ -260,12 +333,12 @@ def smem_limit(index: int) -> int:
     return int(limit)
 
 
-# The tuned table: (phase, device name, dtype, N', d, dot precision) -> (outer, inner, warps, stages).
+# The tuned table: (phase, device name, dtype, N', d, dot precision, ALIGN) -> (outer, inner, warps, stages).
 # Filled once per key by autotuning, or by ``load_tuned``; ``VITCORE_TUNED=path`` loads it at import
 # and writes it back at exit when this process tuned something new.
 _TUNED: Dict[tuple, tuple] = {}
 _TUNED_ENV = "VITCORE_TUNED"
-_TUNED_FORMAT = 1
+_TUNED_FORMAT = 2
 _new_entries = []
 
 
@@ -290,10 +363,13 @@ class Launchable:
         self.launcher = CachedLauncher(kernel)
         self.chosen: Dict[tuple, tuple] = {}  # key -> config, without autotuning
 
-    def meta(self, q: torch.Tensor, head_dim: int, dot_precision: str) -> dict:
+    def meta(self, tensors: tuple, head_dim: int, dot_precision: str) -> dict:
         """The constexprs of a launch, less the block sizes."""
-        return dict(HEAD_DIM=head_dim, D_PAD=head_dim_pad(head_dim), DOT_PRECISION=dot_precision,
-                    ROUND_TF32=_ROUND_TF32 and q.dtype == torch.float32 and dot_precision == "tf32")
+        q = tensors[0]
+        main, tail = head_dim_parts(head_dim)
+        return dict(HEAD_DIM=head_dim, D_MAIN=main, D_TAIL=tail, DOT_PRECISION=dot_precision,
+                    ROUND_TF32=_ROUND_TF32 and q.dtype == torch.float32 and dot_precision == "tf32",
+                    ALIGN=row_align(tensors))
 
     def rank(self, args: tuple, meta: dict, config: tuple, grid: tuple, limit: int) -> Optional[int]:
         """``config`` compiled for these arguments on the current device, not launched (Triton keeps the
@@ -335,8 +411,9 @@ class Launchable:
     def launch(self, tensors: tuple, ints: tuple, floats: tuple, n_ctx: int, n_bh: int, head_dim: int,
                dot_precision: str) -> None:
         q = tensors[0]
-        meta = self.meta(q, head_dim, dot_precision)
-        key = (self.phase, _device_name(q.device.index), _DTYPE_NAMES[q.dtype], n_ctx, head_dim, dot_precision)
+        meta = self.meta(tensors, head_dim, dot_precision)
+        key = (self.phase, _device_name(q.device.index), _DTYPE_NAMES[q.dtype], n_ctx, head_dim, dot_precision,
+               meta["ALIGN"])
         config = _TUNED.get(key) if _AUTOTUNE else self.chosen.get(key)
         if config is None:
             candidates = self._configs(tensors, ints, floats, meta, n_bh, n_ctx, _AUTOTUNE)
@@ -350,7 +427,7 @@ class Launchable:
 
 
 def tuned_configs() -> dict:
-    """{phase: {"(device, dtype, N', d, dot precision)": "BLOCK_M: .., BLOCK_N: .., num_warps: .., num_stages: .."}}
+    """{phase: {"(device, dtype, N', d, dot precision, ALIGN)": "BLOCK_M: .., BLOCK_N: .., num_warps: .., num_stages: .."}}
     of every config autotuned or loaded so far in this process (strings: it goes into JSON reports)."""
     table: Dict[str, dict] = {}
     for (phase, *rest), (outer, inner, warps, stages) in sorted(_TUNED.items()):
@@ -386,7 +463,7 @@ def load_tuned(path: str) -> int:
     table = {}
     for i, row in enumerate(doc["entries"]):
         key, config = (row.get("key"), row.get("config")) if isinstance(row, dict) else (None, None)
-        if not (isinstance(key, list) and len(key) == 6 and key[0] in _CONFIGS and isinstance(config, list)
+        if not (isinstance(key, list) and len(key) == 7 and key[0] in _CONFIGS and isinstance(config, list)
                 and len(config) == 4 and all(isinstance(x, int) and x > 0 for x in config)):
             raise ValueError(f"{path}: entry {i} is malformed: {row!r}")
         table[tuple(key)] = tuple(config)

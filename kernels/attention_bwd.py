@@ -5,51 +5,52 @@ delta = rowsum(dO * O) for its query rows (the "preprocess" phase, fused here to
 read of dO) and dQ; ``_attention_bwd_dkdv_kernel`` then computes dK and dV for a block of keys,
 reading delta back. Both recompute the probabilities from the forward's row log-sum-exp (base 2),
 so nothing N' x N' is stored. Same support as the forward: any strides, any N' (masked tails),
-head dims 1..256 padded to D_PAD, fp16 / bf16 / fp32.
+head dims 1..256 in the forward's column parts (``head_dim_parts``), fp16 / bf16 / fp32.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .attention import Launchable, _bhnd_like, _check, _tf32, dot_precision, split_scale
+from .attention import Launchable, _aligned, _bhnd_like, _check, _store, _tf32, _tile, dot_precision, split_scale
 
 
 @triton.jit
 def _attention_bwd_dq_inner(
-    dq, q, do, lse, delta,  # dQ accumulator and this block's query-side tiles / row statistics
+    dq0, dq1, q0, q1, do0, do1, lse, delta,  # dQ accumulators, this block's query-side tiles (two column parts)
     K, V, stride_kn, stride_kd, stride_vn, stride_vd,
     lo, hi, N_CTX, qk_scale,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
-    BLOCK_N: tl.constexpr, MASK_KEYS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUND_TF32: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KEYS: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
+    d0 = tl.arange(0, D_MAIN)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k_ptrs = K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd  # (BLOCK_N, D_PAD)
-        vT_ptrs = V + offs_d[:, None] * stride_vd + cols[None, :] * stride_vn  # (D_PAD, BLOCK_N)
-        if MASK_KEYS:
-            k = tl.load(k_ptrs, mask=(cols[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM), other=0.0)
-            vT = tl.load(vT_ptrs, mask=(offs_d[:, None] < HEAD_DIM) & (cols[None, :] < N_CTX), other=0.0)
-        elif HEAD_DIM == D_PAD:
-            k = tl.load(k_ptrs)
-            vT = tl.load(vT_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-            vT = tl.load(vT_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
-        k = _tf32(k, ROUND_TF32)
-        vT = _tf32(vT, ROUND_TF32)
-        # -- recompute the probabilities from the saved log-sum-exp --
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        k0 = _tile(K, cols, d0, stride_kn, stride_kd, N_CTX, HEAD_DIM, MASK_KEYS, HEAD_DIM < D_MAIN)  # (BLOCK_N, D_MAIN)
+        vT0 = _tile(V, d0, cols, stride_vd, stride_vn, HEAD_DIM, N_CTX, HEAD_DIM < D_MAIN, MASK_KEYS)  # (D_MAIN, BLOCK_N)
+        k0 = _tf32(k0, ROUND_TF32)
+        # -- recompute the probabilities from the saved log-sum-exp; dP = dO V^T --
+        qk = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        dp = tl.dot(do0, _tf32(vT0, ROUND_TF32), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        if D_TAIL > 0:
+            d1 = tl.arange(0, D_TAIL)
+            k1 = _tile(K + D_MAIN * stride_kd, cols, d1, stride_kn, stride_kd, N_CTX, HEAD_DIM - D_MAIN,
+                       MASK_KEYS, HEAD_DIM < D_MAIN + D_TAIL)  # (BLOCK_N, D_TAIL)
+            vT1 = _tile(V + D_MAIN * stride_vd, d1, cols, stride_vd, stride_vn, HEAD_DIM - D_MAIN, N_CTX,
+                        HEAD_DIM < D_MAIN + D_TAIL, MASK_KEYS)  # (D_TAIL, BLOCK_N)
+            k1 = _tf32(k1, ROUND_TF32)
+            qk = tl.dot(q1, tl.trans(k1), qk, input_precision=DOT_PRECISION)
+            dp = tl.dot(do1, _tf32(vT1, ROUND_TF32), dp, input_precision=DOT_PRECISION)
         # min(., 0): p <= 1 exactly; a recomputed logit a rounding above the forward's (huge logits) is not inf
         p = tl.exp2(tl.minimum(qk * qk_scale - lse[:, None], 0.0))
         if MASK_KEYS:
             p = tl.where(cols[None, :] < N_CTX, p, 0.0)
         # -- dS = P * (dP - delta), dQ += dS K --
-        dp = tl.dot(do, vT, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(_tf32(ds.to(k.dtype), ROUND_TF32), k, dq, input_precision=DOT_PRECISION)  # (BLOCK_M, D_PAD)
-    return dq
+        ds = _tf32((p * (dp - delta[:, None])).to(K.dtype.element_ty), ROUND_TF32)
+        dq0 = tl.dot(ds, k0, dq0, input_precision=DOT_PRECISION)  # (BLOCK_M, D_MAIN)
+        if D_TAIL > 0:
+            dq1 = tl.dot(ds, k1, dq1, input_precision=DOT_PRECISION)  # (BLOCK_M, D_TAIL)
+    return dq0, dq1
 
 
 @triton.jit(do_not_specialize=["H", "N_CTX"])
@@ -66,13 +67,22 @@ def _attention_bwd_dq_kernel(
     # Sizes and scales
     H, N_CTX, sm_scale, q_scale, qk_scale,  # q_scale * qk_scale = sm_scale / ln 2 (``split_scale``)
     # Meta-parameters
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUND_TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)  # (batch, head) on axis 0: its limit is 2^31 - 1, axis 1's 65535
     pid_m = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
+    # -- batch, head and token strides: multiples of ALIGN elements (vector loads along d) --
+    stride_qb, stride_qh, stride_qn = _aligned(stride_qb, ALIGN), _aligned(stride_qh, ALIGN), _aligned(stride_qn, ALIGN)
+    stride_kb, stride_kh, stride_kn = _aligned(stride_kb, ALIGN), _aligned(stride_kh, ALIGN), _aligned(stride_kn, ALIGN)
+    stride_vb, stride_vh, stride_vn = _aligned(stride_vb, ALIGN), _aligned(stride_vh, ALIGN), _aligned(stride_vn, ALIGN)
+    stride_ob, stride_oh, stride_on = _aligned(stride_ob, ALIGN), _aligned(stride_oh, ALIGN), _aligned(stride_on, ALIGN)
+    stride_dob, stride_doh = _aligned(stride_dob, ALIGN), _aligned(stride_doh, ALIGN)
+    stride_don = _aligned(stride_don, ALIGN)
+    stride_dqb, stride_dqh = _aligned(stride_dqb, ALIGN), _aligned(stride_dqh, ALIGN)
+    stride_dqn = _aligned(stride_dqn, ALIGN)
     Q += off_b * stride_qb + off_h * stride_qh
     K += off_b * stride_kb + off_h * stride_kh
     V += off_b * stride_vb + off_h * stride_vh
@@ -83,78 +93,96 @@ def _attention_bwd_dq_kernel(
     DELTA += pid_bh.to(tl.int64) * N_CTX
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
     row_ok = rows < N_CTX
-    io_mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(Q + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=io_mask, other=0.0)
-    do = tl.load(DO + rows[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=io_mask, other=0.0)
-    o = tl.load(O + rows[:, None] * stride_on + offs_d[None, :] * stride_od, mask=io_mask, other=0.0)
+    d0 = tl.arange(0, D_MAIN)
+    mask_d0: tl.constexpr = HEAD_DIM < D_MAIN
+    q0 = _tile(Q, rows, d0, stride_qn, stride_qd, N_CTX, HEAD_DIM, True, mask_d0)  # (BLOCK_M, D_MAIN)
+    do0 = _tile(DO, rows, d0, stride_don, stride_dod, N_CTX, HEAD_DIM, True, mask_d0)
+    o0 = _tile(O, rows, d0, stride_on, stride_od, N_CTX, HEAD_DIM, True, mask_d0)
     # -- preprocess: delta = rowsum(dO * O), read again by the dK/dV kernel --
-    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
+    delta = tl.sum(do0.to(tl.float32) * o0.to(tl.float32), 1)  # (BLOCK_M,)
+    q0 = _tf32((q0 * q_scale).to(Q.dtype.element_ty), ROUND_TF32)  # q only makes the scores here
+    do0 = _tf32(do0, ROUND_TF32)
+    dq0 = tl.zeros([BLOCK_M, D_MAIN], dtype=tl.float32)
+    q1, do1, dq1 = 0.0, 0.0, 0.0  # no tail part
+    if D_TAIL > 0:
+        d1 = tl.arange(0, D_TAIL)
+        mask_d1: tl.constexpr = HEAD_DIM < D_MAIN + D_TAIL
+        q1 = _tile(Q + D_MAIN * stride_qd, rows, d1, stride_qn, stride_qd, N_CTX, HEAD_DIM - D_MAIN, True, mask_d1)
+        do1 = _tile(DO + D_MAIN * stride_dod, rows, d1, stride_don, stride_dod, N_CTX, HEAD_DIM - D_MAIN, True,
+                    mask_d1)  # (BLOCK_M, D_TAIL)
+        o1 = _tile(O + D_MAIN * stride_od, rows, d1, stride_on, stride_od, N_CTX, HEAD_DIM - D_MAIN, True, mask_d1)
+        delta += tl.sum(do1.to(tl.float32) * o1.to(tl.float32), 1)
+        q1 = _tf32((q1 * q_scale).to(Q.dtype.element_ty), ROUND_TF32)
+        do1 = _tf32(do1, ROUND_TF32)
+        dq1 = tl.zeros([BLOCK_M, D_TAIL], dtype=tl.float32)
     tl.store(DELTA + rows, delta, mask=row_ok)
     lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
-    q = _tf32((q * q_scale).to(Q.dtype.element_ty), ROUND_TF32)  # q only makes the scores here
-    do = _tf32(do, ROUND_TF32)
 
-    dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     n_full = (N_CTX // BLOCK_N) * BLOCK_N
-    dq = _attention_bwd_dq_inner(
-        dq, q, do, lse, delta, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
+    dq0, dq1 = _attention_bwd_dq_inner(
+        dq0, dq1, q0, q1, do0, do1, lse, delta, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
         0, n_full, N_CTX, qk_scale,
-        HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_N, False,
+        HEAD_DIM, D_MAIN, D_TAIL, DOT_PRECISION, ROUND_TF32, BLOCK_N, False,
     )
     if n_full < N_CTX:
-        dq = _attention_bwd_dq_inner(
-            dq, q, do, lse, delta, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
+        dq0, dq1 = _attention_bwd_dq_inner(
+            dq0, dq1, q0, q1, do0, do1, lse, delta, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             n_full, N_CTX, N_CTX, qk_scale,
-            HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_N, True,
+            HEAD_DIM, D_MAIN, D_TAIL, DOT_PRECISION, ROUND_TF32, BLOCK_N, True,
         )
-    dq_ptrs = DQ + rows[:, None] * stride_dqn + offs_d[None, :] * stride_dqd
-    tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=io_mask)
+    _store(DQ, rows, d0, stride_dqn, stride_dqd, N_CTX, HEAD_DIM, dq0 * sm_scale)
+    if D_TAIL > 0:
+        _store(DQ + D_MAIN * stride_dqd, rows, d1, stride_dqn, stride_dqd, N_CTX, HEAD_DIM - D_MAIN, dq1 * sm_scale)
 
 
 @triton.jit
 def _attention_bwd_dkdv_inner(
-    dk, dv, k, v,  # accumulators and this block's key / value tiles
+    dk0, dk1, dv0, dv1, k0, k1, v0, v1,  # accumulators and this block's key / value tiles (two column parts)
     Q, DO, LSE, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
     lo, hi, N_CTX, qk_scale,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
-    BLOCK_M: tl.constexpr, MASK_ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUND_TF32: tl.constexpr, BLOCK_M: tl.constexpr, MASK_ROWS: tl.constexpr,
 ):
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
+    d0 = tl.arange(0, D_MAIN)
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m
-        qT_ptrs = Q + offs_d[:, None] * stride_qd + rows[None, :] * stride_qn  # (D_PAD, BLOCK_M)
-        do_ptrs = DO + rows[:, None] * stride_don + offs_d[None, :] * stride_dod  # (BLOCK_M, D_PAD)
+        qT0 = _tile(Q, d0, rows, stride_qd, stride_qn, HEAD_DIM, N_CTX, HEAD_DIM < D_MAIN, MASK_ROWS)  # (D_MAIN, BLOCK_M)
+        do0 = _tile(DO, rows, d0, stride_don, stride_dod, N_CTX, HEAD_DIM, MASK_ROWS, HEAD_DIM < D_MAIN)  # (BLOCK_M, D_MAIN)
         if MASK_ROWS:
-            qT = tl.load(qT_ptrs, mask=(offs_d[:, None] < HEAD_DIM) & (rows[None, :] < N_CTX), other=0.0)
-            do = tl.load(do_ptrs, mask=(rows[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM), other=0.0)
             lse = tl.load(LSE + rows, mask=rows < N_CTX, other=0.0)
             delta = tl.load(DELTA + rows, mask=rows < N_CTX, other=0.0)
         else:
-            if HEAD_DIM == D_PAD:
-                qT = tl.load(qT_ptrs)
-                do = tl.load(do_ptrs)
-            else:
-                qT = tl.load(qT_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
-                do = tl.load(do_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
             lse = tl.load(LSE + rows)
             delta = tl.load(DELTA + rows)
-        qT = _tf32(qT, ROUND_TF32)
-        do = _tf32(do, ROUND_TF32)
-        # -- P^T from the saved log-sum-exp; dV += P^T dO --
-        qkT = tl.dot(k, qT, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        qT0 = _tf32(qT0, ROUND_TF32)
+        do0 = _tf32(do0, ROUND_TF32)
+        # -- P^T from the saved log-sum-exp; dP^T = V dO^T --
+        qkT = tl.dot(k0, qT0, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        dpT = tl.dot(v0, tl.trans(do0), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        if D_TAIL > 0:
+            d1 = tl.arange(0, D_TAIL)
+            qT1 = _tile(Q + D_MAIN * stride_qd, d1, rows, stride_qd, stride_qn, HEAD_DIM - D_MAIN, N_CTX,
+                        HEAD_DIM < D_MAIN + D_TAIL, MASK_ROWS)  # (D_TAIL, BLOCK_M)
+            do1 = _tile(DO + D_MAIN * stride_dod, rows, d1, stride_don, stride_dod, N_CTX, HEAD_DIM - D_MAIN,
+                        MASK_ROWS, HEAD_DIM < D_MAIN + D_TAIL)  # (BLOCK_M, D_TAIL)
+            qT1 = _tf32(qT1, ROUND_TF32)
+            do1 = _tf32(do1, ROUND_TF32)
+            qkT = tl.dot(k1, qT1, qkT, input_precision=DOT_PRECISION)
+            dpT = tl.dot(v1, tl.trans(do1), dpT, input_precision=DOT_PRECISION)
         pT = tl.exp2(tl.minimum(qkT * qk_scale - lse[None, :], 0.0))  # p <= 1, as in the dQ kernel
         if MASK_ROWS:
             pT = tl.where(rows[None, :] < N_CTX, pT, 0.0)
-        dv = tl.dot(_tf32(pT.to(do.dtype), ROUND_TF32), do, dv, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
-        # -- dS^T = P^T * (dP^T - delta), dK += dS^T Q --
-        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
-        dsT = pT * (dpT - delta[None, :])
-        dsT = _tf32(dsT.to(qT.dtype), ROUND_TF32)
-        dk = tl.dot(dsT, tl.trans(qT), dk, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
-    return dk, dv
+        # -- dV += P^T dO; dS^T = P^T * (dP^T - delta), dK += dS^T Q --
+        dsT = _tf32((pT * (dpT - delta[None, :])).to(Q.dtype.element_ty), ROUND_TF32)
+        pT = _tf32(pT.to(DO.dtype.element_ty), ROUND_TF32)
+        dv0 = tl.dot(pT, do0, dv0, input_precision=DOT_PRECISION)  # (BLOCK_N, D_MAIN)
+        dk0 = tl.dot(dsT, tl.trans(qT0), dk0, input_precision=DOT_PRECISION)  # (BLOCK_N, D_MAIN)
+        if D_TAIL > 0:
+            dv1 = tl.dot(pT, do1, dv1, input_precision=DOT_PRECISION)  # (BLOCK_N, D_TAIL)
+            dk1 = tl.dot(dsT, tl.trans(qT1), dk1, input_precision=DOT_PRECISION)
+    return dk0, dk1, dv0, dv1
 
 
 @triton.jit(do_not_specialize=["H", "N_CTX"])
@@ -170,13 +198,21 @@ def _attention_bwd_dkdv_kernel(
     # Sizes and scales
     H, N_CTX, sm_scale, q_scale, qk_scale,  # q_scale * qk_scale = sm_scale / ln 2 (``split_scale``)
     # Meta-parameters
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUND_TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)  # (batch, head) on axis 0: its limit is 2^31 - 1, axis 1's 65535
     pid_n = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
+    # -- batch, head and token strides: multiples of ALIGN elements (vector loads along d) --
+    stride_qb, stride_qh, stride_qn = _aligned(stride_qb, ALIGN), _aligned(stride_qh, ALIGN), _aligned(stride_qn, ALIGN)
+    stride_kb, stride_kh, stride_kn = _aligned(stride_kb, ALIGN), _aligned(stride_kh, ALIGN), _aligned(stride_kn, ALIGN)
+    stride_vb, stride_vh, stride_vn = _aligned(stride_vb, ALIGN), _aligned(stride_vh, ALIGN), _aligned(stride_vn, ALIGN)
+    stride_dob, stride_doh = _aligned(stride_dob, ALIGN), _aligned(stride_doh, ALIGN)
+    stride_don = _aligned(stride_don, ALIGN)
+    stride_dkb, stride_dkh = _aligned(stride_dkb, ALIGN), _aligned(stride_dkh, ALIGN)
+    stride_dkn = _aligned(stride_dkn, ALIGN)
     Q += off_b * stride_qb + off_h * stride_qh
     K += off_b * stride_kb + off_h * stride_kh
     V += off_b * stride_vb + off_h * stride_vh
@@ -187,30 +223,42 @@ def _attention_bwd_dkdv_kernel(
     DELTA += pid_bh.to(tl.int64) * N_CTX
 
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
-    io_mask = (cols[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM)
-    k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=io_mask, other=0.0)
-    v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=io_mask, other=0.0)
-    k = _tf32((k * q_scale).to(K.dtype.element_ty), ROUND_TF32)  # k only makes the scores here: q's scale on it
-    v = _tf32(v, ROUND_TF32)
+    d0 = tl.arange(0, D_MAIN)
+    mask_d0: tl.constexpr = HEAD_DIM < D_MAIN
+    k0 = _tile(K, cols, d0, stride_kn, stride_kd, N_CTX, HEAD_DIM, True, mask_d0)  # (BLOCK_N, D_MAIN)
+    v0 = _tile(V, cols, d0, stride_vn, stride_vd, N_CTX, HEAD_DIM, True, mask_d0)
+    k0 = _tf32((k0 * q_scale).to(K.dtype.element_ty), ROUND_TF32)  # k only makes the scores here: q's scale on it
+    v0 = _tf32(v0, ROUND_TF32)
+    dk0 = tl.zeros([BLOCK_N, D_MAIN], dtype=tl.float32)
+    dv0 = tl.zeros([BLOCK_N, D_MAIN], dtype=tl.float32)
+    k1, v1, dk1, dv1 = 0.0, 0.0, 0.0, 0.0  # no tail part
+    if D_TAIL > 0:
+        d1 = tl.arange(0, D_TAIL)
+        mask_d1: tl.constexpr = HEAD_DIM < D_MAIN + D_TAIL
+        k1 = _tile(K + D_MAIN * stride_kd, cols, d1, stride_kn, stride_kd, N_CTX, HEAD_DIM - D_MAIN, True, mask_d1)
+        v1 = _tile(V + D_MAIN * stride_vd, cols, d1, stride_vn, stride_vd, N_CTX, HEAD_DIM - D_MAIN, True, mask_d1)
+        k1 = _tf32((k1 * q_scale).to(K.dtype.element_ty), ROUND_TF32)  # (BLOCK_N, D_TAIL)
+        v1 = _tf32(v1, ROUND_TF32)
+        dk1 = tl.zeros([BLOCK_N, D_TAIL], dtype=tl.float32)
+        dv1 = tl.zeros([BLOCK_N, D_TAIL], dtype=tl.float32)
 
-    dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     m_full = (N_CTX // BLOCK_M) * BLOCK_M
-    dk, dv = _attention_bwd_dkdv_inner(
-        dk, dv, k, v, Q, DO, LSE, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
+    dk0, dk1, dv0, dv1 = _attention_bwd_dkdv_inner(
+        dk0, dk1, dv0, dv1, k0, k1, v0, v1, Q, DO, LSE, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
         0, m_full, N_CTX, qk_scale,
-        HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_M, False,
+        HEAD_DIM, D_MAIN, D_TAIL, DOT_PRECISION, ROUND_TF32, BLOCK_M, False,
     )
     if m_full < N_CTX:
-        dk, dv = _attention_bwd_dkdv_inner(
-            dk, dv, k, v, Q, DO, LSE, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
+        dk0, dk1, dv0, dv1 = _attention_bwd_dkdv_inner(
+            dk0, dk1, dv0, dv1, k0, k1, v0, v1, Q, DO, LSE, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
             m_full, N_CTX, N_CTX, qk_scale,
-            HEAD_DIM, D_PAD, DOT_PRECISION, ROUND_TF32, BLOCK_M, True,
+            HEAD_DIM, D_MAIN, D_TAIL, DOT_PRECISION, ROUND_TF32, BLOCK_M, True,
         )
-    out_offs = cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
-    tl.store(DK + out_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=io_mask)
-    tl.store(DV + out_offs, dv.to(DV.dtype.element_ty), mask=io_mask)
+    _store(DK, cols, d0, stride_dkn, stride_dkd, N_CTX, HEAD_DIM, dk0 * sm_scale)
+    _store(DV, cols, d0, stride_dkn, stride_dkd, N_CTX, HEAD_DIM, dv0)
+    if D_TAIL > 0:
+        _store(DK + D_MAIN * stride_dkd, cols, d1, stride_dkn, stride_dkd, N_CTX, HEAD_DIM - D_MAIN, dk1 * sm_scale)
+        _store(DV + D_MAIN * stride_dkd, cols, d1, stride_dkn, stride_dkd, N_CTX, HEAD_DIM - D_MAIN, dv1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ from conftest import DEVICE, requires_cuda, requires_triton
 from vitcore.ops import attention_ref, dispatch, flash_attention
 
 # (B, H, N') x d: the grid the issue asks for, every list with odd cases (N' = 1, 7, 197, 300;
-# d = 48, 80), a few batch / head counts.
+# d = 40, 54, 80), a few batch / head counts.
 LENGTHS = [(2, 3, 1), (1, 2, 7), (1, 2, 197), (2, 1, 256), (1, 1, 300)]
-HEAD_DIMS = [16, 48, 64, 80]
+HEAD_DIMS = [16, 40, 54, 64, 80]  # one part (16, 54 in 64, 64), two parts (40 = 32 + 16 of which 8 masked, 80)
 # Bounds come from rounding and the problem's size (``_bound``), never from another implementation's
 # error alone. Each dtype travels with the two unit roundoffs the kernels work with:
 #   eps_dot: relative error per product of the score / gradient dots. fp32 on CPU: the interpreter's
@@ -120,6 +120,49 @@ def test_head_dims_below_the_dot_minimum(triton_on, poisoned, B, H, N, d, dtype,
     """d < 16 pads the tile to 16 for tl.dot and masks the padding (the golden example has d = 3)."""
     q, k, v = _packed_qkv(B, H, N, d, dtype, seed=N + d)
     _assert_close_to_ref(q, k, v, eps_dot, eps_io)
+
+
+@requires_triton
+@pytest.mark.parametrize("dtype, eps_dot, eps_io", DTYPES)
+@pytest.mark.parametrize("B, H, N, d", [(2, 1, 9, 36), (1, 2, 33, 96), (1, 1, 20, 136)])
+def test_head_dims_in_two_parts(triton_on, poisoned, B, H, N, d, dtype, eps_dot, eps_io):
+    """d = 36 (32 + 16, 12 masked), 96 (64 + 32), 136 (128 + 16, 8 masked): every column of both parts."""
+    q, k, v = _packed_qkv(B, H, N, d, dtype, seed=N + d)
+    _assert_close_to_ref(q, k, v, eps_dot, eps_io)
+
+
+@pytest.mark.parametrize("d, parts", [(1, (16, 0)), (16, (16, 0)), (24, (32, 0)), (36, (32, 16)), (48, (32, 16)),
+                                      (54, (64, 0)), (72, (64, 16)), (96, (64, 32)), (100, (128, 0)),
+                                      (136, (128, 16)), (192, (128, 64)), (256, (256, 0))])
+def test_head_dim_parts(d, parts):
+    from vitcore.kernels.attention import head_dim_parts
+
+    assert head_dim_parts(d) == parts
+
+
+def test_padding_is_at_most_a_quarter_where_the_dot_minimum_allows():
+    """Padded columns <= 25% for every d >= 24 but 33-35, where 48 columns (the least multiple of 16, tl.dot's
+    least reduction length) are the least any split can compute; the padded width is that least multiple of
+    16 for every d <= 96."""
+    from vitcore.kernels.attention import head_dim_parts, padded_fraction
+
+    for d in range(1, 257):
+        main, tail = head_dim_parts(d)
+        assert main >= 16 and main & (main - 1) == 0 and (tail == 0 or (tail >= 16 and tail & (tail - 1) == 0))
+        assert d <= main + tail and (tail == 0 or main < d)
+        if d <= 96:
+            assert main + tail == 16 * math.ceil(d / 16), d
+        if d >= 24 and d not in (33, 34, 35):
+            assert padded_fraction(d) <= 0.25, d
+
+
+@pytest.mark.parametrize("d, heads, expected", [(64, 3, 16), (72, 3, 8), (54, 3, 2), (5, 3, 1), (40, 2, 8)])
+def test_row_align_divides_every_row_stride(d, heads, expected):
+    from vitcore.kernels.attention import row_align
+
+    q, k, v = _packed_qkv(2, heads, 7, d, torch.float32)  # batch stride 3 N' H d, token 3 H d, head d
+    assert row_align((q, k, v)) == expected
+    assert all(s % expected == 0 for t in (q, k, v) for s in t.stride()[:3])
 
 
 @requires_triton

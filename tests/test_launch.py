@@ -297,7 +297,7 @@ def test_autotune_once_per_key(triton_on, table, monkeypatch):
     assert len(timed) == n_candidates  # the same key: no re-tuning
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     (key,) = table
-    assert key[0] == "fwd" and key[2:] == ("float32", 9, 16, attention.dot_precision(torch.float32))
+    assert key[0] == "fwd" and key[2:] == ("float32", 9, 16, attention.dot_precision(torch.float32), 16)
     assert table[key][1] == max(timed)
     q10 = torch.randn(1, 2, 10, 16)
     flash_attention(q10, q10, q10)  # another N': tuned anew
@@ -305,8 +305,8 @@ def test_autotune_once_per_key(triton_on, table, monkeypatch):
 
 
 def test_table_round_trip(table, tmp_path):
-    table[("fwd", "NVIDIA H200", "bfloat16", 197, 64, "tf32")] = (64, 64, 4, 3)
-    table[("dkdv", "NVIDIA H200", "float16", 197, 64, "tf32")] = (128, 32, 4, 3)
+    table[("fwd", "NVIDIA H200", "bfloat16", 197, 64, "tf32", 16)] = (64, 64, 4, 3)
+    table[("dkdv", "NVIDIA H200", "float16", 197, 72, "tf32", 8)] = (128, 32, 4, 3)
     path = str(tmp_path / "tuned.json")
     assert attention.save_tuned(path) == 2
     saved = dict(table)
@@ -314,18 +314,18 @@ def test_table_round_trip(table, tmp_path):
     assert attention.load_tuned(path) == 2
     assert table == saved
     assert attention.tuned_configs() == {  # the JSON-ready view the reports record
-        "dkdv": {"('NVIDIA H200', 'float16', 197, 64, 'tf32')":
+        "dkdv": {"('NVIDIA H200', 'float16', 197, 72, 'tf32', 8)":
                  "BLOCK_N: 128, BLOCK_M: 32, num_warps: 4, num_stages: 3"},
-        "fwd": {"('NVIDIA H200', 'bfloat16', 197, 64, 'tf32')":
+        "fwd": {"('NVIDIA H200', 'bfloat16', 197, 64, 'tf32', 16)":
                 "BLOCK_M: 64, BLOCK_N: 64, num_warps: 4, num_stages: 3"},
     }
     json.dumps(attention.tuned_configs())
 
 
 def test_loaded_configs_are_used_without_tuning(triton_on, table, tmp_path, monkeypatch):
-    key = ("fwd", "cpu", "float32", 9, 16, attention.dot_precision(torch.float32))
+    key = ("fwd", "cpu", "float32", 9, 16, attention.dot_precision(torch.float32), 16)
     path = tmp_path / "tuned.json"
-    doc = {"format": 1, "triton": triton.__version__, "entries": [{"key": list(key), "config": [32, 16, 4, 1]}]}
+    doc = {"format": 2, "triton": triton.__version__, "entries": [{"key": list(key), "config": [32, 16, 4, 1]}]}
     path.write_text(json.dumps(doc))
     attention.load_tuned(str(path))
     seen = []
@@ -345,12 +345,12 @@ def test_loaded_configs_are_used_without_tuning(triton_on, table, tmp_path, monk
 
 @pytest.mark.parametrize("content, match", [
     ("not json", "not a tuned-config table"),
-    ('{"format": 2, "entries": []}', "format 1 expected"),
-    ('{"format": 1, "triton": "0.0.1", "entries": []}', "tuned with Triton 0.0.1"),
-    ('{"format": 1, "triton": "%s", "entries": [{"key": ["fwd"], "config": [1, 2, 3, 4]}]}', "entry 0"),
-    ('{"format": 1, "triton": "%s", "entries": [{"key": ["up", "x", "f", 1, 2, "t"], "config": [1, 2, 3, 4]}]}',
+    ('{"format": 1, "entries": []}', "format 2 expected"),
+    ('{"format": 2, "triton": "0.0.1", "entries": []}', "tuned with Triton 0.0.1"),
+    ('{"format": 2, "triton": "%s", "entries": [{"key": ["fwd"], "config": [1, 2, 3, 4]}]}', "entry 0"),
+    ('{"format": 2, "triton": "%s", "entries": [{"key": ["up", "x", "f", 1, 2, "t", 16], "config": [1, 2, 3, 4]}]}',
      "entry 0"),
-    ('{"format": 1, "triton": "%s", "entries": [{"key": ["fwd", "x", "f", 1, 2, "t"], "config": [0, 2, 3, 4]}]}',
+    ('{"format": 2, "triton": "%s", "entries": [{"key": ["fwd", "x", "f", 1, 2, "t", 16], "config": [0, 2, 3, 4]}]}',
      "entry 0"),
 ])
 def test_bad_tables_are_refused(table, tmp_path, content, match):
@@ -396,7 +396,7 @@ def test_tf32_rounding_rule():
 def test_public_table_functions(table, tmp_path):
     from vitcore.ops import load_tuned, save_tuned
 
-    table[("fwd", "NVIDIA H200", "float16", 197, 64, "tf32")] = (64, 64, 4, 3)
+    table[("fwd", "NVIDIA H200", "float16", 197, 64, "tf32", 16)] = (64, 64, 4, 3)
     assert save_tuned(tmp_path / "t.json") == 1
     table.clear()
     assert load_tuned(tmp_path / "t.json") == 1 and len(table) == 1
@@ -408,7 +408,7 @@ def test_public_table_functions(table, tmp_path):
 
 def test_env_table_is_loaded_and_saved_back(table, tmp_path, monkeypatch):
     path = tmp_path / "tuned.json"
-    table[("fwd", "cpu", "float32", 9, 16, "tf32")] = (32, 16, 4, 1)
+    table[("fwd", "cpu", "float32", 9, 16, "tf32", 16)] = (32, 16, 4, 1)
     attention.save_tuned(str(path))
     table.clear()
     at_exit = []
@@ -418,8 +418,8 @@ def test_env_table_is_loaded_and_saved_back(table, tmp_path, monkeypatch):
     assert len(table) == 1 and len(at_exit) == 1
     at_exit[0]()  # nothing new tuned: the file is left alone
     assert json.loads(path.read_text())["entries"][0]["config"] == [32, 16, 4, 1]
-    table[("dq", "cpu", "float32", 9, 16, "tf32")] = (64, 32, 4, 1)
-    attention._new_entries.append(("dq", "cpu", "float32", 9, 16, "tf32"))
+    table[("dq", "cpu", "float32", 9, 16, "tf32", 16)] = (64, 32, 4, 1)
+    attention._new_entries.append(("dq", "cpu", "float32", 9, 16, "tf32", 16))
     at_exit[0]()
     assert len(json.loads(path.read_text())["entries"]) == 2
 
