@@ -223,11 +223,12 @@ def run_case(case: Case) -> dict:
 
 
 def rank(row: dict) -> Optional[int]:
-    """``attention.choose``'s rank of a compiled row: None over the limit, SPILLS with local memory
-    (a stack frame or spill stores: what Triton's ``n_spills`` counts on the GPU), else FITS."""
+    """``attention.choose``'s rank of a compiled row: None over the limit, else the local memory per
+    thread, bytes (ptxas's stack frame: what Triton's ``n_spills`` reads on the GPU, in 4-byte words);
+    FITS = 0."""
     if not row.get("fits"):
         return None
-    return attention.SPILLS if (row["stack_frame"] or row["spill_stores"]) else attention.FITS
+    return row["stack_frame"] or (4 if row["spill_stores"] else attention.FITS)
 
 
 # ----------------------------------------------------------------------------------------------

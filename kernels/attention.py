@@ -288,16 +288,17 @@ def _n_listed(order: list) -> int:
     return sum(c not in FALLBACK_CONFIGS for c in order)
 
 
-FITS, SPILLS = 0, 1  # ranks of a compiled config that fits shared memory: without / with local-memory spills
+FITS = 0  # the rank of a compiled config within shared memory whose registers do not spill
 
 
 def choose(order: list, rank, autotune: bool) -> list:
     """The configs to launch, by what the compiler reports: ``rank(config)`` is None when its compiled
-    shared memory exceeds the device's per-block limit, else FITS, or SPILLS when registers spill to
-    local memory. Configs that do not fit are never returned; spilling ones only when nothing fits
-    without spilling. Autotuning gets every listed config of the best rank present (else the first
-    fallback of that rank); without autotuning, the first config in ``order`` of the best rank, asking
-    ``rank`` no further than the first that FITS. Raises RuntimeError when nothing fits."""
+    shared memory exceeds the device's per-block limit, else the local memory its registers spill to,
+    bytes per thread (FITS = 0: none). Configs over the limit are never returned. Without autotuning:
+    the first config in ``order`` that FITS, asking ``rank`` no further; when every one spills, the one
+    that spills least (the earlier on a tie). Autotuning: every listed config that FITS, else the first
+    fallback that does; when every one spills, every one that fits, to be timed. Raises RuntimeError
+    when nothing fits."""
     n_listed = _n_listed(order)
     ranks = {}
 
@@ -313,14 +314,14 @@ def choose(order: list, rank, autotune: bool) -> list:
             walk(order[n_listed:], stop=True)
     else:
         walk(order, stop=True)
-    for best in (FITS, SPILLS):
-        listed = [c for c in order[:n_listed] if ranks.get(c) == best]
-        if autotune and listed:
-            return listed
-        first = next((c for c in order if ranks.get(c) == best), None)
-        if first is not None:
-            return [first]
-    raise RuntimeError(f"no attention config fits this GPU's shared memory (tried {order})")
+    fitting = [c for c in order if ranks.get(c) is not None]
+    if not fitting:
+        raise RuntimeError(f"no attention config fits this GPU's shared memory (tried {order})")
+    clean = [c for c in fitting if ranks[c] == FITS]
+    if not clean:
+        return fitting if autotune else [min(fitting, key=ranks.get)]
+    listed_clean = [c for c in clean if c in order[:n_listed]]
+    return listed_clean if autotune and listed_clean else clean[:1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -374,14 +375,15 @@ class Launchable:
     def rank(self, args: tuple, meta: dict, config: tuple, grid: tuple, limit: int) -> Optional[int]:
         """``config`` compiled for these arguments on the current device, not launched (Triton keeps the
         kernel: its first launch compiles nothing): None if its shared memory (``metadata.shared``) is over
-        ``limit``, else loaded and FITS, or SPILLS if it uses local memory (Triton's ``n_spills``)."""
+        ``limit``, else loaded, and its local memory in bytes per thread (Triton's ``n_spills`` counts
+        4-byte words): FITS = 0 when its registers do not spill."""
         outer, inner, warps, stages = config
         m = {**meta, _OUTER[self.phase]: outer, _INNER[self.phase]: inner}
         kernel = self.launcher.fn.warmup(*args, grid=grid, **m, num_warps=warps, num_stages=stages)
         if kernel.metadata.shared > limit:
             return None
         kernel._init_handles()  # loads the module: n_regs and n_spills (Triton 3.6 and 3.9)
-        return SPILLS if kernel.n_spills else FITS
+        return 4 * kernel.n_spills
 
     def _configs(self, tensors, ints, floats, meta, n_bh, n_ctx, autotune):
         q = tensors[0]

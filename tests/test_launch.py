@@ -458,37 +458,39 @@ def _fake_rank(phase, config):
     """Compiled configs as the test pretends: 3 stages overflow an A100's shared memory, 8 warps spill."""
     if config[3] >= 3:
         return None  # e.g. 180,224 B > 166,912 B
-    return attention.SPILLS if config[2] == 8 else attention.FITS
+    return 64 if config[2] == 8 else attention.FITS
 
 
 RANKS = {
     "all fit": lambda c: attention.FITS,
     "2 stages fit": lambda c: attention.FITS if c[3] < 3 else None,
     "fallbacks only": lambda c: attention.FITS if c in attention.FALLBACK_CONFIGS[1:] else None,
-    "listed spill": lambda c: attention.SPILLS if c not in attention.FALLBACK_CONFIGS else None,
-    "first spills": lambda c: attention.SPILLS if c == attention.config_order("dq", 197, 4)[0] else attention.FITS,
+    "listed spill": lambda c: 8 * c[0] if c not in attention.FALLBACK_CONFIGS else None,
+    "first spills": lambda c: 16 if c == attention.config_order("dq", 197, 4)[0] else attention.FITS,
+    "every one spills": lambda c: 1000 - c[1] if c[3] < 3 else None,  # the widest inner block spills least
 }
 
 
 @pytest.mark.parametrize("autotune", [False, True])
 @pytest.mark.parametrize("case", list(RANKS))
-def test_choose_prefers_fitting_then_unspilled(case, autotune):
+def test_choose_prefers_fitting_then_least_spilled(case, autotune):
     order = attention.config_order("dq", 197, 4)
     listed = [c for c in order if c not in attention.FALLBACK_CONFIGS]
     rank = RANKS[case]
     asked = []
     chosen = attention.choose(order, lambda c: asked.append(c) or rank(c), autotune)
     assert all(rank(c) is not None for c in chosen)  # never one over the limit
-    best = min(rank(c) for c in order if rank(c) is not None)
-    assert all(rank(c) == best for c in chosen)  # a spilling config only when every fitting one spills
+    fitting = [c for c in order if rank(c) is not None]
+    clean = [c for c in fitting if rank(c) == attention.FITS]
     if autotune:
-        listed_best = [c for c in listed if rank(c) == best]
-        assert chosen == (listed_best or [next(c for c in order if rank(c) == best)])
-    else:
-        first = next(c for c in order if rank(c) == best)
-        assert chosen == [first]
-        if best == attention.FITS:  # nothing compiled past it
-            assert asked == order[:order.index(first) + 1]
+        listed_clean = [c for c in listed if c in clean]
+        # every listed clean config, else the first clean fallback, else every fitting config timed
+        assert chosen == (listed_clean or clean[:1] or fitting)
+    elif clean:  # the first that does not spill; nothing compiled past it
+        assert chosen == clean[:1] and asked == order[:order.index(clean[0]) + 1]
+    else:  # every one spills: the least, the earlier on a tie
+        least = min(rank(c) for c in fitting)
+        assert chosen == [next(c for c in fitting if rank(c) == least)]
 
 
 def test_nothing_fits_is_an_error():
