@@ -231,12 +231,14 @@ def _attention_fwd_kernel(
 # compiles them all for sm_80..sm_90.
 # The 8-warp and narrow configs after the first four are there for fp32 at head-dim widths 64-128, where
 # ptxas spills the 4-warp ones (the fp32 dK, dV accumulators alone take 2 * 64 * width / 128 registers per
-# thread).
+# thread); the last of each list were added where the compile check found a fp32 head of two parts (72, 80,
+# 96) spilling in every earlier one on sm_80.
 _CONFIGS = {
-    "fwd": [(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
-    "dq": [(64, 32, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 8, 2)],
+    "fwd": [(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 16, 8, 2)],
+    "dq": [(64, 32, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 8, 2), (64, 16, 8, 2),
+           (32, 16, 8, 1)],
     "dkdv": [(64, 32, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 8, 2), (64, 16, 8, 2),
-             (32, 32, 4, 2)],
+             (32, 32, 4, 2), (64, 16, 8, 1)],
 }
 FALLBACK_CONFIGS = [(64, 32, 4, 2), (64, 32, 4, 1), (32, 32, 4, 1), (32, 16, 4, 1), (16, 16, 4, 1)]
 _INTERPRET_CONFIG = (64, 32, 4, 1)  # one config: the interpreter runs tails and BLOCK_M != BLOCK_N
