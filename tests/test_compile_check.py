@@ -17,9 +17,10 @@ from vitcore.kernels import attention  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every kernel's first listed config: for sm_86 (the tightest shared-memory limit, 99 KB) in fp32 with its
-# TF32 rounding (inline PTX) and for sm_90 (Hopper's wgmma path) in fp16 and fp32; d = 72 in parts 64 + 16
+# TF32 rounding (inline PTX) and for sm_90 (Hopper's wgmma path) in every dtype and dot precision; d = 72
+# in parts 64 + 16
 SUBSET = [["--arch", "sm_86", "--variants", "float32/tf32", "--kernels", "fwd", "dq", "dkdv"],
-          ["--arch", "sm_90", "--variants", "float16/tf32", "float32/tf32"]]
+          ["--arch", "sm_90", "--variants", "float16/tf32", "bfloat16/tf32", "float32/tf32", "float32/tf32x3"]]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def rows(tmp_path_factory):
 def test_every_kernel_compiles_for_every_target(rows):
     assert {(r["kernel"], r["arch"]) for r in rows} == {
         (k, a) for k in ("fwd", "dq", "dkdv") for a in ("sm_86", "sm_90")} | {("param_stats", "sm_90")}
-    assert len(rows) == 3 + 3 * 2 + 2
+    assert len(rows) == 3 + 3 * 4 + 2
     failed = [(r["kernel"], r["dtype"], r["arch"], r["config"], r["error"]) for r in rows if not r["compiled"]]
     assert not failed
     # ptxas's log was read (registers: at most 255 per thread) and Triton reported the shared memory
