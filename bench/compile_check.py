@@ -373,13 +373,24 @@ def render(rows: List[dict], env: dict, note: str = "") -> str:
                                             for r in rows)]
     lines += [f"- specialisations with no config that fits: {len(missing)}"
               + ("" if not missing else " (" + "; ".join(" ".join(map(str, g)) for g in missing) + ")"), ""]
-    spilling = [r for r in used if _spills(r)]
+    dims = sorted({r["head_dim"] for r in rows if r["kernel"] != "param_stats"})
+    if dims:
+        worst = max(dims, key=attention.padded_fraction)
+        lines += [f"- head dims: {', '.join(map(str, dims))}; the largest padded fraction "
+                  f"{100 * attention.padded_fraction(worst):.1f}% (d = {worst}, parts "
+                  f"{'+'.join(str(p) for p in attention.head_dim_parts(worst) if p)})", ""]
+    spilling = [r for r in used if _spills(r) and r.get("use") != "tuned"]
     if spilling:
-        lines += ["Spilling configs the library launches:", ""]
+        lines += ["Spilling configs the library launches without autotuning (every config of the specialisation "
+                  "spills; this one least):", ""]
         lines += [f"- {r['kernel']} {r['dtype']}/{r['precision']} d={r['head_dim']} {r['arch']} "
-                  f"{tuple(r['config'])} ({r.get('use') or 'launched'}): {r['registers']} registers, "
+                  f"{tuple(r['config'])}: {r['registers']} registers, "
                   f"{r['stack_frame']} B stack frame, {r['spill_stores']} B spill stores" for r in spilling]
         lines.append("")
+    tuned = [r for r in used if _spills(r) and r.get("use") == "tuned"]
+    if tuned:
+        lines += [f"Spilling autotune candidates (timed only where every config of the specialisation spills): "
+                  f"{len(tuned)}, in {len({_group(r) for r in tuned})} specialisations.", ""]
     lines += ["## Every compile", "",
               "config = (outer block, inner block, num_warps, num_stages); use: `default` = launched without "
               "autotuning, `tuned` = an autotune candidate, blank = not launched on this target.", "",
