@@ -103,6 +103,13 @@ def _aligned(stride, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def _head(ptr, off_b, off_h, stride_b, stride_h, stride_n, ALIGN: tl.constexpr):
+    """``ptr`` moved to batch ``off_b``, head ``off_h``, and the token stride: every stride known to the compiler
+    as a multiple of ALIGN elements (``_aligned``), so loads along d are vectorised."""
+    return ptr + off_b * _aligned(stride_b, ALIGN) + off_h * _aligned(stride_h, ALIGN), _aligned(stride_n, ALIGN)
+
+
+@triton.jit
 def _store(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c, x):
     """ptr[offs_r, offs_c] = x in ptr's dtype, where the row offset is below ``n_r`` and the column's below ``n_c``."""
     ptrs = ptr + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c
@@ -174,15 +181,10 @@ def _attention_fwd_kernel(
     pid_m = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
-    # -- batch, head and token strides: multiples of ALIGN elements (vector loads along d) --
-    stride_qb, stride_qh, stride_qn = _aligned(stride_qb, ALIGN), _aligned(stride_qh, ALIGN), _aligned(stride_qn, ALIGN)
-    stride_kb, stride_kh, stride_kn = _aligned(stride_kb, ALIGN), _aligned(stride_kh, ALIGN), _aligned(stride_kn, ALIGN)
-    stride_vb, stride_vh, stride_vn = _aligned(stride_vb, ALIGN), _aligned(stride_vh, ALIGN), _aligned(stride_vn, ALIGN)
-    stride_ob, stride_oh, stride_on = _aligned(stride_ob, ALIGN), _aligned(stride_oh, ALIGN), _aligned(stride_on, ALIGN)
-    Q += off_b * stride_qb + off_h * stride_qh
-    K += off_b * stride_kb + off_h * stride_kh
-    V += off_b * stride_vb + off_h * stride_vh
-    O += off_b * stride_ob + off_h * stride_oh
+    Q, stride_qn = _head(Q, off_b, off_h, stride_qb, stride_qh, stride_qn, ALIGN)
+    K, stride_kn = _head(K, off_b, off_h, stride_kb, stride_kh, stride_kn, ALIGN)
+    V, stride_vn = _head(V, off_b, off_h, stride_vb, stride_vh, stride_vn, ALIGN)
+    O, stride_on = _head(O, off_b, off_h, stride_ob, stride_oh, stride_on, ALIGN)
     LSE += pid_bh.to(tl.int64) * N_CTX
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import Launchable, _aligned, _bhnd_like, _check, _store, _tf32, _tile, dot_precision, split_scale
+from .attention import Launchable, _bhnd_like, _check, _head, _store, _tf32, _tile, dot_precision, split_scale
 
 
 @triton.jit
@@ -74,21 +74,12 @@ def _attention_bwd_dq_kernel(
     pid_m = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
-    # -- batch, head and token strides: multiples of ALIGN elements (vector loads along d) --
-    stride_qb, stride_qh, stride_qn = _aligned(stride_qb, ALIGN), _aligned(stride_qh, ALIGN), _aligned(stride_qn, ALIGN)
-    stride_kb, stride_kh, stride_kn = _aligned(stride_kb, ALIGN), _aligned(stride_kh, ALIGN), _aligned(stride_kn, ALIGN)
-    stride_vb, stride_vh, stride_vn = _aligned(stride_vb, ALIGN), _aligned(stride_vh, ALIGN), _aligned(stride_vn, ALIGN)
-    stride_ob, stride_oh, stride_on = _aligned(stride_ob, ALIGN), _aligned(stride_oh, ALIGN), _aligned(stride_on, ALIGN)
-    stride_dob, stride_doh = _aligned(stride_dob, ALIGN), _aligned(stride_doh, ALIGN)
-    stride_don = _aligned(stride_don, ALIGN)
-    stride_dqb, stride_dqh = _aligned(stride_dqb, ALIGN), _aligned(stride_dqh, ALIGN)
-    stride_dqn = _aligned(stride_dqn, ALIGN)
-    Q += off_b * stride_qb + off_h * stride_qh
-    K += off_b * stride_kb + off_h * stride_kh
-    V += off_b * stride_vb + off_h * stride_vh
-    O += off_b * stride_ob + off_h * stride_oh
-    DO += off_b * stride_dob + off_h * stride_doh
-    DQ += off_b * stride_dqb + off_h * stride_dqh
+    Q, stride_qn = _head(Q, off_b, off_h, stride_qb, stride_qh, stride_qn, ALIGN)
+    K, stride_kn = _head(K, off_b, off_h, stride_kb, stride_kh, stride_kn, ALIGN)
+    V, stride_vn = _head(V, off_b, off_h, stride_vb, stride_vh, stride_vn, ALIGN)
+    O, stride_on = _head(O, off_b, off_h, stride_ob, stride_oh, stride_on, ALIGN)
+    DO, stride_don = _head(DO, off_b, off_h, stride_dob, stride_doh, stride_don, ALIGN)
+    DQ, stride_dqn = _head(DQ, off_b, off_h, stride_dqb, stride_dqh, stride_dqn, ALIGN)
     LSE += pid_bh.to(tl.int64) * N_CTX
     DELTA += pid_bh.to(tl.int64) * N_CTX
 
@@ -205,20 +196,12 @@ def _attention_bwd_dkdv_kernel(
     pid_n = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
-    # -- batch, head and token strides: multiples of ALIGN elements (vector loads along d) --
-    stride_qb, stride_qh, stride_qn = _aligned(stride_qb, ALIGN), _aligned(stride_qh, ALIGN), _aligned(stride_qn, ALIGN)
-    stride_kb, stride_kh, stride_kn = _aligned(stride_kb, ALIGN), _aligned(stride_kh, ALIGN), _aligned(stride_kn, ALIGN)
-    stride_vb, stride_vh, stride_vn = _aligned(stride_vb, ALIGN), _aligned(stride_vh, ALIGN), _aligned(stride_vn, ALIGN)
-    stride_dob, stride_doh = _aligned(stride_dob, ALIGN), _aligned(stride_doh, ALIGN)
-    stride_don = _aligned(stride_don, ALIGN)
-    stride_dkb, stride_dkh = _aligned(stride_dkb, ALIGN), _aligned(stride_dkh, ALIGN)
-    stride_dkn = _aligned(stride_dkn, ALIGN)
-    Q += off_b * stride_qb + off_h * stride_qh
-    K += off_b * stride_kb + off_h * stride_kh
-    V += off_b * stride_vb + off_h * stride_vh
-    DO += off_b * stride_dob + off_h * stride_doh
-    DK += off_b * stride_dkb + off_h * stride_dkh
-    DV += off_b * stride_dkb + off_h * stride_dkh
+    Q, stride_qn = _head(Q, off_b, off_h, stride_qb, stride_qh, stride_qn, ALIGN)
+    K, stride_kn = _head(K, off_b, off_h, stride_kb, stride_kh, stride_kn, ALIGN)
+    V, stride_vn = _head(V, off_b, off_h, stride_vb, stride_vh, stride_vn, ALIGN)
+    DO, stride_don = _head(DO, off_b, off_h, stride_dob, stride_doh, stride_don, ALIGN)
+    DV, _ = _head(DV, off_b, off_h, stride_dkb, stride_dkh, stride_dkn, ALIGN)
+    DK, stride_dkn = _head(DK, off_b, off_h, stride_dkb, stride_dkh, stride_dkn, ALIGN)
     LSE += pid_bh.to(tl.int64) * N_CTX
     DELTA += pid_bh.to(tl.int64) * N_CTX
 
