@@ -133,7 +133,7 @@ def launch_args(phase: str, dtype: str, precision: str, d: int):
     index = 0 if phase in ("fwd", "dq") else 1
     tensors, ints, floats, head_dim, dot_precision = recorder.calls[index]
     assert dot_precision == precision or dtype != "float32", (dot_precision, precision)
-    meta = launchable.meta(tensors, head_dim, dot_precision)
+    meta = launchable.meta(tensors, ints, head_dim, dot_precision)
     return launchable.launcher.fn, (*tensors, *ints, *floats), meta
 
 

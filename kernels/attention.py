@@ -263,16 +263,16 @@ def head_dim_parts(head_dim: int) -> tuple:
     return (2 * main, 0) if tail == main else (main, tail)
 
 
-def row_align(tensors: tuple) -> int:
+def row_align(ints: tuple) -> int:
     """ALIGN: the largest power of two, at most 16, that divides every batch, head and token stride (in
-    elements) of the 4-D tensors among ``tensors``. The kernels hand it to the compiler (``_aligned``) so
-    loads along d are vectorised (and pipelined through shared memory) wherever the layout allows."""
-    g = 0
-    for t in tensors:
-        if t.dim() == 4:
-            for s in t.stride()[:3]:
-                g = math.gcd(g, s)
-    return min(16, g & -g) if g else 16
+    elements). ``ints`` are a kernel's int arguments: each 4-D tensor's four strides in turn, then H and N'.
+    The kernels hand ALIGN to the compiler (``_aligned``) so loads along d are vectorised (and pipelined
+    through shared memory) wherever the layout allows. A power of two divides every stride exactly when it
+    divides their bitwise OR, whose lowest set bit this is (no gcd on the launch path)."""
+    bits = 0
+    for i in range(0, len(ints) - 2, 4):
+        bits |= ints[i] | ints[i + 1] | ints[i + 2]
+    return min(16, bits & -bits) if bits else 16
 
 
 def padded_fraction(head_dim: int) -> float:
@@ -368,13 +368,13 @@ class Launchable:
         self.launcher = CachedLauncher(kernel)
         self.chosen: Dict[tuple, tuple] = {}  # key -> config, without autotuning
 
-    def meta(self, tensors: tuple, head_dim: int, dot_precision: str) -> dict:
+    def meta(self, tensors: tuple, ints: tuple, head_dim: int, dot_precision: str) -> dict:
         """The constexprs of a launch, less the block sizes."""
         q = tensors[0]
         main, tail = head_dim_parts(head_dim)
         return dict(HEAD_DIM=head_dim, D_MAIN=main, D_TAIL=tail, DOT_PRECISION=dot_precision,
                     ROUND_TF32=_ROUND_TF32 and q.dtype == torch.float32 and dot_precision == "tf32",
-                    ALIGN=row_align(tensors))
+                    ALIGN=row_align(ints))
 
     def rank(self, args: tuple, meta: dict, config: tuple, grid: tuple, limit: int) -> Optional[int]:
         """``config`` compiled for these arguments on the current device, not launched (Triton keeps the
@@ -417,7 +417,7 @@ class Launchable:
     def launch(self, tensors: tuple, ints: tuple, floats: tuple, n_ctx: int, n_bh: int, head_dim: int,
                dot_precision: str) -> None:
         q = tensors[0]
-        meta = self.meta(tensors, head_dim, dot_precision)
+        meta = self.meta(tensors, ints, head_dim, dot_precision)
         key = (self.phase, _device_name(q.device.index), _DTYPE_NAMES[q.dtype], n_ctx, head_dim, dot_precision,
                meta["ALIGN"])
         config = _TUNED.get(key) if _AUTOTUNE else self.chosen.get(key)

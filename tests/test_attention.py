@@ -1,5 +1,6 @@
 """flash_attention: the Triton kernels (interpreted on CPU) against a float64 eager reference."""
 import math
+import random
 
 import pytest
 import torch
@@ -161,8 +162,23 @@ def test_row_align_divides_every_row_stride(d, heads, expected):
     from vitcore.kernels.attention import row_align
 
     q, k, v = _packed_qkv(2, heads, 7, d, torch.float32)  # batch stride 3 N' H d, token 3 H d, head d
-    assert row_align((q, k, v)) == expected
+    assert row_align((*q.stride(), *k.stride(), *v.stride(), heads, 7)) == expected
     assert all(s % expected == 0 for t in (q, k, v) for s in t.stride()[:3])
+
+
+def test_row_align_is_the_power_of_two_of_the_strides_gcd():
+    """On random strides (zeros among them: expanded tensors), the launch path's bitwise row_align equals
+    the definition: the largest power of two <= 16 dividing the gcd of the batch, head and token strides;
+    the d strides and H, N' do not enter."""
+    from vitcore.kernels.attention import row_align
+
+    rng = random.Random(7)
+    for _ in range(500):
+        strides = [rng.choice([0, rng.randrange(1, 10**6), 16 * rng.randrange(1, 10**4)]) for _ in range(12)]
+        ints = (*strides, rng.randrange(1, 64), rng.randrange(1, 4096))
+        g = math.gcd(*(s for i, s in enumerate(strides) if i % 4 != 3))
+        expected = min(16, g & -g) if g else 16
+        assert row_align(ints) == expected, ints
 
 
 @requires_triton
