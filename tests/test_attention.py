@@ -8,10 +8,12 @@ import torch
 from conftest import DEVICE, requires_cuda, requires_triton
 from vitcore.ops import attention_ref, dispatch, flash_attention
 
-# (B, H, N') x d: the grid the issue asks for, every list with odd cases (N' = 1, 7, 197, 300;
-# d = 40, 54, 80), a few batch / head counts.
-LENGTHS = [(2, 3, 1), (1, 2, 7), (1, 2, 197), (2, 1, 256), (1, 1, 300)]
+# (B, H, N', d) with odd cases (N' = 1, 7, 197, 300; d = 40, 54, 80) and a few batch / head counts: every
+# head dim at the short lengths and at ViT's N' = 197, and at one more long length each (256: a whole number
+# of tiles; 300: two tiles and a tail), so that each long length meets one- and two-part head dims.
 HEAD_DIMS = [16, 40, 54, 64, 80]  # one part (16, 54 in 64, 64), two parts (40 = 32 + 16 of which 8 masked, 80)
+CASES = ([(B, H, N, d) for B, H, N in [(2, 3, 1), (1, 2, 7), (1, 2, 197)] for d in HEAD_DIMS]
+         + [(2, 1, 256, d) for d in (16, 80)] + [(1, 1, 300, d) for d in (40, 54, 64)])
 # Bounds come from rounding and the problem's size (``_bound``), never from another implementation's
 # error alone. Each dtype travels with the two unit roundoffs the kernels work with:
 #   eps_dot: relative error per product of the score / gradient dots. fp32 on CPU: the interpreter's
@@ -103,8 +105,7 @@ def _assert_close_to_ref(q, k, v, eps_dot, eps_io, **kwargs):
 
 @requires_triton
 @pytest.mark.parametrize("dtype, eps_dot, eps_io", DTYPES)
-@pytest.mark.parametrize("d", HEAD_DIMS)
-@pytest.mark.parametrize("B, H, N", LENGTHS)
+@pytest.mark.parametrize("B, H, N, d", CASES)
 def test_matches_float64_reference(triton_on, poisoned, B, H, N, d, dtype, eps_dot, eps_io):
     q, k, v = _packed_qkv(B, H, N, d, dtype, seed=N * d + H)
     out, grads = _assert_close_to_ref(q, k, v, eps_dot, eps_io)
