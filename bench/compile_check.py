@@ -260,6 +260,11 @@ def _mark(rows: List[dict], order: List[tuple]) -> None:
         r["use"] = uses.get(c, "")
 
 
+def _shape(row: dict) -> str:
+    """The row's head dim (attention) or tensor count (param_stats), for a line of text."""
+    return f"d={row['head_dim']}" if row["kernel"] != "param_stats" else f"T={row['n_tensors']}"
+
+
 def _group(row: dict) -> tuple:
     return row["kernel"], row["dtype"], row["precision"], row["head_dim"], row["arch"], row["n_tensors"]
 
@@ -383,7 +388,7 @@ def render(rows: List[dict], env: dict, note: str = "") -> str:
     if spilling:
         lines += ["Spilling configs the library launches without autotuning (every config of the specialisation "
                   "spills; this one least):", ""]
-        lines += [f"- {r['kernel']} {r['dtype']}/{r['precision']} d={r['head_dim']} {r['arch']} "
+        lines += [f"- {r['kernel']} {r['dtype']}/{r['precision']} {_shape(r)} {r['arch']} "
                   f"{tuple(r['config'])}: {r['registers']} registers, "
                   f"{r['stack_frame']} B stack frame, {r['spill_stores']} B spill stores" for r in spilling]
         lines.append("")

@@ -91,3 +91,23 @@ def test_the_spaces_head_dims():
 def test_limits_are_the_opt_in_maxima():
     assert {a: lim for a, (_, lim) in compile_check.TARGETS.items()} == {
         "sm_80": 166_912, "sm_86": 101_376, "sm_89": 101_376, "sm_90": 232_448}
+
+
+def test_the_table_names_each_spilling_default_by_its_shape():
+    """The list of spilling configs launched without autotuning tells param_stats' two tensor counts apart
+    (T = 152 and 160), and gives attention rows their head dim."""
+    from vitcore.bench.env import environment
+
+    def row(kernel, d, n, stack, use=None):
+        return {"kernel": kernel, "dtype": "float32", "precision": "tf32x3", "head_dim": d, "n_tensors": n,
+                "arch": "sm_90", "config": [64, 16, 8, 1], "compiled": True, "fits": True, "use": use,
+                "registers": 255, "stack_frame": stack, "spill_stores": stack, "shared": 1024,
+                "smem_limit": 232448, "d_parts": None if kernel == "param_stats" else [64, 16],
+                "padded_fraction": None if kernel == "param_stats" else 0.1}
+
+    rows = [row("param_stats", 0, 152, 8), row("param_stats", 0, 160, 8), row("dkdv", 72, 0, 16, "default")]
+    text = compile_check.render(rows, environment("cpu"))
+    listed = text.split("this one least):")[1].split("\n\n")[1].splitlines()
+    assert [line.split(" (")[0] for line in listed] == ["- param_stats float32/tf32x3 T=152 sm_90",
+                                                       "- param_stats float32/tf32x3 T=160 sm_90",
+                                                       "- dkdv float32/tf32x3 d=72 sm_90"]
