@@ -1,6 +1,12 @@
-"""A richer few-shot candidate, tried against the shipped rule on the same draws (not shipped).
+"""Richer few-shot candidates, tried against the shipped rule on the same draws (not shipped).
 
-The candidate procedure, fitted on labelled architectures R with accuracies a:
+Candidate 1, the architectures' own fields: the shipped rule (``vitcore.calibrate._fit``, its gate
+included) with more candidates beside the proxies, each numeric field of the records' "arch" (a number as
+it is; a list of numbers by its sum and by its mean: AutoFormer's embed_dim, depth, total and mean heads,
+total and mean MLP ratio), higher ranking higher as for the proxies; a field of one value on S, or not
+finite, is left out. The issue asks whether the size axes that params collapses into one help.
+
+Candidate 2, a ridge. The candidate procedure, fitted on labelled architectures R with accuracies a:
 
 - the shipped rule's choice, the proxy with the best Kendall τ-b on R, with its leave-one-out τ on R
   (``vitcore.calibrate``'s selection), and
@@ -66,6 +72,28 @@ def procedure(percentiles: np.ndarray, rows: np.ndarray, acc: np.ndarray) -> tup
     return percentiles[best], False
 
 
+def field_scores(records: list, ids: list) -> tuple:
+    """(names, (F, N) values) of the numeric "arch" fields of candidate 1 over S's ``ids``, those of one
+    value or not finite on S left out."""
+    arch = {r["id"]: r.get("arch") or {} for r in records}
+    table: dict = {}
+    for n, i in enumerate(ids):
+        for field, value in arch[i].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                table.setdefault(field, {})[n] = float(value)
+            elif isinstance(value, list) and value and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                           for x in value):
+                table.setdefault(f"{field} (sum)", {})[n] = float(sum(value))
+                table.setdefault(f"{field} (mean)", {})[n] = float(sum(value)) / len(value)
+    names, rows = [], []
+    for field, by_position in table.items():
+        row = np.array([by_position.get(n, np.nan) for n in range(len(ids))])
+        if np.isfinite(row).all() and np.ptp(row) > 0:
+            names.append(field)
+            rows.append(row)
+    return names, np.array(rows).reshape(len(rows), len(ids))
+
+
 def _lower_bound(held_out: np.ndarray, params: np.ndarray, acc: np.ndarray, seed: int) -> float:
     """The shipped gate's one-sided bootstrap lower bound of τ-b(held_out) − τ-b(params) on T."""
     k = len(acc)
@@ -83,13 +111,16 @@ def _lower_bound(held_out: np.ndarray, params: np.ndarray, acc: np.ndarray, seed
 
 
 def run_column(task: tuple) -> dict:
-    """Gains over params on the rest, per draw, of the shipped rule, the gated candidate and the
-    ungated candidate, for one (column, column index, K, draws, seed, percentiles, held, acc)."""
-    column, c_index, k, draws, seed, percentiles, held, acc = task
+    """Gains over params on the rest, per draw, of the shipped rule, candidate 1 (the shipped rule with the
+    fields' percentiles ``fields`` (F, N) as more candidates), candidate 2 gated and ungated, for one
+    (column, column index, K, draws, seed, percentiles, fields, held, acc)."""
+    column, c_index, k, draws, seed, percentiles, fields, held, acc = task
     names = list(range(len(percentiles)))
+    widened = np.concatenate([percentiles, fields])
     acc_signs = calibrate._signs(acc)
     rng = np.random.default_rng([seed, c_index])  # few_shot's generator: the same draws
-    out = {"column": column, "k": k, "shipped": [], "candidate": [], "ungated": [], "ridge": 0, "kept": 0}
+    out = {"column": column, "k": k, "shipped": [], "fields": [], "candidate": [], "ungated": [], "ridge": 0,
+           "kept": 0, "field_chosen": 0}
     start = time.perf_counter()
     for _ in range(draws):
         t = np.sort(rng.choice(len(held), size=k, replace=False))
@@ -105,6 +136,10 @@ def run_column(task: tuple) -> dict:
 
         chosen, _ = calibrate._fit(names, percentiles, rows, a, calibrate.ALPHA, calibrate.RESAMPLES, boot_seed)
         out["shipped"].append(gain(percentiles[chosen]))
+        chosen, _ = calibrate._fit(list(range(len(widened))), widened, rows, a, calibrate.ALPHA,
+                                   calibrate.RESAMPLES, boot_seed)
+        out["fields"].append(gain(widened[chosen]))
+        out["field_chosen"] += int(chosen >= len(percentiles))
         full, is_ridge = procedure(percentiles, rows, a)
         held_out = np.array([procedure(percentiles, np.delete(rows, i), np.delete(a, i))[0][rows[i]]
                              for i in range(k)])  # (K,)
@@ -133,38 +168,46 @@ def main(argv=None) -> int:
     ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
     _, scores, _ = calibrate._candidates(matrix, ids)
     percentiles = stats.rankdata(scores, axis=1) / scores.shape[1]  # (P, N), as few_shot computes them
+    field_names, values = field_scores(records, ids)
+    fields = stats.rankdata(values, axis=1) / len(ids)  # (F, N)
     tasks = []
     for k in ks:
         for c_index, column in enumerate(columns):
             acc_of = truth.columns[column]
             held = np.array([n for n, i in enumerate(ids) if i in acc_of])
-            tasks.append((column, c_index, k, args.draws, args.seed, percentiles, held,
+            tasks.append((column, c_index, k, args.draws, args.seed, percentiles, fields, held,
                           np.array([float(acc_of[ids[n]]) for n in held])))
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(run_column, tasks))
     v = env["versions"]
-    lines = ["# Few-shot calibration: a ridge on within-T ranks, tried against the shipped rule (CPU)", "",
+    lines = ["# Few-shot calibration: the architectures' fields and a ridge on within-T ranks, tried against the "
+             "shipped rule (CPU)", "",
              f"- scores (S): `{args.scores}`; truth: `{args.truth}`, read in place",
-             f"- candidate and gate: `bench/few_shot_tried.py`'s docstring; {args.draws} draws per column and K, "
+             f"- candidates and gate: `bench/few_shot_tried.py`'s docstring; {args.draws} draws per column and K, "
              f"the first {args.draws} of `vitcore evaluate --few-shot K --seed {args.seed}` (paired)",
              f"- machine: {env['device_name']}, {args.jobs} worker processes, shared with other jobs (load average "
              f"at start {', '.join(f'{x:.1f}' for x in env['load_average'])}); date {env['date']}",
              f"- versions: python {v['python']}, torch {v['torch']}, triton {v['triton']}, numpy {v['numpy']}, "
              f"vitcore git {v['git']}",
+             f"- fields of candidate 1 (from the records' \"arch\"): {', '.join(field_names) or 'none'}",
              f"- command: `{command}`", "",
-             "Mean gain over params' τ on the rest: the shipped rule, the candidate behind the same gate, the "
-             "candidate without the gate; draws where the gated candidate ranks by the ridge, and where it kept "
-             "params.", "",
-             "| K | column | shipped | candidate | candidate, ungated | ridge (draws) | kept params (draws) | s |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "Mean gain over params' τ on the rest: the shipped rule; candidate 1 (the shipped rule with the fields "
+             "as more candidates) and the draws where it ranks by a field; candidate 2 (the ridge procedure) "
+             "behind the same gate and without it, the draws where the gated candidate 2 ranks by the ridge, "
+             "and where it kept params.", "",
+             "| K | column | shipped | fields | field (draws) | ridge | ridge, ungated | ridge (draws) | "
+             "kept params (draws) | s |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(results, key=lambda r: r["k"]):  # tasks ran largest K first
-        lines.append(f"| {r['k']} | {r['column']} | {np.mean(r['shipped']):+.3f} | {np.mean(r['candidate']):+.3f} | "
-                     f"{np.mean(r['ungated']):+.3f} | {r['ridge']} | {r['kept']} | {r['seconds']:.0f} |")
-    lines += ["", "Mean over the columns:", "", "| K | shipped | candidate | candidate, ungated |",
-              "| ---: | ---: | ---: | ---: |"]
+        lines.append(f"| {r['k']} | {r['column']} | {np.mean(r['shipped']):+.3f} | {np.mean(r['fields']):+.3f} | "
+                     f"{r['field_chosen']} | {np.mean(r['candidate']):+.3f} | {np.mean(r['ungated']):+.3f} | "
+                     f"{r['ridge']} | {r['kept']} | {r['seconds']:.0f} |")
+    methods = ("shipped", "fields", "candidate", "ungated")
+    lines += ["", "Mean over the columns:", "", "| K | shipped | fields | ridge | ridge, ungated |",
+              "| ---: | ---: | ---: | ---: | ---: |"]
     for k in sorted(ks):
-        mean = {m: np.mean([np.mean(r[m]) for r in results if r["k"] == k]) for m in ("shipped", "candidate", "ungated")}
-        lines.append(f"| {k} | {mean['shipped']:+.3f} | {mean['candidate']:+.3f} | {mean['ungated']:+.3f} |")
+        mean = {m: np.mean([np.mean(r[m]) for r in results if r["k"] == k]) for m in methods}
+        lines.append(f"| {k} | " + " | ".join(f"{mean[m]:+.3f}" for m in methods) + " |")
     text = "\n".join(lines + [""])
     write_text(args.out, text)
     print(text)

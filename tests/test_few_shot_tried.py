@@ -54,18 +54,31 @@ def test_the_gate_never_reads_accuracies_outside_t(monkeypatch):
     procedure, fit = tried.procedure, calibrate._fit
     monkeypatch.setattr(tried, "procedure", lambda p, r, a: seen.append((r.copy(), a.copy())) or procedure(p, r, a))
     monkeypatch.setattr(calibrate, "_fit", lambda *a: seen.append((a[2].copy(), a[3].copy())) or fit(*a))
-    task = ["task", 0, 8, 3, 1, percentiles, np.arange(40), acc]
+    fields = stats.rankdata(np.random.default_rng(4).standard_normal((2, 40)), axis=1) / 40
+    task = ["task", 0, 8, 3, 1, percentiles, fields, np.arange(40), acc]
     clean, clean_seen = tried.run_column(tuple(task)), list(seen)
     labelled = np.unique(np.concatenate([r for r, _ in clean_seen]))
     poisoned = np.where(np.isin(np.arange(40), labelled), acc, -1e3 * np.random.default_rng(9).standard_normal(40))
     seen.clear()
-    dirty = tried.run_column(tuple(task[:7] + [poisoned]))
+    dirty = tried.run_column(tuple(task[:8] + [poisoned]))
     assert len(seen) == len(clean_seen)
     for (r0, a0), (r1, a1) in zip(clean_seen, seen):
         np.testing.assert_array_equal(r0, r1)
         np.testing.assert_array_equal(a0, a1)
-    assert (dirty["ridge"], dirty["kept"]) == (clean["ridge"], clean["kept"])
+    assert [dirty[n] for n in ("ridge", "kept", "field_chosen")] == [clean[n] for n in ("ridge", "kept", "field_chosen")]
     assert dirty["shipped"] != clean["shipped"]  # the τ on the rest does read the poisoned accuracies
+
+
+def test_field_scores_are_the_numeric_arch_fields_that_vary():
+    """Numbers as they are, lists of numbers by sum and mean; constant, boolean, non-numeric, missing or
+    non-finite fields left out; values in S's id order."""
+    records = [{"id": "b", "arch": {"depth": 12, "heads": [3, 4], "patch": 16, "name": "x", "flag": True}},
+               {"id": "a", "arch": {"depth": 14, "heads": [4, 4, 4], "patch": 16, "name": "y", "flag": False,
+                                    "drop": float("nan")}},
+               {"id": "c", "arch": {"depth": 13, "heads": [3, 3], "patch": 16, "drop": 0.1}}]
+    names, values = tried.field_scores(records, ["a", "b", "c"])
+    assert names == ["depth", "heads (sum)", "heads (mean)"]
+    np.testing.assert_array_equal(values, [[14, 12, 13], [12, 7, 6], [4, 3.5, 3]])
 
 
 def test_the_report_runs_on_the_dev_set(tmp_path):
