@@ -117,18 +117,11 @@ def test_matches_float64_reference(triton_on, poisoned, B, H, N, d, dtype, eps_d
 
 @requires_triton
 @pytest.mark.parametrize("dtype, eps_dot, eps_io", DTYPES)
-@pytest.mark.parametrize("B, H, N, d", [(2, 2, 7, 3), (1, 3, 197, 5), (1, 1, 17, 1)])
-def test_head_dims_below_the_dot_minimum(triton_on, poisoned, B, H, N, d, dtype, eps_dot, eps_io):
-    """d < 16 pads the tile to 16 for tl.dot and masks the padding (the golden example has d = 3)."""
-    q, k, v = _packed_qkv(B, H, N, d, dtype, seed=N + d)
-    _assert_close_to_ref(q, k, v, eps_dot, eps_io)
-
-
-@requires_triton
-@pytest.mark.parametrize("dtype, eps_dot, eps_io", DTYPES)
-@pytest.mark.parametrize("B, H, N, d", [(2, 1, 9, 36), (1, 2, 33, 96), (1, 1, 20, 136)])
-def test_head_dims_in_two_parts(triton_on, poisoned, B, H, N, d, dtype, eps_dot, eps_io):
-    """d = 36 (32 + 16, 12 masked), 96 (64 + 32), 136 (128 + 16, 8 masked): every column of both parts."""
+@pytest.mark.parametrize("B, H, N, d", [(2, 2, 7, 3), (1, 3, 197, 5), (1, 1, 17, 1), (2, 1, 9, 36), (1, 2, 33, 96),
+                                        (1, 1, 20, 136)])
+def test_head_dims_padded_and_in_two_parts(triton_on, poisoned, B, H, N, d, dtype, eps_dot, eps_io):
+    """d < 16 pads the tile to 16 for tl.dot and masks the padding (the golden example has d = 3); d = 36
+    (32 + 16, 12 masked), 96 (64 + 32), 136 (128 + 16, 8 masked) check every column of both parts."""
     q, k, v = _packed_qkv(B, H, N, d, dtype, seed=N + d)
     _assert_close_to_ref(q, k, v, eps_dot, eps_io)
 
