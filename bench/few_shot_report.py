@@ -3,10 +3,12 @@
 Runs the command (through ``vitcore.cli.main``) once per K on a scores file of the dev set, keeps each
 ``few-shot.json`` in a folder beside the report, and writes a markdown report: per column the rule's,
 params' and the best single proxy's mean τ on the rest, the gain over params with its interval, the
-mean over the columns, and the issue's targets. Two more tables rerun the protocol (``few_shot``, fewer
-draws): with params and the column's best single proxy as the only candidates (what the test can find
-when the user knows in advance which proxy to try: the power of the test itself), and at other levels
-``alpha`` of the test, to show what the choice of level costs and buys.
+mean over the columns, and the issue's targets. More tables rerun the protocol (``few_shot``): on every
+column of the truth with the proxies in both directions (the rule) and as scored only, on the same
+draws (what the reversed candidates buy where the task rewards smaller networks, and cost where it does
+not); and, with fewer draws, with params and the column's best single proxy as the only candidates
+(what the test can find when the user knows in advance which proxy to try: the power of the test
+itself), and at other levels ``alpha`` of the test, to show what the choice of level costs and buys.
 
     python -m bench.few_shot_report --scores bench/results/cpu-2026-11-29-autoformer-dev-100-scores.jsonl \\
         --truth ../shared/data/autoformer-tiny-100.jsonl --out bench/results/cpu-2026-12-07-few-shot-dev.md
@@ -68,6 +70,33 @@ def targets(results: list) -> list:
     worst = min((c["gain"], r["k"], name) for r in results for name, c in r["columns"].items())
     lines.append(f"| no column below params by more than {-WORST:.2f}, any K | worst: {worst[0]:+.3f} "
                  f"({worst[2]}, K = {worst[1]}) | {'yes' if worst[0] >= WORST else 'no'} |")
+    return lines + [""]
+
+
+def direction_section(args, records, truth, results) -> list:
+    """Every column of the truth at every K, ``args.draws`` draws: the rule's gain over params with the
+    proxies in both directions and as scored only (``reverse=False``), paired (the same draws: a column
+    keeps its position in the ``columns`` it is run with, which seeds its draws)."""
+    lines = [f"## Both directions against as scored only, every column ({args.draws} draws, seed {args.seed})",
+             "", "`vitcore.calibrate.few_shot` with `reverse=True` (the rule; for the columns above, the runs above) "
+             "and `reverse=False` (only the proxies as scored), on the same draws: mean gain over params [95% CI].",
+             "", "| column | K | params τ | rule − params | as scored only − params | rules reversed (draws) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    main_columns = {c: truth.columns[c] for c in args.columns}
+    others = {c: acc for c, acc in truth.columns.items() if c not in main_columns}
+    for k, shipped in zip(args.k, results):
+        rows = dict(shipped["columns"])
+        if others:
+            rows.update(few_shot(records, others, k, args.draws, args.seed)["columns"])
+        scored = dict(few_shot(records, main_columns, k, args.draws, args.seed, reverse=False)["columns"])
+        if others:
+            scored.update(few_shot(records, others, k, args.draws, args.seed, reverse=False)["columns"])
+        for column in truth.columns:
+            r, a = rows[column], scored[column]
+            reversed_ = sum(n for p, n in r["chosen"].items() if p.startswith("-"))
+            lines.append(f"| {column} | {k} | {r['params_tau']:.3f} | {r['gain']:+.3f} [{r['gain_ci'][0]:+.3f}, "
+                         f"{r['gain_ci'][1]:+.3f}] | {a['gain']:+.3f} [{a['gain_ci'][0]:+.3f}, "
+                         f"{a['gain_ci'][1]:+.3f}] | {reversed_} |")
     return lines + [""]
 
 
@@ -139,8 +168,9 @@ def main(argv=None) -> int:
              "The gain's interval is a 95% percentile bootstrap of the mean over the draws (scipy.stats.bootstrap). "
              "\"best single proxy\" is the proxy with the highest mean τ on the rests, known only with every "
              "label (an oracle), among those ranking S otherwise than params.",
-             f"- rule (see `vitcore/calibrate.py`'s docstring): leave params only when the leave-one-out τ of "
-             f"picking the best proxy on T beats params' τ on T, one-sided paired bootstrap at alpha = {ALPHA}",
+             f"- rule (see `vitcore/calibrate.py`'s docstring): candidates every proxy as scored and reversed; "
+             f"leave params only when the leave-one-out τ of picking the best candidate on T beats params' τ on T, "
+             f"one-sided paired bootstrap at alpha = {ALPHA}",
              f"- machine: {env['device_name']}, shared with other jobs (load average at start "
              f"{', '.join(f'{x:.1f}' for x in env['load_average'])}); date {env['date']}",
              f"- versions: python {v['python']}, torch {v['torch']}, triton {v['triton']}, numpy {v['numpy']}, "
@@ -149,6 +179,7 @@ def main(argv=None) -> int:
     for result, seconds, cmd in runs:
         lines += k_section(result, seconds, cmd)
     lines += targets([r for r, _, _ in runs])
+    lines += direction_section(args, records, truth, [r for r, _, _ in runs])
     columns = {c: truth.columns[c] for c in args.columns}
     lines += oracle_section(args, records, columns, [r for r, _, _ in runs])
     if args.alphas:

@@ -3,18 +3,19 @@
 Candidate 1, the architectures' own fields: the shipped rule (``vitcore.calibrate._fit``, its gate
 included) with more candidates beside the proxies, each numeric field of the records' "arch" (a number as
 it is; a list of numbers by its sum and by its mean: AutoFormer's embed_dim, depth, total and mean heads,
-total and mean MLP ratio), higher ranking higher as for the proxies; a field of one value on S, or not
-finite, is left out. The issue asks whether the size axes that params collapses into one help.
+total and mean MLP ratio), in both directions as the proxies; a field of one value on S, or not finite,
+is left out. The issue asks whether the size axes that params collapses into one help.
 
 Candidate 2, a ridge. The candidate procedure, fitted on labelled architectures R with accuracies a:
 
 - the shipped rule's choice, the proxy with the best Kendall τ-b on R, with its leave-one-out τ on R
   (``vitcore.calibrate``'s selection), and
 - a ridge on within-R ranks: target rank(a)/|R| − params' percentile in S (params is the offset, the
-  prior the ridge shrinks to), features every candidate's percentile in S, params' included so that
-  the fit can also lower params' weight (computed without labels), fitted with scikit-learn's ``RidgeCV``; its penalty is chosen by ridge's exact
-  leave-one-out error on R over 10^-2 … 10^4 (the top of the grid is params alone), and its
-  leave-one-out τ-b on R comes from the same leave-one-out predictions;
+  prior the ridge shrinks to), features every candidate's percentile in S (the shipped rule's
+  candidates: each proxy as scored and reversed), params' included so that the fit can also lower
+  params' weight (computed without labels), fitted with scikit-learn's ``RidgeCV``; its penalty is
+  chosen by ridge's exact leave-one-out error on R over 10^-2 … 10^4 (the top of the grid is params
+  alone), and its leave-one-out τ-b on R comes from the same leave-one-out predictions;
 - the procedure returns the ridge's score (params' percentile + the fitted ridge) when its
   leave-one-out τ on R beats the selection's, else the selected proxy.
 
@@ -169,10 +170,10 @@ def main(argv=None) -> int:
     truth = read_truth_jsonl(args.truth)
     matrix = calibrate.score_matrix(records)
     ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
-    _, scores, _ = calibrate._candidates(matrix, ids)
-    percentiles = stats.rankdata(scores, axis=1) / scores.shape[1]  # (P, N), as few_shot computes them
+    names, scores, _ = calibrate._candidates(matrix, ids)
+    _, percentiles = calibrate._orderings(names, scores)  # (2P, N), as few_shot computes them
     field_names, values = field_scores(records, ids)
-    fields = stats.rankdata(values, axis=1) / len(ids)  # (F, N)
+    _, fields = calibrate._orderings(field_names, values)  # (2F, N)
     tasks = []
     for k in ks:
         for c_index, column in enumerate(columns):

@@ -58,6 +58,28 @@ def test_a_clearly_better_proxy_is_chosen_and_noise_keeps_params():
     assert kept.proxy == "params" and kept.fallback and "kept params" in kept.reason
 
 
+def test_a_task_that_rewards_the_opposite_is_ranked_by_the_proxy_reversed():
+    """Accuracies that fall as "good" rises (a task favouring what the proxy calls worse): the rule is
+    "-good", and it ranks S from good's lowest score up."""
+    _, records, truth = _population(seed=2)
+    opposite = {i: -a for i, a in list(truth.items())[:30]}
+    rule = fit_rule(records, opposite)
+    assert (rule.proxy, rule.reversed, rule.label, rule.fallback) == ("good", True, "-good", False)
+    assert "good reversed, lower first" in rule.reason
+    assert rule.evidence["tau"]["-good"] == pytest.approx(-rule.evidence["tau"]["good"])
+    ranked = apply_rule(rule, records)
+    good = {r["id"]: r["scores"]["good"] for r in records}
+    assert [r["id"] for r in ranked] == sorted(good, key=good.get)
+    assert all(r["score"] == -good[r["id"]] for r in ranked)
+    as_scored = fit_rule(records, opposite, reverse=False)  # only orderings as scored: none beats params
+    assert as_scored.fallback and "-good" not in as_scored.evidence["tau"]
+    assert as_scored.parameters["reverse"] is False
+    with pytest.raises(TypeError, match="reverse='no'"):
+        fit_rule(records, opposite, reverse="no")
+    with pytest.raises(TypeError, match="reverse=1"):
+        few_shot(records, {"task": opposite}, 8, reverse=1)
+
+
 def test_the_rule_is_deterministic_under_a_seed_and_round_trips(tmp_path):
     _, records, truth = _population(seed=3, signal=1.0)
     labelled = dict(list(truth.items())[:12])
@@ -70,6 +92,10 @@ def test_the_rule_is_deterministic_under_a_seed_and_round_trips(tmp_path):
         Rule.from_dict({"proxy": "params"}, "x.json")
     with pytest.raises(ValueError, match="field 'fallback'"):
         Rule.from_dict(dict(a.to_dict(), fallback="no"), "x.json")
+    with pytest.raises(ValueError, match="field 'reversed'"):
+        Rule.from_dict({k: v for k, v in a.to_dict().items() if k != "reversed"}, "x.json")
+    old = {k: v for k, v in dict(a.to_dict(), format=1).items() if k != "reversed"}  # before "reversed"
+    assert Rule.from_dict(old) == a and not a.reversed
 
 
 def test_the_rule_never_reads_accuracies_outside_t(monkeypatch):
@@ -166,6 +192,23 @@ def test_calibrate_rank_and_few_shot_end_to_end(tmp_path, capsys):
     result = json.loads((folder / "few-shot.json").read_text())
     assert result["k"] == 6 and result["draws"] == 4 and list(result["columns"]) == ["task"]
     assert "| task | 40 |" in capsys.readouterr().out
+
+
+def test_calibrate_and_rank_with_a_reversed_rule(tmp_path, capsys):
+    archs, records, truth = _population(seed=2)
+    scores, t = tmp_path / "S.jsonl", tmp_path / "T.jsonl"
+    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
+    t.write_text("".join(json.dumps({**a.to_dict(), "acc": {"task": -truth[a.id]}}) + "\n" for a in archs[:30]))
+    rule_file, ranked = tmp_path / "rule.json", tmp_path / "ranked.jsonl"
+    assert main(["calibrate", "--scores", str(scores), "--truth", str(t), "--column", "task",
+                 "--out", str(rule_file)]) == 0
+    assert "rule: rank by -good:" in capsys.readouterr().out
+    assert json.loads(rule_file.read_text())["reversed"] is True
+    assert main(["rank", "--scores", str(scores), "--rule", str(rule_file), "--out", str(ranked)]) == 0
+    assert f"{N} scored, 0 failed; ranked by -good" in capsys.readouterr().out
+    rows = [json.loads(line) for line in ranked.read_text().splitlines()]
+    good = {r["id"]: r["scores"]["good"] for r in records}
+    assert [r["id"] for r in rows] == sorted(good, key=good.get) and {r["rule"] for r in rows} == {"-good"}
 
 
 @pytest.mark.parametrize("case, message", [

@@ -5,11 +5,17 @@ the trained accuracies of K of them on the task. ``fit_rule`` turns (S, T) into 
 to rank S by; ``apply_rule`` ranks with it; ``few_shot`` measures the whole procedure on a full ground
 truth by drawing T at random R times and scoring the rule on the architectures outside T.
 
-The rule and why (decided before the dev-set runs; the report says what else was tried):
+The rule and why (decided before the dev-set runs, but for the reversed candidates, added when the dev
+truth's other columns showed size-driven proxies ranking backwards; the report says what else was tried):
 
-- Candidates: every proxy of S that is finite on all of S, params included. A rule is one of them as
-  scored (higher ranks higher); no sign is flipped and no weights are fitted, since K labels cannot
-  estimate more than a choice among a few orderings.
+- Candidates: every proxy of S that is finite on all of S, params included, each in both directions:
+  as scored (higher ranks higher) and reversed (lower ranks higher, named with a leading "-", e.g.
+  "-params"). No weights are fitted, since K labels cannot estimate more than a choice among a few
+  orderings. A proxy's direction is a claim about the task, not a law: when training favours smaller
+  networks (from scratch on little data, short schedules) the size-driven proxies rank backwards, as
+  the dev truth's from-scratch CIFAR-100 and supernet ImageNet columns show (params' τ -0.32 and -0.22,
+  bench/results/cpu-2026-12-07-few-shot-dev.md), and the reversed proxy is the right rule. The
+  selection below pays for the doubled candidates: it is cross-validated over all of them.
 - The default is params, the parameter count, which ranks ViTs as well as any single proxy on average
   (bench/results/cpu-2026-11-29-autoformer-dev-100.md).
 - Picking the proxy with the best τ on T ("naive selection") overestimates the winner: with K labels
@@ -23,8 +29,9 @@ The rule and why (decided before the dev-set runs; the report says what else was
   held-out percentile, params' percentile and accuracy (scipy.stats.bootstrap, percentile method), and
   the ``alpha`` quantile of τ_b(held out) − τ_b(params) must exceed 0. One comparison is made, of one
   procedure chosen in advance, so no correction for many proxies is needed: the multiplicity lives
-  inside the cross-validation. Then the rule is the proxy with the best τ on all of T. Otherwise it is
-  params, and the rule says so (``fallback``) with the numbers it rests on.
+  inside the cross-validation. Then the rule is the candidate with the best τ on all of T (the earliest
+  on ties: params, then the proxies as scored, then reversed). Otherwise it is params, and the rule says
+  so (``fallback``) with the numbers it rests on.
 
 Only the accuracies of T are read: S's architectures outside T enter through their scores alone (the
 percentiles), never through an accuracy.
@@ -40,18 +47,20 @@ BASELINE = "params"  # the rule a calibration falls back to
 MIN_K = 5  # fewer labels cannot separate a rule from params (K = 5: 10 pairs)
 ALPHA = 0.05  # one-sided level of the test that a rule beats params on T
 RESAMPLES = 2000  # bootstrap resamples of T's architectures
-RULE_FORMAT = 1  # version of the rule file's layout
+RULE_FORMAT = 2  # version of the rule file's layout; 2 added "reversed" (format 1 rules never reverse)
 
 
 @dataclass
 class Rule:
-    """A fitted ranking rule: rank architectures by the score ``proxy`` (higher ranks higher).
+    """A fitted ranking rule: rank architectures by the score ``proxy``, higher first, or lower first when
+    ``reversed`` (``label`` is then "-" + proxy).
 
     ``fallback`` is True when the labels could not show that any rule beats params (``proxy`` is then
-    params) and ``reason`` says why in words. ``evidence``: ``k`` (labelled architectures), ``tau`` ({proxy:
-    Kendall τ-b on T}), ``params_tau``, ``cv_tau`` (the selection's leave-one-out τ on T), ``cv_minus_params``,
-    ``lower_bound`` (the bootstrap ``alpha`` quantile of cv_tau − params_tau; NaN when undefined),
-    ``excluded`` ({proxy: why it was not a candidate}). ``parameters``: alpha, resamples, seed.
+    params) and ``reason`` says why in words. ``evidence``: ``k`` (labelled architectures), ``tau``
+    ({candidate: Kendall τ-b on T}, reversed ones labelled "-proxy"), ``params_tau``, ``cv_tau`` (the
+    selection's leave-one-out τ on T), ``cv_minus_params``, ``lower_bound`` (the bootstrap ``alpha``
+    quantile of cv_tau − params_tau; NaN when undefined), ``excluded`` ({proxy: why it was not a
+    candidate}). ``parameters``: alpha, resamples, seed, reverse.
     ``inputs``: where S and T came from, the column, the ids of T."""
 
     proxy: str
@@ -60,21 +69,30 @@ class Rule:
     evidence: dict
     parameters: dict
     inputs: dict = field(default_factory=dict)
+    reversed: bool = False
+
+    @property
+    def label(self) -> str:
+        """The rule's name: the proxy, with a leading "-" when reversed."""
+        return ("-" if self.reversed else "") + self.proxy
 
     def to_dict(self) -> dict:
         return {"format": RULE_FORMAT, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d, where: str = "rule") -> "Rule":
-        """A rule read back from ``to_dict``'s form; ValueError naming ``where`` and the bad field."""
-        if not isinstance(d, dict) or d.get("format") != RULE_FORMAT:
+        """A rule read back from ``to_dict``'s form (format 1 files too: never reversed); ValueError naming
+        ``where`` and the bad field."""
+        if not isinstance(d, dict) or d.get("format") not in (1, RULE_FORMAT):
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"{where}: not a vitcore rule (format {got!r}; expected {RULE_FORMAT})")
+            raise ValueError(f"{where}: not a vitcore rule (format {got!r}; expected 1 or {RULE_FORMAT})")
+        d = dict({"reversed": False} if d["format"] == 1 else {}, **d)
         for name, kind in [("proxy", str), ("fallback", bool), ("reason", str), ("evidence", dict),
-                           ("parameters", dict), ("inputs", dict)]:
+                           ("parameters", dict), ("inputs", dict), ("reversed", bool)]:
             if not isinstance(d.get(name), kind):
                 raise ValueError(f"{where}: field {name!r} is {d.get(name)!r:.60}, expected a {kind.__name__}")
-        return cls(**{k: d[k] for k in ("proxy", "fallback", "reason", "evidence", "parameters", "inputs")})
+        return cls(**{k: d[k] for k in ("proxy", "fallback", "reason", "evidence", "parameters", "inputs",
+                                        "reversed")})
 
 
 def score_matrix(records: Sequence[dict]) -> Dict[str, Dict[str, float]]:
@@ -112,6 +130,17 @@ def _candidates(matrix: Dict[str, Dict[str, float]], ids: List[str]):
     return names, np.stack(rows), excluded
 
 
+def _orderings(names: List[str], scores: np.ndarray, reverse: bool = True) -> tuple:
+    """(labels, (2P, N) percentiles) of the P candidates as scored, then reversed ("-" + name); only the
+    first P without ``reverse``. Percentile = rank within S over N (ties averaged), so a reversed one is
+    1 + 1/N minus the scored one."""
+    n = scores.shape[1]
+    percentiles = stats.rankdata(scores, axis=1) / n
+    if not reverse:
+        return list(names), percentiles
+    return names + ["-" + p for p in names], np.concatenate([percentiles, 1 + 1 / n - percentiles])
+
+
 def _signs(x: np.ndarray) -> np.ndarray:
     """(..., K, K) sign(x_i - x_j) of (..., K) values."""
     return np.sign(x[..., :, None] - x[..., None, :])
@@ -141,8 +170,8 @@ def _best(taus: np.ndarray) -> np.ndarray:
 
 def _fit(names: List[str], percentiles: np.ndarray, labelled: np.ndarray, acc: np.ndarray,
          alpha: float, resamples: int, seed: int) -> tuple:
-    """The decision of the module docstring on (P, N) percentiles, T's positions and accuracies:
-    (proxy index, evidence)."""
+    """The decision of the module docstring on the candidates' (C, N) percentiles (``_orderings``, params
+    first), T's positions and accuracies: (candidate index, evidence)."""
     k = len(labelled)
     p_t = percentiles[:, labelled]  # (P, K)
     score_signs, acc_signs = _signs(p_t), _signs(acc)
@@ -186,54 +215,63 @@ def _check_labels(truth: Mapping[str, float], ids: Sequence[str], n_total: int) 
 
 
 def fit_rule(records: Sequence[dict], truth: Mapping[str, float], *, alpha: float = ALPHA,
-             resamples: int = RESAMPLES, seed: int = 0, inputs: Optional[dict] = None) -> Rule:
+             resamples: int = RESAMPLES, seed: int = 0, reverse: bool = True,
+             inputs: Optional[dict] = None) -> Rule:
     """Fit a ranking rule from S (``records`` of ``vitcore score``) and T (``truth``, {id: accuracy} of
     K >= 5 architectures of S), as the module docstring says; the same inputs and ``seed`` give the same
-    rule. ``inputs`` is recorded as given (paths, column).
+    rule. ``reverse=False`` offers the proxies as scored only (for a user who knows every proxy's
+    direction holds on the task). ``inputs`` is recorded as given (paths, column).
 
     Raises TypeError for a truth that is not a dict; ValueError for K < 5, an id of T not scored in S, an
     accuracy that is not a finite number, accuracies of one value, no params score, and for an
-    ``alpha`` outside (0, 0.5) or ``resamples`` < 100.
+    ``alpha`` outside (0, 0.5) or ``resamples`` < 100; TypeError for a ``reverse`` that is not a bool.
     """
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha={alpha!r}: expected a level in (0, 0.5)")
+    if not isinstance(reverse, bool):
+        raise TypeError(f"reverse={reverse!r}: expected True or False")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
         raise ValueError(f"resamples={resamples!r}: expected an int >= 100")
     matrix = score_matrix(records)
     ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
     _check_labels(truth, ids, len(ids))
     names, scores, excluded = _candidates(matrix, ids)
-    percentiles = stats.rankdata(scores, axis=1) / scores.shape[1]  # (P, N)
+    labels, percentiles = _orderings(names, scores, reverse)  # (2P, N)
     position = {i: n for n, i in enumerate(ids)}
     labelled = np.array([position[i] for i in truth])
     acc = np.array([float(truth[i]) for i in truth])
-    chosen, evidence = _fit(names, percentiles, labelled, acc, alpha, resamples, seed)
+    chosen, evidence = _fit(labels, percentiles, labelled, acc, alpha, resamples, seed)
     evidence["excluded"] = excluded
-    return _rule(names[chosen], evidence, alpha, resamples, seed, dict(inputs or {}, labelled=list(truth)))
+    return _rule(labels[chosen], bool(chosen >= len(names)), evidence,
+                 {"alpha": alpha, "resamples": resamples, "seed": seed, "reverse": reverse},
+                 dict(inputs or {}, labelled=list(truth)))
 
 
-def _rule(proxy: str, evidence: dict, alpha: float, resamples: int, seed: int, inputs: dict) -> Rule:
+def _rule(label: str, reversed_: bool, evidence: dict, parameters: dict, inputs: dict) -> Rule:
     e = evidence
     lo = "nan" if math.isnan(e["lower_bound"]) else f"{e['lower_bound']:+.3f}"
     numbers = (f"K = {e['k']}: leave-one-out τ of choosing the best proxy {e['cv_tau']:.3f}, params' τ "
-               f"{e['params_tau']:.3f}, one-sided {1 - alpha:.0%} bootstrap lower bound of the difference {lo}")
-    if proxy == BASELINE:
+               f"{e['params_tau']:.3f}, one-sided {1 - parameters['alpha']:.0%} bootstrap lower bound of the "
+               f"difference {lo}")
+    if label == BASELINE:
         reason = f"kept params: the labels do not show that any proxy beats it ({numbers})"
     else:
-        reason = f"{proxy} (τ {e['tau'][proxy]:.3f} on T) beats params on held-out labels ({numbers})"
-    return Rule(proxy=proxy, fallback=proxy == BASELINE, reason=reason, evidence=evidence,
-                parameters={"alpha": alpha, "resamples": resamples, "seed": seed}, inputs=inputs)
+        order = f"{label[1:]} reversed, lower first" if reversed_ else label
+        reason = f"{order} (τ {e['tau'][label]:.3f} on T) beats params on held-out labels ({numbers})"
+    return Rule(proxy=label[1:] if reversed_ else label, fallback=label == BASELINE, reason=reason,
+                evidence=evidence, parameters=parameters, inputs=inputs, reversed=reversed_)
 
 
 def apply_rule(rule: Rule, records: Sequence[dict]) -> List[dict]:
-    """[{"id", "score"}] of the scored records, ranked by the rule (best first; NaN last, then failed
-    records with score NaN). ValueError when no record holds the rule's proxy."""
+    """[{"id", "score"}] of the scored records, ranked by the rule, best first: "score" is the rule's
+    score, the proxy's or, when reversed, its negation (NaN last, then failed records with score NaN).
+    ValueError when no record holds the rule's proxy."""
     matrix = score_matrix(records)
     if rule.proxy not in matrix:
         raise ValueError(f"the rule ranks by {rule.proxy!r}, which these scores do not hold; they have "
                          f"{', '.join(matrix) or 'no scores'}")
-    column = matrix[rule.proxy]
-    ranked = [{"id": r["id"], "score": column.get(r["id"], math.nan)} for r in records]
+    column, sign = matrix[rule.proxy], -1.0 if rule.reversed else 1.0
+    ranked = [{"id": r["id"], "score": sign * column.get(r["id"], math.nan)} for r in records]
     return sorted(ranked, key=lambda r: (math.isnan(r["score"]), -r["score"] if not math.isnan(r["score"]) else 0))
 
 
@@ -248,19 +286,21 @@ def _mean_ci(values: np.ndarray, seed: int) -> List[float]:
 
 
 def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]], k: int, draws: int = 200,
-             seed: int = 0, alpha: float = ALPHA, resamples: int = RESAMPLES) -> dict:
+             seed: int = 0, alpha: float = ALPHA, resamples: int = RESAMPLES, reverse: bool = True) -> dict:
     """The few-shot protocol: per column, ``draws`` seeded draws of ``k`` labelled architectures T among
     those the column holds and S scored; ``fit_rule``'s decision fitted on T alone; Kendall τ-b on the
-    rest of the column of the rule, of params and of every candidate proxy.
+    rest of the column of the rule, of params and of every candidate proxy; ``reverse`` as for ``fit_rule``.
 
     ``records``: S (``vitcore.runs.read_results``); ``columns``: {column: {id: accuracy}}. Returns the
-    ``few-shot.json`` object: {"k", "draws", "seed", "alpha", "columns": {column: {"rule_tau", "params_tau",
-    "best_proxy", "best_proxy_tau" (the candidate with the highest mean τ on the rests, an oracle no
-    user has, among those that rank S otherwise than params: flops ranks a ViT space as params does),
-    "gain" (mean of rule − params), "gain_ci" (its 95% bootstrap interval over the draws),
-    "fallback_share" (draws that kept params), "chosen" ({proxy: draws}), "proxy_tau" ({proxy: mean τ}),
-    "n" (architectures), "rules" (the proxy of each draw, in order)}}, "mean_gain"}; τ means are over
-    the draws. ValueError for k < 5, a column with fewer than k + 2 scored architectures, draws < 1.
+    ``few-shot.json`` object: {"k", "draws", "seed", "alpha", "reverse", "columns": {column: {"rule_tau", "params_tau",
+    "best_proxy", "best_proxy_tau" (the proxy with the highest mean τ on the rests, an oracle no user
+    has, among the proxies as scored that rank S otherwise than params: flops ranks a ViT space as
+    params does), "gain" (mean of rule − params), "gain_ci" (its 95% bootstrap interval over the draws),
+    "fallback_share" (draws that kept params), "chosen" ({rule: draws}), "proxy_tau" ({candidate: mean
+    τ}), "n" (architectures), "rules" (the rule of each draw, in order)}}, "mean_gain"}; rules and
+    candidates are named by their label ("-zico": zico reversed); τ means are over the draws.
+    ValueError for k < 5, a column with fewer than k + 2 scored architectures, draws < 1; TypeError for
+    a ``reverse`` that is not a bool.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < MIN_K:
         raise ValueError(f"--few-shot {k!r}: calibration needs K >= {MIN_K} labelled architectures")
@@ -268,11 +308,13 @@ def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]]
         raise ValueError(f"--draws {draws!r}: expected a positive integer")
     if not columns:
         raise ValueError("few_shot needs at least one accuracy column")
+    if not isinstance(reverse, bool):
+        raise TypeError(f"reverse={reverse!r}: expected True or False")
     matrix = score_matrix(records)
     ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
     names, scores, _ = _candidates(matrix, ids)
-    percentiles = stats.rankdata(scores, axis=1) / scores.shape[1]  # (P, N)
-    out = {"k": k, "draws": draws, "seed": seed, "alpha": alpha, "columns": {}}
+    labels, percentiles = _orderings(names, scores, reverse)  # (2P, N)
+    out = {"k": k, "draws": draws, "seed": seed, "alpha": alpha, "reverse": reverse, "columns": {}}
     for c_index, (column, acc_of) in enumerate(columns.items()):
         held = [n for n, i in enumerate(ids) if i in acc_of]  # positions in S with an accuracy
         if len(held) < k + 2:
@@ -282,19 +324,19 @@ def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]]
         _check_labels({ids[n]: a for n, a in zip(held, acc)}, ids, len(ids))
         all_signs, acc_signs = _signs(percentiles[:, held]), _signs(acc)  # (P, L, L), (L, L)
         rng = np.random.default_rng([seed, c_index])
-        taus, rules = np.empty((draws, len(names))), []
+        taus, rules = np.empty((draws, len(labels))), []
         for d in range(draws):
             t = np.sort(rng.choice(len(held), size=k, replace=False))  # positions in ``held``
-            chosen, _ = _fit(names, percentiles, np.asarray(held)[t], acc[t], alpha, resamples,
+            chosen, _ = _fit(labels, percentiles, np.asarray(held)[t], acc[t], alpha, resamples,
                              int(rng.integers(2**32)))
             rest = np.ones((1, len(held)))
             rest[0, t] = 0.0
             taus[d] = weighted_tau_b(all_signs, acc_signs, rest)[:, 0]
-            rules.append(names[chosen])
-        rule_tau = taus[np.arange(draws), [names.index(r) for r in rules]]
+            rules.append(labels[chosen])
+        rule_tau = taus[np.arange(draws), [labels.index(r) for r in rules]]
         gains = rule_tau - taus[:, 0]
-        mean_tau = dict(zip(names, taus.mean(0).tolist()))
-        others = [n for n, row in zip(names, percentiles) if not np.array_equal(row, percentiles[0])]
+        mean_tau = dict(zip(labels, taus.mean(0).tolist()))
+        others = [n for n, row in zip(names, percentiles) if not np.array_equal(row, percentiles[0])]  # as scored
         best = max(others, key=lambda n: mean_tau[n]) if others else BASELINE
         out["columns"][column] = {
             "rule_tau": float(rule_tau.mean()), "params_tau": mean_tau[BASELINE], "best_proxy": best,

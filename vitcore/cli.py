@@ -174,7 +174,7 @@ def cmd_calibrate(args) -> int:
     with open(args.out, "w") as f:
         json.dump(rule.to_dict(), f, indent=1, ensure_ascii=False)
         f.write("\n")
-    print(f"rule: rank by {rule.proxy}{' (fallback)' if rule.fallback else ''}: {rule.reason}")
+    print(f"rule: rank by {rule.label}{' (fallback)' if rule.fallback else ''}: {rule.reason}")
     print(f"written: {args.out}", file=sys.stderr)
     return 0
 
@@ -191,13 +191,13 @@ def cmd_rank(args) -> int:
     records = _records(args.scores)
     ranked = apply_rule(rule, records)
     by_id = {r["id"]: r["score"] for r in ranked}
-    shown = [dict(r, scores={**r["scores"], rule.proxy: by_id[r["id"]]}) if "scores" in r else r for r in records]
-    _print_table(shown, [rule.proxy], rule.proxy)
+    shown = [dict(r, scores={**r["scores"], rule.label: by_id[r["id"]]}) if "scores" in r else r for r in records]
+    _print_table(shown, [rule.label], rule.label)
     print(f"rule {args.rule}: {rule.reason}")
     if args.out:
         with open(args.out, "w") as f:
             for i, r in enumerate(ranked, 1):
-                f.write(json.dumps({"rank": i, "id": r["id"], "rule": rule.proxy, "score": r["score"]}) + "\n")
+                f.write(json.dumps({"rank": i, "id": r["id"], "rule": rule.label, "score": r["score"]}) + "\n")
         print(f"written: {args.out}", file=sys.stderr)
     return 0
 
