@@ -13,8 +13,8 @@ truth's other columns showed size-driven proxies ranking backwards; the report s
   "-params"). No weights are fitted, since K labels cannot estimate more than a choice among a few
   orderings. A proxy's direction is a claim about the task, not a law: when training favours smaller
   networks (from scratch on little data, short schedules) the size-driven proxies rank backwards, as
-  the dev truth's from-scratch CIFAR-100 and supernet ImageNet columns show (params' τ -0.32 and -0.22,
-  bench/results/cpu-2026-12-07-few-shot-dev.md), and the reversed proxy is the right rule. The
+  the dev truth's from-scratch CIFAR-100 and supernet ImageNet columns show (params' τ -0.324 and
+  -0.217, bench/results/cpu-2026-11-29-autoformer-dev-100.md), and the reversed proxy is the right rule. The
   selection below pays for the doubled candidates: it is cross-validated over all of them.
 - The default is params, the parameter count, which ranks ViTs as well as any single proxy on average
   (bench/results/cpu-2026-11-29-autoformer-dev-100.md).
