@@ -218,6 +218,12 @@ def test_calibrate_and_rank_with_a_reversed_rule(tmp_path, capsys):
     ("nan", "is not finite"),
     ("few_shot", "--few-shot 3: calibration needs K >= 5"),
     ("rule", "is not JSON"),
+    ("deep_rule", "nested too deeply"),
+    ("seed", "--seed -1: expected an integer >= 0"),
+    ("draws", "--draws 1000000000000: expected an integer from 1 to 100000"),
+    ("columns", "--columns ',' names no column"),
+    ("out_is_truth", "writing there would replace it"),
+    ("out_is_scores", "writing there would replace it"),
 ])
 def test_bad_inputs_to_the_commands(case, message, tmp_path, capsys):
     stranger = sample(SPACES["small"], N + 1, 7)[-1]
@@ -226,15 +232,103 @@ def test_bad_inputs_to_the_commands(case, message, tmp_path, capsys):
                  "1.0}}", "NaN}}")}.get(case)
     scores, t, full = _files(tmp_path, labelled=4 if case == "k4" else 12, extra_line=extra)
     (tmp_path / "bad.json").write_text("{")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    inputs = {p: p.read_bytes() for p in (scores, t)}
+    evaluate = ["evaluate", "--scores", str(scores), "--truth", str(full), "--out", str(tmp_path / "o")]
     argv = {"column": ["calibrate", "--scores", str(scores), "--truth", str(t)],
-            "few_shot": ["evaluate", "--scores", str(scores), "--truth", str(full), "--few-shot", "3",
-                         "--out", str(tmp_path / "o")],
-            "rule": ["rank", "--scores", str(scores), "--rule", str(tmp_path / "bad.json")]}.get(
+            "few_shot": evaluate + ["--few-shot", "3"],
+            "rule": ["rank", "--scores", str(scores), "--rule", str(tmp_path / "bad.json")],
+            "deep_rule": ["rank", "--scores", str(scores), "--rule", str(tmp_path / "deep.json")],
+            "draws": evaluate + ["--few-shot", "5", "--draws", str(10**12)],
+            "columns": evaluate + ["--few-shot", "5", "--columns", ","],
+            "out_is_scores": ["calibrate", "--scores", str(scores), "--truth", str(t), "--column", "task",
+                              "--out", str(scores)]}.get(
         case, ["calibrate", "--scores", str(scores), "--truth", str(t), "--column", "task"])
+    argv += {"seed": ["--seed", "-1"], "out_is_truth": ["--out", str(t)]}.get(case, [])
     with pytest.raises(SystemExit) as exit_info:
-        main(argv + (["--out", str(tmp_path / "r.json")] if argv[0] == "calibrate" else []))
+        main(argv + (["--out", str(tmp_path / "r.json")] if argv[0] == "calibrate" and "--out" not in argv else []))
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+    assert all(p.read_bytes() == data for p, data in inputs.items())  # no input was touched
+
+
+def test_rank_reads_a_rule_with_a_byte_order_mark_and_never_writes_over_its_inputs(tmp_path, capsys):
+    scores, t, _ = _files(tmp_path, labelled=30)
+    rule_file = tmp_path / "rule.json"
+    assert main(["calibrate", "--scores", str(scores), "--truth", str(t), "--column", "task",
+                 "--out", str(rule_file)]) == 0
+    rule_file.write_bytes(b"\xef\xbb\xbf" + rule_file.read_bytes())
+    assert main(["rank", "--scores", str(scores), "--rule", str(rule_file)]) == 0
+    before = {p: p.read_bytes() for p in (scores, rule_file)}
+    for out in (scores, rule_file):
+        with pytest.raises(SystemExit):
+            main(["rank", "--scores", str(scores), "--rule", str(rule_file), "--out", str(out)])
+        assert "writing there would replace it" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (scores, rule_file)} == before
+
+
+def test_a_rule_of_a_path_that_is_not_utf8_is_written_whole(tmp_path, capsys):
+    """A scores path of bytes that are not UTF-8 (kept by Python as surrogates) is escaped in the rule file,
+    not a failure half-way through writing it."""
+    scores, t, _ = _files(tmp_path, labelled=12)
+    odd = tmp_path / "S\udcff.jsonl"
+    odd.write_bytes(scores.read_bytes())
+    rule_file = tmp_path / "rule.json"
+    assert main(["calibrate", "--scores", str(odd), "--truth", str(t), "--column", "task",
+                 "--out", str(rule_file)]) == 0
+    rule = Rule.from_dict(json.loads(rule_file.read_text(encoding="utf-8")))
+    assert rule.inputs["scores"] == str(odd)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(format=True), "not a vitcore rule (format True"),
+    (dict(format=2.0), "not a vitcore rule (format 2.0"),
+    (dict(format=1, reversed=True), "field 'reversed' is not part of format 1"),
+    (dict(reversed=None), "field 'reversed' is None"),
+    (dict(proxy="-good", reversed=True), "proxy '-good' starts with '-'"),
+])
+def test_a_hand_edited_rule_file_is_refused_with_the_field_named(edit, message):
+    _, records, truth = _population()
+    good = fit_rule(records, dict(list(truth.items())[:12])).to_dict()
+    d = dict(good, **edit)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        Rule.from_dict(d, "x.json")
+    with pytest.raises(ValueError, match="field 'inputs' is missing"):
+        Rule.from_dict({k: v for k, v in good.items() if k != "inputs"}, "x.json")
+    with pytest.raises(TypeError, match="must be a vitcore.calibrate.Rule"):
+        apply_rule(d, records)
+
+
+def test_the_api_takes_numpy_numbers_and_names_bad_arguments():
+    _, records, truth = _population()
+    labelled = dict(list(truth.items())[:12])
+    as_numpy = fit_rule(records, {i: np.float32(a) for i, a in labelled.items()})
+    assert as_numpy.proxy == fit_rule(records, {i: float(np.float32(a)) for i, a in labelled.items()}).proxy
+    assert few_shot(records, {"task": truth}, np.int64(6), np.int64(2))["k"] == 6
+    for kwargs, message in [(dict(seed=-1), "seed=-1: expected an integer >= 0"),
+                            (dict(alpha=0.7), r"alpha=0.7: expected a level in \(0, 0.5\)"),
+                            (dict(resamples=1), "resamples=1: expected an integer >= 100"),
+                            (dict(draws=10**9), "draws=1000000000: expected an integer from 1 to 100000")]:
+        with pytest.raises(ValueError, match=message):
+            few_shot(records, {"task": truth}, 6, **dict(dict(draws=2), **kwargs))
+    with pytest.raises(ValueError, match="seed=-1"):
+        fit_rule(records, labelled, seed=-1)
+    with pytest.raises(TypeError, match="columns must be a dict"):
+        few_shot(records, ["task"], 6, 2)
+    with pytest.raises(ValueError, match="column 'task': accuracy of .* is 'x'"):
+        few_shot(records, {"task": dict(truth, **{next(iter(truth)): "x"})}, 6, 2)
+    with pytest.raises(ValueError, match="record 0 has no \"id\""):
+        fit_rule([{"scores": {"params": 1.0}}] + records, labelled)
+    huge = [dict(r, scores=dict(r["scores"], good=10**400)) if n == 0 else r for n, r in enumerate(records)]
+    assert "good" in fit_rule(huge, labelled).evidence["excluded"]  # an int beyond float: not finite
+
+
+def test_few_shot_refuses_a_draw_with_one_accuracy_value():
+    """All accuracies equal but one: some draw's T (or rest) holds one value, where τ is undefined."""
+    _, records, truth = _population()
+    flat = {i: (2.0 if n == 0 else 1.0) for n, i in enumerate(truth)}
+    with pytest.raises(ValueError, match="column 'flat': draw 1 holds one accuracy value in"):
+        few_shot(records, {"flat": flat}, 8, draws=3)
 
 
 def test_score_says_how_its_ranking_did_on_the_builtin_truth(capsys):

@@ -66,6 +66,7 @@ def test_null_accuracies_pit_rows_and_nested_archs(tmp_path):
     (json.dumps(_arch(1, 1)), "line 1: expected an architecture with an \"acc\" object"),
     (json.dumps({**_arch(1, 1), "acc": {"a": "high"}}), "line 1: a='high' is not a number"),
     (json.dumps({**_arch(1, 1), "acc": {"a": float("nan")}}), "line 1: a=nan is not finite"),
+    (json.dumps({**_arch(1, 1), "acc": {"a": 10**400}}), "line 1: a=1" + "0" * 39 + " is not finite"),  # beyond float
     (json.dumps({**_arch(1, 1), "depth": 2, "acc": {"a": 1.0}}), "line 1: num_heads="),
     (json.dumps({"base_dim": 8, "depth": [1, 1], "num_heads": [2, 3], "mlp_ratio": 2, "acc": {"a": 1.0}}),
      "line 1: num_heads=(2, 3): 3 heads after 2"),

@@ -37,6 +37,7 @@ Only the accuracies of T are read: S's architectures outside T enter through the
 percentiles), never through an accuracy.
 """
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -47,6 +48,7 @@ BASELINE = "params"  # the rule a calibration falls back to
 MIN_K = 5  # fewer labels cannot separate a rule from params (K = 5: 10 pairs)
 ALPHA = 0.05  # one-sided level of the test that a rule beats params on T
 RESAMPLES = 2000  # bootstrap resamples of T's architectures
+MAX_DRAWS = 100_000  # few_shot's draws: each refits the rule (milliseconds to a second)
 RULE_FORMAT = 2  # version of the rule file's layout; 2 added "reversed" (format 1 rules never reverse)
 
 
@@ -83,14 +85,23 @@ class Rule:
     def from_dict(cls, d, where: str = "rule") -> "Rule":
         """A rule read back from ``to_dict``'s form (format 1 files too: never reversed); ValueError naming
         ``where`` and the bad field."""
-        if not isinstance(d, dict) or d.get("format") not in (1, RULE_FORMAT):
-            got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"{where}: not a vitcore rule (format {got!r}; expected 1 or {RULE_FORMAT})")
-        d = dict({"reversed": False} if d["format"] == 1 else {}, **d)
+        fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+        if not isinstance(d, dict) or type(fmt) is not int or fmt not in (1, RULE_FORMAT):
+            raise ValueError(f"{where}: not a vitcore rule (format {fmt!r:.40}; expected 1 or {RULE_FORMAT})")
+        if fmt == 1:
+            if "reversed" in d:
+                raise ValueError(f"{where}: field 'reversed' is not part of format 1, whose rules are never "
+                                 f"reversed; write format {RULE_FORMAT} to reverse a rule")
+            d = dict(d, reversed=False)
         for name, kind in [("proxy", str), ("fallback", bool), ("reason", str), ("evidence", dict),
                            ("parameters", dict), ("inputs", dict), ("reversed", bool)]:
-            if not isinstance(d.get(name), kind):
-                raise ValueError(f"{where}: field {name!r} is {d.get(name)!r:.60}, expected a {kind.__name__}")
+            if name not in d:
+                raise ValueError(f"{where}: field {name!r} is missing")
+            if not isinstance(d[name], kind):
+                raise ValueError(f"{where}: field {name!r} is {d[name]!r:.60}, expected a {kind.__name__}")
+        if d["proxy"].startswith("-"):
+            raise ValueError(f"{where}: proxy {d['proxy']!r} starts with '-': name the proxy and set "
+                             "\"reversed\": true to rank it lower first")
         return cls(**{k: d[k] for k in ("proxy", "fallback", "reason", "evidence", "parameters", "inputs",
                                         "reversed")})
 
@@ -99,15 +110,50 @@ def score_matrix(records: Sequence[dict]) -> Dict[str, Dict[str, float]]:
     """{proxy: {id: score}} of the scored records (``vitcore.runs.read_results``); params from the
     record's own count when it was not scored as a proxy. Failed records (no "scores") are left out."""
     out: Dict[str, Dict[str, float]] = {}
-    for r in records:
+    for n, r in enumerate(records):
+        if not isinstance(r, Mapping):
+            raise TypeError(f"record {n} is a {type(r).__name__}, not a dict of vitcore score's results")
+        if "id" not in r:
+            raise ValueError(f"record {n} has no \"id\": not a result of vitcore score")
         if "scores" not in r:
             continue
         scores = dict(r["scores"])
-        if BASELINE not in scores and isinstance(r.get("params"), (int, float)):
-            scores[BASELINE] = float(r["params"])
+        if BASELINE not in scores and _real(r.get("params")):
+            scores[BASELINE] = r["params"]
         for p, v in scores.items():
-            out.setdefault(p, {})[r["id"]] = float(v) if isinstance(v, (int, float)) else math.nan
+            out.setdefault(p, {})[r["id"]] = _float(v) if _real(v) else math.nan
     return out
+
+
+def _real(x) -> bool:
+    """A real number, Python's or numpy's; not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _float(x) -> float:
+    """float(x), an int beyond float's range as ±inf (not finite, so never a candidate or a label)."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
+
+
+def _check_int(value, name: str, least: int, most: Optional[int] = None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < least or (most is not None and value > most):
+        bound = f"from {least} to {most}" if most is not None else f">= {least}"
+        raise ValueError(f"{name}={value!r:.40}: expected an integer {bound}")
+    return int(value)
+
+
+def _check_test(alpha, resamples, seed, reverse) -> None:
+    """fit_rule's and few_shot's own arguments: ValueError naming a bad one, TypeError for ``reverse``."""
+    if not _real(alpha) or not 0 < alpha < 0.5:
+        raise ValueError(f"alpha={alpha!r:.40}: expected a level in (0, 0.5)")
+    _check_int(resamples, "resamples", 100)
+    _check_int(seed, "seed", 0)
+    if not isinstance(reverse, bool):
+        raise TypeError(f"reverse={reverse!r:.40}: expected True or False")
 
 
 def _candidates(matrix: Dict[str, Dict[str, float]], ids: List[str]):
@@ -203,11 +249,10 @@ def _check_labels(truth: Mapping[str, float], ids: Sequence[str], n_total: int) 
     if missing:
         raise ValueError(f"{len(missing)} labelled architectures are not among the {n_total} scored ones "
                          f"(first: {missing[0]}): T must be a subset of S")
-    bad = {i: a for i, a in truth.items() if isinstance(a, bool) or not isinstance(a, (int, float))
-           or not math.isfinite(a)}
+    bad = {i: a for i, a in truth.items() if not _real(a) or not math.isfinite(_float(a))}
     if bad:
         i = next(iter(bad))
-        raise ValueError(f"accuracy of {i} is {bad[i]!r}: every accuracy of T must be a finite number")
+        raise ValueError(f"accuracy of {i} is {bad[i]!r:.40}: every accuracy of T must be a finite number")
     if len(truth) < MIN_K:
         raise ValueError(f"K = {len(truth)} labelled architectures; calibration needs K >= {MIN_K}")
     if len(set(truth.values())) == 1:
@@ -223,15 +268,11 @@ def fit_rule(records: Sequence[dict], truth: Mapping[str, float], *, alpha: floa
     direction holds on the task). ``inputs`` is recorded as given (paths, column).
 
     Raises TypeError for a truth that is not a dict; ValueError for K < 5, an id of T not scored in S, an
-    accuracy that is not a finite number, accuracies of one value, no params score, and for an
-    ``alpha`` outside (0, 0.5) or ``resamples`` < 100; TypeError for a ``reverse`` that is not a bool.
+    accuracy that is not a finite number, accuracies of one value, no params score, a record without
+    an "id", and for an ``alpha`` outside (0, 0.5), ``resamples`` < 100 or a ``seed`` that is not an
+    integer >= 0; TypeError for a ``reverse`` that is not a bool or a record that is not a dict.
     """
-    if not 0 < alpha < 0.5:
-        raise ValueError(f"alpha={alpha!r}: expected a level in (0, 0.5)")
-    if not isinstance(reverse, bool):
-        raise TypeError(f"reverse={reverse!r}: expected True or False")
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
-        raise ValueError(f"resamples={resamples!r}: expected an int >= 100")
+    _check_test(alpha, resamples, seed, reverse)
     matrix = score_matrix(records)
     ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
     _check_labels(truth, ids, len(ids))
@@ -239,7 +280,7 @@ def fit_rule(records: Sequence[dict], truth: Mapping[str, float], *, alpha: floa
     labels, percentiles = _orderings(names, scores, reverse)  # (2P, N)
     position = {i: n for n, i in enumerate(ids)}
     labelled = np.array([position[i] for i in truth])
-    acc = np.array([float(truth[i]) for i in truth])
+    acc = np.array([_float(truth[i]) for i in truth])
     chosen, evidence = _fit(labels, percentiles, labelled, acc, alpha, resamples, seed)
     evidence["excluded"] = excluded
     return _rule(labels[chosen], bool(chosen >= len(names)), evidence,
@@ -265,7 +306,10 @@ def _rule(label: str, reversed_: bool, evidence: dict, parameters: dict, inputs:
 def apply_rule(rule: Rule, records: Sequence[dict]) -> List[dict]:
     """[{"id", "score"}] of the scored records, ranked by the rule, best first: "score" is the rule's
     score, the proxy's or, when reversed, its negation (NaN last, then failed records with score NaN).
-    ValueError when no record holds the rule's proxy."""
+    ValueError when no record holds the rule's proxy; TypeError for a ``rule`` that is not a Rule."""
+    if not isinstance(rule, Rule):
+        raise TypeError(f"rule must be a vitcore.calibrate.Rule (Rule.from_dict reads a rule file's dict), "
+                        f"got {type(rule).__name__}")
     matrix = score_matrix(records)
     if rule.proxy not in matrix:
         raise ValueError(f"the rule ranks by {rule.proxy!r}, which these scores do not hold; they have "
@@ -299,17 +343,19 @@ def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]]
     "fallback_share" (draws that kept params), "chosen" ({rule: draws}), "proxy_tau" ({candidate: mean
     τ}), "n" (architectures), "rules" (the rule of each draw, in order)}}, "mean_gain"}; rules and
     candidates are named by their label ("-zico": zico reversed); τ means are over the draws.
-    ValueError for k < 5, a column with fewer than k + 2 scored architectures, draws < 1; TypeError for
-    a ``reverse`` that is not a bool.
+    ValueError for k < 5, a column with fewer than k + 2 scored architectures or an accuracy that is not
+    a finite number, a draw whose T or rest holds one accuracy value (τ undefined), draws outside 1 to
+    ``MAX_DRAWS``, and the checks of ``fit_rule``; TypeError for columns that are not a dict of dicts
+    and a ``reverse`` that is not a bool.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < MIN_K:
-        raise ValueError(f"--few-shot {k!r}: calibration needs K >= {MIN_K} labelled architectures")
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"--draws {draws!r}: expected a positive integer")
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or k < MIN_K:
+        raise ValueError(f"k={k!r:.40}: calibration needs K >= {MIN_K} labelled architectures")
+    k, draws = int(k), _check_int(draws, "draws", 1, MAX_DRAWS)
+    _check_test(alpha, resamples, seed, reverse)
+    if not isinstance(columns, Mapping) or not all(isinstance(c, Mapping) for c in columns.values()):
+        raise TypeError(f"columns must be a dict of column -> {{id: accuracy}}, got {type(columns).__name__}")
     if not columns:
         raise ValueError("few_shot needs at least one accuracy column")
-    if not isinstance(reverse, bool):
-        raise TypeError(f"reverse={reverse!r}: expected True or False")
     matrix = score_matrix(records)
     ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
     names, scores, _ = _candidates(matrix, ids)
@@ -319,14 +365,22 @@ def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]]
         held = [n for n, i in enumerate(ids) if i in acc_of]  # positions in S with an accuracy
         if len(held) < k + 2:
             raise ValueError(f"column {column!r}: {len(held)} scored architectures have an accuracy; "
-                             f"--few-shot {k} needs at least {k + 2} (K labelled, 2 or more to rank)")
-        acc = np.array([float(acc_of[ids[n]]) for n in held])
-        _check_labels({ids[n]: a for n, a in zip(held, acc)}, ids, len(ids))
+                             f"K = {k} needs at least {k + 2} (K labelled, 2 or more to rank)")
+        try:
+            _check_labels({ids[n]: acc_of[ids[n]] for n in held}, ids, len(ids))
+        except ValueError as e:
+            raise ValueError(f"column {column!r}: {e}") from None
+        acc = np.array([_float(acc_of[ids[n]]) for n in held])
         all_signs, acc_signs = _signs(percentiles[:, held]), _signs(acc)  # (P, L, L), (L, L)
         rng = np.random.default_rng([seed, c_index])
         taus, rules = np.empty((draws, len(labels))), []
         for d in range(draws):
             t = np.sort(rng.choice(len(held), size=k, replace=False))  # positions in ``held``
+            one_value = [part for part, a in (("T", acc[t]), ("the rest", np.delete(acc, t))) if np.ptp(a) == 0]
+            if one_value:
+                raise ValueError(f"column {column!r}: draw {d + 1} holds one accuracy value in {one_value[0]} "
+                                 f"({len(set(acc.tolist()))} distinct accuracies among {len(held)}): τ is "
+                                 "undefined there; use a column with more distinct accuracies")
             chosen, _ = _fit(labels, percentiles, np.asarray(held)[t], acc[t], alpha, resamples,
                              int(rng.integers(2**32)))
             rest = np.ones((1, len(held)))

@@ -19,7 +19,7 @@ import tempfile
 from typing import List, Optional, Tuple
 
 from vitcore.attention_choice import ATTENTION_CHOICES
-from vitcore.calibrate import MIN_K, Rule, apply_rule, few_shot, fit_rule
+from vitcore.calibrate import MAX_DRAWS, MIN_K, Rule, apply_rule, few_shot, fit_rule
 from vitcore.data import DATA_CHOICES
 from vitcore.data import load_batch
 from vitcore.distributed import Rank, RankFailed, Stopped
@@ -28,7 +28,7 @@ from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_cei
                               evaluate_columns, format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any,
                               scatter_plots, with_combined)
 from vitcore.families import FAMILY_HELP, VITCORE, get_family
-from vitcore.paths import check_input_file, check_out_file
+from vitcore.paths import check_input_file, check_out_file, write_whole
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -164,16 +164,21 @@ def cmd_calibrate(args) -> int:
         why = truth.flat.get(args.column) or ("null on every line" if args.column in truth.empty else None)
         raise ValueError(f"--column {args.column!r} of {args.truth} " + (f"ranks nothing: {why}" if why else
                          f"does not exist; it has {', '.join(list(truth.columns) + list(truth.flat))}"))
-    check_out_file(args.out)
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: expected an integer >= 0")
+    check_out_file(args.out, example="rule.json", inputs=[args.scores, args.truth])
     records = _records(args.scores)
     try:
         rule = fit_rule(records, truth.columns[args.column], seed=args.seed,
                         inputs={"scores": args.scores, "truth": args.truth, "column": args.column})
     except ValueError as e:
         raise ValueError(f"--scores {args.scores}, --truth {args.truth}, --column {args.column}: {e}") from None
-    with open(args.out, "w") as f:
-        json.dump(rule.to_dict(), f, indent=1, ensure_ascii=False)
-        f.write("\n")
+    text = json.dumps(rule.to_dict(), indent=1, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a path that is not UTF-8 (bytes kept by Python as surrogates): escaped
+        text = json.dumps(rule.to_dict(), indent=1)
+    write_whole(args.out, text + "\n")
     print(f"rule: rank by {rule.label}{' (fallback)' if rule.fallback else ''}: {rule.reason}")
     print(f"written: {args.out}", file=sys.stderr)
     return 0
@@ -182,12 +187,14 @@ def cmd_calibrate(args) -> int:
 def cmd_rank(args) -> int:
     path = check_input_file(args.rule, "rule file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             rule = Rule.from_dict(json.load(f), path)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"rule file {path!r} is not JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"rule file {path!r} is nested too deeply to be a vitcore rule") from None
     if args.out:
-        check_out_file(args.out)
+        check_out_file(args.out, example="ranked.jsonl", inputs=[args.scores, path])
     records = _records(args.scores)
     ranked = apply_rule(rule, records)
     by_id = {r["id"]: r["score"] for r in ranked}
@@ -195,15 +202,14 @@ def cmd_rank(args) -> int:
     _print_table(shown, [rule.label], rule.label)
     print(f"rule {args.rule}: {rule.reason}")
     if args.out:
-        with open(args.out, "w") as f:
-            for i, r in enumerate(ranked, 1):
-                f.write(json.dumps({"rank": i, "id": r["id"], "rule": rule.label, "score": r["score"]}) + "\n")
+        write_whole(args.out, "".join(json.dumps({"rank": i, "id": r["id"], "rule": rule.label, "score": r["score"]})
+                                      + "\n" for i, r in enumerate(ranked, 1)))
         print(f"written: {args.out}", file=sys.stderr)
     return 0
 
 
-def _few_shot(args, records: List[dict], truth) -> int:
-    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else list(truth.columns)
+def _few_shot(args, records: List[dict], truth, columns: List[str]) -> int:
+    columns = columns or list(truth.columns)
     seed = 0 if args.seed is None else args.seed
     result = few_shot(records, {c: truth.columns[c] for c in columns}, args.few_shot, args.draws, seed)
     lines = [f"few-shot calibration: K = {args.few_shot} labelled, {args.draws} draws, seed {seed}; "
@@ -217,9 +223,7 @@ def _few_shot(args, records: List[dict], truth) -> int:
                      f"{r['fallback_share']:.0%} |")
     lines += ["", f"mean gain over params ({', '.join(columns)}): {result['mean_gain']:+.3f}"]
     print("\n".join(lines))
-    with open(os.path.join(args.out, "few-shot.json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    write_whole(os.path.join(args.out, "few-shot.json"), json.dumps(result, indent=1) + "\n")
     print(f"written: {os.path.join(args.out, 'few-shot.json')}", file=sys.stderr)
     return 0
 
@@ -230,10 +234,14 @@ def cmd_evaluate(args) -> int:
     truth = read_truth_any(args.truth, family)
     if args.few_shot is not None and args.few_shot < MIN_K:
         raise ValueError(f"--few-shot {args.few_shot}: calibration needs K >= {MIN_K} labelled architectures")
-    if args.draws < 1:
-        raise ValueError(f"--draws {args.draws}: expected a positive integer")
+    if not 1 <= args.draws <= MAX_DRAWS:
+        raise ValueError(f"--draws {args.draws}: expected an integer from 1 to {MAX_DRAWS}")
+    if args.few_shot is not None and args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: the draws' seed must be an integer >= 0")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else []  # "a, b" too
     columns = list(dict.fromkeys(columns))  # "a,a": a once in the mean
+    if args.columns is not None and not columns:
+        raise ValueError(f"--columns {args.columns!r} names no column; leave it out for every column")
     for c in columns:
         if c in truth.empty:
             raise ValueError(f"--columns: {c!r} is null on every line of {args.truth}")
@@ -309,7 +317,7 @@ def cmd_evaluate(args) -> int:
             print(f"architecture {r['id']}: {proxy} failed, scored NaN: {why}", file=sys.stderr)
     records = with_combined(records)
     if args.few_shot is not None:
-        return _few_shot(args, records, truth)
+        return _few_shot(args, records, truth, columns)
     results = evaluate_columns(records, truth, args.top_fraction)
     left_out = _left_out(records, truth, args.scores or scores_file, args.truth)
     if left_out:

@@ -98,10 +98,14 @@ def _set_aside_flat(path: str, truth: Truth) -> Truth:
 
 def _accuracy(where: str, column: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: {column}={value!r} is not a number")
-    if not math.isfinite(value):
-        raise ValueError(f"{where}: {column}={value!r} is not finite")
-    return float(value)
+        raise ValueError(f"{where}: {column}={value!r:.40} is not a number")
+    try:
+        accuracy = float(value)
+    except OverflowError:  # an int beyond float's range
+        accuracy = math.inf
+    if not math.isfinite(accuracy):
+        raise ValueError(f"{where}: {column}={value!r:.40} is not finite")
+    return accuracy
 
 
 def read_truth_jsonl(path: str, family: Union[str, Family] = VITCORE) -> Truth:

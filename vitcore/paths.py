@@ -2,7 +2,7 @@
 import json
 import os
 import sys
-from typing import Callable, Iterable, Iterator, TextIO, Tuple, Union
+from typing import Callable, Iterable, Iterator, Sequence, TextIO, Tuple, Union
 
 try:
     import fcntl
@@ -60,14 +60,15 @@ def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[
         yield where, value
 
 
-def check_out_file(path, option: str = "--out") -> str:
-    """``path`` if a results file may be written there: not a folder, not something other than a regular
-    file (a device, a FIFO: never moved aside or replaced), not below a file. ValueError otherwise."""
+def check_out_file(path, option: str = "--out", example: str = "scores.jsonl", inputs: Sequence = ()) -> str:
+    """``path`` if a results file may be written there: not a folder (the error suggests ``example`` in
+    it), not something other than a regular file (a device, a FIFO: never moved aside or replaced), not
+    below a file, not one of the command's ``inputs`` (paths of files it reads). ValueError otherwise."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{option} must be a path, got {type(path).__name__}")
     path = os.fspath(path)
     if os.path.isdir(path) or path.endswith(tuple(filter(None, (os.sep, os.altsep)))):  # "newdir/": a folder
-        raise ValueError(f"{option} {path!r} is a folder; name a file such as {os.path.join(path, 'scores.jsonl')!r}")
+        raise ValueError(f"{option} {path!r} is a folder; name a file such as {os.path.join(path, example)!r}")
     if os.path.exists(path) and not os.path.isfile(path):
         raise ValueError(f"{option} {path!r} is not a regular file (a device or a pipe?); name a file")
     parent = os.path.dirname(os.path.abspath(path))
@@ -75,7 +76,25 @@ def check_out_file(path, option: str = "--out") -> str:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ValueError(f"{option} {path!r}: {parent!r} is a file, not a folder")
+    for source in inputs:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise ValueError(f"{option} {path!r} is the input {os.fspath(source)!r}: writing there would replace "
+                             "it; name another file")
     return path
+
+
+def write_whole(path: str, text: str) -> None:
+    """``text`` into ``path`` as UTF-8, whole or not at all: written beside it, then renamed over it, so a
+    failure leaves the file as it was."""
+    data = text.encode("utf-8")  # before touching anything: a text that cannot be written fails here
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def lock(f: TextIO, path: str, option: str = "--out") -> None:
