@@ -273,7 +273,7 @@ def test_a_rule_of_a_path_that_is_not_utf8_is_written_whole(tmp_path, capsys):
     scores, t, _ = _files(tmp_path, labelled=12)
     odd = tmp_path / "S\udcff.jsonl"
     odd.write_bytes(scores.read_bytes())
-    rule_file = tmp_path / "rule.json"
+    rule_file = tmp_path / "new" / "rule.json"  # a folder made for it
     assert main(["calibrate", "--scores", str(odd), "--truth", str(t), "--column", "task",
                  "--out", str(rule_file)]) == 0
     rule = Rule.from_dict(json.loads(rule_file.read_text(encoding="utf-8")))

@@ -28,7 +28,7 @@ from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_cei
                               evaluate_columns, format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any,
                               scatter_plots, with_combined)
 from vitcore.families import FAMILY_HELP, VITCORE, get_family
-from vitcore.paths import check_input_file, check_out_file, write_whole
+from vitcore.paths import check_input_file, check_out_file, check_writable, write_whole
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -166,7 +166,7 @@ def cmd_calibrate(args) -> int:
                          f"does not exist; it has {', '.join(list(truth.columns) + list(truth.flat))}"))
     if args.seed < 0:
         raise ValueError(f"--seed {args.seed}: expected an integer >= 0")
-    check_out_file(args.out, example="rule.json", inputs=[args.scores, args.truth])
+    check_writable(check_out_file(args.out, example="rule.json", inputs=[args.scores, args.truth]))
     records = _records(args.scores)
     try:
         rule = fit_rule(records, truth.columns[args.column], seed=args.seed,
@@ -194,7 +194,7 @@ def cmd_rank(args) -> int:
     except RecursionError:
         raise ValueError(f"rule file {path!r} is nested too deeply to be a vitcore rule") from None
     if args.out:
-        check_out_file(args.out, example="ranked.jsonl", inputs=[args.scores, path])
+        check_writable(check_out_file(args.out, example="ranked.jsonl", inputs=[args.scores, path]))
     records = _records(args.scores)
     ranked = apply_rule(rule, records)
     by_id = {r["id"]: r["score"] for r in ranked}

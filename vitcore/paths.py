@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import tempfile
 from typing import Callable, Iterable, Iterator, Sequence, TextIO, Tuple, Union
 
 try:
@@ -80,6 +81,18 @@ def check_out_file(path, option: str = "--out", example: str = "scores.jsonl", i
         if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
             raise ValueError(f"{option} {path!r} is the input {os.fspath(source)!r}: writing there would replace "
                              "it; name another file")
+    return path
+
+
+def check_writable(path: str, option: str = "--out") -> str:
+    """``path`` once its folder exists (made if missing) and takes a new file: checked before the work, so
+    a folder that cannot be written to fails at once, not after it. ValueError naming ``option``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise ValueError(f"{option} {path!r} cannot be written: {e.strerror or e}") from None
     return path
 
 
