@@ -73,10 +73,6 @@ def procedure(percentiles: np.ndarray, rows: np.ndarray, acc: np.ndarray) -> tup
     return percentiles[best], False
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def field_scores(records: list, ids: list) -> tuple:
     """(names, (F, N) values) of the numeric "arch" fields of candidate 1 over S's ``ids``, those of one
     value or not finite on S left out."""
@@ -84,9 +80,9 @@ def field_scores(records: list, ids: list) -> tuple:
     table: dict = {}
     for n, i in enumerate(ids):
         for field, value in arch[i].items():
-            if _number(value):
+            if calibrate._real(value):
                 table.setdefault(field, {})[n] = float(value)
-            elif isinstance(value, list) and value and all(map(_number, value)):
+            elif isinstance(value, list) and value and all(map(calibrate._real, value)):
                 table.setdefault(f"{field} (sum)", {})[n] = float(sum(value))
                 table.setdefault(f"{field} (mean)", {})[n] = float(sum(value)) / len(value)
     names, rows = [], []

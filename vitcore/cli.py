@@ -15,7 +15,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from typing import List, Optional, Tuple
 
 from vitcore.attention_choice import ATTENTION_CHOICES
@@ -173,12 +172,10 @@ def cmd_calibrate(args) -> int:
                         inputs={"scores": args.scores, "truth": args.truth, "column": args.column})
     except ValueError as e:
         raise ValueError(f"--scores {args.scores}, --truth {args.truth}, --column {args.column}: {e}") from None
-    text = json.dumps(rule.to_dict(), indent=1, ensure_ascii=False)
     try:
-        text.encode("utf-8")
+        write_whole(args.out, json.dumps(rule.to_dict(), indent=1, ensure_ascii=False) + "\n")
     except UnicodeEncodeError:  # a path that is not UTF-8 (bytes kept by Python as surrogates): escaped
-        text = json.dumps(rule.to_dict(), indent=1)
-    write_whole(args.out, text + "\n")
+        write_whole(args.out, json.dumps(rule.to_dict(), indent=1) + "\n")
     print(f"rule: rank by {rule.label}{' (fallback)' if rule.fallback else ''}: {rule.reason}")
     print(f"written: {args.out}", file=sys.stderr)
     return 0
@@ -279,11 +276,7 @@ def cmd_evaluate(args) -> int:
         n = BUILTIN_N if n is None else n
         if not 2 <= n <= BUILTIN_N:
             raise ValueError(f"--n {n}: the built-in truth has {BUILTIN_N} architectures; score 2 to {BUILTIN_N}")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        tempfile.TemporaryFile(dir=args.out).close()  # a folder we cannot write to fails here, not after scoring
-    except OSError as e:
-        raise ValueError(f"--out {args.out!r} cannot be written: {e.strerror}") from None
+    check_writable(args.out, folder=args.out)  # a folder we cannot write to fails here, not after scoring
     folders = [args.out] if len(truth.columns) == 1 else [os.path.join(args.out, c) for c in truth.columns]
     for name in ["evaluation.md", "scores.jsonl"]:
         check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device

@@ -84,10 +84,11 @@ def check_out_file(path, option: str = "--out", example: str = "scores.jsonl", i
     return path
 
 
-def check_writable(path: str, option: str = "--out") -> str:
-    """``path`` once its folder exists (made if missing) and takes a new file: checked before the work, so
-    a folder that cannot be written to fails at once, not after it. ValueError naming ``option``."""
-    folder = os.path.dirname(os.path.abspath(path))
+def check_writable(path: str, option: str = "--out", folder: str = "") -> str:
+    """``path`` once ``folder`` (default: the one ``path`` is in) exists (made if missing) and takes a new
+    file: checked before the work, so a folder that cannot be written to fails at once, not after it.
+    ValueError naming ``option`` and ``path``."""
+    folder = folder or os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()

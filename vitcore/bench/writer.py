@@ -10,7 +10,7 @@ import json
 import os
 
 from vitcore.bench.env import device_tag, today
-from vitcore.paths import free_name
+from vitcore.paths import free_name, write_whole
 
 
 def result_stem(out_dir: str, what: str, device) -> str:
@@ -23,11 +23,9 @@ def result_stem(out_dir: str, what: str, device) -> str:
 
 
 def write_text(path: str, text: str) -> None:
-    """``text`` into ``path``, atomically; the folder is made if missing."""
+    """``text`` into ``path``, atomically (``vitcore.paths.write_whole``); the folder is made if missing."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_whole(path, text)
 
 
 def write_json(path: str, obj) -> None:
