@@ -340,3 +340,34 @@ def test_score_says_how_its_ranking_did_on_the_builtin_truth(capsys):
     assert "the best of these proxies there: meco 1.000" in line
     _print_builtin_note([dict(r, id=f"x{n}") for n, r in enumerate(records)], ["meco"], "meco")
     assert "holds too few of these architectures" in capsys.readouterr().out
+
+
+def _strict(text: str):
+    """json.loads refusing NaN and Infinity, as jq, JavaScript and other strict readers do."""
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_rule_ranking_and_few_shot_files_are_standard_json(tmp_path, capsys):
+    archs, records, truth = _population()
+    labelled = [a.id for a in archs[:12]]
+    for r in records:  # "step" is one value on T, so its τ there is undefined (NaN); one record failed
+        r["scores"]["step"] = 0.0 if r["id"] in labelled else float(r["scores"]["noise"])
+    records[-1] = {"id": records[-1]["id"], "arch": records[-1]["arch"], "error": "RuntimeError: out of memory"}
+    scores = tmp_path / "S.jsonl"
+    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
+    t = tmp_path / "T.jsonl"
+    t.write_text("".join(json.dumps({**a.to_dict(), "acc": {"task": truth[a.id]}}) + "\n" for a in archs[:12]))
+    rule_file, ranked, folder = tmp_path / "rule.json", tmp_path / "ranked.jsonl", tmp_path / "fs"
+    assert main(["calibrate", "--scores", str(scores), "--truth", str(t), "--column", "task",
+                 "--out", str(rule_file)]) == 0
+    rule = _strict(rule_file.read_text())
+    assert "step" in rule["evidence"]["excluded"] or rule["evidence"]["tau"]["step"] is None
+    assert main(["rank", "--scores", str(scores), "--rule", str(rule_file), "--out", str(ranked)]) == 0
+    rows = [_strict(line) for line in ranked.read_text().splitlines()]
+    assert rows[-1]["id"] == records[-1]["id"] and rows[-1]["score"] is None
+    assert main(["evaluate", "--scores", str(scores), "--truth", str(t), "--columns", "task",
+                 "--few-shot", "5", "--draws", "3", "--out", str(folder)]) == 0
+    _strict((folder / "few-shot.json").read_text())
+    capsys.readouterr()

@@ -61,9 +61,10 @@ class Rule:
     params) and ``reason`` says why in words. ``evidence``: ``k`` (labelled architectures), ``tau``
     ({candidate: Kendall τ-b on T}, reversed ones labelled "-proxy"), ``params_tau``, ``cv_tau`` (the
     selection's leave-one-out τ on T), ``cv_minus_params``, ``lower_bound`` (the bootstrap ``alpha``
-    quantile of cv_tau − params_tau; NaN when undefined), ``excluded`` ({proxy: why it was not a
+    quantile of cv_tau − params_tau), ``excluded`` ({proxy: why it was not a
     candidate}). ``parameters``: alpha, resamples, seed, reverse.
-    ``inputs``: where S and T came from, the column, the ids of T."""
+    ``inputs``: where S and T came from, the column, the ids of T. A τ that is undefined (a candidate or
+    a bootstrap of one value on T) is NaN here and null in the rule file."""
 
     proxy: str
     fallback: bool

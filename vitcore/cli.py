@@ -27,7 +27,7 @@ from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_cei
                               evaluate_columns, format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any,
                               scatter_plots, with_combined)
 from vitcore.families import FAMILY_HELP, VITCORE, get_family
-from vitcore.paths import check_input_file, check_out_file, check_writable, write_whole
+from vitcore.paths import check_input_file, check_out_file, check_writable, strict_json, write_whole
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -173,9 +173,9 @@ def cmd_calibrate(args) -> int:
     except ValueError as e:
         raise ValueError(f"--scores {args.scores}, --truth {args.truth}, --column {args.column}: {e}") from None
     try:
-        write_whole(args.out, json.dumps(rule.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        write_whole(args.out, strict_json(rule.to_dict(), indent=1, ensure_ascii=False) + "\n")
     except UnicodeEncodeError:  # a path that is not UTF-8 (bytes kept by Python as surrogates): escaped
-        write_whole(args.out, json.dumps(rule.to_dict(), indent=1) + "\n")
+        write_whole(args.out, strict_json(rule.to_dict(), indent=1) + "\n")
     print(f"rule: rank by {rule.label}{' (fallback)' if rule.fallback else ''}: {rule.reason}")
     print(f"written: {args.out}", file=sys.stderr)
     return 0
@@ -199,7 +199,7 @@ def cmd_rank(args) -> int:
     _print_table(shown, [rule.label], rule.label)
     print(f"rule {args.rule}: {rule.reason}")
     if args.out:
-        write_whole(args.out, "".join(json.dumps({"rank": i, "id": r["id"], "rule": rule.label, "score": r["score"]})
+        write_whole(args.out, "".join(strict_json({"rank": i, "id": r["id"], "rule": rule.label, "score": r["score"]})
                                       + "\n" for i, r in enumerate(ranked, 1)))
         print(f"written: {args.out}", file=sys.stderr)
     return 0
@@ -220,7 +220,7 @@ def _few_shot(args, records: List[dict], truth, columns: List[str]) -> int:
                      f"{r['fallback_share']:.0%} |")
     lines += ["", f"mean gain over params ({', '.join(columns)}): {result['mean_gain']:+.3f}"]
     print("\n".join(lines))
-    write_whole(os.path.join(args.out, "few-shot.json"), json.dumps(result, indent=1) + "\n")
+    write_whole(os.path.join(args.out, "few-shot.json"), strict_json(result, indent=1) + "\n")
     print(f"written: {os.path.join(args.out, 'few-shot.json')}", file=sys.stderr)
     return 0
 

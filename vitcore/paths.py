@@ -1,5 +1,6 @@
 """Files of a run: inputs checked before they are read, outputs that never overwrite a finished result."""
 import json
+import math
 import os
 import sys
 import tempfile
@@ -95,6 +96,22 @@ def check_writable(path: str, option: str = "--out", folder: str = "") -> str:
     except OSError as e:
         raise ValueError(f"{option} {path!r} cannot be written: {e.strerror or e}") from None
     return path
+
+
+def _finite_or_null(x):
+    if isinstance(x, float):  # numpy's float64 too
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_null(v) for v in x]
+    return x
+
+
+def strict_json(obj, **dumps_kwargs) -> str:
+    """``json.dumps(obj, **dumps_kwargs)`` with every NaN or infinite float written as null, so that any
+    JSON reader (jq, JavaScript, strict parsers) reads the file: Python's own writes the non-standard NaN."""
+    return json.dumps(_finite_or_null(obj), allow_nan=False, **dumps_kwargs)
 
 
 def write_whole(path: str, text: str) -> None:
