@@ -141,8 +141,17 @@ def test_a_rule_needs_params_and_apply_needs_its_proxy():
     with pytest.raises(ValueError, match="hold no 'params'"):
         fit_rule(records, dict(list(truth.items())[:8]))
     rule = Rule("zico", False, "", {}, {})
-    with pytest.raises(ValueError, match="ranks by 'zico'"):
+    with pytest.raises(ValueError, match="ranks by 'zico', which these scores do not hold"):
         apply_rule(rule, records)
+    for value, message in [(math.nan, "not a finite number on any of these 40"), (2.5, "2.5 on every one of these 40")]:
+        for r in records:
+            r["scores"]["zico"] = value
+        with pytest.raises(ValueError, match=message):
+            apply_rule(rule, records)
+    records[0]["scores"]["zico"] = 3.0  # one finite value among NaN: a ranking of one, allowed
+    for r in records[1:]:
+        r["scores"]["zico"] = math.nan
+    assert apply_rule(rule, records)[0] == {"id": records[0]["id"], "score": 3.0}
 
 
 def test_few_shot_reports_every_column():
