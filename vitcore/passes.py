@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vitcore.ops.dispatch import eager
 
@@ -353,13 +354,15 @@ def hessian_grad(
 ) -> List[Optional[torch.Tensor]]:
     """GraSP's pass: H·g, the loss Hessian times the (fixed) batch gradient g, by double backward.
 
-    Runs the eager references (``eager()``): the Triton kernels' backward is not differentiable.
-    ignore_index: as in ``data_pass``.
+    Runs the eager references (``eager()``): the Triton kernels' backward is not differentiable; and
+    ``F.scaled_dot_product_attention`` (timm's and nn.MultiheadAttention's attention) on its math
+    backend, the only one whose backward PyTorch differentiates (its flash and memory-efficient
+    backward have no derivative). ignore_index: as in ``data_pass``.
     """
     B = inputs.shape[0]
     hg: List[Optional[torch.Tensor]] = [None] * len(params)
     ranges = split(B, chunks)
-    with eager():
+    with eager(), sdpa_kernel([SDPBackend.MATH]):
         for (start, end, _), share in zip(ranges, chunk_shares(targets, ranges, ignore_index)):
             if share == 0:
                 continue

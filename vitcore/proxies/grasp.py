@@ -1,6 +1,7 @@
 """grasp: -Σ_t Σ_i θ_ti (H g)_ti, H the Hessian of the batch's mean loss and g its gradient
 (Wang et al., ICLR 2020, with temperature T = 1). H·g comes from the "hessian" pass (double backward
-through the eager references); one multi-tensor reduction gives Σθ·(Hg).
+through the eager references, and through ``F.scaled_dot_product_attention`` on its math backend in
+models that call it, timm's among them); one multi-tensor reduction gives Σθ·(Hg).
 """
 import torch
 
