@@ -339,3 +339,42 @@ def test_synflow_names_a_model_output_that_is_not_a_tensor(wrap, name, triton_of
         vitcore.score(model, x, y, proxies=["synflow"])
     column = _Returns(small_vit(), lambda z: z[..., None])  # (B, C, 1): synflow sums it all
     assert math.isfinite(vitcore.score(column, x, y, proxies=["synflow"])["synflow"])
+
+
+class _Scales(torch.nn.Module):
+    """small_mlp after ``x.mul_(3).sub_(1)`` on its input (``in_place``) or the same out of place."""
+
+    def __init__(self, in_place):
+        super().__init__()
+        self.net, self.in_place = small_mlp(), in_place
+
+    def forward(self, x):
+        return self.net(x.mul_(3).sub_(1) if self.in_place else x * 3 - 1)
+
+
+def test_a_model_that_changes_its_input_in_place_changes_no_score_and_not_the_callers_batch(triton_off):
+    """vitcore score hands one batch to every architecture: a model writing into its input corrupted
+    the scores of every later one (round four, case 1). Each pass reads an untouched copy."""
+    torch.manual_seed(5)
+    in_place, out_of_place = _Scales(True), _Scales(False)
+    out_of_place.load_state_dict(in_place.state_dict())
+    x, y = batch(6, seed=21, dtype=torch.float32, classes=5)
+    kept = x.clone()
+    proxies = ["grad_norm", "snip", "zico", "synflow", "nwot", "fisher", "grasp"]
+    got = vitcore.score(in_place, x, y, proxies=proxies, chunks=2)
+    assert torch.equal(x, kept)
+    assert got == vitcore.score(out_of_place, x, y, proxies=proxies, chunks=2)
+    assert got == vitcore.score(in_place, x, y, proxies=proxies, chunks=2)  # the second call reads the same x
+
+
+def test_a_model_without_relu_or_gelu_modules_fails_nwot_and_swap_only(triton_off):
+    """F.relu is no module, so nwot and swap have no codes: they fail with that reason, and the proxies
+    of the same pass are still scored (round four, case 4: every proxy was lost)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    x, y = batch(4, seed=22, dtype=torch.float32, classes=5)
+    with pytest.raises(vitcore.ProxyFailed) as e:
+        vitcore.score(model, x, y, proxies=["grad_norm", "nwot", "swap"])
+    assert math.isfinite(e.value.scores["grad_norm"]) and math.isnan(e.value.scores["nwot"])
+    assert set(e.value.errors) == {"nwot", "swap"}
+    assert e.value.errors["nwot"].startswith("ValueError: nwot reads the inputs of nn.ReLU / nn.GELU modules, "
+                                             "and the model ran none")

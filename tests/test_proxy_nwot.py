@@ -73,7 +73,8 @@ def test_one_example_gives_the_log_of_the_unit_count(triton_off):
 def test_nwot_without_activation_modules_says_so(triton_off):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
     x, y = batch(3, seed=24, dtype=torch.float32)
-    with pytest.raises(ValueError, match="nwot reads the inputs of nn.ReLU / nn.GELU modules"):
+    with pytest.raises(vitcore.ProxyFailed, match="nwot failed: ValueError: nwot reads the inputs of nn.ReLU / "
+                                                  "nn.GELU modules"):
         vitcore.score(model, x, y, proxies=["nwot"])
 
 

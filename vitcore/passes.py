@@ -215,9 +215,7 @@ def data_pass(
             out.num_outputs = logits.shape[1] if logits.ndim >= 2 else 0
             if out.first_logits is None:
                 out.first_logits = logits.detach()
-            if naswot:
-                if not chunk_codes:
-                    raise ValueError("nwot reads the inputs of nn.ReLU / nn.GELU modules, and the model ran none")
+            if naswot and chunk_codes:  # none: nwot's reduction says so, the pass serves the other proxies
                 codes = codes or [[] for _ in chunk_codes]
                 for call, c in zip(codes, chunk_codes):
                     call.append(c)
@@ -247,8 +245,8 @@ def data_pass(
     if jacobian:
         out.jacobian = torch.cat(jacobians).double()  # (B, features)
     if naswot:
-        out.codes = [torch.cat(call_codes) for call_codes in codes]  # each (B, units)
-        out.codes_nan = torch.stack(nan_seen).any()
+        out.codes = [torch.cat(call_codes) for call_codes in codes]  # each (B, units); [] when none ran
+        out.codes_nan = torch.stack(nan_seen).any() if nan_seen else None
     return out
 
 

@@ -96,6 +96,15 @@ def present(params, grads):
 BLOCK_PARTS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm2")
 
 
+def activation_codes(ctx: "Context", proxy: str) -> List[torch.Tensor]:
+    """The data pass's per ReLU/GELU call (B, units) sign codes; ValueError naming ``proxy`` when the model
+    ran no nn.ReLU / nn.GELU module (that proxy fails, the pass's others are still scored)."""
+    if not ctx.data.codes:
+        raise ValueError(f"{proxy} reads the inputs of nn.ReLU / nn.GELU modules, and the model ran none "
+                         "(a functional F.relu or F.gelu is not a module)")
+    return ctx.data.codes
+
+
 def _timm_vit_blocks(model: nn.Module) -> Optional[List[nn.Module]]:
     """The blocks of a timm ``VisionTransformer`` (``model.blocks``), or None for any other model (and
     whenever timm was never imported: then no model can be one of its)."""

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from vitcore.passes import logits_of, loss_on, split
-from vitcore.proxies.base import Context, Proxy, vit_blocks
+from vitcore.proxies.base import Context, Proxy, activation_codes, vit_blocks
 from vitcore.proxies.swap import pattern_bounds, swap_reduce, warn_if_saturated
 
 
@@ -130,7 +130,7 @@ def _reduce(ctx: Context) -> Tuple[torch.Tensor, ...]:
             h.remove()
         layer_io.clear()
     terms = [inverse_std_term(stats.std()) for stats in moments]
-    active = torch.cat(ctx.data.codes, 1)  # (B, U), the data pass's GELU input signs: Ψ's window
+    active = torch.cat(activation_codes(ctx, "lswag"), 1)  # (B, U), the data pass's GELU input signs: Ψ's window
     psi = swap_reduce(active)
     return torch.where(ctx.data.codes_nan, torch.nan, lswag_reduce(terms, psi)), psi, *pattern_bounds(active)
 

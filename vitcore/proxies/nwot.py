@@ -7,7 +7,7 @@ input to any activation gives NaN (the sign test alone would read it as "off").
 import numpy as np
 import torch
 
-from vitcore.proxies.base import Context, Proxy
+from vitcore.proxies.base import Context, Proxy, activation_codes
 
 
 def kernel(codes) -> torch.Tensor:
@@ -21,7 +21,7 @@ def kernel(codes) -> torch.Tensor:
 
 
 def _reduce(ctx: Context) -> torch.Tensor:
-    return torch.where(ctx.data.codes_nan, torch.nan, kernel(ctx.data.codes))  # (B, B)
+    return torch.where(ctx.data.codes_nan, torch.nan, kernel(activation_codes(ctx, "nwot")))  # (B, B)
 
 
 def _finish(K: np.ndarray) -> float:

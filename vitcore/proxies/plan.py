@@ -58,6 +58,12 @@ class ProxyFailed(RuntimeError):
         super().__init__("; ".join(f"{name} failed: {why}" for name, why in errors.items()))
 
 
+class NeedsViT(TypeError):
+    """A ViT-native proxy (dss, meco, lswag, ...) was asked of a model that is not a ViT it can read: the
+    choice of proxies is wrong for the model family, so ``vitcore score`` stops rather than fail every
+    architecture."""
+
+
 def _failure(e: Exception) -> str:
     """The first line of "ExceptionType: message"; out of memory is not a proxy's failure and goes on up
     (``score`` retries it with a finer split)."""
@@ -94,10 +100,15 @@ def counted_tensors(model: nn.Module, which: str) -> List[torch.Tensor]:
 class _Fresh:
     """The model's state on entry (train/eval flags, buffers, RNG), put back before every pass and
     every reduction, so no proxy sees what another one's pass changed (BatchNorm running statistics,
-    dropout masks), and for good at the end."""
+    dropout masks), and for good at the end. The passes read ``inputs``, a copy of the caller's
+    ``original``, put back as well where the model changed it in place (``x.sub_``, a ReLU(inplace=True)
+    on its input): the caller's batch is never handed to the model, and every pass reads the same one."""
 
-    def __init__(self, model: nn.Module, device: torch.device):
+    def __init__(self, model: nn.Module, original: torch.Tensor):
+        device = original.device
         self.model, self.device = model, device
+        self.original, self.inputs = original, original.detach().clone()
+        self.version = self.inputs._version  # PyTorch bumps it on every in-place write, views' included
         self.modes = [(m, m.training) for m in model.modules()]
         # by owner and name, not by tensor: a pass may replace a buffer (``self.mean = ...``) rather
         # than update it in place, and the model then holds the new tensor
@@ -112,6 +123,9 @@ class _Fresh:
         with torch.no_grad():
             for m, name, saved in self.buffers:
                 getattr(m, name).copy_(saved)
+            if self.inputs._version != self.version:
+                self.inputs.copy_(self.original)
+                self.version = self.inputs._version
         for m, mode in self.modes:
             if m.training != (training or mode):  # Module.__setattr__ is slow: set only what changed
                 m.training = training or mode
@@ -202,7 +216,7 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh, s
     if loss_fn is not F.cross_entropy and done is not None and done.first_logits is not None:
         first = done.first_logits
         averaging = list(averaging_check(loss_fn, first, targets[: len(first)]))
-    non_finite = inputs.numel() - torch.isfinite(inputs).sum()
+    non_finite = inputs.numel() - torch.isfinite(fresh.original).sum()
     parts = [torch.stack([non_finite.double()] + [c.double() for c in checks] + averaging)]
     parts += [t.double().reshape(-1) for out in reduced.values() for t in _tensors(out)]
     marks = _PASSES_END.get()
@@ -378,7 +392,7 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
             raise ValueError(f"{name} needs at least {units[name].min_batch} examples; the batch holds {B}")
     vit_only = [name for name in names if units[name].vit_only]
     if vit_only and find_vit_blocks(model) is None:
-        raise TypeError(f"{', '.join(vit_only)} {'needs' if len(vit_only) == 1 else 'need'} a vitcore ViT or PiT "
+        raise NeedsViT(f"{', '.join(vit_only)} {'needs' if len(vit_only) == 1 else 'need'} a vitcore ViT or PiT "
                         f"or a timm VisionTransformer (they read its blocks' {', '.join(BLOCK_PARTS)}), "
                         f"got {type(model).__name__}")
     if torch.is_inference_mode_enabled():
@@ -387,12 +401,12 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
         raise ValueError(f"the model has no trainable parameters for {which}")
     if counted[0].device != inputs.device:
         raise ValueError(f"the model is on {counted[0].device} and inputs on {inputs.device}")
-    fresh = _Fresh(model, inputs.device)
+    fresh = _Fresh(model, inputs)
     try:
         while True:
             try:
                 with torch.enable_grad():
-                    return _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh, settings)
+                    return _run(model, fresh.inputs, targets, loss_fn, names, mode, counted, chunks, fresh, settings)
             except torch.cuda.OutOfMemoryError:
                 if chunks >= B:
                     raise

@@ -48,7 +48,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from vitcore.proxies.base import Context, Proxy
+from vitcore.proxies.base import Context, Proxy, activation_codes
 
 _WORD = 63  # pattern bits per int64 word (the sign bit unused)
 
@@ -104,7 +104,7 @@ def warn_if_saturated(name: str, count: float, B: float, U: float) -> None:
 
 
 def _reduce(ctx: Context) -> Tuple[torch.Tensor, torch.Tensor]:
-    active = torch.cat(ctx.data.codes, 1)  # (B, U): every activation call's neurons side by side
+    active = torch.cat(activation_codes(ctx, "swap"), 1)  # (B, U): every activation call's neurons side by side
     return (torch.where(ctx.data.codes_nan, torch.nan, swap_reduce(active)), *pattern_bounds(active))
 
 
