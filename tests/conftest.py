@@ -33,3 +33,15 @@ def triton_on(monkeypatch):
 def triton_off(monkeypatch):
     """Run vitcore ops through their eager references."""
     monkeypatch.setenv("VITCORE_TRITON", "0")
+
+
+@pytest.fixture
+def threads_of_workers():
+    """``threads_of_workers(k)``: this process computes with the threads each of ``--workers k`` gets
+    (``vitcore.distributed``: the cores over k), so a one-process run is comparable to the bit; the
+    thread count in use comes back at the end of the test."""
+    from vitcore.distributed import _cores
+
+    before = torch.get_num_threads()
+    yield lambda workers: torch.set_num_threads(max(1, _cores() // workers))
+    torch.set_num_threads(before)

@@ -48,6 +48,30 @@ def raises_on_b(record, device, seed):
 NOT_CALLABLE = 3
 
 
+class _Fails(nn.Module):
+    """A model whose forward raises ``error`` (the shape asserts of timm's patch embedding, a user's
+    indexing mistake, a wrong call)."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.w, self.error = nn.Parameter(torch.ones(1)), error
+
+    def forward(self, x):
+        raise self.error
+
+
+def forward_fails_on_a_and_b(record, device, seed):
+    """cnn-a's forward raises an AssertionError, cnn-b's a TypeError; the third builds as the example does."""
+    errors = {(4, 8): AssertionError("Input height (8) doesn't match model (32)."),
+              (8,): TypeError("forward() takes 2 positional arguments but 3 were given")}
+    error = errors.get(tuple(record["widths"]))
+    return _Fails(error).to(device) if error else cnn_family.build(record, device, seed)
+
+
+def exits(record, device, seed):
+    raise SystemExit(0)
+
+
 def test_example_builder_is_seeded_and_reads_its_fields():
     device = torch.device("cpu")
     a, b = (cnn_family.build(RECORDS[0], device, 7) for _ in range(2))
@@ -100,8 +124,9 @@ def test_score_resume_evaluate_with_a_user_family(tmp_path, capsys):
         assert f"| {proxy} | {tau:.3f} |" in text and text.count(f"| {proxy} |") == 1
 
 
-def test_workers_2_equal_one_worker(tmp_path):
+def test_workers_2_equal_one_worker(tmp_path, threads_of_workers):
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    threads_of_workers(2)  # the scores are the same to the bit with as many threads as each worker
     assert _score(tmp_path, one) == 0
     assert _score(tmp_path, two, "--workers", "2") == 0
     by_id = {r["id"]: r for r in read_results(str(two))}
@@ -125,6 +150,36 @@ def test_a_record_the_builder_rejects_is_recorded_and_the_run_goes_on(tmp_path):
     assert [("scores" in r) for r in records] == [True, False, True]
     assert records[1]["error"].startswith(f"ValueError: family {__name__}:raises_on_b could not build record "
                                           "cnn-b (KeyError: 'depth')")
+
+
+def test_any_error_of_one_architectures_model_is_recorded_and_the_run_goes_on(tmp_path, capsys):
+    """An AssertionError or TypeError from a model's forward ended the run with a traceback or exit 2,
+    leaving the later architectures unscored (round four, cases 9 and 10)."""
+    archs = _write_records(tmp_path / "a.jsonl")
+    records = run_scoring(str(tmp_path / "r.jsonl"), archs=archs, batch_size=8, proxies=["grad_norm", "snip"],
+                          device="cpu", family=f"{__name__}:forward_fails_on_a_and_b")
+    assert [("scores" in r) for r in records] == [False, False, True]
+    assert records[0]["error"] == "AssertionError: Input height (8) doesn't match model (32)."
+    assert records[1]["error"] == "TypeError: forward() takes 2 positional arguments but 3 were given"
+    assert main(["score", "--family", f"{__name__}:forward_fails_on_a_and_b", "--archs", archs, "--batch-size",
+                 "8", "--proxies", "grad_norm,synflow", "--out", str(tmp_path / "c.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "1 scored, 2 failed" in out
+    assert "failed: RuntimeError: every proxy failed; grad_norm: the data pass failed: AssertionError: Input" in out
+
+
+def test_a_builder_that_exits_is_an_error_of_its_record(tmp_path):
+    (record,) = run_scoring(str(tmp_path / "r.jsonl"), archs=_write_records(tmp_path / "a.jsonl", RECORDS[:1]),
+                            batch_size=8, proxies=["grad_norm"], device="cpu", family=f"{__name__}:exits")
+    assert record["error"] == f"ValueError: family {__name__}:exits could not build record cnn-a (SystemExit: 0)"
+
+
+def test_a_family_module_that_exits_on_import_is_named(tmp_path, monkeypatch):
+    (tmp_path / "train_script.py").write_text("import argparse\nargparse.ArgumentParser().parse_args(['--lr'])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"family 'train_script:build': importing module 'train_script' exited "
+                                         r"\(SystemExit 2\): put a script's argument parsing under if __name__"):
+        get_family("train_script:build")
 
 
 @pytest.mark.parametrize("family, error, message", [

@@ -221,10 +221,11 @@ def _score(tmp_path, out, *extra):
                  "--device", "cpu", "--out", str(out), *extra])
 
 
-def test_vitcore_score_family_timm_end_to_end(tmp_path, capsys):
+def test_vitcore_score_family_timm_end_to_end(tmp_path, capsys, threads_of_workers):
     """Results lines on the 8x8 digits (timm's img_size, in_chans, num_classes from the batch), --resume,
-    --workers 2 equal to one worker, and vitcore evaluate on them."""
+    --workers 2 equal to one worker (with as many threads), and vitcore evaluate on them."""
     one = tmp_path / "one.jsonl"
+    threads_of_workers(2)
     assert _score(tmp_path, one) == 0
     assert "3 scored, 0 failed" in capsys.readouterr().out
     records = read_results(str(one))

@@ -115,6 +115,9 @@ def get_family(name) -> Family:
         raise ValueError(f"unknown family {name!r}; valid: {FAMILY_HELP}")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as e:  # a script's argparse or sys.exit run at import
+        raise ValueError(f"family {name!r}: importing module {module_name!r} exited (SystemExit {e.code!r:.40}): "
+                         "put a script's argument parsing under if __name__ == '__main__'") from None
     except Exception as e:  # any failure of the user's module: ImportError, a SyntaxError, its own errors
         raise ValueError(f"family {name!r}: module {module_name!r} does not import ({type(e).__name__}: {e})") \
             from None
@@ -130,6 +133,11 @@ def get_family(name) -> Family:
     return Family(name, qualified, builder)
 
 
+class BrokenBuilder(TypeError):
+    """A family's builder returned something that is not an ``nn.Module``: every record would fail, so a
+    run stops (an error of one record's model is recorded and the run goes on)."""
+
+
 def build_record(family: Family, record: Record, device: torch.device, seed: int,
                  shape: Tuple[int, int, int]) -> nn.Module:
     """``record``'s module from ``family``'s builder on ``device`` from ``seed``. ``shape`` (in_chans,
@@ -143,11 +151,11 @@ def build_record(family: Family, record: Record, device: torch.device, seed: int
             fields.setdefault(key, value)
     try:
         model = family.build(fields, device, seed)
-    except Exception as e:  # the builder's own error on this record
+    except (Exception, SystemExit) as e:  # the builder's own error on this record (sys.exit too)
         raise ValueError(f"family {family.name} could not build record {record.id} "
                          f"({type(e).__name__}: {e})".splitlines()[0]) from None
     if not isinstance(model, nn.Module):
-        raise TypeError(f"family {family.name}: {family.builder} returned a {type(model).__name__} for record "
+        raise BrokenBuilder(f"family {family.name}: {family.builder} returned a {type(model).__name__} for record "
                         f"{record.id}, not a torch.nn.Module")
     return model
 

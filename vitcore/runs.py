@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
-from vitcore.families import TIMM, VITCORE, Family, Record, build_record, check_record, get_family
+from vitcore.families import TIMM, VITCORE, BrokenBuilder, Family, Record, build_record, check_record, get_family
 from vitcore.model import INIT_SCHEME
 from vitcore.paths import check_input_file, check_out_file, free_name, json_lines, lock
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, UNITS, ProxyFailed, check_proxies, score
-from vitcore.proxies.plan import passes_end_marks
+from vitcore.proxies.plan import NeedsViT, passes_end_marks
 from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, is_arch_id, sample, without_label
 from vitcore.timm_attention import use_vitcore_attention
 
@@ -344,6 +344,8 @@ def _score_one(family: Family, arch: Union[AnyArch, Record], batch: Batch, input
             scores = score(model, inputs, targets, proxies=proxies, mode=mode, params=params)
         except ProxyFailed as e:  # the others' scores kept, NaN for the failed proxies, each error named
             scores, errors = e.scores, e.errors
+    if len(errors) == len(proxies):  # nothing scored: the architecture failed
+        raise RuntimeError("every proxy failed; " + "; ".join(f"{p}: {why}" for p, why in errors.items()))
     end = time.perf_counter()
     timing = {"build_s": built - start, "passes_s": marks[-1] - built, "read_s": end - marks[-1]}
     record = {"params": sum(p.numel() for p in model.parameters()), "scores": scores,
@@ -384,7 +386,8 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     raised on it (``vitcore.proxies.ProxyFailed``), their scores NaN, the others' kept, and
     ``"proxy_errors": {proxy: "ExceptionType: message"}``; or ``{"id", "arch",
     "settings", "versions", "error"}`` for an architecture that failed (out of memory, an invalid
-    config); the run goes on after a failure. The progress bar shows architectures per second. Each
+    config, any exception its builder or model raised, every proxy failing); the run goes on after a
+    failure. The progress bar shows architectures per second. Each
     line is flushed when written (a killed process loses nothing) and fsynced at most once a second
     and at the end (a machine crash loses at most about a second of lines).
 
@@ -429,7 +432,9 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
             try:
                 record.update(_score_one(family, arch, batch, inputs, targets, proxies, mode, params, seed, run_device,
                                          DTYPES[dtype], attention))
-            except (RuntimeError, ValueError) as e:  # out of memory, an invalid config: record and go on
+            except (BrokenBuilder, NeedsViT):  # every architecture would fail the same way: stop
+                raise
+            except Exception as e:  # out of memory, an invalid config, the model's own error: record, go on
                 record["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
                 if run_device.type == "cuda":
                     torch.cuda.empty_cache()
