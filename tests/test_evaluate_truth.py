@@ -449,3 +449,25 @@ def test_an_undefined_bootstrap_interval_is_explained():
     assert "[nan, nan]: some bootstrap resamples of these 3 architectures hold one value throughout" in table
     many = [{"id": str(i), "scores": {"x": float(i * 7 % 30)}} for i in range(30)]
     assert "[nan, nan]" not in format_table(evaluate(many, {str(i): float(i) for i in range(30)}))
+
+
+def test_column_names_never_reach_outside_out(tmp_path, capsys):
+    """Each column's plots go to a subfolder of --out named after it; a name that is not a plain file name
+    ("..", an absolute path, evaluate's own file, a NUL) wrote outside --out or failed after the report
+    (round four, case 2): it is made plain, with a digest that keeps two columns apart."""
+    from vitcore.cli import column_folder, main
+
+    names = ["../up", str(tmp_path / "abs"), "evaluation.md", "a\0b", "ok_1.5", "x" * 300]
+    rows = [(arch, {n: acc["a"] + k for k, n in enumerate(names)}) for arch, acc in ROWS]
+    out = tmp_path / "deep" / "eval"
+    assert main(["evaluate", "--truth", _write(tmp_path, rows), "--proxies", "params,nwot", "--space", "small",
+                 "--data", "synthetic", "--batch-size", "4", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["eval"]  # nothing beside --out
+    assert not (tmp_path / "abs").exists() and (out / "evaluation.md").is_file()
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == sorted(column_folder(n) for n in names) and len(set(folders)) == len(names)
+    assert column_folder("ok_1.5") == "ok_1.5" and all(len(f) <= 80 for f in folders)
+    assert column_folder("a/b") != column_folder("a_b") == "a_b"
+    for folder in folders:
+        assert sorted(p.name for p in (out / folder).iterdir()) == ["scatter-nwot.png", "scatter-params.png"]

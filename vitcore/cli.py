@@ -10,10 +10,12 @@ architectures (``vitcore.calibrate``); ``vitcore rank`` ranks scored architectur
 imported when the command runs: the library imports nothing from the benchmark harness).
 """
 import argparse
+import hashlib
 import io
 import json
 import math
 import os
+import re
 import sys
 from typing import List, Optional, Tuple
 
@@ -132,6 +134,7 @@ def _check_buildable(archs, batch, options: str) -> None:
 
 # evaluate's options that choose how it scores: meaningless with --scores (None when not given)
 SCORING_OPTIONS = ("proxies", "n", "space", "data", "batch_size", "seed", "device")
+EVALUATE_FILES = ("evaluation.md", "scores.jsonl", "few-shot.json")  # what evaluate writes in --out itself
 
 
 def _left_out(records: List[dict], truth, scores: str, truth_path: str) -> str:
@@ -225,6 +228,18 @@ def _few_shot(args, records: List[dict], truth, columns: List[str]) -> int:
     return 0
 
 
+def column_folder(column: str) -> str:
+    """The subfolder of evaluate's --out for a truth column's plots: the column's name where it is a plain
+    file name (letters, digits, ".", "_", "-", at most 80 characters), else that name made plain ("_"
+    for every other character, cut to 60) and a digest of the column, so no column name can reach
+    outside --out ("..", "/abs", "a/b"), meet evaluate's own files or hold a character a file system
+    refuses."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", column)
+    if plain == column and len(column) <= 80 and column.strip(".") and column not in EVALUATE_FILES:
+        return column
+    return f"{plain.strip('.')[:60] or 'column'}-{hashlib.sha256(column.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
 def cmd_evaluate(args) -> int:
     # everything checked before scoring: a bad argument should not cost a scoring run
     family = get_family(args.family)
@@ -277,8 +292,9 @@ def cmd_evaluate(args) -> int:
         if not 2 <= n <= BUILTIN_N:
             raise ValueError(f"--n {n}: the built-in truth has {BUILTIN_N} architectures; score 2 to {BUILTIN_N}")
     check_writable(args.out, folder=args.out)  # a folder we cannot write to fails here, not after scoring
-    folders = [args.out] if len(truth.columns) == 1 else [os.path.join(args.out, c) for c in truth.columns]
-    for name in ["evaluation.md", "scores.jsonl"]:
+    folders = [args.out] if len(truth.columns) == 1 else [os.path.join(args.out, column_folder(c))
+                                                          for c in truth.columns]
+    for name in EVALUATE_FILES:
         check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device
     for folder in folders:
         for p in list(PROXIES) + list(COMBINED):
@@ -356,7 +372,7 @@ def cmd_evaluate(args) -> int:
     print("\n".join([shown, *summary]))
     plots = []
     for column, acc in truth.columns.items():
-        folder = args.out if len(truth.columns) == 1 else os.path.join(args.out, column)
+        folder = args.out if len(truth.columns) == 1 else os.path.join(args.out, column_folder(column))
         plots += scatter_plots(records, acc, folder)
     print(f"tables and {len(plots)} scatter plots: {args.out}", file=sys.stderr)
     return 0
