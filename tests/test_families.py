@@ -165,7 +165,7 @@ def test_any_error_of_one_architectures_model_is_recorded_and_the_run_goes_on(tm
                  "8", "--proxies", "grad_norm,synflow", "--out", str(tmp_path / "c.jsonl")]) == 0
     out = capsys.readouterr().out
     assert "1 scored, 2 failed" in out
-    assert "failed: RuntimeError: every proxy failed; grad_norm: the data pass failed: AssertionError: Input" in out
+    assert "cnn-a         failed: AssertionError: Input height (8) doesn't match model (32)." in out
 
 
 def test_a_builder_that_exits_is_an_error_of_its_record(tmp_path):
@@ -273,3 +273,13 @@ def test_a_vit_native_proxy_on_a_users_cnn_names_what_it_needs(tmp_path, capsys)
     assert stop.value.code == 2
     assert ("dss needs a vitcore ViT or PiT or a timm VisionTransformer (they read its blocks' attn.qkv, attn.proj, "
             "mlp.fc1, mlp.fc2, norm2), got Sequential") in capsys.readouterr().err
+
+
+def test_an_architecture_every_proxy_failed_on_names_the_shared_reason_or_each():
+    from vitcore.runs import _EveryProxyFailed
+
+    same = {"grad_norm": "the data pass failed: KeyError: 'x'", "synflow": "the synflow pass failed: KeyError: 'x'"}
+    assert str(_EveryProxyFailed(same)) == "KeyError: 'x'"
+    apart = {"nwot": "ValueError: no codes", "synflow": "the synflow pass failed: KeyError: 'x'"}
+    assert str(_EveryProxyFailed(apart)) == ("every proxy failed; nwot: ValueError: no codes; synflow: the synflow "
+                                             "pass failed: KeyError: 'x'")

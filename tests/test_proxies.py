@@ -378,3 +378,17 @@ def test_a_model_without_relu_or_gelu_modules_fails_nwot_and_swap_only(triton_of
     assert set(e.value.errors) == {"nwot", "swap"}
     assert e.value.errors["nwot"].startswith("ValueError: nwot reads the inputs of nn.ReLU / nn.GELU modules, "
                                              "and the model ran none")
+
+
+def test_num_classes_refuses_logits_of_another_width(triton_off):
+    """cross_entropy takes any width above the largest target, so a headless model's 24 features were
+    scored as 10-class logits (round four, case 3); vitcore score passes the batch's classes."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 24))
+    x, y = batch(4, seed=23, dtype=torch.float32, classes=5)
+    assert math.isfinite(vitcore.score(model, x, y)["grad_norm"])
+    with pytest.raises(ValueError, match="the model returned 24 class scores per example and the data has 5 classes"):
+        vitcore.score(model, x, y, num_classes=5, proxies=["grad_norm", "synflow"])
+    assert math.isfinite(vitcore.score(model, x, y, num_classes=24)["grad_norm"])
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match=f"num_classes={bad!r}: expected an int >= 1 or None"):
+            vitcore.score(model, x, y, num_classes=bad)

@@ -263,3 +263,21 @@ def test_timm_records_are_checked_before_scoring(tmp_path):
                   str(tmp_path / "r.jsonl")])
         assert stop.value.code == 2
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_timm_cnn_builds_and_a_headless_record_is_its_own_error(tmp_path):
+    """img_size was given to every timm model, so no convolutional one built; a record with
+    num_classes=0 (no head) had its features scored as logits and ranked first (round four, cases 3, 12)."""
+    batch = load_batch("digits", 8, 0, _Shape(8, 1, 10))
+    records = score_archs([{"id": "r18", "model": "resnet18"},
+                           {"id": "headless", "model": "vit_tiny_patch16_224", "patch_size": 4, "depth": 1,
+                            "embed_dim": 24, "num_heads": 2, "num_classes": 0},
+                           {"id": "fixed", "model": "vit_tiny_patch16_224", "patch_size": 4, "depth": 1,
+                            "embed_dim": 24, "num_heads": 2, "img_size": 32}],
+                          batch, str(tmp_path / "r.jsonl"), proxies=["grad_norm", "synflow"], device="cpu", family="timm")
+    assert math.isfinite(records[0]["scores"]["grad_norm"]), records[0]
+    assert records[0]["params"] == sum(p.numel() for p in timm.create_model("resnet18", in_chans=1,
+                                                                            num_classes=10).parameters())
+    assert records[1]["error"] == ("ValueError: the model returned 24 class scores per example and the data has 10 "
+                                   "classes: build its classifier head for 10")
+    assert records[2]["error"].startswith("AssertionError: Input height (8) doesn't match model (32)")

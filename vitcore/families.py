@@ -141,7 +141,8 @@ class BrokenBuilder(TypeError):
 def build_record(family: Family, record: Record, device: torch.device, seed: int,
                  shape: Tuple[int, int, int]) -> nn.Module:
     """``record``'s module from ``family``'s builder on ``device`` from ``seed``. ``shape`` (in_chans,
-    img_size, num_classes) of the batch: timm's defaults for those fields. ValueError naming the
+    img_size, num_classes) of the batch: timm's defaults for those fields (img_size only where the timm
+    model takes one, so convolutional networks build too). ValueError naming the
     record for anything the builder raises (an invalid record: the run records it and goes on);
     TypeError when the builder returns something that is not an ``nn.Module`` (a broken builder: every
     record would fail)."""
@@ -150,7 +151,12 @@ def build_record(family: Family, record: Record, device: torch.device, seed: int
         for key, value in zip(("in_chans", "img_size", "num_classes"), shape):
             fields.setdefault(key, value)
     try:
-        model = family.build(fields, device, seed)
+        try:
+            model = family.build(fields, device, seed)
+        except TypeError as e:  # a timm model with no image size (ResNet, ConvNeXt): built for any size
+            if family.name != TIMM or "img_size" in record.fields or "'img_size'" not in str(e):
+                raise
+            model = family.build({k: v for k, v in fields.items() if k != "img_size"}, device, seed)
     except (Exception, SystemExit) as e:  # the builder's own error on this record (sys.exit too)
         raise ValueError(f"family {family.name} could not build record {record.id} "
                          f"({type(e).__name__}: {e})".splitlines()[0]) from None

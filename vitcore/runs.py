@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from importlib import metadata
@@ -329,6 +330,16 @@ def build_model(family: Family, arch: Union[AnyArch, Record], batch: Batch, devi
     return model
 
 
+class _EveryProxyFailed(Exception):
+    """Every proxy failed on one architecture: its record's "error" is the one reason they share (a
+    model whose forward raises fails every pass alike), else each proxy's."""
+
+    def __init__(self, errors: Dict[str, str]):
+        reasons = {re.sub(r"^the \w+ pass failed: ", "", why) for why in errors.values()}
+        super().__init__(reasons.pop() if len(reasons) == 1 else
+                         "every proxy failed; " + "; ".join(f"{p}: {why}" for p, why in errors.items()))
+
+
 def _score_one(family: Family, arch: Union[AnyArch, Record], batch: Batch, inputs: torch.Tensor,
                targets: torch.Tensor, proxies: List[str], mode: str, params: str, seed: int, device: torch.device,
                dtype: torch.dtype, attention: str) -> dict:
@@ -341,11 +352,12 @@ def _score_one(family: Family, arch: Union[AnyArch, Record], batch: Batch, input
     errors = {}
     with amp, passes_end_marks() as marks:
         try:
-            scores = score(model, inputs, targets, proxies=proxies, mode=mode, params=params)
+            scores = score(model, inputs, targets, proxies=proxies, mode=mode, params=params,
+                           num_classes=batch.num_classes)
         except ProxyFailed as e:  # the others' scores kept, NaN for the failed proxies, each error named
             scores, errors = e.scores, e.errors
     if len(errors) == len(proxies):  # nothing scored: the architecture failed
-        raise RuntimeError("every proxy failed; " + "; ".join(f"{p}: {why}" for p, why in errors.items()))
+        raise _EveryProxyFailed(errors)
     end = time.perf_counter()
     timing = {"build_s": built - start, "passes_s": marks[-1] - built, "read_s": end - marks[-1]}
     record = {"params": sum(p.numel() for p in model.parameters()), "scores": scores,
@@ -435,7 +447,7 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
             except (BrokenBuilder, NeedsViT):  # every architecture would fail the same way: stop
                 raise
             except Exception as e:  # out of memory, an invalid config, the model's own error: record, go on
-                record["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+                record["error"] = (str(e) if isinstance(e, _EveryProxyFailed) else f"{type(e).__name__}: {e}").splitlines()[0]
                 if run_device.type == "cuda":
                     torch.cuda.empty_cache()
             f.write(json.dumps(record) + "\n")

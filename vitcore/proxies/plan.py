@@ -43,6 +43,7 @@ class Settings:
     train_mode: bool = True  # every module in train mode; False: each in the mode it came in
     synflow_batchnorm: str = "eval"  # BatchNorm in synflow's pass, from vitcore.passes.SYNFLOW_BATCHNORM
     ignore_index: Optional[int] = None  # a target value the loss leaves out (foresight: -100), else refused
+    num_classes: Optional[int] = None  # the logits' width the data asks for (vitcore score: the batch's)
 
     def __post_init__(self):
         assert self.synflow_batchnorm in SYNFLOW_BATCHNORM, self.synflow_batchnorm
@@ -237,6 +238,9 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh, s
         raise ValueError(f"targets hold {int(flat[1])} class indices outside 0..{num_outputs - 1} for the "
                          f"model's {num_outputs} outputs (min {int(flat[2])}, max {int(flat[3])}); "
                          "ignore_index (-100) is not supported: drop those examples")
+    if settings.num_classes is not None and num_outputs and num_outputs != settings.num_classes:
+        raise ValueError(f"the model returned {num_outputs} class scores per example and the data has "
+                         f"{settings.num_classes} classes: build its classifier head for {settings.num_classes}")
     once, twice = flat[5], flat[6]
     if abs(twice - once) > 0.25 * abs(once):  # a mean: equal up to rounding; a sum: twice; NaN: not decided
         n = len(done.first_logits)
@@ -313,6 +317,7 @@ def score(
     mode: str = "global",
     params: str = "all",
     chunks: int = 1,
+    num_classes: Optional[int] = None,
 ) -> Dict[str, float]:
     """Score ``model`` on one minibatch with the fewest passes the requested proxies need.
 
@@ -353,6 +358,9 @@ def score(
     proxies do not read that pass, does not stop the others: ``ProxyFailed`` is raised after them,
     carrying every score (NaN for the failed ones) and each error. A pass that every requested proxy
     reads raises its own exception, as does a pass's TypeError or ValueError (a wrong argument).
+    ``num_classes``, when given, is the number of classes of the data: logits of another width C are
+    refused (ValueError; cross_entropy alone accepts C above the largest target, so a headless model's
+    features would be scored as logits).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -363,8 +371,11 @@ def score(
         raise ValueError(f"mode={mode!r}; valid: {', '.join(GRAD_NORM_MODES)}")
     if params not in PARAM_SETS:
         raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes={num_classes!r:.40}: expected an int >= 1 or None")
     return score_counted(model, inputs, targets, loss_fn, names, mode, counted_tensors(model, params),
-                         chunks, f"params={params!r}")
+                         chunks, f"params={params!r}", Settings(num_classes=num_classes))
 
 
 def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks, which,
