@@ -193,6 +193,8 @@ def test_ignored_targets_are_left_out_of_the_loss_however_the_batch_is_split(chu
         assert split_[name] == pytest.approx(whole[name], rel=rel, abs=0), name
     with pytest.raises(ValueError, match="ignore_index"):
         find_measures(net, [(x, y)], ("random", 1, 5), "cpu", measure_names=["vitcore.snip"])
+    with pytest.raises(ValueError, match=r"every target is -100 \(ignore_index\): the loss counts no example"):
+        find_measures(net, [(x, torch.full_like(y, -100))], ("random", 1, 5), "cpu", measure_names=names)
 
 
 def test_jacob_cov_of_one_example_is_nan_as_foresight_returns(triton_off):

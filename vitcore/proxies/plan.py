@@ -394,6 +394,10 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
     if B < 1:
         raise ValueError(f"inputs of shape {tuple(inputs.shape)} hold no examples; need (B, ...) with B >= 1")
     _check_targets(targets, B, loss_fn)
+    ignore = settings.ignore_index
+    if ignore is not None and not targets.is_floating_point() and bool((targets == ignore).all()):
+        raise ValueError(f"every target is {ignore} (ignore_index): the loss counts no example, so no proxy "
+                         "has a gradient to read; give labelled examples")
     if targets.device != inputs.device:
         raise ValueError(f"targets are on {targets.device} and inputs on {inputs.device}")
     if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= B:
