@@ -221,6 +221,14 @@ def test_checks_before_scoring(tmp_path):
     with pytest.raises(ValueError, match=r"clash.jsonl, line 2: id 'cnn-a' names another architecture at "
                                          r".*clash.jsonl, line 1"):
         read_archs(clash, CNN)
+    flag = _write_records(tmp_path / "flag.jsonl", [{**RECORDS[0], "flag": True}, {**RECORDS[0], "flag": 1}])
+    with pytest.raises(ValueError, match=r"flag.jsonl, line 2: id 'cnn-a' names another architecture"):
+        read_archs(flag, CNN)  # true and 1 are equal in Python, not to a builder reading JSON
+    batch = load_batch("digits", 8, 0, get_space("small"))
+    with pytest.raises(ValueError, match=r"archs\[2\]: id 'cnn-a' names another architecture at archs\[0\]"):
+        score_archs([RECORDS[0], RECORDS[1], {"id": "cnn-a", "widths": [2]}], batch, str(tmp_path / "s.jsonl"),
+                    family=CNN, device="cpu")
+    assert not (tmp_path / "s.jsonl").exists()
     for bad, message in (([1, 2], "entry 1: not an architecture"), ([{"id": 5, "widths": [2]}], '"id" 5'),
                          ([{"widths": [2], "x": float("nan")}], "not JSON")):
         (tmp_path / "bad.json").write_text(json.dumps(bad))
