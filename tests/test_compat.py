@@ -259,6 +259,9 @@ def test_compat_bad_arguments():
         find_measures(None, [], ("random", 1, 2), "cpu")
     with pytest.raises(ValueError, match="device='gpu0' is not a torch device"):
         find_measures(small_cnn(), [], ("random", 1, 2), "gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda': no CUDA GPU is available to this process; use 'cpu'"):
+            find_measures(small_cnn(), [], ("random", 1, 2), "cuda")
     x, y = torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)
     for loader, message in [([(x, y), (x.tolist(), y)], r"batch 1 is \(list, Tensor\): expected a pair"),
                             ([x], r"batch 0 is Tensor: expected a pair"),

@@ -148,6 +148,8 @@ def test_bad_class_indices_are_refused(targets, message, chunks, proxies, triton
     (torch.zeros(5, dtype=torch.long), ValueError, "inputs hold 6 examples and targets 5"),
     (torch.full((6, 4), 0.25), ValueError, r"class probabilities of shape \(6, 4\) for the model's outputs of shape \(6, 3\)"),
     ([0, 1, 2, 0, 1, 2], TypeError, "targets must be a torch.Tensor, got list"),
+    (torch.zeros(6, 1, dtype=torch.long), ValueError, r"int64 targets of shape \(6, 1\): class indices have shape"),
+    (torch.eye(6, 3, dtype=torch.long), ValueError, r"int64 targets of shape \(6, 3\): .*one-hot or soft labels"),
 ])
 def test_bad_targets_name_the_value(targets, error, message, triton_off):
     x, _ = batch(6, seed=4, dtype=torch.float32)
@@ -321,6 +323,7 @@ class _Returns(torch.nn.Module):
     (lambda z: z[..., None], ValueError, r"the model returned logits of shape \((4|2), 5, 1\): expected \((4|2), C\)"),
     (lambda z: z[:1], ValueError, r"the model returned a tensor of shape \(1, 5\) for (4|2) examples"),
     (lambda z: z.argmax(1), TypeError, r"the model returned logits of dtype torch.int64"),
+    (lambda z: z[:, :0], ValueError, r"the model returned logits of shape \((4|2), 0\): no class scores"),
 ])
 @pytest.mark.parametrize("proxies", [["grad_norm"], ["jacob_cov", "zico"], ["grasp"], ["nwot"]])
 def test_a_model_output_that_is_not_logits_is_named(wrap, error, message, proxies, triton_off):
@@ -392,3 +395,9 @@ def test_num_classes_refuses_logits_of_another_width(triton_off):
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match=f"num_classes={bad!r}: expected an int >= 1 or None"):
             vitcore.score(model, x, y, num_classes=bad)
+
+
+def test_a_loss_that_does_not_depend_on_the_logits_is_named(triton_off):
+    model, (x, y) = small_mlp(), batch(4, seed=24, dtype=torch.float32, classes=5)
+    with pytest.raises(ValueError, match="loss_fn returned a tensor that does not depend on the logits"):
+        vitcore.score(model, x, y, loss_fn=lambda z, t: F.cross_entropy(z, t).detach())

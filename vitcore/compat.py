@@ -225,6 +225,8 @@ def find_measures(
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:0')") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}: no CUDA GPU is available to this process; use 'cpu'")
     dataload, count, num_classes = dataload_info
     _positive("num_imgs_or_batches", count)
     if dataload == "grasp":

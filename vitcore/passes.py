@@ -57,6 +57,8 @@ def logits_of(output, n: int, targets: Optional[torch.Tensor]) -> torch.Tensor:
     if output.ndim == 0 or output.shape[0] != n:
         raise ValueError(f"the model returned a tensor of shape {tuple(output.shape)} for {n} examples: "
                          f"expected logits of shape ({n}, C)")
+    if output.numel() == 0:
+        raise ValueError(f"the model returned logits of shape {tuple(output.shape)}: no class scores")
     soft_like = targets is not None and targets.is_floating_point() and targets.shape[1:] == output.shape[1:]
     if targets is not None and output.ndim != 2 and not soft_like:
         raise ValueError(f"the model returned logits of shape {tuple(output.shape)}: expected ({n}, C), one row "
@@ -101,6 +103,9 @@ def loss_on(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor,
     if loss.ndim != 0:
         raise ValueError(f"loss_fn returned a tensor of shape {tuple(loss.shape)}: it must return the mean loss "
                          "over the examples, a 0-d tensor (e.g. reduction='mean')")
+    if torch.is_grad_enabled() and logits.requires_grad and not loss.requires_grad:
+        raise ValueError("loss_fn returned a tensor that does not depend on the logits (detached, or computed "
+                         "under torch.no_grad()): the proxies differentiate it")
     return loss
 
 

@@ -303,6 +303,9 @@ def _check_targets(targets: torch.Tensor, B: int, loss_fn) -> None:
                         "class probabilities a floating dtype")
     if len(targets) != B:
         raise ValueError(f"inputs hold {B} examples and targets {len(targets)}; need the same number >= 1")
+    if not targets.is_floating_point() and targets.ndim != 1:
+        raise ValueError(f"int64 targets of shape {tuple(targets.shape)}: class indices have shape (B,) = ({B},); "
+                         "one-hot or soft labels go as floating class probabilities (B, C)")
     if targets.is_floating_point() and loss_fn is F.cross_entropy and targets.ndim != 2:
         raise ValueError(f"floating targets of shape {tuple(targets.shape)}: cross_entropy takes class "
                          "probabilities of shape (B, classes), or int64 class indices of shape (B,)")
