@@ -213,3 +213,19 @@ def test_bench_cli_out_naming_a_file_exits_2_and_leaves_the_file(tmp_path, capsy
             main(["bench", "--quick", "--out", str(path)] + extra)
         assert e.value.code == 2 and f"--out {str(path)!r} is a file" in capsys.readouterr().err
     assert path.read_text() == "a finished report"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{}", "is not a results.json of vitcore bench: it lacks meta, sweep, ceiling, timings"),
+    ("[]", "is not a results.json of vitcore bench: it lacks meta"),
+    ('{"meta": {}, "sweep": [], "ceiling": {}, "timings": []}', '"sweep" must be an object'),
+    ('{"meta": {}, "sweep": {}, "ceiling": {}, "timings": []}', "is not a results.json of vitcore bench: KeyError"),
+    ('{"meta": {}, "sweep"', "is not JSON"),
+])
+def test_report_only_on_a_file_that_is_no_results_json_names_it(tmp_path, capsys, text, message):
+    (tmp_path / "results.json").write_text(text)
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--report-only", "--no-plots", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "results.json" in err and message in err
+    assert (tmp_path / "results.json").read_text() == text and not (tmp_path / "report.md").exists()

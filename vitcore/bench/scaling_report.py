@@ -307,6 +307,25 @@ def _free_folder(base: str) -> str:
     return free_name(base, lambda path: os.path.exists(os.path.join(path, "results.json")))
 
 
+RESULTS_KEYS = ("meta", "sweep", "ceiling", "timings")  # what a results.json of vitcore bench holds
+
+
+def _read_results(path: str) -> dict:
+    """A results.json read back for --report-only; ValueError naming the file when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path!r} is not JSON ({e}): rerun the sweep into another --out") from None
+    missing = [k for k in RESULTS_KEYS if not isinstance(results, dict) or k not in results]
+    if missing:
+        raise ValueError(f"{path!r} is not a results.json of vitcore bench: it lacks {', '.join(missing)}")
+    if not isinstance(results["sweep"], dict) or not isinstance(results["timings"], list):
+        raise ValueError(f"{path!r} is not a results.json of vitcore bench: \"sweep\" must be an object and "
+                         "\"timings\" a list")
+    return results
+
+
 def run_bench(args) -> int:
     """``vitcore bench``: run the sweep, fit, write results.json, report.md and the plots."""
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -317,9 +336,12 @@ def run_bench(args) -> int:
         path = os.path.join(args.out, "results.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path!r} does not exist")
-        with open(path) as f:
-            results = json.load(f)
-        results["analysis"] = analyse(results)
+        results = _read_results(path)
+        try:
+            results["analysis"] = analyse(results)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"{path!r} is not a results.json of vitcore bench: {type(e).__name__} {e} "
+                             "reading it") from None
         write_results(path, results)  # the timings as they were, the analysis of this version
         print(f"report: {write_report(results, args.out, plots=not args.no_plots)}", file=sys.stderr)
         return 0
