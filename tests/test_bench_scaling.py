@@ -111,6 +111,8 @@ def test_repeated_sweep_keeps_every_pass_and_takes_the_median(tmp_path):
     with pytest.raises(ValueError, match="already holds a run"):  # a finished run is never overwritten
         run_sweep(cfg, str(tmp_path), progress=False)
     assert json.loads((tmp_path / "results.json").read_text())["timings"] == results["timings"]
+    assert main(["bench", "--report-only", "--no-plots", "--out", str(tmp_path)]) == 0  # one point: no fit, said so
+    assert "No fit: a fit needs at least 5 (N', D) points" in (tmp_path / "report.md").read_text()
 
 
 def test_default_report_folder_skips_folders_holding_a_run(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from vitcore.bench.env import device_tag, header_lines, today
 from vitcore.bench.options import QUICK_D, QUICK_N, SWEEP_D, SWEEP_N, budget_ms
 from vitcore.bench.scaling import BUDGET_S, TOKENS, WINDOWS, SweepConfig, run_sweep, write_results
-from vitcore.bench.scaling_fit import BACKWARD_FACTOR, analyse, select
+from vitcore.bench.scaling_fit import BACKWARD_FACTOR, MIN_POINTS, analyse, select
 from vitcore.paths import free_name
 
 DPI = 80  # modest: the reports are committed
@@ -80,6 +80,9 @@ def _fit_table(fits: List[dict]) -> List[str]:
             f"| {f['peak_tflops']:.3g} ({100 * f['peak_fraction']:.0f}%) "
             f"at ({f['peak_at']['n']}, {f['peak_at']['d']}) |"
         )
+    if not fits:
+        lines.append(f"No fit: a fit needs at least {MIN_POINTS + 1} (N', D) points per dtype, mode and "
+                     "provider, and this sweep has fewer; give more --n or --d values.")
     return lines + [""]
 
 
