@@ -401,3 +401,10 @@ def test_a_loss_that_does_not_depend_on_the_logits_is_named(triton_off):
     model, (x, y) = small_mlp(), batch(4, seed=24, dtype=torch.float32, classes=5)
     with pytest.raises(ValueError, match="loss_fn returned a tensor that does not depend on the logits"):
         vitcore.score(model, x, y, loss_fn=lambda z, t: F.cross_entropy(z, t).detach())
+
+
+def test_a_detached_output_is_named(triton_off):
+    model = _Returns(small_mlp(), lambda z: z.detach())
+    x, y = batch(4, seed=25, dtype=torch.float32, classes=5)
+    with pytest.raises(ValueError, match="the model's output does not depend on its parameters or inputs"):
+        vitcore.score(model, x, y, proxies=["grad_norm", "jacob_cov"])

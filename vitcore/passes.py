@@ -217,6 +217,9 @@ def data_pass(
             chunk_codes.clear()
             with torch.set_grad_enabled(want_loss_grad or jacobian):
                 logits = logits_of(model(x), end - start, targets)
+            if (want_loss_grad or jacobian) and not logits.requires_grad:
+                raise ValueError("the model's output does not depend on its parameters or inputs (detached, "
+                                 "or computed under torch.no_grad() inside forward): nothing to differentiate")
             out.num_outputs = logits.shape[1] if logits.ndim >= 2 else 0
             if out.first_logits is None:
                 out.first_logits = logits.detach()
