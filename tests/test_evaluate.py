@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import warnings
 
 import pytest
 
@@ -163,3 +164,20 @@ def test_options_of_the_built_in_run_are_checked_first(argv, message, tmp_path, 
     with pytest.raises(SystemExit):
         main(["evaluate", "--out", str(tmp_path / "ev")] + argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_column_mixing_fractions_and_percentages_warns(tmp_path):
+    """0.91 and 85.0 in one column ranked as they are (round four, case 6): warned, since a percent column
+    may hold a diverged network's 0.5 legitimately."""
+    from vitcore.evaluate import read_truth_any
+
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("id,acc_mean\na,0.91\nb,81.0\nc,0.85\nd,88.5\n")
+    with pytest.warns(UserWarning, match=r"column 'acc': 2 accuracies are in \[0, 1\] and 2 above 1"):
+        read_truth_any(str(mixed))
+    for name, text in (("pct.csv", "id,acc_mean\na,0.5\nb,81.0\nc,85.0\nd,88.5\n"),
+                       ("frac.csv", "id,acc_mean\na,0.91\nb,0.81\nc,0.85\n")):
+        (tmp_path / name).write_text(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            read_truth_any(str(tmp_path / name))

@@ -8,6 +8,7 @@ over the columns a user names sums them up.
 import csv
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -78,10 +79,23 @@ class Truth:
     flat: Dict[str, str] = field(default_factory=dict)
 
 
+def _warn_mixed_scales(path: str, column: str, values: List[float]) -> None:
+    """A warning when a column looks like fractions and percentages mixed: two or more values in [0, 1]
+    and two or more above 1, the former within the latter's range once multiplied by 100 (a column in
+    percent may hold a diverged network's 0.5 legitimately, so this warns and does not refuse)."""
+    small = [v for v in values if 0 <= v <= 1]
+    large = [v for v in values if v > 1]
+    if len(small) >= 2 and len(large) >= 2 and min(large) <= 100 * max(small) and 100 * min(small) <= max(large):
+        warnings.warn(f"ground-truth file {path!r}, column {column!r}: {len(small)} accuracies are in [0, 1] and "
+                      f"{len(large)} above 1; if some are fractions and others percentages, put them on one "
+                      "scale (the ranking mixes them)", UserWarning, stacklevel=3)
+
+
 def _set_aside_flat(path: str, truth: Truth) -> Truth:
     """``truth`` with the columns that rank nothing moved from ``columns`` to ``flat`` (τ, ρ and the top-k
     overlap are undefined or meaningless there); ValueError naming the file when no column is left."""
     for column, accuracies in list(truth.columns.items()):
+        _warn_mixed_scales(path, column, list(accuracies.values()))
         values = set(accuracies.values())
         if len(accuracies) < 2:
             truth.flat[column] = f"only {len(accuracies)} architecture has an accuracy"
