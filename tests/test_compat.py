@@ -259,6 +259,11 @@ def test_compat_bad_arguments():
         find_measures(None, [], ("random", 1, 2), "cpu")
     with pytest.raises(ValueError, match="device='gpu0' is not a torch device"):
         find_measures(small_cnn(), [], ("random", 1, 2), "gpu0")
+    x8, y8 = torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"batch 1 holds inputs \(2, 1, 6, 6\) torch.float32 .* they must match"):
+        find_measures(small_cnn(), [(x8, y8), (torch.randn(2, 1, 6, 6), y8)], ("random", 2, 2), "cpu")
+    with pytest.raises(ValueError, match=r"dataload 'grasp' picks examples by class: .* got \(2, 2\) torch.float32"):
+        find_measures(small_cnn(), [(x8, torch.full((2, 2), 0.5))], ("grasp", 1, 2), "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device='cuda': no CUDA GPU is available to this process; use 'cpu'"):
             find_measures(small_cnn(), [], ("random", 1, 2), "cuda")

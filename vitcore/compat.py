@@ -85,6 +85,11 @@ def _batches(loader: Iterable):
 def _random_batches(loader: Iterable, num_batches: int) -> Tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for x, y in _batches(loader):
+        if xs and (x.shape[1:], y.shape[1:], x.dtype, y.dtype) != (xs[0].shape[1:], ys[0].shape[1:], xs[0].dtype,
+                                                                  ys[0].dtype):
+            raise ValueError(f"batch {len(xs)} holds inputs {tuple(x.shape)} {x.dtype} and targets {tuple(y.shape)} "
+                             f"{y.dtype}, batch 0 {tuple(xs[0].shape)} {xs[0].dtype} and {tuple(ys[0].shape)} "
+                             f"{ys[0].dtype}: the batches are joined into one, so they must match but for their size")
         xs.append(x)
         ys.append(y)
         if len(xs) == num_batches:
@@ -96,6 +101,9 @@ def _per_class(loader: Iterable, num_classes: int, per_class: int) -> Tuple[torc
     """``per_class`` examples of each class, ordered by class (foresight's 'grasp' loading)."""
     buckets = {c: [] for c in range(num_classes)}
     for x, y in _batches(loader):
+        if y.is_floating_point() or y.is_complex() or y.ndim != 1:
+            raise ValueError(f"dataload 'grasp' picks examples by class: targets must be class indices of shape "
+                             f"(B,), got {tuple(y.shape)} {y.dtype}; use ('random', batches, classes)")
         for xi, yi in zip(x, y):
             c = int(yi)
             if c in buckets and len(buckets[c]) < per_class:
