@@ -181,3 +181,11 @@ def test_a_column_mixing_fractions_and_percentages_warns(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             read_truth_any(str(tmp_path / name))
+
+
+def test_ids_written_otherwise_are_named_when_nothing_matches():
+    records = [{"id": f"a{i}", "scores": {"params": float(i)}} for i in range(3)]
+    with pytest.raises(ValueError, match=r"only 0 scored architectures .* \(3 would match ignoring case and blanks"):
+        evaluate(records, {f" A{i}": float(i) for i in range(3)})
+    with pytest.raises(ValueError, match=r"only 0 scored .* \(first scored id 'a0', first truth id 'z'\)"):
+        evaluate(records, {"z": 1.0, "y": 2.0})

@@ -369,7 +369,12 @@ def evaluate(records: List[dict], truth: Dict[str, float], top_fraction: float =
     proxies = list(dict.fromkeys(p for r in records for p in r.get("scores", {})))  # first-seen order
     common = [r for r in records if r["id"] in truth]
     if len(common) < 2:
-        raise ValueError(f"only {len(common)} scored architectures have a true accuracy; need at least 2")
+        loose = {i.strip().lower() for i in truth}
+        near = sum(r["id"].strip().lower() in loose for r in records)
+        hint = (f" ({near} would match ignoring case and blanks: ids must be written alike)" if near > len(common)
+                else f" (first scored id {records[0]['id']!r:.40}, first truth id {next(iter(truth), '')!r:.40})"
+                if records and truth else "")
+        raise ValueError(f"only {len(common)} scored architectures have a true accuracy; need at least 2{hint}")
     if not any("scores" in r for r in common):
         raise ValueError(f"none of the {len(common)} architectures with a true accuracy was scored; the first "
                          f"error: {common[0].get('error', 'not recorded')}")
