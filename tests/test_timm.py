@@ -114,6 +114,17 @@ def test_routing_again_changes_the_choice_and_bad_input_is_refused():
         use_vitcore_attention(timm_vit(8, 4, 12, 2, attn_drop_rate=0.1), "auto")
     with pytest.raises(ValueError, match="non-causal without a mask"):
         model.blocks[0].attn(torch.randn(1, 5, 12), attn_mask=torch.zeros(5, 5))
+    from timm.layers import Attention
+    with pytest.raises(ValueError, match="model is itself a Attention, which cannot be replaced in place"):
+        use_vitcore_attention(Attention(12, 2), "auto")  # it was counted as routed and gained a child ""
+
+
+def test_an_attention_shared_by_two_blocks_is_routed_in_both():
+    """named_modules lists a shared module once: only its first place was routed (round four, case 16)."""
+    model = timm_vit(8, 4, 12, 2)
+    model.blocks[1].attn = model.blocks[0].attn
+    assert use_vitcore_attention(model, "eager") == 1
+    assert isinstance(model.blocks[1].attn, TimmAttention) and model.blocks[1].attn is model.blocks[0].attn
 
 
 def vitcore_as_timm(vit: ViT) -> nn.Module:

@@ -52,8 +52,10 @@ def use_vitcore_attention(model: nn.Module, attention: str = "auto") -> int:
     modules already routed get the new choice. Returns how many attention modules run it (0 for a model
     without any, a CNN say).
 
+    An attention module shared by several blocks is routed wherever it sits, through one wrapper.
     Raises TypeError or ValueError for an ``attention`` not in ``vitcore.attention_choice``'s choices;
-    ValueError naming the module for attention dropout p > 0 (vitcore's attention has no dropout).
+    ValueError naming the module for attention dropout p > 0 (vitcore's attention has no dropout), and for
+    a ``model`` that is itself an Attention (it cannot replace itself: route its parent).
     Needs timm (ImportError otherwise).
     """
     from timm.layers import Attention
@@ -61,15 +63,23 @@ def use_vitcore_attention(model: nn.Module, attention: str = "auto") -> int:
     check_attention(attention)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    found = [(name, m) for name, m in model.named_modules() if type(m) in (Attention, TimmAttention)]
+    # every place a module sits (one attention shared by several blocks sits in each), not each module once
+    found = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
+             if type(m) in (Attention, TimmAttention)]
+    if found and found[0][0] == "":
+        raise ValueError(f"model is itself a {type(model).__name__}, which cannot be replaced in place: route the "
+                         "model that holds it")
     for name, m in found:
         if m.attn_drop.p > 0:
             raise ValueError(f"{name}: attention dropout p={m.attn_drop.p}; vitcore's attention has none "
                              "(build the model with attn_drop_rate=0)")
+    routed: dict = {}  # id of each module -> its wrapper, so a shared module gets one wrapper everywhere
     for name, m in found:
         if isinstance(m, TimmAttention):
             m.attention = attention
+            routed[id(m)] = m
             continue
+        wrapper = routed.setdefault(id(m), TimmAttention(m, attention))
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, TimmAttention(m, attention))
-    return len(found)
+        setattr(model.get_submodule(parent_name), child, wrapper)
+    return len(routed)
