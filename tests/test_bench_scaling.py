@@ -231,3 +231,10 @@ def test_report_only_on_a_file_that_is_no_results_json_names_it(tmp_path, capsys
     err = capsys.readouterr().err
     assert e.value.code == 2 and "results.json" in err and message in err
     assert (tmp_path / "results.json").read_text() == text and not (tmp_path / "report.md").exists()
+
+
+def test_report_only_refuses_options_that_choose_a_new_sweep(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--report-only", "--n", "5", "--threads", "99999", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "--n, --threads choose a new sweep: drop them or --report-only" in capsys.readouterr().err

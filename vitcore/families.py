@@ -158,8 +158,8 @@ def build_record(family: Family, record: Record, device: torch.device, seed: int
                 raise
             model = family.build({k: v for k, v in fields.items() if k != "img_size"}, device, seed)
     except (Exception, SystemExit) as e:  # the builder's own error on this record (sys.exit too)
-        raise ValueError(f"family {family.name} could not build record {record.id} "
-                         f"({type(e).__name__}: {e})".splitlines()[0]) from None
+        first = (f"{type(e).__name__}: {e}".splitlines() or [""])[0]  # its first line, the brackets kept whole
+        raise ValueError(f"family {family.name} could not build record {record.id} ({first})") from None
     if not isinstance(model, nn.Module):
         raise BrokenBuilder(f"family {family.name}: {family.builder} returned a {type(model).__name__} for record "
                         f"{record.id}, not a torch.nn.Module")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from vitcore.bench.env import device_tag, header_lines, today
-from vitcore.bench.options import QUICK_D, QUICK_N, SWEEP_D, SWEEP_N, budget_ms
+from vitcore.bench.options import MODES, PROVIDERS, QUICK_D, QUICK_N, SWEEP_D, SWEEP_N, budget_ms
 from vitcore.bench.scaling import BUDGET_S, TOKENS, WINDOWS, SweepConfig, run_sweep, write_results
 from vitcore.bench.scaling_fit import BACKWARD_FACTOR, MIN_POINTS, analyse, select
 from vitcore.paths import free_name
@@ -310,6 +310,10 @@ def _free_folder(base: str) -> str:
     return free_name(base, lambda path: os.path.exists(os.path.join(path, "results.json")))
 
 
+# the options that choose a sweep (name, value when not given): meaningless with --report-only
+SWEEP_OPTIONS = (("quick", False), ("device", "auto"), ("dtype", None), ("providers", ",".join(PROVIDERS)),
+                 ("modes", ",".join(MODES)), ("n", None), ("d", None), ("tokens", None), ("budget_ms", None),
+                 ("windows", None), ("repeat", 1), ("threads", None), ("graphs", False))
 RESULTS_KEYS = ("meta", "sweep", "ceiling", "timings")  # what a results.json of vitcore bench holds
 
 
@@ -336,6 +340,11 @@ def run_bench(args) -> int:
     if args.report_only:
         if not args.out:
             raise ValueError("--report-only needs --out, the folder holding results.json")
+        sweep = [f"--{name.replace('_', '-')}" for name, unset in SWEEP_OPTIONS if getattr(args, name) != unset]
+        if sweep:
+            raise ValueError(f"--report-only re-analyses the sweep in {args.out}; {', '.join(sweep)} "
+                             f"{'chooses' if len(sweep) == 1 else 'choose'} a new sweep: drop "
+                             f"{'it' if len(sweep) == 1 else 'them'} or --report-only")
         path = os.path.join(args.out, "results.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path!r} does not exist")
