@@ -102,6 +102,15 @@ def test_ranked_table_puts_nan_last(capsys):
     assert [r.split()[1] for r in rows] == ["a2", "a4", "a0", "a3", "a1"]
 
 
+def test_an_id_with_a_newline_stays_on_its_row(capsys):
+    arch = sample(SPACES["small"], 1)[0].to_dict()
+    records = [{"id": "two\nlines", "arch": arch, "params": 1, "scores": {"snip": 1.0}},
+               {"id": "tab\tbed", "arch": arch, "error": "ValueError: x"}]
+    _print_table(records, ["snip"], "snip")
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and out[1].split()[1] == "two\\nlines" and out[2].split()[1] == "tab\\tbed"
+
+
 def test_ranked_table_shows_a_pit_per_stage(capsys):
     arch = {"base_dim": 16, "depth": [2, 8, 4], "num_heads": [2, 4, 4], "mlp_ratio": 6.0, "patch_size": 16,
             "stride": 8}

@@ -56,6 +56,11 @@ def _arch_cells(a: dict) -> Tuple[str, str, str, str]:
     return cell("depth"), cell("embed_dim"), cell("patch_size"), cell("num_heads")
 
 
+def _shown(text: str) -> str:
+    """``text`` for one table cell: a newline, tab or other control character escaped (a user's id)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     ok = sorted((r for r in results if "scores" in r),
                 key=lambda r: (math.isnan(r["scores"][rank_by]), -r["scores"][rank_by]))  # NaN last
@@ -68,14 +73,14 @@ def _print_table(results: List[dict], proxies: List[str], rank_by: str) -> None:
     print(head + "".join(f"  {p:>12}" for p in proxies))
     for i, (r, (depth, width, patch, heads)) in enumerate(zip(ok, cells), 1):
         params = f"{r['params']:,}" if "params" in r else "-"  # a hand-made record resumed
-        row = (f"{i:>4}  {r['id']:12}  {params:>9}  {depth:>{w[0]}}  {width:>{w[1]}}  {patch:>{w[2]}}  "
+        row = (f"{i:>4}  {_shown(r['id']):12}  {params:>9}  {depth:>{w[0]}}  {width:>{w[1]}}  {patch:>{w[2]}}  "
                f"{heads:<{w[3]}}")
         print(row + "".join(f"  {r['scores'][p]:>12.5g}" for p in proxies))
     for r in failed:
-        print(f"   -  {r['id']:12}  failed: {r['error']}")
+        print(f"   -  {_shown(r['id']):12}  failed: {r['error']}")
     for r in ok:
         for proxy, why in r.get("proxy_errors", {}).items():
-            print(f"   -  {r['id']:12}  {proxy} failed (scored NaN, the other proxies kept): {why}")
+            print(f"   -  {_shown(r['id']):12}  {proxy} failed (scored NaN, the other proxies kept): {why}")
     print(f"{len(ok)} scored, {len(failed)} failed; ranked by {rank_by}")
 
 
