@@ -156,9 +156,11 @@ def test_a_constant_side_gives_nan_without_scipys_warning():
         assert math.isnan(spearman_rho([1.0, 3.0, 2.0], [5.0, 5.0, 5.0]))
 
 
-def test_the_bootstrap_interval_is_scipys_kendall_tau_of_each_resample():
-    """The interval comes from scipy's τ-b called past its axis/NaN wrapper: the same interval as the
-    wrapped call gives, resample for resample (same seed), ties and a NaN score included."""
+def test_the_bootstrap_interval_is_scipys_kendall_tau_of_each_resample(monkeypatch):
+    """The interval is scipy's paired bootstrap of scipy's τ-b, resample for resample (same seed), ties and a
+    NaN score included: to the bit on the one-at-a-time path (scipy's τ past its axis/NaN wrapper), and
+    within a few ulps of τ on the vectorised one (exact integer sums, then a square root and a division)."""
+    from vitcore import ranking
     from vitcore.ranking import CI_LEVEL, CI_RESAMPLES, CI_SEED
 
     rng = np.random.default_rng(7)
@@ -171,7 +173,9 @@ def test_the_bootstrap_interval_is_scipys_kendall_tau_of_each_resample():
     want = stats.bootstrap((r, truth), lambda a, b: stats.kendalltau(a, b).statistic, paired=True, vectorized=False,
                            n_resamples=CI_RESAMPLES, confidence_level=CI_LEVEL, method="percentile",
                            random_state=CI_SEED).confidence_interval
-    assert got == (want.low, want.high)
+    assert got == pytest.approx((want.low, want.high), rel=0, abs=8 * np.finfo(float).eps)
+    monkeypatch.setattr(ranking, "VECTOR_MAX_N", 22)  # 23 architectures: one resample at a time
+    assert kendall_test(scores, truth)[1] == (want.low, want.high)
 
 
 def _mean_tau(scores, columns):
@@ -198,6 +202,25 @@ def test_mean_tau_difference_matches_a_plain_numpy_bootstrap():
     assert got.ci == pytest.approx(tuple(expected), abs=0.02)  # 0.004 measured
     assert got.ci[0] < got.value < got.ci[1]
     assert mean_tau_difference(a, b, columns) == got  # fixed seed: reproducible
+
+
+def test_the_vectorised_bootstrap_is_the_one_at_a_time_bootstrap(monkeypatch):
+    """Up to VECTOR_MAX_N architectures the resamples are taken at once as occurrence counts; above, one at a
+    time through scipy's τ: the same resamples, so intervals equal within a few ulps of τ (a column that
+    lacks architectures and a resample that leaves one with a single value, NaN, included)."""
+    from vitcore import ranking
+
+    rng = np.random.default_rng(13)
+    n = 12
+    columns = [rng.random(n), rng.random(n)]
+    columns[1][rng.permutation(n)[:9]] = math.nan  # 3 architectures: some resamples hold one of them only
+    a, b = rng.standard_normal(n).round(1), rng.standard_normal(n)
+    at_once = mean_tau_difference(a, b, columns), mean_tau_difference(a, b, columns[:1]), kendall_test(a, columns[0])
+    monkeypatch.setattr(ranking, "VECTOR_MAX_N", 0)
+    one_by_one = mean_tau_difference(a, b, columns), mean_tau_difference(a, b, columns[:1]), kendall_test(a, columns[0])
+    assert math.isnan(at_once[0].ci[0]) and math.isnan(one_by_one[0].ci[0])
+    for x, y in zip([at_once[1].ci, at_once[2][1]], [one_by_one[1].ci, one_by_one[2][1]]):
+        assert x == pytest.approx(y, rel=0, abs=8 * np.finfo(float).eps)
 
 
 def test_the_paired_interval_is_narrow_where_two_proxies_rank_alike():

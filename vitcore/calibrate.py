@@ -44,6 +44,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from vitcore.ranking import _signs, weighted_tau_b  # noqa: F401 (weighted_tau_b: part of this module's API)
+
 BASELINE = "params"  # the rule a calibration falls back to
 MIN_K = 5  # fewer labels cannot separate a rule from params (K = 5: 10 pairs)
 ALPHA = 0.05  # one-sided level of the test that a rule beats params on T
@@ -186,28 +188,6 @@ def _orderings(names: List[str], scores: np.ndarray, reverse: bool = True) -> tu
     if not reverse:
         return list(names), percentiles
     return names + ["-" + p for p in names], np.concatenate([percentiles, 1 + 1 / n - percentiles])
-
-
-def _signs(x: np.ndarray) -> np.ndarray:
-    """(..., K, K) sign(x_i - x_j) of (..., K) values."""
-    return np.sign(x[..., :, None] - x[..., None, :])
-
-
-def weighted_tau_b(score_signs: np.ndarray, acc_signs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Kendall's τ-b of P rankings with one accuracy column over B weighted samples of K architectures.
-
-    ``score_signs`` (P, K, K) and ``acc_signs`` (K, K) are sign(x_i - x_j); ``weights`` (B, K) how often
-    each architecture occurs (a bootstrap resample's counts, or 0/1 to leave some out). A sample that holds
-    architecture i w_i times is the list with i repeated: its τ-b (scipy.stats.kendalltau's variant b:
-    concordant minus discordant pairs over sqrt of the pairs untied in each) is Σ w_i w_j s_ij a_ij /
-    sqrt(Σ w_i w_j |s_ij| · Σ w_i w_j |a_ij|), copies of one architecture being tied in both. Returns
-    (P, B) float64, NaN where either side is one value throughout.
-    """
-    both = np.einsum("bi,pij,bj->pb", weights, score_signs * acc_signs, weights, optimize=True)
-    untied_s = np.einsum("bi,pij,bj->pb", weights, np.abs(score_signs), weights, optimize=True)
-    untied_a = np.einsum("bi,ij,bj->b", weights, np.abs(acc_signs), weights, optimize=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return both / np.sqrt(untied_s * untied_a)
 
 
 def _best(taus: np.ndarray) -> np.ndarray:

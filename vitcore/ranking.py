@@ -26,6 +26,9 @@ CI_RESAMPLES = 2000  # bootstrap resamples of the architectures
 # evaluate's bootstrap; the resamples are 1-D and hold no NaN, which is all the wrapper handles
 _KENDALL_1D = getattr(stats.kendalltau, "__wrapped__", stats.kendalltau)
 CI_SEED = 0  # fixed: the same scores always give the same interval
+# up to this many architectures a bootstrap takes every resample at once through n x n sign matrices
+# (8 n² bytes each: 32 MB at 2000); above, scipy's τ one resample at a time (the same values, slower)
+VECTOR_MAX_N = 2000
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,9 @@ def kendall_test(scores: Sequence[float], truth: Sequence[float]) -> Tuple[float
     s, t = _scores(scores, truth)
     r = stats.rankdata(s)
     p = float(stats.kendalltau(r, t).pvalue)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # the NaN interval says it
-        boot = stats.bootstrap((r, t), lambda a, b: _KENDALL_1D(a, b).statistic, paired=True,
-                               vectorized=False, n_resamples=CI_RESAMPLES, confidence_level=CI_LEVEL,
-                               method="percentile", random_state=CI_SEED)
-    return p, (float(boot.confidence_interval.low), float(boot.confidence_interval.high))
+    signs = (lambda: (_signs(r)[None], _signs(t))) if len(r) <= VECTOR_MAX_N else None
+    return p, _bootstrap(lambda w: weighted_tau_b(*signs(), w)[0], lambda i: _KENDALL_1D(r[i], t[i]).statistic,
+                         len(r))
 
 
 def spearman_rho(scores: Sequence[float], truth: Sequence[float]) -> float:
@@ -124,6 +124,51 @@ def rank_quality(scores: Sequence[float], truth: Sequence[float], top_fraction: 
         n=len(s),
         n_nan=int(np.isnan(s).sum()),
     )
+
+
+def _signs(x: np.ndarray) -> np.ndarray:
+    """(..., K, K) sign(x_i - x_j) of (..., K) values."""
+    return np.sign(x[..., :, None] - x[..., None, :])
+
+
+def weighted_tau_b(score_signs: np.ndarray, acc_signs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Kendall's τ-b of P rankings with one accuracy column over B weighted samples of K architectures.
+
+    ``score_signs`` (P, K, K) and ``acc_signs`` (K, K) are sign(x_i - x_j); ``weights`` (B, K) how often
+    each architecture occurs (a bootstrap resample's counts, or 0/1 to leave some out). A sample that holds
+    architecture i w_i times is the list with i repeated: its τ-b (scipy.stats.kendalltau's variant b:
+    concordant minus discordant pairs over sqrt of the pairs untied in each) is Σ w_i w_j s_ij a_ij /
+    sqrt(Σ w_i w_j |s_ij| · Σ w_i w_j |a_ij|), copies of one architecture being tied in both. Returns
+    (P, B) float64, NaN where either side is one value throughout.
+    """
+    both = np.einsum("bi,pij,bj->pb", weights, score_signs * acc_signs, weights, optimize=True)
+    untied_s = np.einsum("bi,pij,bj->pb", weights, np.abs(score_signs), weights, optimize=True)
+    untied_a = np.einsum("bi,ij,bj->b", weights, np.abs(acc_signs), weights, optimize=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return both / np.sqrt(untied_s * untied_a)
+
+
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """(B, n) float64: how often each of n architectures occurs in each of B resamples of indices (B, n)."""
+    idx = np.atleast_2d(idx)
+    rows = np.arange(idx.shape[0])[:, None] * n
+    return np.bincount((rows + idx).ravel(), minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
+
+
+def _bootstrap(of_weights, of_indices, n: int) -> Tuple[float, float]:
+    """The CI_LEVEL percentile interval of a statistic over CI_RESAMPLES resamples of n architectures
+    (scipy.stats.bootstrap, CI_SEED; NaN bounds where a resample's statistic is NaN). Up to VECTOR_MAX_N
+    architectures every resample is taken at once, as occurrence counts (``of_weights``: (B, n) -> (B,));
+    above, where the n x n sign matrices that takes would be large, one at a time (``of_indices``:
+    (n,) -> float). The two are the same statistic of the same resamples."""
+    vectorized = n <= VECTOR_MAX_N
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # the NaN interval says it
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with too few of a column's rows: NaN
+        boot = stats.bootstrap((np.arange(n),), (lambda idx, axis=-1: of_weights(_counts(idx, n)).reshape(
+            np.shape(idx)[:-1])) if vectorized else of_indices, vectorized=vectorized, n_resamples=CI_RESAMPLES,
+            confidence_level=CI_LEVEL, method="percentile", random_state=CI_SEED)
+    return float(boot.confidence_interval.low), float(boot.confidence_interval.high)
 
 
 class Difference(NamedTuple):
@@ -176,13 +221,15 @@ def mean_tau_difference(scores: Sequence[float], baseline: Sequence[float],
             total += _KENDALL_1D(ra[kept], c[kept]).statistic - _KENDALL_1D(rb[kept], c[kept]).statistic
         return total / len(cols)
 
+    def difference_of_weights(weights: np.ndarray) -> np.ndarray:  # (B, n) counts -> (B,)
+        total = 0.0
+        for c, h in zip(cols, held):
+            taus = weighted_tau_b(np.stack([_signs(ra[h]), _signs(rb[h])]), _signs(c[h]), weights[:, h])
+            total = total + taus[0] - taus[1]
+        return total / len(cols)
+
     value = difference(np.arange(len(a)))
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with too few of a column's rows: NaN
-        boot = stats.bootstrap((np.arange(len(a)),), difference, vectorized=False, n_resamples=CI_RESAMPLES,
-                               confidence_level=CI_LEVEL, method="percentile", random_state=CI_SEED)
-    return Difference(float(value), (float(boot.confidence_interval.low), float(boot.confidence_interval.high)))
+    return Difference(float(value), _bootstrap(difference_of_weights, difference, len(a)))
 
 
 class Ceiling(NamedTuple):
