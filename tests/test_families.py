@@ -291,3 +291,16 @@ def test_an_architecture_every_proxy_failed_on_names_the_shared_reason_or_each()
     apart = {"nwot": "ValueError: no codes", "synflow": "the synflow pass failed: KeyError: 'x'"}
     assert str(_EveryProxyFailed(apart)) == ("every proxy failed; nwot: ValueError: no codes; synflow: the synflow "
                                              "pass failed: KeyError: 'x'")
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: Record({"widths": [4]}, 5), TypeError, r'"id" 5 must be a string'),
+    (lambda: Record([4], "a"), TypeError, "Record fields must be a dict of JSON values, got list"),
+    (lambda: Record({"w": math.nan}, "a"), ValueError, "fields are not JSON"),
+    (lambda: Record.from_dict({"id": "", "w": 1}), ValueError, '"id" is empty'),
+    (lambda: Record.from_dict({"id": 3, "w": 1}), TypeError, '"id" 3 must be a string'),
+])
+def test_a_record_made_wrongly_is_named(make, error, message):
+    """Record({"widths": [4]}, 5) reached score_archs and failed there with an AttributeError (round four)."""
+    with pytest.raises(error, match=message):
+        make()

@@ -41,6 +41,18 @@ class Record:
     fields: dict
     label: Optional[str] = None  # the record's own "id", when it has one
 
+    def __post_init__(self):
+        if not isinstance(self.fields, dict):
+            raise TypeError(f"Record fields must be a dict of JSON values, got {type(self.fields).__name__}")
+        if self.label is not None and not isinstance(self.label, str):
+            raise TypeError(f'"id" {self.label!r:.40} must be a string')
+        if self.label == "":
+            raise ValueError('"id" is empty')
+        try:
+            json.dumps(self.fields, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"fields are not JSON ({e})") from None
+
     @property
     def id(self) -> str:
         if self.label is not None:
@@ -60,17 +72,7 @@ class Record:
         an empty one or values that are not JSON (NaN, infinity)."""
         if not isinstance(d, dict):
             raise TypeError(f"expected a JSON object, got {json.dumps(d)[:80] if _is_json(d) else type(d).__name__}")
-        label = d.get("id")
-        if label is not None and not isinstance(label, str):
-            raise TypeError(f'"id" {label!r} must be a string')
-        if label == "":
-            raise ValueError('"id" is empty')
-        fields = {k: v for k, v in d.items() if k != "id"}
-        try:
-            json.dumps(fields, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"fields are not JSON ({e})") from None
-        return cls(fields, label)
+        return cls({k: v for k, v in d.items() if k != "id"}, d.get("id"))
 
 
 def _is_json(value) -> bool:
