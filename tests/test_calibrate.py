@@ -143,7 +143,7 @@ def test_a_rule_needs_params_and_apply_needs_its_proxy():
     rule = Rule("zico", False, "", {}, {})
     with pytest.raises(ValueError, match="ranks by 'zico', which these scores do not hold"):
         apply_rule(rule, records)
-    for value, message in [(math.nan, "not a finite number on any of these 40"), (2.5, "2.5 on every one of these 40")]:
+    for value, message in [(math.nan, "which is NaN on all 40 of these"), (2.5, r"2.5 on all 40 architectures it scored \(40")]:
         for r in records:
             r["scores"]["zico"] = value
         with pytest.raises(ValueError, match=message):
@@ -152,6 +152,8 @@ def test_a_rule_needs_params_and_apply_needs_its_proxy():
     for r in records[1:]:
         r["scores"]["zico"] = math.nan
     assert apply_rule(rule, records)[0] == {"id": records[0]["id"], "score": 3.0}
+    records[1]["scores"]["zico"], records[2]["scores"]["zico"] = math.inf, 3.0  # an overflowed score ranks first
+    assert [r["score"] for r in apply_rule(rule, records)[:3]] == [math.inf, 3.0, 3.0]
 
 
 def test_few_shot_reports_every_column():

@@ -455,7 +455,7 @@ def test_column_names_never_reach_outside_out(tmp_path, capsys):
     """Each column's plots go to a subfolder of --out named after it; a name that is not a plain file name
     ("..", an absolute path, evaluate's own file, a NUL) wrote outside --out or failed after the report
     (round four, case 2): it is made plain, with a digest that keeps two columns apart."""
-    from vitcore.cli import column_folder, main
+    from vitcore.cli import column_folder, column_folders, main
 
     names = ["../up", str(tmp_path / "abs"), "evaluation.md", "a\0b", "ok_1.5", "x" * 300]
     rows = [(arch, {n: acc["a"] + k for k, n in enumerate(names)}) for arch, acc in ROWS]
@@ -469,5 +469,9 @@ def test_column_names_never_reach_outside_out(tmp_path, capsys):
     assert folders == sorted(column_folder(n) for n in names) and len(set(folders)) == len(names)
     assert column_folder("ok_1.5") == "ok_1.5" and all(len(f) <= 80 for f in folders)
     assert column_folder("a/b") != column_folder("a_b") == "a_b"
+    for reserved in ("CON", "nul", "com1.txt", "a.", "SCORES.jsonl"):  # refused by Windows, or evaluate's own
+        assert column_folder(reserved) != reserved
+    apart = column_folders(["Top1", "top1", "top5"])  # one folder where case does not count (macOS, Windows)
+    assert len({f.casefold() for f in apart.values()}) == 3 and apart["top5"] == "top5"
     for folder in folders:
         assert sorted(p.name for p in (out / folder).iterdir()) == ["scatter-nwot.png", "scatter-params.png"]

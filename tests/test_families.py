@@ -72,6 +72,11 @@ def exits(record, device, seed):
     raise SystemExit(0)
 
 
+def twelve_classes(record, device, seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12)).to(device)
+
+
 def test_example_builder_is_seeded_and_reads_its_fields():
     device = torch.device("cpu")
     a, b = (cnn_family.build(RECORDS[0], device, 7) for _ in range(2))
@@ -304,3 +309,11 @@ def test_a_record_made_wrongly_is_named(make, error, message):
     """Record({"widths": [4]}, 5) reached score_archs and failed there with an AttributeError (round four)."""
     with pytest.raises(error, match=message):
         make()
+
+
+def test_a_users_head_width_is_the_users(tmp_path):
+    """A builder is not told the batch's classes (an .npz file's are its largest label + 1), so its head of
+    12 on the 10 digits is scored, not refused as a timm or vitcore head of another width is."""
+    (record,) = run_scoring(str(tmp_path / "r.jsonl"), archs=_write_records(tmp_path / "a.jsonl", RECORDS[:1]),
+                            batch_size=8, proxies=["grad_norm"], device="cpu", family=f"{__name__}:twelve_classes")
+    assert math.isfinite(record["scores"]["grad_norm"]), record

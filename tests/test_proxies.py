@@ -363,7 +363,7 @@ def test_a_model_that_changes_its_input_in_place_changes_no_score_and_not_the_ca
     out_of_place.load_state_dict(in_place.state_dict())
     x, y = batch(6, seed=21, dtype=torch.float32, classes=5)
     kept = x.clone()
-    proxies = ["grad_norm", "snip", "zico", "synflow", "nwot", "fisher", "grasp"]
+    proxies = ["grad_norm", "snip", "zico", "synflow", "nwot", "fisher", "grasp", "jacob_cov"]
     got = vitcore.score(in_place, x, y, proxies=proxies, chunks=2)
     assert torch.equal(x, kept)
     assert got == vitcore.score(out_of_place, x, y, proxies=proxies, chunks=2)
@@ -389,11 +389,12 @@ def test_num_classes_refuses_logits_of_another_width(triton_off):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 24))
     x, y = batch(4, seed=23, dtype=torch.float32, classes=5)
     assert math.isfinite(vitcore.score(model, x, y)["grad_norm"])
-    with pytest.raises(ValueError, match="the model returned 24 class scores per example and the data has 5 classes"):
+    with pytest.raises(ValueError, match=r"the model returned 24 class scores per example, not the 5 it is scored "
+                                         r"for \(num_classes\)"):
         vitcore.score(model, x, y, num_classes=5, proxies=["grad_norm", "synflow"])
     assert math.isfinite(vitcore.score(model, x, y, num_classes=24)["grad_norm"])
-    for bad in (0, 2.0, True):
-        with pytest.raises(ValueError, match=f"num_classes={bad!r}: expected an int >= 1 or None"):
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match=f"num_classes={bad!r}: expected an int >= 0 or None"):
             vitcore.score(model, x, y, num_classes=bad)
 
 
@@ -408,3 +409,10 @@ def test_a_detached_output_is_named(triton_off):
     x, y = batch(4, seed=25, dtype=torch.float32, classes=5)
     with pytest.raises(ValueError, match="the model's output does not depend on its parameters or inputs"):
         vitcore.score(model, x, y, proxies=["grad_norm", "jacob_cov"])
+
+
+def test_int_targets_of_another_shape_go_to_a_callers_loss(triton_off):
+    """(B, 1) int64 targets are refused for cross_entropy only: a loss of the caller's may read them."""
+    model, (x, y) = small_mlp(), batch(4, seed=26, dtype=torch.float32, classes=5)
+    got = vitcore.score(model, x, y[:, None], loss_fn=lambda z, t: F.cross_entropy(z, t[:, 0]))
+    assert got == vitcore.score(model, x, y)

@@ -263,3 +263,13 @@ def test_mean_tau_difference_ranks_nan_scores_last_and_refuses_bad_input():
             mean_tau_difference(a, b, columns)
     with pytest.raises(ValueError, match=r"column 0 has shape \(\): each column is a 1-D sequence"):
         mean_tau_difference(a, b, list(truth))  # one column, not wrapped: was a list of 12 shapes ()
+
+
+def test_equal_infinities_tie_in_the_vectorised_bootstrap_as_in_scipy(monkeypatch):
+    from vitcore import ranking
+
+    truth = np.array([1, 2, 3, math.inf, math.inf, 0.5, 4, 5])
+    at_once = kendall_test(np.arange(8.0), truth)[1]
+    monkeypatch.setattr(ranking, "VECTOR_MAX_N", 0)
+    assert not math.isnan(at_once[0])
+    assert at_once == pytest.approx(kendall_test(np.arange(8.0), truth)[1], rel=0, abs=8 * np.finfo(float).eps)

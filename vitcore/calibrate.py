@@ -287,8 +287,8 @@ def _rule(label: str, reversed_: bool, evidence: dict, parameters: dict, inputs:
 def apply_rule(rule: Rule, records: Sequence[dict]) -> List[dict]:
     """[{"id", "score"}] of the scored records, ranked by the rule, best first: "score" is the rule's
     score, the proxy's or, when reversed, its negation (NaN last, then failed records with score NaN).
-    ValueError when no record holds the rule's proxy, or it is finite on none, or it is one value on
-    all of them (nothing to rank by); TypeError for a ``rule`` that is not a Rule."""
+    ValueError when no record holds the rule's proxy, or it is NaN on all of them, or one value on all it
+    is not NaN on (nothing to rank by); TypeError for a ``rule`` that is not a Rule."""
     if not isinstance(rule, Rule):
         raise TypeError(f"rule must be a vitcore.calibrate.Rule (Rule.from_dict reads a rule file's dict), "
                         f"got {type(rule).__name__}")
@@ -297,13 +297,13 @@ def apply_rule(rule: Rule, records: Sequence[dict]) -> List[dict]:
         raise ValueError(f"the rule ranks by {rule.proxy!r}, which these scores do not hold; they have "
                          f"{', '.join(matrix) or 'no scores'}")
     column, sign = matrix[rule.proxy], -1.0 if rule.reversed else 1.0
-    finite = [v for v in column.values() if math.isfinite(v)]
-    if not finite:
-        raise ValueError(f"the rule ranks by {rule.proxy!r}, which is not a finite number on any of these "
-                         f"{len(column)} architectures")
-    if len(finite) > 1 and min(finite) == max(finite):
-        raise ValueError(f"the rule ranks by {rule.proxy!r}, which is {finite[0]!r} on every one of these "
-                         f"{len(finite)} architectures: it ranks nothing")
+    scored = [v for v in column.values() if not math.isnan(v)]
+    if not scored:
+        raise ValueError(f"the rule ranks by {rule.proxy!r}, which is NaN on all {len(column)} of these "
+                         "architectures")
+    if len(scored) > 1 and min(scored) == max(scored):
+        raise ValueError(f"the rule ranks by {rule.proxy!r}, which is {scored[0]!r} on all {len(scored)} "
+                         f"architectures it scored ({len(column)} in all): it ranks nothing")
     ranked = [{"id": r["id"], "score": sign * column.get(r["id"], math.nan)} for r in records]
     return sorted(ranked, key=lambda r: (math.isnan(r["score"]), -r["score"] if not math.isnan(r["score"]) else 0))
 

@@ -140,6 +140,7 @@ def _check_buildable(archs, batch, options: str) -> None:
 # evaluate's options that choose how it scores: meaningless with --scores (None when not given)
 SCORING_OPTIONS = ("proxies", "n", "space", "data", "batch_size", "seed", "device")
 EVALUATE_FILES = ("evaluation.md", "scores.jsonl", "few-shot.json")  # what evaluate writes in --out itself
+WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10))}
 
 
 def _left_out(records: List[dict], truth, scores: str, truth_path: str) -> str:
@@ -233,16 +234,32 @@ def _few_shot(args, records: List[dict], truth, columns: List[str]) -> int:
     return 0
 
 
+def _digest(column: str) -> str:
+    return hashlib.sha256(column.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
 def column_folder(column: str) -> str:
     """The subfolder of evaluate's --out for a truth column's plots: the column's name where it is a plain
-    file name (letters, digits, ".", "_", "-", at most 80 characters), else that name made plain ("_"
+    file name (letters, digits, ".", "_", "-", at most 80 characters, not ending in ".", none of Windows'
+    reserved device names, not one of evaluate's own files in any case), else that name made plain ("_"
     for every other character, cut to 60) and a digest of the column, so no column name can reach
-    outside --out ("..", "/abs", "a/b"), meet evaluate's own files or hold a character a file system
-    refuses."""
+    outside --out ("..", "/abs", "a/b") or hold a name a file system refuses."""
     plain = re.sub(r"[^A-Za-z0-9._-]", "_", column)
-    if plain == column and len(column) <= 80 and column.strip(".") and column not in EVALUATE_FILES:
+    own = {name.casefold() for name in EVALUATE_FILES}
+    if plain == column and len(column) <= 80 and not column.endswith(".") and column.casefold() not in own \
+            and column.split(".")[0].upper() not in WINDOWS_DEVICES:
         return column
-    return f"{plain.strip('.')[:60] or 'column'}-{hashlib.sha256(column.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    return f"{plain.strip('.')[:60] or 'column'}-{_digest(column)}"
+
+
+def column_folders(columns) -> dict:
+    """{column: subfolder} of ``column_folder``, with a digest added where two folders differ only in case
+    (one folder on macOS's and Windows' file systems)."""
+    folders = {c: column_folder(c) for c in columns}
+    counts: dict = {}
+    for f in folders.values():
+        counts[f.casefold()] = counts.get(f.casefold(), 0) + 1
+    return {c: f if counts[f.casefold()] == 1 else f"{f[:60]}-{_digest(c)}" for c, f in folders.items()}
 
 
 def cmd_evaluate(args) -> int:
@@ -297,8 +314,8 @@ def cmd_evaluate(args) -> int:
         if not 2 <= n <= BUILTIN_N:
             raise ValueError(f"--n {n}: the built-in truth has {BUILTIN_N} architectures; score 2 to {BUILTIN_N}")
     check_writable(args.out, folder=args.out)  # a folder we cannot write to fails here, not after scoring
-    folders = [args.out] if len(truth.columns) == 1 else [os.path.join(args.out, column_folder(c))
-                                                          for c in truth.columns]
+    subfolders = column_folders(truth.columns)
+    folders = [args.out] if len(truth.columns) == 1 else [os.path.join(args.out, f) for f in subfolders.values()]
     for name in EVALUATE_FILES:
         check_out_file(os.path.join(args.out, name))  # never write into a pipe or a device
     for folder in folders:
@@ -377,7 +394,7 @@ def cmd_evaluate(args) -> int:
     print("\n".join([shown, *summary]))
     plots = []
     for column, acc in truth.columns.items():
-        folder = args.out if len(truth.columns) == 1 else os.path.join(args.out, column_folder(column))
+        folder = args.out if len(truth.columns) == 1 else os.path.join(args.out, subfolders[column])
         plots += scatter_plots(records, acc, folder)
     print(f"tables and {len(plots)} scatter plots: {args.out}", file=sys.stderr)
     return 0

@@ -215,8 +215,8 @@ def data_pass(
                 x = x.detach().requires_grad_(True)
             layer_calls.clear()
             chunk_codes.clear()
-            with torch.set_grad_enabled(want_loss_grad or jacobian):
-                logits = logits_of(model(x), end - start, targets)
+            with torch.set_grad_enabled(want_loss_grad or jacobian):  # x's clone: a leaf allows no in-place write
+                logits = logits_of(model(x.clone() if jacobian else x), end - start, targets)
             if (want_loss_grad or jacobian) and not logits.requires_grad:
                 raise ValueError("the model's output does not depend on its parameters or inputs (detached, "
                                  "or computed under torch.no_grad() inside forward): nothing to differentiate")

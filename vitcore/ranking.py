@@ -127,8 +127,9 @@ def rank_quality(scores: Sequence[float], truth: Sequence[float], top_fraction: 
 
 
 def _signs(x: np.ndarray) -> np.ndarray:
-    """(..., K, K) sign(x_i - x_j) of (..., K) values."""
-    return np.sign(x[..., :, None] - x[..., None, :])
+    """(..., K, K) sign(x_i - x_j) of (..., K) values, by comparison (two equal infinities tie, as in scipy)."""
+    a, b = x[..., :, None], x[..., None, :]
+    return (a > b).astype(np.float64) - (a < b)
 
 
 def weighted_tau_b(score_signs: np.ndarray, acc_signs: np.ndarray, weights: np.ndarray) -> np.ndarray:

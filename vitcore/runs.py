@@ -330,6 +330,17 @@ def build_model(family: Family, arch: Union[AnyArch, Record], batch: Batch, devi
     return model
 
 
+def _head_width(family: Family, arch, batch: Batch) -> Optional[int]:
+    """The logits' width where vitcore chose the head: the batch's classes for vitcore's models and timm's
+    default, a timm record's own "num_classes" (0: no head); None for a user's builder, which is not told."""
+    if family.builtin:
+        return batch.num_classes
+    if family.name == TIMM:
+        width = arch.fields.get("num_classes", batch.num_classes)
+        return width if isinstance(width, int) and not isinstance(width, bool) and width >= 0 else None
+    return None
+
+
 class _EveryProxyFailed(Exception):
     """Every proxy failed on one architecture: its record's "error" is the one reason they share (a
     model whose forward raises fails every pass alike), else each proxy's."""
@@ -353,7 +364,7 @@ def _score_one(family: Family, arch: Union[AnyArch, Record], batch: Batch, input
     with amp, passes_end_marks() as marks:
         try:
             scores = score(model, inputs, targets, proxies=proxies, mode=mode, params=params,
-                           num_classes=batch.num_classes)
+                           num_classes=_head_width(family, arch, batch))
         except ProxyFailed as e:  # the others' scores kept, NaN for the failed proxies, each error named
             scores, errors = e.scores, e.errors
     if len(errors) == len(proxies):  # nothing scored: the architecture failed
@@ -444,7 +455,7 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
             try:
                 record.update(_score_one(family, arch, batch, inputs, targets, proxies, mode, params, seed, run_device,
                                          DTYPES[dtype], attention))
-            except (BrokenBuilder, NeedsViT):  # every architecture would fail the same way: stop
+            except (BrokenBuilder, NeedsViT):  # the builder or the choice of proxies is wrong: stop
                 raise
             except Exception as e:  # out of memory, an invalid config, the model's own error: record, go on
                 record["error"] = (str(e) if isinstance(e, _EveryProxyFailed) else f"{type(e).__name__}: {e}").splitlines()[0]

@@ -66,6 +66,9 @@ def use_vitcore_attention(model: nn.Module, attention: str = "auto") -> int:
     # every place a module sits (one attention shared by several blocks sits in each), not each module once
     found = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
              if type(m) in (Attention, TimmAttention)]
+    if found and found[0][0] == "" and isinstance(model, TimmAttention):  # routed already: a new choice only
+        model.attention = attention
+        return 1
     if found and found[0][0] == "":
         raise ValueError(f"model is itself a {type(model).__name__}, which cannot be replaced in place: route the "
                          "model that holds it")

@@ -61,8 +61,8 @@ class ProxyFailed(RuntimeError):
 
 class NeedsViT(TypeError):
     """A ViT-native proxy (dss, meco, lswag, ...) was asked of a model that is not a ViT it can read: the
-    choice of proxies is wrong for the model family, so ``vitcore score`` stops rather than fail every
-    architecture."""
+    choice of proxies does not fit the models, so ``vitcore score`` stops there (for a file mixing ViTs and
+    other models, score the ViT-native proxies on a file of the ViTs)."""
 
 
 def _failure(e: Exception) -> str:
@@ -239,8 +239,9 @@ def _run(model, inputs, targets, loss_fn, names, mode, counted, chunks, fresh, s
                          f"model's {num_outputs} outputs (min {int(flat[2])}, max {int(flat[3])}); "
                          "ignore_index (-100) is not supported: drop those examples")
     if settings.num_classes is not None and num_outputs and num_outputs != settings.num_classes:
-        raise ValueError(f"the model returned {num_outputs} class scores per example and the data has "
-                         f"{settings.num_classes} classes: build its classifier head for {settings.num_classes}")
+        raise ValueError(f"the model returned {num_outputs} class scores per example, not the "
+                         f"{settings.num_classes} it is scored for (num_classes): features without a "
+                         "classifier head, or a head of another width")
     once, twice = flat[5], flat[6]
     if abs(twice - once) > 0.25 * abs(once):  # a mean: equal up to rounding; a sum: twice; NaN: not decided
         n = len(done.first_logits)
@@ -303,7 +304,7 @@ def _check_targets(targets: torch.Tensor, B: int, loss_fn) -> None:
                         "class probabilities a floating dtype")
     if len(targets) != B:
         raise ValueError(f"inputs hold {B} examples and targets {len(targets)}; need the same number >= 1")
-    if not targets.is_floating_point() and targets.ndim != 1:
+    if not targets.is_floating_point() and targets.ndim != 1 and loss_fn is F.cross_entropy:
         raise ValueError(f"int64 targets of shape {tuple(targets.shape)}: class indices have shape (B,) = ({B},); "
                          "one-hot or soft labels go as floating class probabilities (B, C)")
     if targets.is_floating_point() and loss_fn is F.cross_entropy and targets.ndim != 2:
@@ -361,9 +362,9 @@ def score(
     proxies do not read that pass, does not stop the others: ``ProxyFailed`` is raised after them,
     carrying every score (NaN for the failed ones) and each error. A pass that every requested proxy
     reads raises its own exception, as does a pass's TypeError or ValueError (a wrong argument).
-    ``num_classes``, when given, is the number of classes of the data: logits of another width C are
-    refused (ValueError; cross_entropy alone accepts C above the largest target, so a headless model's
-    features would be scored as logits).
+    ``num_classes``, when given, is the width the logits must have (the classes the head was built
+    for): another width C is refused (ValueError; cross_entropy alone accepts any C above the largest
+    target, so a headless model's features would be scored as logits).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -375,8 +376,8 @@ def score(
     if params not in PARAM_SETS:
         raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
-        raise ValueError(f"num_classes={num_classes!r:.40}: expected an int >= 1 or None")
+                                    or num_classes < 0):
+        raise ValueError(f"num_classes={num_classes!r:.40}: expected an int >= 0 or None")
     return score_counted(model, inputs, targets, loss_fn, names, mode, counted_tensors(model, params),
                          chunks, f"params={params!r}", Settings(num_classes=num_classes))
 
