@@ -10,6 +10,7 @@ architectures (``vitcore.calibrate``); ``vitcore rank`` ranks scored architectur
 imported when the command runs: the library imports nothing from the benchmark harness).
 """
 import argparse
+import collections
 import hashlib
 import io
 import json
@@ -256,9 +257,7 @@ def column_folders(columns) -> dict:
     """{column: subfolder} of ``column_folder``, with a digest added where two folders differ only in case
     (one folder on macOS's and Windows' file systems)."""
     folders = {c: column_folder(c) for c in columns}
-    counts: dict = {}
-    for f in folders.values():
-        counts[f.casefold()] = counts.get(f.casefold(), 0) + 1
+    counts = collections.Counter(f.casefold() for f in folders.values())
     return {c: f if counts[f.casefold()] == 1 else f"{f[:60]}-{_digest(c)}" for c, f in folders.items()}
 
 

@@ -41,6 +41,13 @@ class Record:
     fields: dict
     label: Optional[str] = None  # the record's own "id", when it has one
 
+    def __eq__(self, other) -> bool:
+        """One architecture when the label and the JSON text of the fields are the same: ``true`` is not
+        ``1``, nor ``3.0`` ``3``, to the builder that reads them (dict equality says they are)."""
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self.label == other.label and self.to_json() == other.to_json()
+
     def __post_init__(self):
         if not isinstance(self.fields, dict):
             raise TypeError(f"Record fields must be a dict of JSON values, got {type(self.fields).__name__}")

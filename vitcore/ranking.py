@@ -78,9 +78,8 @@ def kendall_test(scores: Sequence[float], truth: Sequence[float]) -> Tuple[float
     s, t = _scores(scores, truth)
     r = stats.rankdata(s)
     p = float(stats.kendalltau(r, t).pvalue)
-    signs = (lambda: (_signs(r)[None], _signs(t))) if len(r) <= VECTOR_MAX_N else None
-    return p, _bootstrap(lambda w: weighted_tau_b(*signs(), w)[0], lambda i: _KENDALL_1D(r[i], t[i]).statistic,
-                         len(r))
+    return p, _bootstrap(lambda w: weighted_tau_b(_signs(r)[None], _signs(t), w)[0],
+                         lambda i: _KENDALL_1D(r[i], t[i]).statistic, len(r))
 
 
 def spearman_rho(scores: Sequence[float], truth: Sequence[float]) -> float:

@@ -94,7 +94,7 @@ def read_archs(path: str, family: Union[str, Family] = VITCORE) -> List[Union[An
     for where, entry in entries:
         arch = _entry_arch(entry, where, family)
         first = where_of.setdefault(arch.id, (where, arch))
-        if not _same(first[1], arch):
+        if first[1] != arch:
             raise ValueError(f"{where}: id {arch.id!r} names another architecture at {first[0]}")
         archs.append(arch)
     if not archs:
@@ -474,12 +474,6 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     return [done[a.id] for a in archs]
 
 
-def _same(a, b) -> bool:
-    """Whether two architectures under one id are one: records by their JSON text (``true`` is not ``1``,
-    nor ``3.0`` ``3``, to the builder that reads them), vitcore's by their fields."""
-    return a.to_json() == b.to_json() if isinstance(a, Record) and isinstance(b, Record) else a == b
-
-
 def _check_archs(archs, family: Family) -> list:
     """``archs`` as a list of the family's architectures (dicts made into records); TypeError otherwise."""
     listed = not isinstance(archs, (str, bytes)) and isinstance(archs, Sequence)
@@ -498,7 +492,7 @@ def _check_archs(archs, family: Family) -> list:
     first = {}
     for i, r in enumerate(records):
         j = first.setdefault(r.id, i)
-        if not _same(records[j], r):
+        if records[j] != r:
             raise ValueError(f"archs[{i}]: id {r.id!r} names another architecture at archs[{j}]")
     return records
 
