@@ -94,6 +94,25 @@ def field_scores(records: list, ids: list) -> tuple:
     return names, np.array(rows).reshape(len(rows), len(ids))
 
 
+def load(scores: str, truth: str, columns: list) -> tuple:
+    """(percentiles (2P, N) of the shipped rule's candidates, params first, as ``few_shot`` computes them;
+    the fields' names; their percentiles (2F, N); {column: (positions in S of its labelled architectures,
+    their accuracies)}) from a scores file and a JSON-lines truth."""
+    records = with_combined(list({r["id"]: r for r in read_results(scores)}.values()))
+    acc_of = read_truth_jsonl(truth).columns
+    matrix = calibrate.score_matrix(records)
+    ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
+    names, values, _ = calibrate._candidates(matrix, ids)
+    _, percentiles = calibrate._orderings(names, values)
+    field_names, values = field_scores(records, ids)
+    _, fields = calibrate._orderings(field_names, values)
+    labelled = {}
+    for column in columns:
+        held = np.array([n for n, i in enumerate(ids) if i in acc_of[column]])
+        labelled[column] = (held, np.array([float(acc_of[column][ids[n]]) for n in held]))
+    return percentiles, field_names, fields, labelled
+
+
 def _lower_bound(held_out: np.ndarray, params: np.ndarray, acc: np.ndarray, seed: int) -> float:
     """The shipped gate's one-sided bootstrap lower bound of τ-b(held_out) − τ-b(params) on T."""
     k = len(acc)
@@ -162,21 +181,9 @@ def main(argv=None) -> int:
     ks = [int(k) for k in args.k.split(",")]
     command = " ".join(["python -m bench.few_shot_tried", *(argv if argv is not None else sys.argv[1:])])
     env = environment("cpu", command=command)
-    records = with_combined(list({r["id"]: r for r in read_results(args.scores)}.values()))
-    truth = read_truth_jsonl(args.truth)
-    matrix = calibrate.score_matrix(records)
-    ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
-    names, scores, _ = calibrate._candidates(matrix, ids)
-    _, percentiles = calibrate._orderings(names, scores)  # (2P, N), as few_shot computes them
-    field_names, values = field_scores(records, ids)
-    _, fields = calibrate._orderings(field_names, values)  # (2F, N)
-    tasks = []
-    for k in ks:
-        for c_index, column in enumerate(columns):
-            acc_of = truth.columns[column]
-            held = np.array([n for n, i in enumerate(ids) if i in acc_of])
-            tasks.append((column, c_index, k, args.draws, args.seed, percentiles, fields, held,
-                          np.array([float(acc_of[ids[n]]) for n in held])))
+    percentiles, field_names, fields, labelled = load(args.scores, args.truth, columns)
+    tasks = [(column, c_index, k, args.draws, args.seed, percentiles, fields, *labelled[column])
+             for k in ks for c_index, column in enumerate(columns)]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(run_column, tasks))
     v = env["versions"]
