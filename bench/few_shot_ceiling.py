@@ -23,6 +23,7 @@ procedure and params per task.
         --truth ../shared/data/autoformer-tiny-100.jsonl --out bench/results/cpu-2026-12-07-few-shot-ceiling.md
 """
 import argparse
+import math
 import sys
 
 import numpy as np
@@ -88,10 +89,13 @@ def main(argv=None) -> int:
                for c, (held, acc) in labelled.items()}
     v = env["versions"]
     sizes = sorted({len(acc) for _, acc in labelled.values()})
+    fitted = sorted({n - math.ceil(n / args.folds) for n in sizes} | {n - n // args.folds for n in sizes})
+    fitted_span = str(fitted[0]) if len(fitted) == 1 else f"{fitted[0]} to {fitted[-1]}"
     lines = ["# Few-shot calibration's ceiling on the dev set: the procedures fitted on nearly every label (CPU)", "",
              f"- scores (S): `{args.scores}`; truth: `{args.truth}`, read in place",
              f"- procedures: `bench/few_shot_ceiling.py`'s docstring; {args.repeats} repeats of {args.folds}-fold "
-             f"cross-validation on each column's {', '.join(map(str, sizes))} labelled architectures, seeds "
+             f"cross-validation on each column's {', '.join(map(str, sizes))} labelled architectures (each fit "
+             f"on {fitted_span} of them), seeds "
              f"{args.seed}…{args.seed + args.repeats - 1}",
              f"- fields (+ fields): {', '.join(field_names) or 'none'}",
              f"- machine: {env['device_name']}; date {env['date']}",
