@@ -86,6 +86,21 @@ def test_resume_skips_finished_and_repairs_a_cut_line(tmp_path, capsys):
     assert "moved the previous" in capsys.readouterr().err
 
 
+def test_a_whole_last_line_without_its_newline_is_a_record(tmp_path):
+    """An editor's save or a cut just before the newline: the record is read, and a resumed run appends
+    on a line of its own; a non-path is a TypeError."""
+    out = tmp_path / "s.jsonl"
+    run_scoring(str(out), n=3, batch_size=16)
+    first = _lines(out)
+    out.write_bytes(out.read_bytes().rstrip(b"\n"))
+    assert read_results(str(out)) == first
+    run_scoring(str(out), resume=True, n=4, batch_size=16)
+    records = _lines(out)
+    assert records[:3] == first and len(records) == 4
+    with pytest.raises(TypeError, match="results file 3 is not a path"):
+        read_results(3)
+
+
 def test_repeated_architectures_are_read_once(tmp_path, capsys):
     first = tmp_path / "r.jsonl"
     run_scoring(str(first), n=2, batch_size=4)

@@ -110,24 +110,44 @@ def read_results(path: str, repair: bool = False) -> List[dict]:
     "scores" object of numbers or an "error" string; one run's settings and proxies throughout; a null
     score, as jq and pandas write NaN, reads as NaN).
 
-    A line cut off by an interruption is skipped, and with ``repair`` (before appending to the file)
-    also dropped from the file. The first line of a ``vitcore.distributed`` shard (``SHARD_KEY``) is
-    not a record and is skipped. A missing file reads as no results. Raises ValueError naming the file
-    and line for a line that is not such a record, and for a directory or a non-regular file.
+    A last line without its newline is a record when it parses as JSON (a file saved by an editor or
+    cut just before the newline), and a line cut off by an interruption otherwise: then it is skipped,
+    and with ``repair`` (before appending to the file) also dropped from the file; with ``repair`` a
+    whole last line gets its newline. The first line of a ``vitcore.distributed`` shard (``SHARD_KEY``)
+    is not a record and is skipped. A missing file reads as no results. Raises TypeError for a ``path``
+    that is not a path, and ValueError naming the file and line for a line that is not such a record,
+    and for a directory or a non-regular file.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"results file {path!r} is not a path")
     if not os.path.lexists(path):
         return []
     path = check_input_file(path, "results file")
     with open(path, "rb") as f:
         data = f.read()
-    complete = data[: data.rfind(b"\n") + 1]
-    if repair and len(complete) != len(data):
+    cut = data.rfind(b"\n") + 1
+    whole = _parses(data[cut:])
+    if repair and whole:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    elif repair and cut != len(data):
         with open(path, "r+b") as f:
-            f.truncate(len(complete))
-    lines = list(json_lines(path, complete.split(b"\n")[:-1]))
+            f.truncate(cut)
+    lines = list(json_lines(path, (data if whole else data[:cut]).split(b"\n")))
     if lines and isinstance(lines[0][1], dict) and SHARD_KEY in lines[0][1]:
         lines = lines[1:]  # a shard's mark, not a record
     return check_records(lines)
+
+
+def _parses(line: bytes) -> bool:
+    """Whether ``line`` is JSON text, not blank: a cut-off record never is (it lacks its closing brace)."""
+    if not line.strip():
+        return False
+    try:
+        json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
 
 
 def _check_fields(where: str, record) -> dict:
