@@ -264,6 +264,7 @@ def test_a_shard_missing_at_the_merge_is_named_and_nothing_is_lost(tmp_path, mon
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(distributed, "_barrier", lambda me: None)  # rank 1 finished elsewhere
     monkeypatch.setattr(distributed, "_join", lambda me: None)
+    monkeypatch.setattr(distributed, "_agree", lambda me, key: None)
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: None)
     out = str(tmp_path / "r.jsonl")
     with pytest.raises(ValueError, match="no record of 2 architectures .* every node shares"):
@@ -357,3 +358,27 @@ def test_sigterm_on_a_workers_run_is_one_line_and_the_shards_resume(tmp_path, on
     batch = load_batch(RUN["data"], RUN["batch_size"], 0, SPACES["small"])
     again = score_archs(redo, batch, str(tmp_path / "one.jsonl"), space="small")
     assert _untimed(again) == _untimed(kept[:3])
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--num-archs", "5"], "architectures: 5 on rank 1, 4 on rank 0, the first difference at position 5"),
+    (["--proxies", "snip,params"], "proxies ['snip', 'params'] on rank 1, ['grad_norm', 'params'] on rank 0"),
+])
+def test_ranks_started_with_different_options_stop_before_writing(tmp_path, one_thread, options, message):
+    """Each rank of a torchrun job is its own command line: ranks with different options or inputs stop
+    with the difference named, before any file is written (they merged records of different runs)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    out = str(tmp_path / "r.jsonl")
+    base = ["score", "--num-archs", "4", "--data", "synthetic", "--batch-size", "8", "--proxies", "grad_norm,params",
+            "--out", out]
+    env = {**os.environ, **TORCHRUN, "MASTER_PORT": port, "TORCHELASTIC_RUN_ID": "test"}
+    ranks = [subprocess.Popen([sys.executable, "-m", "vitcore", *base, *(options if rank else [])],
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    for rank, (_, err) in zip(ranks, outputs):
+        assert rank.returncode == 2 and f"rank 1 of 2 was started with other settings than rank 0 ({message})" in err
+        assert "Traceback" not in err
+    assert os.listdir(tmp_path) == []

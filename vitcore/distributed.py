@@ -206,6 +206,8 @@ def score_sharded(archs: Sequence[AnyArch], batch: Batch, out: str, *, resume: b
         _join(me)
     merged: Optional[TextIO] = None
     try:
+        if me.world > 1:
+            _agree(me, run_key(archs, batch, out, resume, score_kwargs))
         _check_shard_names(out, me.world)  # a user's file of a shard's name stops the run, untouched
         if me.rank == 0:
             merged = open_results(out, resume)  # locked to the end; without resume the old out is moved aside
@@ -319,6 +321,54 @@ def _join(me: Rank) -> None:
                          f"The environment ({_env_line()}) makes this process one rank of a torchrun job: if torchrun "
                          f"did not start it, unset {', '.join(TORCHRUN_ENV)}") from None
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=BARRIER_TIMEOUT)
+
+
+def run_key(archs: Sequence[AnyArch], batch: Batch, out: str, resume: bool, score_kwargs: dict) -> dict:
+    """What every rank of one run must share: the results file's name, ``resume``, the architectures (ids,
+    in order), the minibatch (its digest) and ``score_archs``'s settings (a family by its name and
+    builder, the device by its type)."""
+    from vitcore.families import Family
+    from vitcore.runs import _batch_digest
+
+    def plain(name, value):
+        if isinstance(value, Family):
+            return f"{value.name} ({value.builder})"
+        if name == "device":
+            return resolve_device(value).type
+        return value if isinstance(value, (str, int, float, bool, list, tuple, type(None))) else repr(value)
+
+    return {"--out": os.path.basename(out), "resume": resume, "architectures": [a.id for a in archs],
+            "batch": f"{len(batch.targets)} images, sha256 {_batch_digest(batch)}",
+            **{name: plain(name, value) for name, value in sorted(score_kwargs.items())}}
+
+
+def key_difference(key: dict, other: dict, here: str = "here", there: str = "there") -> str:
+    """The fields in which two ``run_key``s differ, in words: "seed 1 here, 0 there; ..." (architecture
+    lists by their length and first differing position)."""
+    parts = []
+    for name in dict.fromkeys([*key, *other]):
+        mine, theirs = key.get(name), other.get(name)
+        if mine == theirs:
+            continue
+        if name == "architectures" and isinstance(mine, list) and isinstance(theirs, list):
+            first = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+            parts.append(f"architectures: {len(mine)} {here}, {len(theirs)} {there}, the first difference at "
+                         f"position {first + 1}")
+        else:
+            parts.append(f"{name} {mine!r} {here}, {theirs!r} {there}")
+    return "; ".join(parts)
+
+
+def _agree(me: Rank, key: dict) -> None:
+    """ValueError on every rank, before any file is touched, when the ranks were started with different
+    ``run_key``s (different options per rank would merge records of different runs into one file)."""
+    keys: List[Optional[dict]] = [None] * me.world
+    dist.all_gather_object(keys, key)
+    for rank, other in enumerate(keys):
+        if other != keys[0]:
+            raise ValueError(f"rank {rank} of {me.world} was started with other settings than rank 0 "
+                             f"({key_difference(other, keys[0], f'on rank {rank}', 'on rank 0')}): start every "
+                             "rank of one run with the same vitcore score options and inputs")
 
 
 def _barrier(me: Rank) -> None:
