@@ -124,12 +124,15 @@ def test_the_rule_never_reads_accuracies_outside_t(monkeypatch):
     ("first4", "K = 4 labelled architectures; calibration needs K >= 5"),
     ("nan", "must be a finite number"),
     ("flat", "rank nothing"),
+    ("failed", "1 labelled architectures failed in S, so no proxy scored them"),
 ])
 def test_bad_labels_say_what_is_wrong(truth, message):
     _, records, full = _population()
     ids = list(full)
-    truth = {"first4": {i: full[i] for i in ids[:4]}, "nan": {**{i: full[i] for i in ids[:6]}, ids[7]: math.nan},
-             "flat": {i: 1.0 for i in ids[:6]}, "stranger": {"x": 1.0, "y": 2.0}}[truth]
+    records[0] = {"id": ids[0], "arch": records[0]["arch"], "error": "RuntimeError: out of memory"}
+    truth = {"first4": {i: full[i] for i in ids[1:5]}, "nan": {**{i: full[i] for i in ids[1:7]}, ids[7]: math.nan},
+             "flat": {i: 1.0 for i in ids[1:7]}, "stranger": {"x": 1.0, "y": 2.0},
+             "failed": {i: full[i] for i in ids[:6]}}[truth]
     with pytest.raises(ValueError, match=message):
         fit_rule(records, truth)
 
@@ -382,3 +385,26 @@ def test_rule_ranking_and_few_shot_files_are_standard_json(tmp_path, capsys):
                  "--few-shot", "5", "--draws", "3", "--out", str(folder)]) == 0
     _strict((folder / "few-shot.json").read_text())
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_ranked_jsonl_writes_infinite_scores_as_strings_and_null_only_for_failures(tmp_path, capsys, reverse):
+    """An overflowed score ranks first (or last, reversed) in the table and in ranked.jsonl, where it is
+    "inf" / "-inf": null means a failed architecture; an empty --out is refused, not ignored."""
+    archs, records, truth = _population()
+    records[0]["scores"]["good"] = math.inf
+    records[-1] = {"id": records[-1]["id"], "arch": records[-1]["arch"], "error": "RuntimeError: out of memory"}
+    scores = tmp_path / "S.jsonl"
+    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rule = Rule("good", False, reversed=reverse, reason="test", evidence={}, parameters={}, inputs={})
+    rule_file, ranked = tmp_path / "rule.json", tmp_path / "ranked.jsonl"
+    rule_file.write_text(json.dumps(rule.to_dict()))
+    assert main(["rank", "--scores", str(scores), "--rule", str(rule_file), "--out", str(ranked)]) == 0
+    rows = [_strict(line) for line in ranked.read_text().splitlines()]
+    infinite = rows[-2] if reverse else rows[0]
+    assert infinite["id"] == records[0]["id"] and infinite["score"] == ("-inf" if reverse else "inf")
+    assert rows[-1]["id"] == records[-1]["id"] and rows[-1]["score"] is None
+    assert all(isinstance(r["score"], float) for r in rows if r not in (infinite, rows[-1]))
+    with pytest.raises(SystemExit):
+        main(["rank", "--scores", str(scores), "--rule", str(rule_file), "--out", ""])
+    assert "--out is empty" in capsys.readouterr().err

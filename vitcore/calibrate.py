@@ -223,10 +223,15 @@ def _fit(names: List[str], percentiles: np.ndarray, labelled: np.ndarray, acc: n
     return (chosen if lower > 0 else 0), evidence
 
 
-def _check_labels(truth: Mapping[str, float], ids: Sequence[str], n_total: int) -> None:
+def _check_labels(truth: Mapping[str, float], ids: Sequence[str], n_total: int, failed: Sequence[str] = ()) -> None:
     if not isinstance(truth, Mapping):
         raise TypeError(f"truth must be a dict of id -> accuracy, got {type(truth).__name__}")
-    missing = [i for i in truth if i not in ids]
+    missing, failed = [i for i in truth if i not in ids], set(failed)
+    lost = [i for i in missing if i in failed]
+    if lost:
+        raise ValueError(f"{len(lost)} labelled architectures failed in S, so no proxy scored them (first: "
+                         f"{lost[0]}): leave them out of T, or score them again (vitcore score --resume retries "
+                         "failed architectures)")
     if missing:
         raise ValueError(f"{len(missing)} labelled architectures are not among the {n_total} scored ones "
                          f"(first: {missing[0]}): T must be a subset of S")
@@ -256,7 +261,7 @@ def fit_rule(records: Sequence[dict], truth: Mapping[str, float], *, alpha: floa
     _check_test(alpha, resamples, seed, reverse)
     matrix = score_matrix(records)
     ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
-    _check_labels(truth, ids, len(ids))
+    _check_labels(truth, ids, len(ids), [r["id"] for r in records if isinstance(r, dict) and "scores" not in r])
     names, scores, excluded = _candidates(matrix, ids)
     labels, percentiles = _orderings(names, scores, reverse)  # (2P, N)
     position = {i: n for n, i in enumerate(ids)}

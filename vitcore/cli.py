@@ -191,6 +191,12 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _json_score(score: float):
+    """A rule's score as ranked.jsonl writes it: a number; null for a failed architecture (NaN); the
+    strings "inf" and "-inf" for infinities (JSON has none; Python's float() reads them)."""
+    return score if not math.isinf(score) else ("inf" if score > 0 else "-inf")
+
+
 def cmd_rank(args) -> int:
     path = check_input_file(args.rule, "rule file")
     try:
@@ -200,7 +206,7 @@ def cmd_rank(args) -> int:
         raise ValueError(f"rule file {path!r} is not JSON ({e})") from None
     except RecursionError:
         raise ValueError(f"rule file {path!r} is nested too deeply to be a vitcore rule") from None
-    if args.out:
+    if args.out is not None:
         check_writable(check_out_file(args.out, example="ranked.jsonl", inputs=[args.scores, path]))
     records = _records(args.scores)
     ranked = apply_rule(rule, records)
@@ -208,9 +214,10 @@ def cmd_rank(args) -> int:
     shown = [dict(r, scores={**r["scores"], rule.label: by_id[r["id"]]}) if "scores" in r else r for r in records]
     _print_table(shown, [rule.label], rule.label)
     print(f"rule {args.rule}: {rule.reason}")
-    if args.out:
-        write_whole(args.out, "".join(strict_json({"rank": i, "id": r["id"], "rule": rule.label, "score": r["score"]})
-                                      + "\n" for i, r in enumerate(ranked, 1)))
+    if args.out is not None:
+        write_whole(args.out, "".join(strict_json({"rank": i, "id": r["id"], "rule": rule.label,
+                                                   "score": _json_score(r["score"])}) + "\n"
+                                      for i, r in enumerate(ranked, 1)))
         print(f"written: {args.out}", file=sys.stderr)
     return 0
 

@@ -65,10 +65,13 @@ def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[
 def check_out_file(path, option: str = "--out", example: str = "scores.jsonl", inputs: Sequence = ()) -> str:
     """``path`` if a results file may be written there: not a folder (the error suggests ``example`` in
     it), not something other than a regular file (a device, a FIFO: never moved aside or replaced), not
-    below a file, not one of the command's ``inputs`` (paths of files it reads). ValueError otherwise."""
+    below a file, not one of the command's ``inputs`` (paths of files it reads), not empty. ValueError
+    otherwise."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{option} must be a path, got {type(path).__name__}")
     path = os.fspath(path)
+    if not path:
+        raise ValueError(f"{option} is empty; name a file such as {example!r}")
     if os.path.isdir(path) or path.endswith(tuple(filter(None, (os.sep, os.altsep)))):  # "newdir/": a folder
         raise ValueError(f"{option} {path!r} is a folder; name a file such as {os.path.join(path, example)!r}")
     if os.path.exists(path) and not os.path.isfile(path):
