@@ -217,6 +217,30 @@ def test_bench_cli_out_naming_a_file_exits_2_and_leaves_the_file(tmp_path, capsy
     assert path.read_text() == "a finished report"
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"time_s": 0.0}, "timing 2: time_s=0.0 is not a number of seconds from 1e-09 up"),  # the fit hung on it
+    ({"time_s": 5e-324}, "time_s=5e-324 is not a number of seconds"),
+    ({"time_s": float("nan")}, "time_s=nan is not"),
+    ({"time_s": -0.001}, "time_s=-0.001 is not"),
+    ({"time_s": "0.001"}, "time_s='0.001' is not"),
+    ({"time_s": True}, "time_s=True is not"),
+    ({"window_times_s": [0.001, 0.0]}, "window_times_s holds 0.0, not a number of seconds"),
+    ({"pass_times_s": 0.001}, "pass_times_s holds 0.001, not a number of seconds"),
+    ({"heads": 0}, "timing 2: heads=0 is not a positive integer"),
+    ({"core_macs": -5}, "core_macs=-5 is not a positive integer"),
+    ({"n": 16.0}, "n=16.0 is not a positive integer"),
+])
+def test_report_only_names_a_timing_vitcore_bench_cannot_have_written(tmp_path, capsys, change, message):
+    row = {"dtype": "fp32", "mode": "fwd", "n": 16, "d": 64, "heads": 1, "batch": 64, "what": "proj",
+           "provider": None, "proj_macs": 16777216, "core_macs": 2097152, "pass_times_s": [0.0005],
+           "window_times_s": [0.0005], "time_s": 0.0005, "reps": 1}
+    results = {"meta": {}, "sweep": {}, "ceiling": {}, "timings": [row, {**row, **change}]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--report-only", "--no-plots", "--out", str(tmp_path)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, message", [
     ("{}", "is not a results.json of vitcore bench: it lacks meta, sweep, ceiling, timings"),
     ("[]", "is not a results.json of vitcore bench: it lacks meta"),

@@ -1,5 +1,6 @@
 """``vitcore bench``: run the MSA scaling sweep (``vitcore.bench.scaling``), then write ``report.md`` and PNG plots."""
 import json
+import math
 import os
 import sys
 from typing import Dict, List, Tuple
@@ -330,7 +331,37 @@ def _read_results(path: str) -> dict:
     if not isinstance(results["sweep"], dict) or not isinstance(results["timings"], list):
         raise ValueError(f"{path!r} is not a results.json of vitcore bench: \"sweep\" must be an object and "
                          "\"timings\" a list")
+    for number, row in enumerate(results["timings"], 1):
+        _check_timing(f"{path!r}, timing {number}", row)
     return results
+
+
+TIMING_COUNTS = ("n", "d", "heads", "batch", "proj_macs", "core_macs", "reps")  # positive integers where present
+TIMING_SECONDS = ("pass_times_s", "window_times_s")  # lists of measured seconds where present
+SHORTEST_S = 1e-9  # no pass of an MSA block takes less than a nanosecond (the timers' resolution)
+
+
+def _positive_seconds(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= SHORTEST_S
+
+
+def _check_timing(where: str, row) -> None:
+    """ValueError naming the timing and the field of a results.json row that vitcore bench cannot have
+    written: counts that are not positive integers, times that are not finite seconds of at least
+    ``SHORTEST_S``."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} is {json.dumps(row)[:60]}, not an object")
+    for name in TIMING_COUNTS:
+        value = row.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {name}={value!r} is not a positive integer")
+    if "time_s" in row and not _positive_seconds(row["time_s"]):
+        raise ValueError(f"{where}: time_s={row['time_s']!r} is not a number of seconds from {SHORTEST_S:g} up")
+    for name in TIMING_SECONDS:
+        values = row.get(name, [])
+        bad = [v for v in values if not _positive_seconds(v)] if isinstance(values, list) else [values]
+        if bad:
+            raise ValueError(f"{where}: {name} holds {bad[0]!r}, not a number of seconds from {SHORTEST_S:g} up")
 
 
 def run_bench(args) -> int:
