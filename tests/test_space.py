@@ -6,7 +6,7 @@ import pytest
 
 from vitcore.cost import vit_cost
 from vitcore.model import ViT
-from vitcore.space import SPACES, Arch, SearchSpace, get_space, sample
+from vitcore.space import SPACES, Arch, SearchSpace, arch_from_dict, get_space, sample
 
 
 @pytest.mark.parametrize("name", sorted(n for n, s in SPACES.items() if isinstance(s, SearchSpace)))  # PiT: test_pit
@@ -66,6 +66,11 @@ def test_bad_architectures_and_names():
     ("mlp_ratio", "23", TypeError, "mlp_ratio='23' must be a list with one entry per block"),
     ("mlp_ratio", [float("inf"), 2.0], ValueError, r"mlp_ratio=\(inf, 2.0\): entries must be positive and finite"),
     ("mlp_ratio", [float("nan"), 2.0], ValueError, r"mlp_ratio=\(nan, 2.0\): entries must be positive and finite"),
+    ("mlp_ratio", [10**400, 2.0], ValueError, "mlp_ratio=.*: an entry is beyond a float's range"),
+    ("num_heads", {2: 0, 3: 0}, TypeError, r"num_heads=\{2: 0, 3: 0\} must be a list with one entry per block"),
+    ("num_heads", {2, 3}, TypeError, r"num_heads=\{2, 3\} must be a list"),  # a set: in no order
+    ("patch_size", 0, ValueError, "patch_size=0 must be positive"),  # named img_size before
+    ("patch_size", -2, ValueError, "patch_size=-2 must be positive"),
     ("depth", 2.5, TypeError, "depth=2.5 must be an int"),
     ("embed_dim", "48", TypeError, "embed_dim='48' must be an int"),
 ])
@@ -202,3 +207,9 @@ def test_space_size_is_the_count_of_distinct_architectures():
         sample(tiny, 13)
     with pytest.raises(ValueError, match="n=44281: space 'small' holds 44,280 distinct architectures"):
         sample(get_space("small"), 44_281)
+
+
+def test_a_pit_mlp_ratio_beyond_a_float_is_named():
+    d = {"base_dim": 16, "depth": [1, 1], "num_heads": [1, 2], "patch_size": 16, "stride": 8}
+    with pytest.raises(ValueError, match="mlp_ratio=1000.* is beyond a float's range"):
+        arch_from_dict({**d, "mlp_ratio": 10**400})

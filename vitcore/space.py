@@ -18,6 +18,7 @@ import json
 import numbers
 import random
 import sys
+from collections.abc import Mapping, Set as AbstractSet
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import product
@@ -189,14 +190,16 @@ def _real(v) -> float:
 def _entries(name: str, value, convert, per: str = "block") -> tuple:
     """One entry per block, or per ``per`` (a list, tuple or 1-D array), each converted, or a TypeError
     naming ``name``."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
-        raise TypeError(f"{name}={value!r} must be a list with one entry per {per}")
+    if isinstance(value, (str, bytes, Mapping, AbstractSet)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{name}={value!r} must be a list with one entry per {per}")  # a set has no order
     try:
         if any(isinstance(v, bool) for v in value):
             raise TypeError("entries must be numbers, not bools")
         return tuple(convert(v) for v in value)
     except TypeError as e:
         raise TypeError(f"{name}={value!r}: {e}") from None
+    except OverflowError:  # float(10**400)
+        raise ValueError(f"{name}={value!r:.80}: an entry is beyond a float's range") from None
 
 
 class _Serial:
@@ -234,6 +237,7 @@ class Arch(_Serial):
         _whole_fields(self, ("embed_dim", "depth", "head_dim", "patch_size"))
         object.__setattr__(self, "num_heads", _entries("num_heads", self.num_heads, _whole))
         object.__setattr__(self, "mlp_ratio", _entries("mlp_ratio", self.mlp_ratio, _real))
+        positive_int("patch_size", self.patch_size)  # before it stands in for the image size below
         self.config(img_size=self.patch_size, in_chans=1, num_classes=1)  # validates the fields
 
     def config(self, img_size: int, in_chans: int, num_classes: int) -> ViTConfig:
@@ -293,6 +297,8 @@ class PiTArch(_Serial):
             object.__setattr__(self, "mlp_ratio", _real(self.mlp_ratio))
         except TypeError:
             raise TypeError(f"mlp_ratio={self.mlp_ratio!r} must be a number (one for every block)") from None
+        except OverflowError:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio!r:.80} is beyond a float's range") from None
         self.config(img_size=self.patch_size, in_chans=1, num_classes=1)  # validates the fields
 
     def config(self, img_size: int, in_chans: int, num_classes: int) -> PiTConfig:
