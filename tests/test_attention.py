@@ -2,6 +2,7 @@
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -288,6 +289,15 @@ def test_bad_devices_scale_and_types_raise():
         flash_attention(q, q, q, scale=10**400)  # an int past float64: was float()'s OverflowError
     with pytest.raises(TypeError, match="v must be a torch.Tensor, got list"):
         flash_attention(q, q, [1.0])
+    with pytest.raises(ValueError, match="scale=np.True_ must be a finite number"):
+        flash_attention(q, q, q, scale=np.bool_(True))
+
+
+@pytest.mark.parametrize("scale", [np.float32(0.5), np.float64(0.5), np.int64(1)])
+def test_a_numpy_scale_is_the_number_it_holds(scale):
+    """SDPA takes NumPy scalars (a scale read from an array); they were refused as not numbers."""
+    q, k, v = torch.randn(3, 1, 2, 5, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(flash_attention(q, k, v, scale=scale), flash_attention(q, k, v, scale=float(scale)))
 
 
 @requires_cuda

@@ -1,10 +1,12 @@
 """Multi-head self-attention: the eager reference, the Triton flash-attention autograd Function and
 the public ``flash_attention`` that dispatches between them (``vitcore.ops.dispatch.use_triton``)."""
 import math
+import numbers
 import os
 import sys
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -147,10 +149,13 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional
 
 
 def _finite_number(value) -> bool:
-    """An int or float that is a finite float64 (an int past 1.8e308 is not: float() would overflow)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A real number (Python's or NumPy's, not a bool) that is a finite float64 (an int past 1.8e308 is
+    not: float() would overflow)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         return False
-    return abs(value) <= sys.float_info.max if isinstance(value, int) else math.isfinite(value)
+    if isinstance(value, numbers.Integral):
+        return abs(int(value)) <= sys.float_info.max
+    return math.isfinite(float(value))
 
 
 def flash_attention(
@@ -160,7 +165,9 @@ def flash_attention(
 
     q, k, v: (B, H, N', d) with any strides (views of a packed (B, N', 3, H, d) QKV projection are
     read in place), fp16 / bf16 / fp32 (float64 runs the eager reference), 1 <= d <= 256;
-    scale defaults to 1/sqrt(d). The Triton backward is not itself differentiable (no double backward).
+    scale (a real number) defaults to 1/sqrt(d). For fp16 / bf16 / fp32 inputs the logits scale * q.k
+    must be finite in float32 (the Triton kernels': |logit| below 2.4e38): past that the output is
+    NaN, as SDPA's is. The Triton backward is not itself differentiable (no double backward).
     Returns (B, H, N', d). On the Triton path it is a view of memory laid out (B, N', H, d), so
     ``out.transpose(1, 2).reshape(B, N', H * d)`` is free; the eager fallback (``attention_ref``)
     returns a contiguous (B, H, N', d). fp32 follows ``torch.get_float32_matmul_precision()``.
