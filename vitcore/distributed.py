@@ -30,6 +30,8 @@ rendezvous (``--nnodes``, ``--rdzv-backend c10d --rdzv-endpoint HOST:PORT``) joi
 Test hook: with ``VITCORE_TEST_KILL=R:N`` in the environment, rank R kills itself (SIGKILL, as an
 out-of-memory killer or a preempted node would) right after its N-th record is written.
 """
+import hashlib
+import inspect
 import itertools
 import json
 import logging
@@ -48,10 +50,13 @@ import torch.distributed as dist
 
 from vitcore.data import Batch
 from vitcore.paths import free_name, lock
-from vitcore.runs import SHARD_KEY, open_results, read_results, resolve_device, score_archs
+from vitcore.families import Family, get_family
+from vitcore.runs import SHARD_KEY, open_results, read_results, resolve_device, run_settings, score_archs
 from vitcore.space import AnyArch
 
 KILL_ENV = "VITCORE_TEST_KILL"
+_SCORE_DEFAULTS = {name: p.default for name, p in inspect.signature(score_archs).parameters.items()
+                   if p.default is not p.empty}  # the settings a rank's score_kwargs may leave out
 TIMING_FIELDS = ("time_s", "timing")  # a record's fields that differ between runs (measured seconds)
 # the last barrier waits for the slowest rank's whole share; a dead rank ends the job sooner (torchrun)
 BARRIER_TIMEOUT = timedelta(hours=24)
@@ -324,38 +329,26 @@ def _join(me: Rank) -> None:
 
 
 def run_key(archs: Sequence[AnyArch], batch: Batch, out: str, resume: bool, score_kwargs: dict) -> dict:
-    """What every rank of one run must share: the results file's name, ``resume``, the architectures (ids,
-    in order), the minibatch (its digest) and ``score_archs``'s settings (a family by its name and
-    builder, the device by its type)."""
-    from vitcore.families import Family
-    from vitcore.runs import _batch_digest
-
-    def plain(name, value):
-        if isinstance(value, Family):
-            return f"{value.name} ({value.builder})"
-        if name == "device":
-            return resolve_device(value).type
-        return value if isinstance(value, (str, int, float, bool, list, tuple, type(None))) else repr(value)
-
-    return {"--out": os.path.basename(out), "resume": resume, "architectures": [a.id for a in archs],
-            "batch": f"{len(batch.targets)} images, sha256 {_batch_digest(batch)}",
-            **{name: plain(name, value) for name, value in sorted(score_kwargs.items())}}
+    """What every rank of one run must share: the results file's name, ``resume``, the architectures (their
+    count and a digest of their ids in order) and the resume key its records carry (``run_settings``:
+    the data as named, the minibatch's digest, every scoring setting)."""
+    kw = {**_SCORE_DEFAULTS, **score_kwargs}
+    family = kw["family"] if isinstance(kw["family"], Family) else get_family(kw["family"])
+    settings = run_settings(batch, list(kw["proxies"]), kw["mode"], kw["params"], kw["seed"],
+                            resolve_device(kw["device"]), kw["dtype"], kw["attention"], kw["space"], family)
+    ids = hashlib.sha256("\n".join(a.id for a in archs).encode()).hexdigest()[:16]
+    return {"--out": os.path.basename(out), "resume": resume, "architectures": f"{len(archs)} (ids sha256 {ids})",
+            **settings}
 
 
 def key_difference(key: dict, other: dict, here: str = "here", there: str = "there") -> str:
-    """The fields in which two ``run_key``s differ, in words: "seed 1 here, 0 there; ..." (architecture
-    lists by their length and first differing position)."""
+    """The fields in which two ``run_key``s differ, in words: "seed 1 here, 0 there; ..."."""
     parts = []
     for name in dict.fromkeys([*key, *other]):
         mine, theirs = key.get(name), other.get(name)
         if mine == theirs:
             continue
-        if name == "architectures" and isinstance(mine, list) and isinstance(theirs, list):
-            first = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
-            parts.append(f"architectures: {len(mine)} {here}, {len(theirs)} {there}, the first difference at "
-                         f"position {first + 1}")
-        else:
-            parts.append(f"{name} {mine!r} {here}, {theirs!r} {there}")
+        parts.append(f"{name} {mine!r} {here}, {theirs!r} {there}")
     return "; ".join(parts)
 
 

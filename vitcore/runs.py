@@ -317,7 +317,7 @@ def _resumable(path: str, settings: dict, repair: bool = False) -> List[dict]:
     return records
 
 
-def _run_settings(batch: Batch, proxies: List[str], mode: str, params: str, seed: int, device: torch.device,
+def run_settings(batch: Batch, proxies: List[str], mode: str, params: str, seed: int, device: torch.device,
                   dtype: str, attention: str, space: Optional[str], family: Family) -> dict:
     """The resume key of a run: everything that changes a score (``score_archs`` lists it); a family other
     than vitcore's adds its name and builder."""
@@ -459,7 +459,7 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     _check_family_attention(family, attention)
     out = check_out_file(out)
     run_device = resolve_device(device)
-    settings = _run_settings(batch, proxies, mode, params, seed, run_device, dtype, attention, space, family)
+    settings = run_settings(batch, proxies, mode, params, seed, run_device, dtype, attention, space, family)
     versions = _versions()
 
     f, done = _open_results(out, settings, resume, resume_from)
@@ -604,7 +604,7 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
     if workers > 1:  # the inputs above are checked once, here, before the workers start
         distributed.check_files(out, workers)
         if resume:  # what every rank reads: records of this run's settings
-            settings = _run_settings(batch, proxies, mode, params, seed, resolve_device(device), dtype, attention,
+            settings = run_settings(batch, proxies, mode, params, seed, resolve_device(device), dtype, attention,
                                      space, model_family)
             for path in (out, *distributed.shard_paths(out)):
                 _resumable(path, settings)
