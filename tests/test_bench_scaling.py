@@ -207,6 +207,15 @@ def test_bench_cli_errors_exit_2_with_the_bad_value(tmp_path, capsys, extra, mes
     assert torch.get_num_threads() == threads and not os.listdir(tmp_path)  # nothing set, nothing written
 
 
+def test_bench_cli_refuses_an_empty_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--report-only"]):
+        with pytest.raises(SystemExit) as e:
+            main(["bench", "--quick", "--out", ""] + extra)  # was a new folder under bench/results/
+        assert e.value.code == 2 and "--out is empty" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
 def test_bench_cli_out_naming_a_file_exits_2_and_leaves_the_file(tmp_path, capsys):
     path = tmp_path / "report.md"
     path.write_text("a finished report")
@@ -225,7 +234,7 @@ def test_bench_cli_out_naming_a_file_exits_2_and_leaves_the_file(tmp_path, capsy
     ({"time_s": "0.001"}, "time_s='0.001' is not"),
     ({"time_s": True}, "time_s=True is not"),
     ({"window_times_s": [0.001, 0.0]}, "window_times_s holds 0.0, not a number of seconds"),
-    ({"pass_times_s": 0.001}, "pass_times_s holds 0.001, not a number of seconds"),
+    ({"pass_times_s": 0.001}, "pass_times_s=0.001 is not a list of seconds"),
     ({"heads": 0}, "timing 2: heads=0 is not a positive integer"),
     ({"core_macs": -5}, "core_macs=-5 is not a positive integer"),
     ({"n": 16.0}, "n=16.0 is not a positive integer"),

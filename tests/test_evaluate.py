@@ -97,7 +97,8 @@ def test_evaluate_checks_its_options_before_scoring(tmp_path, capsys, monkeypatc
     afile = tmp_path / "afile"
     afile.write_text("")
     for argv, message in [(["--top-fraction", "0"], "--top-fraction 0.0: expected a share in (0, 1]"),
-                          (["--out", str(afile)], "is a file; evaluate writes a folder")]:
+                          (["--out", str(afile)], "is a file; evaluate writes a folder"),
+                          (["--out", ""], "--out is empty: name the folder")]:  # wrote into the current folder
         with pytest.raises(SystemExit):
             main(["evaluate"] + argv)
         assert message in capsys.readouterr().err

@@ -99,6 +99,13 @@ def test_a_whole_last_line_without_its_newline_is_a_record(tmp_path):
     assert records[:3] == first and len(records) == 4
     with pytest.raises(TypeError, match="results file 3 is not a path"):
         read_results(3)
+    bad = out.read_bytes() + b"{}"  # a whole last line that is no record: named, the file left as it was
+    out.write_bytes(bad)
+    with pytest.raises(ValueError, match="line 5: expected a JSON object with a string \"id\""):
+        read_results(str(out), repair=True)
+    assert out.read_bytes() == bad
+    out.write_bytes(bad[:-2] + b'{"id": "\xc3')  # a write cut inside a character: not UTF-8, a cut line
+    assert read_results(str(out), repair=True) == records and out.read_bytes() == bad[:-2]
 
 
 def test_repeated_architectures_are_read_once(tmp_path, capsys):

@@ -223,10 +223,10 @@ def _fit(names: List[str], percentiles: np.ndarray, labelled: np.ndarray, acc: n
     return (chosen if lower > 0 else 0), evidence
 
 
-def _check_labels(truth: Mapping[str, float], ids: Sequence[str], n_total: int, failed: Sequence[str] = ()) -> None:
+def _check_labels(truth: Mapping[str, float], ids: Sequence[str], n_total: int, failed_ids: Sequence[str] = ()) -> None:
     if not isinstance(truth, Mapping):
         raise TypeError(f"truth must be a dict of id -> accuracy, got {type(truth).__name__}")
-    missing, failed = [i for i in truth if i not in ids], set(failed)
+    missing, failed = [i for i in truth if i not in ids], set(failed_ids)
     lost = [i for i in missing if i in failed]
     if lost:
         raise ValueError(f"{len(lost)} labelled architectures failed in S, so no proxy scored them (first: "

@@ -192,8 +192,8 @@ def cmd_calibrate(args) -> int:
 
 
 def _json_score(score: float):
-    """A rule's score as ranked.jsonl writes it: a number; null for a failed architecture (NaN); the
-    strings "inf" and "-inf" for infinities (JSON has none; Python's float() reads them)."""
+    """A rule's score as ranked.jsonl writes it: a number; null for NaN (a failed architecture, a NaN
+    score); the strings "inf" and "-inf" for infinities (JSON has none; Python's float() reads them)."""
     return score if not math.isinf(score) else ("inf" if score > 0 else "-inf")
 
 
@@ -296,6 +296,8 @@ def cmd_evaluate(args) -> int:
     if not 0 < args.top_fraction <= 1:
         raise ValueError(f"--top-fraction {args.top_fraction}: expected a share in (0, 1]")
     seed, device = (0 if args.seed is None else args.seed), args.device or "auto"
+    if not args.out:
+        raise ValueError("--out is empty: name the folder evaluate writes its tables and plots to")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a file; evaluate writes a folder")
     proxies = check_proxies(args.proxies.split(",")) if args.proxies else list(PROXIES)

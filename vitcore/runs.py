@@ -126,25 +126,29 @@ def read_results(path: str, repair: bool = False) -> List[dict]:
     with open(path, "rb") as f:
         data = f.read()
     cut = data.rfind(b"\n") + 1
-    whole = _parses(data[cut:])
-    if repair and whole:
+    whole = _parses(data[cut:], first=cut == 0)
+    lines = list(json_lines(path, (data if whole else data[:cut]).split(b"\n")))
+    if lines and isinstance(lines[0][1], dict) and SHARD_KEY in lines[0][1]:
+        lines = lines[1:]  # a shard's mark, not a record
+    records = check_records(lines)
+    if repair and whole:  # the file's records are sound: only then is it changed
         with open(path, "ab") as f:
             f.write(b"\n")
     elif repair and cut != len(data):
         with open(path, "r+b") as f:
             f.truncate(cut)
-    lines = list(json_lines(path, (data if whole else data[:cut]).split(b"\n")))
-    if lines and isinstance(lines[0][1], dict) and SHARD_KEY in lines[0][1]:
-        lines = lines[1:]  # a shard's mark, not a record
-    return check_records(lines)
+    return records
 
 
-def _parses(line: bytes) -> bool:
-    """Whether ``line`` is JSON text, not blank: a cut-off record never is (it lacks its closing brace)."""
-    if not line.strip():
-        return False
+def _parses(line: bytes, first: bool) -> bool:
+    """Whether ``line`` is JSON text in UTF-8, as ``json_lines`` reads it (a byte-order mark only on the
+    ``first`` line), not blank: a cut-off record never is (it lacks its closing brace)."""
     try:
-        json.loads(line)
+        text = line.decode("utf-8")
+        text = text.lstrip("\ufeff") if first else text
+        if not text.strip():
+            return False
+        json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
     return True

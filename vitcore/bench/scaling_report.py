@@ -359,13 +359,17 @@ def _check_timing(where: str, row) -> None:
         raise ValueError(f"{where}: time_s={row['time_s']!r} is not a number of seconds from {SHORTEST_S:g} up")
     for name in TIMING_SECONDS:
         values = row.get(name, [])
-        bad = [v for v in values if not _positive_seconds(v)] if isinstance(values, list) else [values]
+        if not isinstance(values, list):
+            raise ValueError(f"{where}: {name}={values!r:.60} is not a list of seconds")
+        bad = [v for v in values if not _positive_seconds(v)]
         if bad:
             raise ValueError(f"{where}: {name} holds {bad[0]!r}, not a number of seconds from {SHORTEST_S:g} up")
 
 
 def run_bench(args) -> int:
     """``vitcore bench``: run the sweep, fit, write results.json, report.md and the plots."""
+    if args.out == "":
+        raise ValueError("--out is empty: name the folder for the report, or leave --out out")
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a file: give a folder for the report")
     if args.report_only:

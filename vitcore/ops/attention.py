@@ -3,10 +3,8 @@ the public ``flash_attention`` that dispatches between them (``vitcore.ops.dispa
 import math
 import numbers
 import os
-import sys
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -149,13 +147,14 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional
 
 
 def _finite_number(value) -> bool:
-    """A real number (Python's or NumPy's, not a bool) that is a finite float64 (an int past 1.8e308 is
-    not: float() would overflow)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    """A real number (Python's or NumPy's, not a bool) that is a finite float64 (an int or fraction past
+    1.8e308 is not: float() would overflow)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NumPy's bool is no numbers.Real
         return False
-    if isinstance(value, numbers.Integral):
-        return abs(int(value)) <= sys.float_info.max
-    return math.isfinite(float(value))
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def flash_attention(
@@ -166,8 +165,8 @@ def flash_attention(
     q, k, v: (B, H, N', d) with any strides (views of a packed (B, N', 3, H, d) QKV projection are
     read in place), fp16 / bf16 / fp32 (float64 runs the eager reference), 1 <= d <= 256;
     scale (a real number) defaults to 1/sqrt(d). For fp16 / bf16 / fp32 inputs the logits scale * q.k
-    must be finite in float32 (the Triton kernels': |logit| below 2.4e38): past that the output is
-    NaN, as SDPA's is. The Triton backward is not itself differentiable (no double backward).
+    must stay within float32's range: the Triton kernels return NaN past |logit| = 2.4e38 (float32's
+    largest value / log2(e)), the eager path, as SDPA, past 3.4e38. The Triton backward is not itself differentiable (no double backward).
     Returns (B, H, N', d). On the Triton path it is a view of memory laid out (B, N', H, d), so
     ``out.transpose(1, 2).reshape(B, N', H * d)`` is free; the eager fallback (``attention_ref``)
     returns a contiguous (B, H, N', d). fp32 follows ``torch.get_float32_matmul_precision()``.
