@@ -383,6 +383,32 @@ def test_a_model_without_relu_or_gelu_modules_fails_nwot_and_swap_only(triton_of
                                              "and the model ran none")
 
 
+class _BareMatmul(torch.nn.Module):
+    """Logits from a bare parameter: no Linear or Conv layer for fisher and zico to read."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(64, 5, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w  # (B, 5)
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_model_without_layers_fails_fisher_and_zico_whatever_else_is_asked(triton_off, alone):
+    """fisher raised autograd's "grad() cannot be empty" alone and was 0.0 beside grad_norm, zico was 0.0:
+    both now fail with the reason, and a proxy asked for beside them keeps its value."""
+    x, y = batch(4, seed=24, dtype=torch.float32, classes=5)
+    proxies = ["fisher", "zico"] if alone else ["grad_norm", "fisher", "zico"]
+    with pytest.raises(vitcore.ProxyFailed) as e:
+        vitcore.score(_BareMatmul(), x, y, proxies=proxies)
+    assert set(e.value.errors) == {"fisher", "zico"}
+    assert e.value.errors["fisher"].startswith("ValueError: fisher reads the outputs of nn.Linear / nn.Conv layers")
+    assert e.value.errors["zico"].startswith("ValueError: zico reads the gradients of nn.Linear / nn.Conv weights")
+    if not alone:
+        assert e.value.scores["grad_norm"] == vitcore.score(_BareMatmul(), x, y, proxies=["grad_norm"])["grad_norm"]
+
+
 def test_num_classes_refuses_logits_of_another_width(triton_off):
     """cross_entropy takes any width above the largest target, so a headless model's 24 features were
     scored as 10-class logits (round four, case 3); vitcore score passes the batch's classes."""

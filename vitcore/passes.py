@@ -230,7 +230,8 @@ def data_pass(
             if want_loss_grad and share > 0:  # a chunk whose targets are all ignored adds nothing
                 loss = loss_on(loss_fn, logits, targets[start:end], ignore_index)
                 acts = [a for _, a in layer_calls]
-                got = torch.autograd.grad(loss, params + acts, retain_graph=jacobian, allow_unused=True)
+                got = (torch.autograd.grad(loss, params + acts, retain_graph=jacobian, allow_unused=True)
+                       if params or acts else [])  # fisher alone on a model without layers: fisher says so
                 _accumulate(out.grads, got[: len(params)], share, only=len(ranges) == 1)
                 if groups > 1:
                     group_size = (group + 1) * B // groups - group * B // groups

@@ -10,8 +10,10 @@ from vitcore.proxies.base import Context, Proxy
 
 
 def _reduce(ctx: Context) -> torch.Tensor:
-    terms = [f.double().sum() for f in ctx.data.fisher]
-    return 0.5 * sum(terms) if terms else torch.zeros((), dtype=torch.float64, device=ctx.inputs.device)
+    if not ctx.data.fisher_layers:
+        raise ValueError("fisher reads the outputs of nn.Linear / nn.Conv layers, and the model ran none whose "
+                         "output the loss depends on")
+    return 0.5 * sum(f.double().sum() for f in ctx.data.fisher)
 
 
 PROXY = Proxy(name="fisher", passes=("data",), taps=("fisher",), reduce=_reduce)

@@ -16,7 +16,10 @@ from vitcore.proxies.base import Context, Proxy
 def _reduce(ctx: Context) -> torch.Tensor:
     total = torch.zeros((), dtype=torch.float64, device=ctx.inputs.device)
     index = {id(p): i for i, p in enumerate(ctx.halves.params)}
-    for w in layer_weights(ctx.model):
+    weights = layer_weights(ctx.model)
+    if not weights:
+        raise ValueError("zico reads the gradients of nn.Linear / nn.Conv weights, and the model has none")
+    for w in weights:
         first, second = (g[index[id(w)]] for g in ctx.halves.group_grads)
         if first is None or second is None:
             continue
