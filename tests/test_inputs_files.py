@@ -164,6 +164,7 @@ def test_evaluate_refuses_scoring_options_beside_scores(tmp_path, capsys, extra)
     (np.zeros((4, 8, 8), np.complex64), np.arange(4), "images 'x' have dtype complex64; expected real numbers"),
     (np.full((4, 8, 8), np.inf), np.arange(4),
      "images 'x' hold 256 NaN or infinite values, the first x[0, 0, 0] = inf"),
+    (np.zeros((4, 8, 8), np.float32), np.zeros(4, np.int64), "every label y is 0, so the models get a one-class head"),
 ])
 def test_a_data_file_is_checked_whole_naming_the_bad_value(tmp_path, capsys, x, y, message):
     data = tmp_path / "d.npz"

@@ -409,6 +409,18 @@ def test_a_model_without_layers_fails_fisher_and_zico_whatever_else_is_asked(tri
         assert e.value.scores["grad_norm"] == vitcore.score(_BareMatmul(), x, y, proxies=["grad_norm"])["grad_norm"]
 
 
+def test_one_class_logits_are_refused_for_cross_entropy(triton_off):
+    """One logit per example: cross-entropy over one class is 0 for every network, so grad_norm, snip,
+    zico and fisher were 0 for all of them; a loss_fn for one output is the caller's choice."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    x = batch(4, seed=25, dtype=torch.float32, classes=5)[0]
+    with pytest.raises(ValueError, match="the model returned 1 class score per example: the cross-entropy over one "
+                                         "class is 0 for every network"):
+        vitcore.score(model, x, torch.zeros(4, dtype=torch.int64))
+    mse = vitcore.score(model, x, torch.ones(4, 1), loss_fn=torch.nn.functional.mse_loss)
+    assert mse["grad_norm"] > 0
+
+
 def test_num_classes_refuses_logits_of_another_width(triton_off):
     """cross_entropy takes any width above the largest target, so a headless model's 24 features were
     scored as 10-class logits (round four, case 3); vitcore score passes the batch's classes."""

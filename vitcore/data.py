@@ -96,6 +96,9 @@ def check_arrays(path: str, x: np.ndarray, xk: str, y: np.ndarray, yk: str):
         if not 0 <= int(y[i]) < MAX_CLASSES:
             raise ValueError(f"{path}: label {yk}[{i}] = {int(y[i])}; labels are class indices from 0 to "
                              f"{MAX_CLASSES - 1}")
+    if int(y.max()) == 0:
+        raise ValueError(f"{path}: every label {yk} is 0, so the models get a one-class head, whose cross-entropy "
+                         "is 0 for every network (every gradient proxy 0): give labels of 2 or more classes")
     return x, y.astype(np.int64)
 
 

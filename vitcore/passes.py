@@ -89,6 +89,10 @@ def loss_on(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor,
     ``ignore_index`` (``vitcore.compat``: -100, which cross_entropy leaves out of its mean) is passed
     to the loss as it is. A loss that is not one number (a 0-d tensor: the batch's mean) is refused,
     naming what came back."""
+    if loss_fn is F.cross_entropy and logits.ndim == 2 and logits.shape[1] == 1:
+        raise ValueError("the model returned 1 class score per example: the cross-entropy over one class is 0 "
+                         "for every network, and so is every gradient proxy; give a head of 2 or more classes "
+                         "(labels of 2 or more classes), or a loss_fn for one output")
     if not targets.is_floating_point() and logits.ndim >= 2:
         valid = (targets >= 0) & (targets < logits.shape[1])
         if ignore_index is not None:
