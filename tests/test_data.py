@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 
 from vitcore.data import load_batch
@@ -29,6 +30,10 @@ def test_synthetic_batch_is_shaped_for_the_space():
     batch = load_batch("synthetic", 3, seed=0, space=space)
     assert batch.inputs.shape == (3, space.in_chans, space.img_size, space.img_size)
     assert batch.num_classes == space.num_classes and ((0 <= batch.targets) & (batch.targets < 1000)).all()
+    named = load_batch("synthetic", 3, seed=0, space="imagenet")  # a space's name: an AttributeError before
+    assert torch.equal(named.inputs, batch.inputs) and torch.equal(named.targets, batch.targets)
+    with pytest.raises(TypeError, match="space=5 must be a search space or its name"):
+        load_batch("synthetic", 3, seed=0, space=5)
 
 
 def test_npz_batch_reads_images_and_labels(tmp_path):

@@ -331,3 +331,14 @@ def test_api_inputs_of_the_wrong_kind_are_named(tmp_path, call, error, message):
     with pytest.raises(error, match=message):
         call(load_batch("digits", 4), out)
     assert not os.path.exists(out)
+
+
+def test_json_nested_too_deeply_is_named_not_a_recursion_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    archs, results = tmp_path / "a.json", tmp_path / "r.jsonl"
+    archs.write_text(deep)
+    results.write_text(deep + "\n")
+    with pytest.raises(ValueError, match="JSON nested too deeply to hold architectures"):
+        read_archs(str(archs))
+    with pytest.raises(ValueError, match="line 1: JSON nested too deeply to be read"):
+        read_results(str(results))

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from vitcore.paths import check_input_file
+from vitcore.space import get_space
 
 DATA_CHOICES = ("digits", "synthetic", "PATH.npz")
 
@@ -114,7 +115,7 @@ def load_batch(data: str = "digits", batch_size: int = 64, seed: int = 0, space=
     """``batch_size`` examples drawn without replacement with ``seed``.
 
     ``data`` is "digits" (scikit-learn's 8x8 digits, 10 classes), "synthetic" (Gaussian images
-    shaped for ``space``, a SearchSpace, with random labels) or the path of an .npz file with arrays
+    shaped for ``space``, a search space or its name, with random labels) or the path of an .npz file with arrays
     ``x`` (or ``images``, (N, C, H, H) or (N, H, H), any real dtype) and ``y`` (or ``labels``, N ints
     from 0 to ``MAX_CLASSES`` - 1), checked whole before a batch is drawn (``check_arrays``); a path
     ending in .npz in any case (``.NPZ``), or any existing file, is read as an .npz.
@@ -135,6 +136,9 @@ def load_batch(data: str = "digits", batch_size: int = 64, seed: int = 0, space=
     elif data == "synthetic":
         if space is None:
             raise ValueError("data='synthetic' needs a search space for the image shape")
+        space = get_space(space) if isinstance(space, str) else space
+        if not all(hasattr(space, a) for a in ("in_chans", "img_size", "num_classes")):
+            raise TypeError(f"space={space!r} must be a search space or its name (see vitcore.get_space)")
         shape = (batch_size, space.in_chans, space.img_size, space.img_size)
         nbytes = 4 * int(np.prod(shape, dtype=np.float64))  # float32 images
         if 0 < _physical_memory() < nbytes:

@@ -59,6 +59,8 @@ def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[
             value = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: JSON nested too deeply to be read") from None
         yield where, value
 
 

@@ -83,6 +83,8 @@ def read_archs(path: str, family: Union[str, Family] = VITCORE) -> List[Union[An
         if text.lstrip().startswith("["):  # a JSON list with a syntax error
             raise ValueError(f"{path}, line {e.lineno}: not JSON ({e.msg})") from None
         document = None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to hold architectures") from None
     if isinstance(document, list):
         entries = [(f"{path}, entry {i}", e) for i, e in enumerate(document, 1)]
     elif document is not None:
