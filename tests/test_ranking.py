@@ -67,6 +67,9 @@ def test_known_values():
     assert top_k_overlap([9, 8, 1, 2, 3], truth, 2) == 0.0
     assert top_k_overlap([1, 2, 3, 9, 8], truth, 2) == 1.0
     assert top_k_overlap([1, 2, 9, 3, 8], truth, 2) == 0.5
+    nan = float("nan")
+    assert math.isnan(top_k_overlap([nan] * 5, [0.5, 0.4, 0.3, 0.2, 0.1], 2))  # was 1.0: the file's order
+    assert top_k_overlap([nan, nan, nan, 1, 2], truth, 2) == 1.0  # NaN last
 
 
 def test_nan_scores_rank_last_and_are_counted():

@@ -92,10 +92,13 @@ def spearman_rho(scores: Sequence[float], truth: Sequence[float]) -> float:
 
 
 def top_k_overlap(scores: Sequence[float], truth: Sequence[float], k: int) -> float:
-    """|proxy's top k ∩ true top k| / k; ties broken by position, which is stable and documented."""
+    """|proxy's top k ∩ true top k| / k; ties broken by position, which is stable and documented; NaN
+    scores rank last, and a proxy NaN on every architecture has no top k (NaN, not the file's order)."""
     s, t = _scores(scores, truth)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(s):
         raise ValueError(f"k={k!r} must be an int in 1..{len(s)}")
+    if np.isnan(_as_numbers(scores, "scores")).all():
+        return math.nan
     best = set(np.argsort(-s, kind="stable")[:k]) & set(np.argsort(-t, kind="stable")[:k])
     return len(best) / k
 
