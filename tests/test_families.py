@@ -317,3 +317,28 @@ def test_a_users_head_width_is_the_users(tmp_path):
     (record,) = run_scoring(str(tmp_path / "r.jsonl"), archs=_write_records(tmp_path / "a.jsonl", RECORDS[:1]),
                             batch_size=8, proxies=["grad_norm"], device="cpu", family=f"{__name__}:twelve_classes")
     assert math.isfinite(record["scores"]["grad_norm"]), record
+
+
+class _NoTimm:
+    """A meta-path finder that makes timm uninstalled for the test's duration."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "timm" or name.startswith("timm."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+
+def test_use_vitcore_attention_without_timm_routes_nothing(monkeypatch):
+    """Without timm no model holds its attention: 0, the documented count for a model without any (it raised
+    ModuleNotFoundError); the arguments are still checked."""
+    import sys
+
+    import vitcore
+
+    for name in [m for m in sys.modules if m == "timm" or m.startswith("timm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_NoTimm(), *sys.meta_path])
+    assert vitcore.use_vitcore_attention(nn.Sequential(nn.Linear(2, 2))) == 0
+    with pytest.raises(ValueError, match="attention='flash'"):
+        vitcore.use_vitcore_attention(nn.Linear(2, 2), "flash")
+    assert "timm" not in sys.modules

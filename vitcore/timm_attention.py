@@ -8,6 +8,7 @@ timm's own. Everything else of timm's forward is kept: the fused QKV projection,
 output norm, the gate, the output projection and its dropout. Not supported, and refused: attention
 dropout (p > 0; vitcore's kernel has none), and an attention mask or causal attention at call time.
 """
+import sys
 from typing import Optional
 
 import torch
@@ -56,13 +57,15 @@ def use_vitcore_attention(model: nn.Module, attention: str = "auto") -> int:
     Raises TypeError or ValueError for an ``attention`` not in ``vitcore.attention_choice``'s choices;
     ValueError naming the module for attention dropout p > 0 (vitcore's attention has no dropout), and for
     a ``model`` that is itself an Attention (it cannot replace itself: route its parent).
-    Needs timm (ImportError otherwise).
+    Without timm imported no model holds its modules: 0, and timm need not be installed.
     """
-    from timm.layers import Attention
-
     check_attention(attention)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if "timm" not in sys.modules:
+        return 0
+    from timm.layers import Attention
+
     # every place a module sits (one attention shared by several blocks sits in each), not each module once
     found = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
              if type(m) in (Attention, TimmAttention)]
