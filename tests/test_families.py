@@ -3,6 +3,7 @@
 front; the resume key. The timm family's tests are in test_timm.py."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -342,3 +343,16 @@ def test_use_vitcore_attention_without_timm_routes_nothing(monkeypatch):
     with pytest.raises(ValueError, match="attention='flash'"):
         vitcore.use_vitcore_attention(nn.Linear(2, 2), "flash")
     assert "timm" not in sys.modules
+
+
+@pytest.mark.parametrize("name, shown", [("os:system", "system(command)"), ("json:dumps", "dumps(obj, *")])
+def test_a_builder_that_cannot_take_record_device_seed_is_refused_up_front(name, shown, tmp_path, capsys):
+    """It failed record by record and the run exited 1; now one line, exit 2, before any record."""
+    with pytest.raises(TypeError, match=re.escape(f"family {name!r}: {shown}")):
+        get_family(name)
+    archs = tmp_path / "archs.jsonl"
+    archs.write_text('{"width": 4}\n')
+    with pytest.raises(SystemExit) as e:
+        main(["score", "--family", name, "--archs", str(archs), "--out", str(tmp_path / "r.jsonl")])
+    assert e.value.code == 2 and "cannot be called as (record, device, seed)" in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()

@@ -21,6 +21,7 @@ hex digits of the SHA-1 of its canonical JSON, as vitcore's architectures are na
 """
 import hashlib
 import importlib
+import inspect
 import json
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -138,6 +139,16 @@ def get_family(name) -> Family:
     if not callable(builder):
         raise TypeError(f"family {name!r}: {function} is a {type(builder).__name__}, not a function "
                         "(record, device, seed) -> nn.Module")
+    try:
+        signature = inspect.signature(builder)
+    except (TypeError, ValueError):  # a callable whose signature Python cannot read: its calls will say
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind({}, torch.device("cpu"), 0)
+        except TypeError:
+            raise TypeError(f"family {name!r}: {function}{signature} cannot be called as (record, device, seed), "
+                            "the builder's arguments") from None
     qualified = f"{getattr(builder, '__module__', module_name)}:{getattr(builder, '__qualname__', function)}"
     return Family(name, qualified, builder)
 
