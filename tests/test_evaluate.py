@@ -84,6 +84,15 @@ def test_bad_truth_rows_name_file_and_line(tmp_path, csv_text, message):
         read_truth(str(path))
 
 
+@pytest.mark.parametrize("header", ["id,acc_mean,acc_mean", "id,id,acc_mean"])
+def test_a_truth_header_naming_its_column_twice_is_refused(tmp_path, header):
+    """csv.DictReader keeps the last of two equal names: the other column's values were lost unsaid."""
+    path = tmp_path / "t.csv"
+    path.write_text(f"{header}\na,0.5,0.9\nb,0.7,0.1\n")
+    with pytest.raises(ValueError, match=f"{path}: the header names '(acc_mean|id)' twice"):
+        read_truth(str(path))
+
+
 def test_truth_with_a_byte_order_mark(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes("id,acc_mean\na,0.5\n".encode("utf-8-sig"))

@@ -50,6 +50,10 @@ def _parse_truth(path: str, reader: csv.DictReader) -> Dict[str, float]:
     column = next((c for c in ("acc_mean", "accuracy") if c in fields), None)
     if "id" not in fields or column is None:
         raise ValueError(f"{path}: needs columns 'id' and 'acc_mean' (or 'accuracy'); has {fields}")
+    repeated = sorted({c for c in fields if fields.count(c) > 1} & {"id", column})
+    if repeated:
+        raise ValueError(f"{path}: the header names {', '.join(map(repr, repeated))} twice; which one holds the "
+                         "values is not clear: rename or drop one")
     for row in reader:
         where = f"{path}, line {reader.line_num}"
         arch_id, value = row["id"], row[column]
