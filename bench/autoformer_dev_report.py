@@ -24,7 +24,7 @@ from vitcore.evaluate import (Truth, columns_ceiling, evaluate_columns, format_t
 from vitcore.ranking import CI_LEVEL, kendall_tau
 from vitcore.runs import read_results
 from vitcore.bench.env import environment
-from vitcore.bench.writer import write_text
+from vitcore.bench.writer import publish
 
 KD_COLUMNS = ("c100_kd", "flower_kd", "chaoyang_kd")
 DATA_WORDS = {"synthetic": "N(0, 1) images, labels uniform over the classes",
@@ -184,10 +184,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.columns = [c for c in args.columns.split(",") if c]
     args.command = " ".join(["python -m bench.autoformer_dev_report", *(argv if argv is not None else sys.argv[1:])])
-    text = report(args)
-    write_text(args.out, text)
-    print(text)
-    return 0
+    return publish(args.out, report(args))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from bench.autoformer_dev_report import KD_COLUMNS
 from bench.few_shot_tried import PENALTIES, _tau, load
 from vitcore import calibrate
 from vitcore.bench.env import environment
-from vitcore.bench.writer import write_text
+from vitcore.bench.writer import publish
 
 METHODS = ("selection", "ridge", "ridge + fields")
 
@@ -114,10 +114,7 @@ def main(argv=None) -> int:
               "| | " + " | ".join(METHODS) + " |", "| --- | " + " | ".join("---:" for _ in METHODS) + " |",
               "| as fitted | " + " | ".join(f"{np.mean(gains[m]):+.3f}" for m in METHODS) + " |",
               "| perfect gate | " + " | ".join(f"{np.mean(np.maximum(gains[m], 0)):+.3f}" for m in METHODS) + " |"]
-    text = "\n".join(lines + [""])
-    write_text(args.out, text)
-    print(text)
-    return 0
+    return publish(args.out, "\n".join(lines + [""]))
 
 
 if __name__ == "__main__":

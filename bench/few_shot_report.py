@@ -23,7 +23,7 @@ import time
 
 from bench.autoformer_dev_report import KD_COLUMNS
 from vitcore.bench.env import environment
-from vitcore.bench.writer import write_text
+from vitcore.bench.writer import publish
 from vitcore.calibrate import ALPHA, few_shot
 from vitcore.cli import main as vitcore_main
 from vitcore.evaluate import read_truth_jsonl, with_combined
@@ -184,10 +184,7 @@ def main(argv=None) -> int:
     lines += oracle_section(args, records, columns, [r for r, _, _ in runs])
     if args.alphas:
         lines += alpha_section(args, records, columns)
-    text = "\n".join(lines)
-    write_text(args.out, text)
-    print(text)
-    return 0
+    return publish(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from sklearn.linear_model import RidgeCV
 from bench.few_shot_report import add_inputs
 from vitcore import calibrate
 from vitcore.bench.env import environment
-from vitcore.bench.writer import write_text
+from vitcore.bench.writer import publish
 from vitcore.evaluate import read_truth_jsonl, with_combined
 from vitcore.runs import read_results
 
@@ -215,10 +215,7 @@ def main(argv=None) -> int:
     for k in sorted(ks):
         mean = {m: np.mean([np.mean(r[m]) for r in results if r["k"] == k]) for m in methods}
         lines.append(f"| {k} | " + " | ".join(f"{mean[m]:+.3f}" for m in methods) + " |")
-    text = "\n".join(lines + [""])
-    write_text(args.out, text)
-    print(text)
-    return 0
+    return publish(args.out, "\n".join(lines + [""]))
 
 
 if __name__ == "__main__":

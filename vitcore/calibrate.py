@@ -223,7 +223,7 @@ def _fit(names: List[str], percentiles: np.ndarray, labelled: np.ndarray, acc: n
     return (chosen if lower > 0 else 0), evidence
 
 
-def _check_labels(truth: Mapping[str, float], ids: Sequence[str], n_total: int, failed_ids: Sequence[str] = ()) -> None:
+def _check_labels(truth: Mapping[str, float], ids: Sequence[str], failed_ids: Sequence[str] = ()) -> None:
     if not isinstance(truth, Mapping):
         raise TypeError(f"truth must be a dict of id -> accuracy, got {type(truth).__name__}")
     missing, failed = [i for i in truth if i not in ids], set(failed_ids)
@@ -233,7 +233,7 @@ def _check_labels(truth: Mapping[str, float], ids: Sequence[str], n_total: int, 
                          f"{lost[0]}): leave them out of T, or score them again (vitcore score --resume retries "
                          "failed architectures)")
     if missing:
-        raise ValueError(f"{len(missing)} labelled architectures are not among the {n_total} scored ones "
+        raise ValueError(f"{len(missing)} labelled architectures are not among the {len(ids)} scored ones "
                          f"(first: {missing[0]}): T must be a subset of S")
     bad = {i: a for i, a in truth.items() if not _real(a) or not math.isfinite(_float(a))}
     if bad:
@@ -261,7 +261,7 @@ def fit_rule(records: Sequence[dict], truth: Mapping[str, float], *, alpha: floa
     _check_test(alpha, resamples, seed, reverse)
     matrix = score_matrix(records)
     ids = list(dict.fromkeys(i for col in matrix.values() for i in col))
-    _check_labels(truth, ids, len(ids), [r["id"] for r in records if isinstance(r, dict) and "scores" not in r])
+    _check_labels(truth, ids, [r["id"] for r in records if isinstance(r, dict) and "scores" not in r])
     names, scores, excluded = _candidates(matrix, ids)
     labels, percentiles = _orderings(names, scores, reverse)  # (2P, N)
     position = {i: n for n, i in enumerate(ids)}
@@ -361,7 +361,7 @@ def few_shot(records: Sequence[dict], columns: Mapping[str, Mapping[str, float]]
             raise ValueError(f"column {column!r}: {len(held)} scored architectures have an accuracy; "
                              f"K = {k} needs at least {k + 2} (K labelled, 2 or more to rank)")
         try:
-            _check_labels({ids[n]: acc_of[ids[n]] for n in held}, ids, len(ids))
+            _check_labels({ids[n]: acc_of[ids[n]] for n in held}, ids)
         except ValueError as e:
             raise ValueError(f"column {column!r}: {e}") from None
         acc = np.array([_float(acc_of[ids[n]]) for n in held])

@@ -28,6 +28,13 @@ def write_text(path: str, text: str) -> None:
     write_whole(path, text)
 
 
+def publish(path: str, text: str) -> int:
+    """A report script's end: ``text`` written to ``path`` (``write_text``) and printed; 0, its exit status."""
+    write_text(path, text)
+    print(text)
+    return 0
+
+
 def write_json(path: str, obj) -> None:
     """``obj`` as indented JSON into ``path``, atomically."""
     write_text(path, json.dumps(obj, indent=1) + "\n")

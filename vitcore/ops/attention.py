@@ -166,7 +166,8 @@ def flash_attention(
     read in place), fp16 / bf16 / fp32 (float64 runs the eager reference), 1 <= d <= 256;
     scale (a real number) defaults to 1/sqrt(d). For fp16 / bf16 / fp32 inputs the logits scale * q.k
     must stay within float32's range: the Triton kernels return NaN past |logit| = 2.4e38 (float32's
-    largest value / log2(e)), the eager path, as SDPA, past 3.4e38. The Triton backward is not itself differentiable (no double backward).
+    largest value / log2(e)), the eager path, as SDPA, past 3.4e38. The Triton backward is not itself
+    differentiable (no double backward).
     Returns (B, H, N', d). On the Triton path it is a view of memory laid out (B, N', H, d), so
     ``out.transpose(1, 2).reshape(B, N', H * d)`` is free; the eager fallback (``attention_ref``)
     returns a contiguous (B, H, N', d). fp32 follows ``torch.get_float32_matmul_precision()``.
