@@ -173,7 +173,7 @@ def test_class_probabilities_are_accepted(triton_off):
     (lambda m, x, y: vitcore.score(m, x, y.to_sparse()), TypeError,
      "targets.layout=torch.sparse_coo: expected a dense"),
     (lambda m, x, y: vitcore.score(m, x.double(), y), TypeError,
-     "input dtype torch.float64 does not match the model's torch.float32"),
+     "inputs.dtype=torch.float64 and the model's parameters are torch.float32"),
     (lambda m, x, y: vitcore.score(m, x[0, 0, 0, 0], y), ValueError, r"inputs of shape \(\) hold no examples"),
     (lambda m, x, y: vitcore.score(m, x, y, loss_fn="ce"), TypeError, "loss_fn='ce' must be callable"),
     (lambda m, x, y: vitcore.score(m, x, y, loss_fn=lambda a, b: a), ValueError,
@@ -192,7 +192,7 @@ def test_class_probabilities_are_accepted(triton_off):
     (lambda m, x, y: vitcore.score(m, x[:1], y[:1], proxies=["zico"]), ValueError, "zico needs at least 2 examples"),
     (lambda m, x, y: vitcore.score(m, x, y[:3]), ValueError, "inputs hold 4 examples and targets 3"),
     (lambda m, x, y: vitcore.score(m, x, y.to("meta")), ValueError, "targets are on meta and inputs on cpu"),
-    (lambda m, x, y: vitcore.score(m.to("meta"), x, y), ValueError, "the model is on meta:?0? and inputs on cpu"),
+    (lambda m, x, y: vitcore.score(m.to("meta"), x, y), ValueError, "the model's parameters are on the meta device"),
     (lambda m, x, y: vitcore.score(m.requires_grad_(False), x, y), ValueError,
      "the model has no trainable parameters for params='all'"),
 ])
@@ -407,6 +407,91 @@ def test_a_model_without_layers_fails_fisher_and_zico_whatever_else_is_asked(tri
     assert e.value.errors["zico"].startswith("ValueError: zico reads the gradients of nn.Linear / nn.Conv weights")
     if not alone:
         assert e.value.scores["grad_norm"] == vitcore.score(_BareMatmul(), x, y, proxies=["grad_norm"])["grad_norm"]
+
+
+class _FirstLayerUnderNoGrad(torch.nn.Module):
+    """small_mlp's first Linear run under torch.no_grad() inside forward (a frozen stem)."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x):
+        with torch.no_grad():
+            h = self.mlp[1](self.mlp[0](x))
+        return self.mlp[2:](h)
+
+
+def test_frozen_weights_change_no_proxy_but_what_their_gradients_add(triton_off):
+    """Freezing the first Linear (requires_grad False) takes its weights out of grad_norm and snip: they equal
+    those of the network after it, fed its output. fisher reads activations, not weights: it equals the
+    unfrozen network's, alone or beside jacob_cov (fisher raised autograd's "One of the differentiated
+    Tensors does not require grad" alone, and counted the layer only beside jacob_cov)."""
+    mlp = small_mlp().double()
+    x, y = batch(6, seed=27, dtype=torch.float64, classes=5)
+    tail, stem = mlp[2:], mlp[:2]
+    unfrozen = vitcore.score(mlp, x, y, proxies=["fisher", "jacob_cov"])
+    rest = vitcore.score(tail, stem(x).detach(), y)
+    stem.requires_grad_(False)
+    assert vitcore.score(mlp, x, y) == pytest.approx(rest, rel=1e-12)
+    for proxies in (["fisher"], ["fisher", "jacob_cov"], ["grad_norm", "fisher"]):
+        got = vitcore.score(mlp, x, y, proxies=proxies)
+        assert got["fisher"] == pytest.approx(unfrozen["fisher"], rel=1e-12), proxies
+    assert vitcore.score(mlp, x, y, proxies=["jacob_cov"])["jacob_cov"] == pytest.approx(unfrozen["jacob_cov"],
+                                                                                        rel=1e-9)
+
+
+def test_a_first_layer_under_no_grad_scores_as_the_rest_of_the_network(triton_off):
+    """A Linear run under torch.no_grad() inside forward has no gradient: grad_norm, snip and fisher equal
+    those of the network after it, fed its output; the inputs reach no gradient, so jacob_cov alone fails,
+    with that reason."""
+    mlp = small_mlp().double()
+    x, y = batch(6, seed=28, dtype=torch.float64, classes=5)
+    proxies = ["grad_norm", "snip", "fisher"]
+    want = vitcore.score(mlp[2:], mlp[:2](x).detach(), y, proxies=proxies)
+    with pytest.raises(vitcore.ProxyFailed) as e:
+        vitcore.score(_FirstLayerUnderNoGrad(mlp), x, y, proxies=proxies + ["jacob_cov"])
+    assert set(e.value.errors) == {"jacob_cov"}
+    assert e.value.errors["jacob_cov"].startswith("ValueError: the model's output does not depend on its inputs "
+                                                  "through autograd")
+    for name in proxies:
+        assert e.value.scores[name] == pytest.approx(want[name], rel=1e-12), name
+
+
+def test_synflow_on_a_forward_under_no_grad_is_named(triton_off):
+    model = _Returns(small_mlp(), lambda z: z)
+    model.forward = torch.no_grad()(model.forward)
+    x, y = batch(4, seed=28, dtype=torch.float32, classes=5)
+    with pytest.raises(ValueError, match="the model's output does not depend on its parameters or inputs"):
+        vitcore.score(model, x, y, proxies=["synflow"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_inputs_of_another_dtype_than_the_model_are_named(triton_off, dtype):
+    model = small_mlp().to(dtype)
+    x, y = batch(4, seed=29, dtype=torch.float32, classes=5)
+    for proxies in (["grad_norm"], ["synflow"]):
+        with pytest.raises(TypeError, match=rf"inputs.dtype=torch.float32 and the model's parameters are {dtype}: "
+                                            rf"give inputs of the model's dtype \(inputs.to\({dtype}\)\)"):
+            vitcore.score(model, x, y, proxies=proxies)
+    if dtype != torch.float16:  # float16 Linear on the CPU: not every torch build has it
+        assert math.isfinite(vitcore.score(model, x.to(dtype), y)["grad_norm"])
+
+
+def test_inputs_of_another_dtype_pass_under_autocast(triton_off):
+    """autocast casts each layer's inputs itself: the dtype check stands aside."""
+    model = small_mlp().bfloat16()
+    x, y = batch(4, seed=30, dtype=torch.float32, classes=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert math.isfinite(vitcore.score(model, x, y)["grad_norm"])
+
+
+def test_a_model_on_the_meta_device_is_named(triton_off):
+    with torch.device("meta"):
+        model = small_mlp()
+    x, y = batch(4, seed=31, dtype=torch.float32, classes=5)
+    with pytest.raises(ValueError, match="the model's parameters are on the meta device"):
+        vitcore.score(model, x, y)
 
 
 def test_one_class_logits_are_refused_for_cross_entropy(triton_off):

@@ -24,6 +24,8 @@ ACTIVATION_TYPES = (nn.ReLU, nn.GELU)  # NASWOT reads the sign pattern of their 
 SYNFLOW_BATCHNORM = ("eval", "strip", "keep")  # how synflow's pass treats BatchNorm, see synflow_grads
 PASSES = ("data", "halves", "synflow", "hessian")  # what a proxy unit may ask for (vitcore.proxies.base)
 DATA_TAPS = ("grads", "fisher", "jacobian", "codes")  # what the data pass may record, see DataPass
+NOT_DIFFERENTIABLE = ("the model's output does not depend on its parameters or inputs (detached, or computed "
+                      "under torch.no_grad() inside forward): nothing to differentiate")
 
 
 def layer_weights(model: nn.Module) -> List[torch.Tensor]:
@@ -135,7 +137,8 @@ class DataPass:
     group_grads: List[List[Optional[torch.Tensor]]] = field(default_factory=list)  # per group, per entry
     fisher: List[torch.Tensor] = field(default_factory=list)  # per layer call: mean_b (Σ_n a·da)², (C,)
     fisher_layers: List[nn.Module] = field(default_factory=list)  # the module of each fisher entry
-    jacobian: Optional[torch.Tensor] = None  # (B, input features) float64: d(Σ outputs)/dx per example
+    jacobian: Optional[torch.Tensor] = None  # (B, input features) float64: d(Σ outputs)/dx per example; None
+    # where asked for when the inputs reach the outputs only through torch.no_grad() or a detach
     codes: List[torch.Tensor] = field(default_factory=list)  # per ReLU/GELU call: (B, units) bool, input > 0
     codes_nan: Optional[torch.Tensor] = None  # 0-d bool: did any ReLU/GELU input hold a NaN
     num_outputs: int = 0  # logits.shape[1]: the number of classes targets index
@@ -180,7 +183,7 @@ def data_pass(
     params: the tensors whose loss gradient is wanted (may be empty; "grads" records it);
     groups > 1 also keeps the gradient of each group's mean loss (the batch cut in ``groups``
     equal parts, for ZiCo). taps, from DATA_TAPS: "grads", "fisher" (every Linear/Conv output times
-    its loss gradient), "jacobian" (input gradients of Σ f(x)), "codes" (ReLU/GELU input signs).
+    its loss gradient, frozen weights or not; one computed under torch.no_grad() has none and adds nothing), "jacobian" (input gradients of Σ f(x)), "codes" (ReLU/GELU input signs).
     ignore_index: a target value the loss leaves out (see ``loss_on``); groups must then be 1.
     """
     unknown = set(taps) - set(DATA_TAPS)
@@ -197,7 +200,12 @@ def data_pass(
     jacobians, handles = [], []
     if fisher:
         def keep_output(module, args, output):
-            layer_calls.append((module, output))
+            if output.requires_grad:
+                layer_calls.append((module, output))
+            elif torch.is_grad_enabled():  # frozen weights, inputs without gradient: the loss has one here still
+                leaf = output.detach().requires_grad_(True)
+                layer_calls.append((module, leaf))
+                return leaf.clone()  # a later layer may write in place; the leaf keeps the output's values
 
         handles += [m.register_forward_hook(keep_output) for m in model.modules() if isinstance(m, LAYER_TYPES)]
     if naswot:
@@ -222,8 +230,7 @@ def data_pass(
             with torch.set_grad_enabled(want_loss_grad or jacobian):  # x's clone: a leaf allows no in-place write
                 logits = logits_of(model(x.clone() if jacobian else x), end - start, targets)
             if (want_loss_grad or jacobian) and not logits.requires_grad:
-                raise ValueError("the model's output does not depend on its parameters or inputs (detached, "
-                                 "or computed under torch.no_grad() inside forward): nothing to differentiate")
+                raise ValueError(NOT_DIFFERENTIABLE)
             out.num_outputs = logits.shape[1] if logits.ndim >= 2 else 0
             if out.first_logits is None:
                 out.first_logits = logits.detach()
@@ -246,8 +253,12 @@ def data_pass(
                 fisher_sums = terms if not fisher_sums else [s + t for s, t in zip(fisher_sums, terms)]
                 fisher_layers = [m for m, _, _ in called]
             if jacobian:
-                (jx,) = torch.autograd.grad(logits.sum(), x)
-                jacobians.append(jx.reshape(jx.shape[0], -1))  # (n, input features)
+                (jx,) = torch.autograd.grad(logits.sum(), x, allow_unused=True)
+                if jx is None:  # the inputs reach the logits only through torch.no_grad() or a detach
+                    jacobians = None
+                    jacobian = False  # no retained graph needed for a next chunk; jacob_cov says why
+                else:
+                    jacobians.append(jx.reshape(jx.shape[0], -1))  # (n, input features)
     finally:
         for h in handles:
             h.remove()
@@ -255,7 +266,7 @@ def data_pass(
         chunk_codes.clear()
     out.fisher = [s / B for s in fisher_sums]
     out.fisher_layers = fisher_layers
-    if jacobian:
+    if jacobians:
         out.jacobian = torch.cat(jacobians).double()  # (B, features)
     if naswot:
         out.codes = [torch.cat(call_codes) for call_codes in codes]  # each (B, units); [] when none ran
@@ -346,6 +357,8 @@ def synflow_grads(model: nn.Module, params: List[torch.Tensor], input_shape: tor
         with eager(), torch.enable_grad(), torch.autocast(ones.device.type, enabled=False), _tensors_kept(model), \
                 stripped:
             total = logits_of(functional_call(model, values, (ones,)), 1, None).sum()  # float64 throughout
+            if not total.requires_grad:
+                raise ValueError(NOT_DIFFERENTIABLE)
     finally:
         for m, mode in modes:
             m.training = mode

@@ -21,6 +21,9 @@ def corrcoef(x: torch.Tensor) -> torch.Tensor:
 
 
 def _reduce(ctx: Context) -> torch.Tensor:
+    if ctx.data.jacobian is None:
+        raise ValueError("the model's output does not depend on its inputs through autograd (a detach, or "
+                         "torch.no_grad() inside forward): jacob_cov has no input gradient to read")
     return corrcoef(ctx.data.jacobian)  # (B, B) float64
 
 

@@ -312,6 +312,23 @@ def _check_targets(targets: torch.Tensor, B: int, loss_fn) -> None:
                          "probabilities of shape (B, classes), or int64 class indices of shape (B,)")
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def _check_dtype(model: nn.Module, inputs: torch.Tensor) -> None:
+    """Refuse inputs of another floating dtype than the model's one floating dtype (its parameters and
+    buffers), outside autocast: torch's layers would fail on the first matmul with a dtype message."""
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if len(dtypes) == 1 and inputs.dtype not in dtypes and not _autocast_on(inputs.device.type):
+        (dtype,) = dtypes
+        raise TypeError(f"inputs.dtype={inputs.dtype} and the model's parameters are {dtype}: give inputs of the "
+                        f"model's dtype (inputs.to({dtype})), or build the model in {inputs.dtype}")
+
+
 def score(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -418,8 +435,12 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
         raise RuntimeError("vitcore.score differentiates the model: call it outside torch.inference_mode()")
     if not counted:
         raise ValueError(f"the model has no trainable parameters for {which}")
+    if counted[0].is_meta:
+        raise ValueError("the model's parameters are on the meta device (shapes without values): build it on a "
+                         "real device, or materialise it (model.to_empty(device=...)) and initialise its weights")
     if counted[0].device != inputs.device:
         raise ValueError(f"the model is on {counted[0].device} and inputs on {inputs.device}")
+    _check_dtype(model, inputs)
     fresh = _Fresh(model, inputs)
     try:
         while True:
