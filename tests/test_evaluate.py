@@ -51,6 +51,13 @@ def test_evaluate_cli_table_and_plots(tmp_path, capsys):
     assert "| grad_norm |" in table and "| synflow |" in table
     assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
         "evaluation.md", "scatter-grad_norm.png", "scatter-params.png", "scatter-synflow.png"]
+    # again into that folder with fewer proxies: synflow's plot goes, a file of the user's stays
+    (tmp_path / "ev" / "scatter-mine.png").write_bytes(b"mine")
+    fewer = tmp_path / "fewer.jsonl"
+    main(["score", "--n", "8", "--batch-size", "16", "--proxies", "grad_norm,params", "--out", str(fewer)])
+    main(["evaluate", "--scores", str(fewer), "--truth", str(truth), "--out", str(tmp_path / "ev")])
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
+        "evaluation.md", "scatter-grad_norm.png", "scatter-mine.png", "scatter-params.png"]
 
 
 def test_evaluate_cli_errors(tmp_path, capsys):

@@ -18,6 +18,7 @@ from scipy import stats
 from vitcore.ensemble import COMBINED
 from vitcore.families import VITCORE, Family, Record, check_record, get_family
 from vitcore.paths import check_input_file, json_lines
+from vitcore.proxies import PROXIES
 from vitcore.ranking import (CI_LEVEL, Ceiling, Difference, RankQuality, mean_tau_ceiling, mean_tau_difference,
                              rank_quality)
 from vitcore.runs import check_records
@@ -405,7 +406,9 @@ def format_table(results: Dict[str, RankQuality]) -> str:
 
 
 def scatter_plots(records: List[dict], truth: Dict[str, float], out_dir: str) -> List[str]:
-    """One PNG per proxy: score against accuracy (log x-axis where every score is positive)."""
+    """One PNG per proxy, ``scatter-<proxy>.png`` in ``out_dir``: score against accuracy (log x-axis where
+    every score is positive). An earlier evaluation's plot of a proxy these records do not hold is
+    removed, so the folder shows this evaluation only. Returns the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -428,4 +431,8 @@ def scatter_plots(records: List[dict], truth: Dict[str, float], out_dir: str) ->
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
+    for proxy in (*PROXIES, *COMBINED):
+        stale = os.path.join(out_dir, f"scatter-{proxy}.png")
+        if stale not in paths and os.path.isfile(stale):
+            os.remove(stale)
     return paths
