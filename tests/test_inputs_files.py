@@ -65,6 +65,48 @@ def test_evaluate_refuses_scores_of_two_settings_naming_file_and_line(tmp_path, 
     assert not (tmp_path / "ev" / "evaluation.md").exists()
 
 
+def test_one_architecture_scored_twice_with_other_scores_is_refused(tmp_path, capsys):
+    """One run's file joined with the same run's, grad_norm negated: the last line per id won, and τ changed
+    sign without a word. The same record twice, or a failure then its retried score, still reads."""
+    records = _records(3)
+    flipped = [dict(r, scores={**r["scores"], "grad_norm": -r["scores"]["grad_norm"] - 1}) for r in records]
+    scores = _write(tmp_path / "s.jsonl", records + flipped)
+    truth = _truth(tmp_path / "t.csv", [r["id"] for r in records])
+    err = _exit_error(["evaluate", "--scores", scores, "--truth", truth, "--out", str(tmp_path / "ev")], capsys)
+    assert f"{scores}, line 4: architecture {records[0]['id']} was scored at line 1 with other scores" in err
+    failed = {k: v for k, v in records[0].items() if k not in ("scores", "params")}
+    _write(tmp_path / "ok.jsonl", records + records[:1] + [dict(failed, error="RuntimeError: x")] + records[:1])
+    assert len(read_results(str(tmp_path / "ok.jsonl"))) == 6
+
+
+@pytest.mark.parametrize("name", ["results", "archs", "rule"])
+def test_a_json_key_given_twice_is_refused_naming_it(tmp_path, capsys, name):
+    """Python's json keeps a repeated key's last value: "patch_size": 2, ..., "patch_size": 4 scored patch 4,
+    and a rule naming "proxy" twice ranked by the second while printing the first's reason."""
+    records = _records(2)
+    text = json.dumps(records[1])
+    doubled = text[:-1] + ', "id": "x"}'
+    if name == "results":
+        path = tmp_path / "s.jsonl"
+        path.write_text(json.dumps(records[0]) + "\n" + doubled + "\n")
+        argv = ["evaluate", "--scores", str(path), "--truth", _truth(tmp_path / "t.csv", ["a", "b"])]
+        where = f"{path}, line 2: "
+    elif name == "archs":
+        path = tmp_path / "a.jsonl"
+        arch = json.dumps(records[0]["arch"])
+        path.write_text(json.dumps(records[1]["arch"]) + "\n" + arch[:-1] + ', "patch_size": 4}\n')
+        argv = ["score", "--archs", str(path), "--out", str(tmp_path / "o.jsonl")]
+        where, doubled = f"{path}, line 2: ", "patch_size"
+    else:
+        path = tmp_path / "rule.json"
+        path.write_text('{"proxy": "params", "proxy": "snip", "reversed": false}')
+        argv = ["rank", "--rule", str(path), "--scores", _write(tmp_path / "s.jsonl", records)]
+        where, doubled = f"rule file {str(path)!r}: ", "proxy"
+    key = "id" if name == "results" else doubled
+    err = _exit_error(argv, capsys)
+    assert f"{where}key {key!r} appears twice in one JSON object" in err
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda r: r["scores"].pop("params"), "line 3: scores other proxies than line 1 (lacks params)"),
     (lambda r: r["scores"].update(snip=1.0), "line 3: scores other proxies than line 1 (has snip too)"),

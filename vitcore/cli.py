@@ -30,7 +30,7 @@ from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_cei
                               evaluate_columns, format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any,
                               scatter_plots, with_combined)
 from vitcore.families import FAMILY_HELP, VITCORE, get_family
-from vitcore.paths import check_input_file, check_out_file, check_writable, strict_json, write_whole
+from vitcore.paths import DuplicateKey, check_input_file, check_out_file, check_writable, load_json, strict_json, write_whole
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs
@@ -201,11 +201,14 @@ def cmd_rank(args) -> int:
     path = check_input_file(args.rule, "rule file")
     try:
         with open(path, encoding="utf-8-sig") as f:
-            rule = Rule.from_dict(json.load(f), path)
+            document = load_json(f.read())
+    except DuplicateKey as e:
+        raise ValueError(f"rule file {path!r}: {e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"rule file {path!r} is not JSON ({e})") from None
     except RecursionError:
         raise ValueError(f"rule file {path!r} is nested too deeply to be a vitcore rule") from None
+    rule = Rule.from_dict(document, path)
     if args.out is not None:
         check_writable(check_out_file(args.out, example="ranked.jsonl", inputs=[args.scores, path]))
     records = _records(args.scores)

@@ -39,11 +39,30 @@ def check_input_file(path, what: str) -> str:
     return path
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice (Python's json keeps the last value silently)."""
+
+
+def _unique_keys(pairs):
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateKey(f"key {key!r} appears twice in one JSON object; give each key once")
+        obj[key] = value
+    return obj
+
+
+def load_json(text: Union[str, bytes]):
+    """``json.loads`` that refuses an object naming a key twice (DuplicateKey, a ValueError)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[str, object]]:
     """(where, value) for each non-blank line of a JSON-lines file, ``where`` = "PATH, line N" (numbered
     as an editor numbers them) for the caller's own errors. ``lines`` are text, or bytes decoded as UTF-8
     (a file opened in binary mode); a byte-order mark before line 1 is dropped. Raises ValueError naming
-    the line for a line that is not UTF-8 or not JSON (with the column of the JSON error)."""
+    the line for a line that is not UTF-8 or not JSON (with the column of the JSON error), or whose
+    object names a key twice."""
     for number, line in enumerate(lines, 1):
         where = f"{path}, line {number}"
         if isinstance(line, bytes):
@@ -56,9 +75,11 @@ def json_lines(path: str, lines: Iterable[Union[str, bytes]]) -> Iterator[Tuple[
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = load_json(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
+        except DuplicateKey as e:
+            raise ValueError(f"{where}: {e}") from None
         except RecursionError:
             raise ValueError(f"{where}: JSON nested too deeply to be read") from None
         yield where, value

@@ -26,7 +26,7 @@ from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
 from vitcore.families import TIMM, VITCORE, BrokenBuilder, Family, Record, build_record, check_record, get_family
 from vitcore.model import INIT_SCHEME
-from vitcore.paths import check_input_file, check_out_file, free_name, json_lines, lock
+from vitcore.paths import DuplicateKey, check_input_file, check_out_file, free_name, json_lines, load_json, lock
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, UNITS, ProxyFailed, check_proxies, score
 from vitcore.proxies.plan import NeedsViT, passes_end_marks
 from vitcore.space import ARCH_TYPES, AnyArch, arch_from_dict, get_space, is_arch_id, sample, without_label
@@ -78,7 +78,9 @@ def read_archs(path: str, family: Union[str, Family] = VITCORE) -> List[Union[An
         line = data.count(b"\n", 0, e.start) + 1
         raise ValueError(f"{path}, line {line}: not UTF-8 text") from None
     try:
-        document = json.loads(text)
+        document = load_json(text)
+    except DuplicateKey as e:
+        raise ValueError(f"{path}: {e}") from None
     except json.JSONDecodeError as e:
         if text.lstrip().startswith("["):  # a JSON list with a syntax error
             raise ValueError(f"{path}, line {e.lineno}: not JSON ({e.msg})") from None
@@ -207,13 +209,15 @@ def check_records(lines: Sequence[Tuple[str, object]]) -> List[dict]:
     writes it, has ``arch``). One run's records throughout: the same
     ``settings`` on every record, and the same proxies in every ``scores``, else τ would compare
     scores made on other batches or seeds, or proxies a record lacks. ValueError naming where, the bad
-    value and, for a mismatch, the first record it differs from.
+    value and, for a mismatch, the first record it differs from; two scored records of one id must hold
+    the same scores (a retried failure is scored once; two runs' files joined are refused).
 
     Every reader of results goes through it: ``read_results`` (``vitcore score --resume``, ``vitcore
     evaluate --scores``, the shards of ``vitcore.distributed``) and ``vitcore.evaluate.evaluate``.
     """
     records = []
     first = scored = None  # (where, record) of the first record, and of the first scored one
+    scored_ids: Dict[str, Tuple[str, dict]] = {}  # id: (where, scores) of its first scored record
     for where, record in lines:
         record = _check_fields(where, record)
         if first is None:
@@ -232,8 +236,18 @@ def check_records(lines: Sequence[Tuple[str, object]]) -> List[dict]:
                                  + (f" (lacks {', '.join(missing)})" if missing else "")
                                  + (f" (has {', '.join(extra)} too)" if extra else "")
                                  + "; every record of one run scores the same proxies")
+            earlier = scored_ids.setdefault(record["id"], (where, record["scores"]))
+            if earlier[1] is not record["scores"] and not _same_scores(earlier[1], record["scores"]):
+                raise ValueError(f"{where}: architecture {record['id']} was scored at {_line_of(earlier[0])} with "
+                                 "other scores; a run scores an architecture once (two runs' files joined?): "
+                                 "keep one run's records")
         records.append(record)
     return records
+
+
+def _same_scores(a: dict, b: dict) -> bool:
+    """Whether two records' scores are equal, NaN equal to NaN."""
+    return all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
 def _line_of(where: str) -> str:

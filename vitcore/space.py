@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Tuple, Union
 from tqdm import tqdm
 
 from vitcore.model import ViTConfig, positive_int
+from vitcore.paths import load_json
 from vitcore.pit import PiTConfig
 
 
@@ -217,7 +218,7 @@ class _Serial:
     def from_json(cls, text: str):
         if not isinstance(text, (str, bytes)):
             raise TypeError(f"text must be a JSON string, got {type(text).__name__}")
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(load_json(text))
 
 
 @dataclass(frozen=True)
