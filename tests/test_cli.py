@@ -93,6 +93,23 @@ def test_synthetic_data_and_module_entry_point(tmp_path):
     assert all(set(r["scores"]) == {"snip", "plain"} and r["settings"]["attention"] == "eager" for r in _lines(out))
 
 
+def test_a_closed_stderr_or_a_reader_gone_from_stdout_keeps_the_results(tmp_path):
+    """`2>&-` made Python's sys.stderr None, and the progress bar failed every architecture; a reader that
+    left stdout (`| head -1`) ended in a one-line error and exit 2, which means bad input: now the status
+    SIGPIPE gives (141), no message, every result written."""
+    base = [sys.executable, "-m", "vitcore", "score", "--n", "2", "--batch-size", "8", "--out"]
+    closed = subprocess.run(base + [str(tmp_path / "a.jsonl")], stdout=subprocess.DEVNULL,
+                            preexec_fn=lambda: os.close(2), timeout=300)
+    assert closed.returncode == 0 and all("scores" in r for r in _lines(tmp_path / "a.jsonl"))
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: the first print raises BrokenPipeError
+    gone = subprocess.run(base + [str(tmp_path / "b.jsonl")], stdout=write, stderr=subprocess.PIPE, text=True,
+                          timeout=300)
+    os.close(write)
+    assert gone.returncode == 141 and "Traceback" not in gone.stderr and "error" not in gone.stderr
+    assert len(_lines(tmp_path / "b.jsonl")) == 2
+
+
 def test_ranked_table_puts_nan_last(capsys):
     arch = sample(SPACES["small"], 1)[0].to_dict()
     records = [{"id": f"a{i}", "arch": arch, "params": 1, "scores": {"jacob_cov": v}}

@@ -79,6 +79,13 @@ def test_one_architecture_scored_twice_with_other_scores_is_refused(tmp_path, ca
     assert len(read_results(str(tmp_path / "ok.jsonl"))) == 6
 
 
+def test_a_bad_vitcore_triton_stops_the_run_before_it_scores(tmp_path, capsys, monkeypatch):
+    """VITCORE_TRITON=yes failed every architecture (exit 1, a failure line each): now one error, exit 2."""
+    monkeypatch.setenv("VITCORE_TRITON", "yes")
+    err = _exit_error(["score", "--n", "2", "--out", str(tmp_path / "o.jsonl")], capsys)
+    assert "VITCORE_TRITON='yes': expected '0', '1' or unset" in err and not (tmp_path / "o.jsonl").exists()
+
+
 @pytest.mark.parametrize("name", ["results", "archs", "rule"])
 def test_a_json_key_given_twice_is_refused_naming_it(tmp_path, capsys, name):
     """Python's json keeps a repeated key's last value: "patch_size": 2, ..., "patch_size": 4 scored patch 4,

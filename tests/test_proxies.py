@@ -1,6 +1,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -476,6 +477,22 @@ def test_inputs_of_another_dtype_than_the_model_are_named(triton_off, dtype):
             vitcore.score(model, x, y, proxies=proxies)
     if dtype != torch.float16:  # float16 Linear on the CPU: not every torch build has it
         assert math.isfinite(vitcore.score(model, x.to(dtype), y)["grad_norm"])
+
+
+def test_a_buffer_of_another_dtype_does_not_hide_the_inputs_dtype(triton_off):
+    """float32 weights beside a float64 buffer, float64 inputs: torch's "mat1 and mat2 must have the same
+    dtype" came from the first layer; the parameters' dtype decides."""
+    model = small_mlp()
+    model.register_buffer("table", torch.zeros(3, dtype=torch.float64))
+    x, y = batch(4, seed=32, dtype=torch.float64, classes=5)
+    with pytest.raises(TypeError, match="inputs.dtype=torch.float64 and the model's parameters are torch.float32"):
+        vitcore.score(model, x, y)
+
+
+def test_numpy_ints_are_taken_for_chunks_and_num_classes(triton_off):
+    model, (x, y) = small_mlp(), batch(4, seed=33, dtype=torch.float32, classes=5)
+    assert vitcore.score(model, x, y, chunks=np.int64(2), num_classes=np.int64(5)) == \
+        vitcore.score(model, x, y, chunks=2, num_classes=5)
 
 
 def test_inputs_of_another_dtype_pass_under_autocast(triton_off):

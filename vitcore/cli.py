@@ -496,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    if sys.stdout is None or sys.stderr is None:  # started with a closed stream (2>&-): write nowhere, not fail
+        sys.stdout, sys.stderr = sys.stdout or open(os.devnull, "w"), sys.stderr or open(os.devnull, "w")
     for stream in (sys.stdout, sys.stderr):  # a console or redirect in cp1252 or ASCII: τ printed as \u03c4,
         if isinstance(stream, io.TextIOWrapper):  # not an error after the work is done
             stream.reconfigure(errors="backslashreplace")
@@ -507,5 +509,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.exit(1, f"vitcore {args.command}: {e}\n")
     except Stopped as e:  # a --workers run stopped by a signal: the status a process the signal ends has
         parser.exit(128 + e.signum, f"vitcore {args.command}: {e}\n")
+    except BrokenPipeError:  # the reader of stdout left (| head): results are kept; end as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
+        return 141  # 128 + SIGPIPE (13): the status of a process that SIGPIPE ends
     except (ValueError, TypeError, OSError) as e:  # OSError: a full disk, a file gone meanwhile
         parser.exit(2, f"vitcore {args.command}: error: {e}\n")

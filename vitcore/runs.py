@@ -26,6 +26,7 @@ from vitcore.attention_choice import check_attention
 from vitcore.data import Batch, load_batch
 from vitcore.families import TIMM, VITCORE, BrokenBuilder, Family, Record, build_record, check_record, get_family
 from vitcore.model import INIT_SCHEME
+from vitcore.ops.dispatch import check_dispatch
 from vitcore.paths import DuplicateKey, check_input_file, check_out_file, free_name, json_lines, load_json, lock
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, UNITS, ProxyFailed, check_proxies, score
 from vitcore.proxies.plan import NeedsViT, passes_end_marks
@@ -479,6 +480,7 @@ def score_archs(archs: Sequence[AnyArch], batch: Batch, out: str = DEFAULT_OUT, 
     _check_family_attention(family, attention)
     out = check_out_file(out)
     run_device = resolve_device(device)
+    check_dispatch(run_device)
     settings = run_settings(batch, proxies, mode, params, seed, run_device, dtype, attention, space, family)
     versions = _versions()
 
@@ -618,7 +620,7 @@ def run_scoring(out: str = DEFAULT_OUT, *, space: str = "small", n: Optional[int
     if workers > len(chosen):
         print(f"--workers {workers}: {len(chosen)} architectures, so {len(chosen)} processes", file=sys.stderr)
         workers = len(chosen)
-    resolve_device(device)
+    check_dispatch(resolve_device(device))
     batch = load_batch(data, batch_size, seed, search_space)
     proxies = _check_settings(proxies, batch, mode, params, dtype)  # a list: a generator is read once
     if workers > 1:  # the inputs above are checked once, here, before the workers start

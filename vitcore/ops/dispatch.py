@@ -126,6 +126,15 @@ def _interpreter_cannot(dtype: torch.dtype) -> bool:
     return True
 
 
+def check_dispatch(device: torch.device) -> None:
+    """``use_triton``'s checks for tensors on ``device``, up front (before a run scores anything):
+    ValueError naming a bad ``VITCORE_TRITON`` or a setting that cannot be honoured there."""
+    try:
+        use_triton(torch.empty(0, device=device))
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+
+
 def use_triton(tensor: torch.Tensor, uses_dot: bool = False) -> bool:
     """Whether ops on ``tensor`` run their Triton kernel (True) or eager reference (False).
 

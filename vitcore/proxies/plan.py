@@ -2,6 +2,7 @@
 import contextlib
 import contextvars
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -320,9 +321,9 @@ def _autocast_on(device_type: str) -> bool:
 
 
 def _check_dtype(model: nn.Module, inputs: torch.Tensor) -> None:
-    """Refuse inputs of another floating dtype than the model's one floating dtype (its parameters and
-    buffers), outside autocast: torch's layers would fail on the first matmul with a dtype message."""
-    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    """Refuse inputs of another floating dtype than the model's one parameter dtype, outside autocast:
+    torch's layers would fail on the first matmul with a dtype message."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if len(dtypes) == 1 and inputs.dtype not in dtypes and not _autocast_on(inputs.device.type):
         (dtype,) = dtypes
         raise TypeError(f"inputs.dtype={inputs.dtype} and the model's parameters are {dtype}: give inputs of the "
@@ -392,9 +393,10 @@ def score(
         raise ValueError(f"mode={mode!r}; valid: {', '.join(GRAD_NORM_MODES)}")
     if params not in PARAM_SETS:
         raise ValueError(f"params={params!r}; valid: {', '.join(PARAM_SETS)}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
                                     or num_classes < 0):
         raise ValueError(f"num_classes={num_classes!r:.40}: expected an int >= 0 or None")
+    num_classes = None if num_classes is None else int(num_classes)  # a numpy int too
     return score_counted(model, inputs, targets, loss_fn, names, mode, counted_tensors(model, params),
                          chunks, f"params={params!r}", Settings(num_classes=num_classes))
 
@@ -421,8 +423,9 @@ def score_counted(model, inputs, targets, loss_fn, names, mode, counted, chunks,
                          "has a gradient to read; give labelled examples")
     if targets.device != inputs.device:
         raise ValueError(f"targets are on {targets.device} and inputs on {inputs.device}")
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= B:
+    if isinstance(chunks, bool) or not isinstance(chunks, numbers.Integral) or not 1 <= chunks <= B:
         raise ValueError(f"chunks={chunks!r} must be an int in 1..{B} (the batch size)")
+    chunks = int(chunks)  # a numpy int too
     for name in names:
         if B < units[name].min_batch:
             raise ValueError(f"{name} needs at least {units[name].min_batch} examples; the batch holds {B}")
