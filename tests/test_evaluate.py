@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import warnings
 
 import pytest
@@ -75,7 +76,8 @@ def test_evaluate_cli_errors(tmp_path, capsys):
     scores.write_text(json.dumps({"id": sample(SPACES["small"], 1)[0].id, "scores": {"snip": 1.0}}) + "\n")
     with pytest.raises(SystemExit):
         main(["evaluate", "--scores", str(scores), "--truth", str(bad)])
-    assert "needs columns 'id' and 'acc_mean'" in capsys.readouterr().err
+    assert "needs a header naming columns 'id' and 'acc_mean' (or 'accuracy') as its first line; its first line " \
+           "has ['name', 'acc']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("csv_text, message", [
@@ -206,3 +208,15 @@ def test_ids_written_otherwise_are_named_when_nothing_matches():
         evaluate(records, {f" A{i}": float(i) for i in range(3)})
     with pytest.raises(ValueError, match=r"only 0 scored .* \(first scored id 'a0', first truth id 'z'\)"):
         evaluate(records, {"z": 1.0, "y": 2.0})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,acc_mean\na,91_0\nb,1\n", "line 2: acc_mean='91_0' is not a number"),  # float() read 910.0
+    ("\nid,acc_mean\na,1\nb,2\n", "as its first line; its first line is empty"),
+    ("# accuracies\nid,acc_mean\na,1\n", "as its first line; its first line has ['# accuracies']"),
+])
+def test_a_csv_truth_that_is_not_plain_is_named(tmp_path, text, message):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_truth(str(path))

@@ -50,7 +50,9 @@ def _parse_truth(path: str, reader: csv.DictReader) -> Dict[str, float]:
     fields = reader.fieldnames or []
     column = next((c for c in ("acc_mean", "accuracy") if c in fields), None)
     if "id" not in fields or column is None:
-        raise ValueError(f"{path}: needs columns 'id' and 'acc_mean' (or 'accuracy'); has {fields}")
+        first = f"has {fields}" if fields else "is empty"
+        raise ValueError(f"{path}: needs a header naming columns 'id' and 'acc_mean' (or 'accuracy') as its "
+                         f"first line; its first line {first}")
     repeated = sorted({c for c in fields if fields.count(c) > 1} & {"id", column})
     if repeated:
         raise ValueError(f"{path}: the header names {', '.join(map(repr, repeated))} twice; which one holds the "
@@ -59,6 +61,8 @@ def _parse_truth(path: str, reader: csv.DictReader) -> Dict[str, float]:
         where = f"{path}, line {reader.line_num}"
         arch_id, value = row["id"], row[column]
         try:
+            if "_" in value:  # float() reads "91_0" as 910.0 (Python's digit grouping)
+                raise ValueError
             acc = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: {column}={value!r} is not a number") from None
