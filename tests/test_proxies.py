@@ -556,3 +556,61 @@ def test_int_targets_of_another_shape_go_to_a_callers_loss(triton_off):
     model, (x, y) = small_mlp(), batch(4, seed=26, dtype=torch.float32, classes=5)
     got = vitcore.score(model, x, y[:, None], loss_fn=lambda z, t: F.cross_entropy(z, t[:, 0]))
     assert got == vitcore.score(model, x, y)
+
+
+class _Tokens(torch.nn.Module):
+    """8x8 images as 8 tokens of 8 features through nn.MultiheadAttention, whose input projection is no
+    Linear module (torchvision's ViT and nn.TransformerEncoderLayer hold theirs so)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = torch.nn.Linear(8, 8), torch.nn.Linear(8, 5)
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        t = self.embed(x.reshape(len(x), 8, 8))
+        return self.head(self.attn(t, t, t, need_weights=False)[0].mean(1))
+
+
+def _weight_normed():
+    mlp = small_mlp()
+    torch.nn.utils.parametrizations.weight_norm(mlp[1])
+    return mlp
+
+
+def _layer_reference(model, x, y, groups):
+    """grad_norm and snip over ``groups``' tensors and zico over the groups (layers), from float64
+    gradients of the whole batch and of its two halves."""
+    flat = [p for g in groups for p in g]
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), flat)
+    half = len(x) // 2
+    g1, g2 = (torch.autograd.grad(F.cross_entropy(model(xs), ys), flat)
+              for xs, ys in ((x[:half], y[:half]), (x[half:], y[half:])))
+    zico, i = 0.0, 0
+    for group in groups:
+        ratio = 0.0
+        for a, b in zip(g1[i:i + len(group)], g2[i:i + len(group)]):
+            keep = (a - b) != 0
+            ratio += ((a.abs() + b.abs())[keep] / (a - b).abs()[keep]).sum().item()
+        zico += math.log(ratio)
+        i += len(group)
+    return {"grad_norm": math.sqrt(sum(g.pow(2).sum().item() for g in grads)),
+            "snip": sum((g * p).abs().sum().item() for g, p in zip(grads, flat)), "zico": zico}
+
+
+@pytest.mark.parametrize("build, groups", [
+    (_weight_normed, lambda m: [[m[1].parametrizations.weight.original0, m[1].parametrizations.weight.original1],
+                                [m[3].weight], [m[5].weight]]),
+    (_Tokens, lambda m: [[m.embed.weight], [m.attn.in_proj_weight], [m.attn.out_proj.weight], [m.head.weight]]),
+])
+def test_layer_weights_behind_weight_norm_and_multihead_attention(triton_off, build, groups):
+    """params="weights" and zico read a layer's weight: under weight_norm (a weight computed on every
+    forward) they read the g and v it is made from (they read the computed tensor, which has no gradient, and
+    zico raised a KeyError), and nn.MultiheadAttention's input projection (left out)."""
+    torch.manual_seed(0)
+    model = build().double()
+    x, y = batch(6, seed=34, dtype=torch.float64, classes=5)
+    want = _layer_reference(model, x, y, groups(model))
+    got = {**vitcore.score(model, x, y, proxies=["grad_norm", "snip"], params="weights"),
+           **vitcore.score(model, x, y, proxies=["zico"])}
+    assert got == pytest.approx(want, rel=1e-9)

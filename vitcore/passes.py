@@ -28,14 +28,36 @@ NOT_DIFFERENTIABLE = ("the model's output does not depend on its parameters or i
                       "under torch.no_grad() inside forward): nothing to differentiate")
 
 
-def layer_weights(model: nn.Module) -> List[torch.Tensor]:
-    """The trainable weights of the model's Linear and Conv layers, each once, in module order."""
-    seen, weights = set(), []
+def _weight_parameters(m: nn.Module) -> List[torch.Tensor]:
+    """The parameters a layer's weight is: ``weight`` itself, or, for a weight computed on every forward
+    (``weight_norm``, ``spectral_norm``, ``torch.nn.utils.parametrize``), the parameters it is computed
+    from (g and v, the original), whose gradients the loss has; nn.MultiheadAttention's input projection
+    (``in_proj_weight``, or its q / k / v weights), which is no Linear module."""
+    if isinstance(m, nn.MultiheadAttention):
+        names = ("in_proj_weight",) if m.in_proj_weight is not None else ("q_proj_weight", "k_proj_weight",
+                                                                            "v_proj_weight")
+        return [getattr(m, name) for name in names]
+    if isinstance(m._parameters.get("weight"), nn.Parameter):
+        return [m.weight]
+    return [p for name, p in m.named_parameters() if name != "bias" and not name.startswith("parametrizations.bias.")]
+
+
+def layer_weight_groups(model: nn.Module) -> List[List[torch.Tensor]]:
+    """Per Linear / Conv layer (and nn.MultiheadAttention input projection), in module order, its trainable
+    weight tensors (``_weight_parameters``); a tensor shared by several layers counts once, with the first."""
+    seen, groups = set(), []
     for m in model.modules():
-        if isinstance(m, LAYER_TYPES) and m.weight.requires_grad and id(m.weight) not in seen:
-            seen.add(id(m.weight))
-            weights.append(m.weight)
-    return weights
+        if isinstance(m, LAYER_TYPES + (nn.MultiheadAttention,)):
+            group = [p for p in _weight_parameters(m) if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in group)
+            if group:
+                groups.append(group)
+    return groups
+
+
+def layer_weights(model: nn.Module) -> List[torch.Tensor]:
+    """The trainable weight tensors of the model's layers (``layer_weight_groups``), each once."""
+    return [p for group in layer_weight_groups(model) for p in group]
 
 
 def split(n: int, chunks: int, groups: int = 1) -> List[Tuple[int, int, int]]:

@@ -93,7 +93,7 @@ def check_proxies(proxies: Iterable[str]) -> List[str]:
 
 
 def counted_tensors(model: nn.Module, which: str) -> List[torch.Tensor]:
-    """``params="all"``: every trainable tensor once; ``"weights"``: Linear/Conv weights once each."""
+    """``params="all"``: every trainable tensor once; ``"weights"``: layer weights once each (``layer_weights``)."""
     if which == "weights":
         return layer_weights(model)
     return [p for p in model.parameters() if p.requires_grad]
@@ -367,7 +367,9 @@ def score(
 
     ``mode`` changes grad_norm only (``GRAD_NORM_MODES``); ``params`` picks the counted tensors
     (``"all"``: every trainable tensor once, ``"weights"``: each Linear/Conv weight once, even if
-    shared by several modules; ``vitcore.compat.find_measures`` counts per module instead);
+    shared by several modules, the parameters a computed weight is made from (``weight_norm``'s g and v)
+    and nn.MultiheadAttention's input projection, see ``vitcore.passes.layer_weight_groups``;
+    ``vitcore.compat.find_measures`` counts per module instead);
     ``chunks`` splits the batch to fit memory without changing the scores (up to rounding; except
     with layers that normalise with batch statistics, such as BatchNorm in train mode), and on CUDA
     out-of-memory the split doubles automatically, with a warning when the model has BatchNorm.
