@@ -165,3 +165,22 @@ def test_score_report_refuses_a_bad_workers_list_naming_it(value, monkeypatch, c
         score_report.main()
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "--workers" in err and repr(value) in err, err
+
+
+def test_attention_logit_range_refuses_to_run_without_the_triton_path(triton_off, tmp_path):
+    from bench import attention_logit_range
+
+    with pytest.raises(SystemExit) as exit_info:
+        attention_logit_range.main(["--out", str(tmp_path / "r.md"), "--device", "cpu"])
+    assert exit_info.value.code == 2 and not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.parametrize("on_eager", [False, True])
+def test_attention_logit_range_errors_at_ordinary_logits_are_rounding(triton_on, on_eager):
+    """At |logit| ~4 both paths are within a few fp32 roundings of float64: the report's small numbers are
+    errors, not a broken comparison."""
+    from bench import attention_logit_range
+
+    e = attention_logit_range.errors(1.0, "cuda" if torch.cuda.is_available() else "cpu", on_eager)
+    assert 1 < e["logit"] < 10 and e["dq_norm"] == pytest.approx(e["dq64_norm"], rel=1e-5)
+    assert all(0 < e[name] < 1e-5 for name in ("out", "dq", "dk", "dv")), e

@@ -166,8 +166,14 @@ def flash_attention(
     read in place), fp16 / bf16 / fp32 (float64 runs the eager reference), 1 <= d <= 256;
     scale (a real number) defaults to 1/sqrt(d). For fp16 / bf16 / fp32 inputs the logits scale * q.k
     must stay within float32's range: the Triton kernels return NaN past |logit| = 2.4e38 (float32's
-    largest value / log2(e)), the eager path, as SDPA, past 3.4e38. The Triton backward is not itself
-    differentiable (no double backward).
+    largest value / log2(e)), the eager path, as SDPA, past 3.4e38. The Triton backward recomputes the
+    probabilities from the scores and the forward's row log-sum-exp, whose rounding (about
+    |logit| · 2^-24) the eager backward, which keeps the probabilities, does not see. In fp32 against
+    float64 (Triton's interpreter, ``bench/results/cpu-2026-12-07-attention-logit-range.md``): both within
+    1e-5 relative error up to |logit| 411; at 4.1e3 the Triton dV 8.5e-5 (eager 2.4e-8); from 4.1e6, where
+    the softmax saturates, dV 0.08 to 0.5 (eager 2e-8) and a dQ of norm up to 928 where the true one is 0.
+    Logits that large need attention="eager" or "sdpa". The Triton backward is not itself differentiable
+    (no double backward).
     Returns (B, H, N', d). On the Triton path it is a view of memory laid out (B, N', H, d), so
     ``out.transpose(1, 2).reshape(B, N', H * d)`` is free; the eager fallback (``attention_ref``)
     returns a contiguous (B, H, N', d). fp32 follows ``torch.get_float32_matmul_precision()``.
