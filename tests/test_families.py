@@ -356,3 +356,22 @@ def test_a_builder_that_cannot_take_record_device_seed_is_refused_up_front(name,
         main(["score", "--family", name, "--archs", str(archs), "--out", str(tmp_path / "r.jsonl")])
     assert e.value.code == 2 and "cannot be called as (record, device, seed)" in capsys.readouterr().err
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_calibrate_and_rank_on_a_users_family(tmp_path, capsys):
+    """A user's records scored, a rule fitted on five of them, and every record ranked by it: the records'
+    ids (given or hashed) are those of the truth and the ranking, as for vitcore's ViTs."""
+    records = [{"id": f"cnn-{i}", "widths": w, "kernel": k}
+               for i, (w, k) in enumerate([([2], 3), ([4], 3), ([4, 8], 3), ([8], 5), ([6, 6], 3), ([8, 8], 5)])]
+    out = tmp_path / "r.jsonl"
+    assert main(["score", "--family", CNN, "--archs", _write_records(tmp_path / "cnn.jsonl", records),
+                 "--batch-size", "8", "--proxies", "grad_norm,params", "--device", "cpu", "--out", str(out)]) == 0
+    params = {r["id"]: r["params"] for r in read_results(str(out))}
+    truth = tmp_path / "t.csv"  # accuracy follows the parameter count: the rule keeps params
+    truth.write_text("id,acc_mean\n" + "".join(f"cnn-{i},{params[f'cnn-{i}'] / 1e4}\n" for i in range(5)))
+    rule, ranked = tmp_path / "rule.json", tmp_path / "ranked.jsonl"
+    assert main(["calibrate", "--scores", str(out), "--truth", str(truth), "--out", str(rule)]) == 0
+    assert json.loads(rule.read_text())["proxy"] == "params"
+    assert main(["rank", "--scores", str(out), "--rule", str(rule), "--out", str(ranked)]) == 0
+    rows = [json.loads(line) for line in ranked.read_text().splitlines()]
+    assert [r["id"] for r in rows] == sorted(params, key=params.get, reverse=True)
