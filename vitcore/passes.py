@@ -205,7 +205,8 @@ def data_pass(
     params: the tensors whose loss gradient is wanted (may be empty; "grads" records it);
     groups > 1 also keeps the gradient of each group's mean loss (the batch cut in ``groups``
     equal parts, for ZiCo). taps, from DATA_TAPS: "grads", "fisher" (every Linear/Conv output times
-    its loss gradient, frozen weights or not; one computed under torch.no_grad() has none and adds nothing), "jacobian" (input gradients of Σ f(x)), "codes" (ReLU/GELU input signs).
+    its loss gradient, frozen weights or not; one computed under torch.no_grad() has none and adds
+    nothing), "jacobian" (input gradients of Σ f(x)), "codes" (ReLU/GELU input signs).
     ignore_index: a target value the loss leaves out (see ``loss_on``); groups must then be 1.
     """
     unknown = set(taps) - set(DATA_TAPS)
