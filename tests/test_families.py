@@ -4,6 +4,8 @@ front; the resume key. The timm family's tests are in test_timm.py."""
 import json
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 
 from vitcore.cli import main
 from vitcore.data import load_batch
+from vitcore.distributed import TIMING_FIELDS
 from vitcore.examples import cnn_family
 from vitcore.families import Record, get_family
 from vitcore.runs import read_archs, read_results, run_scoring, score_archs
@@ -375,3 +378,24 @@ def test_calibrate_and_rank_on_a_users_family(tmp_path, capsys):
     assert main(["rank", "--scores", str(out), "--rule", str(rule), "--out", str(ranked)]) == 0
     rows = [json.loads(line) for line in ranked.read_text().splitlines()]
     assert [r["id"] for r in rows] == sorted(params, key=params.get, reverse=True)
+
+
+def test_torchrun_scores_a_users_family_as_one_process_does(tmp_path, monkeypatch):
+    """docs/models.md: torchrun shares a user's records between its ranks as it does vitcore's spaces."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    common = ["score", "--family", CNN, "--archs", _write_records(tmp_path / "cnn.jsonl"), "--batch-size", "8",
+              "--proxies", PROXIES, "--device", "cpu"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank computes
+    try:
+        assert main(common + ["--out", str(tmp_path / "one.jsonl")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "vitcore",
+                          *common, "--out", str(tmp_path / "two.jsonl")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = ([{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_results(str(tmp_path / f))]
+                for f in ("one.jsonl", "two.jsonl"))
+    assert sorted(two, key=lambda r: r["id"]) == sorted(one, key=lambda r: r["id"]) and len(one) == 3
