@@ -57,7 +57,7 @@ TARGETS = {
 VARIANTS = [("float16", "tf32"), ("bfloat16", "tf32"), ("float32", "tf32"), ("float32", "tf32x3")]
 PHASES = ("fwd", "dq", "dkdv")
 N_CTX = 197  # a 224x224 ViT's tokens with 16x16 patches (196 + the class token)
-USER_HEAD_DIMS = (96, 128, 256)  # widths users pass beyond the spaces' (the op takes 1..256)
+USER_HEAD_DIMS = (96, 128, 144, 256)  # widths users pass beyond the spaces' (the op takes 1..256); 144: 128 + 16
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _REGS = re.compile(r"Used (\d+) registers")
