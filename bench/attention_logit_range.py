@@ -43,7 +43,8 @@ def errors(magnitude: float, device: str, on_eager: bool) -> dict:
 
     return {"logit": (q @ k.transpose(-1, -2)).abs().max().item() / math.sqrt(SHAPE[-1]),
             "out": rel(out, ref.detach()), "dq": rel(grads[0], ref_grads[0]), "dk": rel(grads[1], ref_grads[1]),
-            "dv": rel(grads[2], ref_grads[2]), "dq_norm": grads[0].norm().item(), "dq64_norm": ref_grads[0].norm().item()}
+            "dv": rel(grads[2], ref_grads[2]), "dq_norm": grads[0].norm().item(),
+            "dq64_norm": ref_grads[0].norm().item()}
 
 
 def main(argv=None) -> int:

@@ -389,7 +389,8 @@ def test_the_run_key_is_the_records_resume_key_with_the_architectures_and_out(tm
     """Ranks agree when their records would carry one resume key: the data as named (a relative and an
     absolute path to one file give records other readers refuse to mix), defaults filled in as
     score_archs fills them."""
-    from vitcore.distributed import key_difference, run_key
+    from vitcore.distributed import run_key
+    from vitcore.runs import settings_diff
 
     archs = sample(SPACES["small"], 3, 0)
     batch = load_batch("synthetic", 8, seed=0, space=SPACES["small"])
@@ -399,6 +400,7 @@ def test_the_run_key_is_the_records_resume_key_with_the_architectures_and_out(tm
     assert key == run_key(archs, batch, "elsewhere/r.jsonl", False, {"proxies": ("grad_norm", "snip"), "seed": 0})
     renamed = dataclasses.replace(batch, name="./synthetic")
     other = run_key(archs[:2], renamed, str(tmp_path / "r.jsonl"), True, {"proxies": ["grad_norm", "snip"]})
-    words = key_difference(other, key, "on rank 1", "on rank 0")
-    assert "resume True on rank 1, False on rank 0" in words and "data './synthetic' on rank 1, 'synthetic' on rank 0" in words
+    words = settings_diff(other, key, "on rank 1", "on rank 0")
+    assert "resume True on rank 1, False on rank 0" in words and \
+        "data './synthetic' on rank 1, 'synthetic' on rank 0" in words
     assert "architectures '2 (ids sha256" in words

@@ -30,7 +30,8 @@ from vitcore.evaluate import (BASELINE, DEFAULT_TRUTH, builtin_taus, columns_cei
                               evaluate_columns, format_columns, format_table, mean_tau, mean_tau_vs, read_truth_any,
                               scatter_plots, with_combined)
 from vitcore.families import FAMILY_HELP, VITCORE, get_family
-from vitcore.paths import DuplicateKey, check_input_file, check_out_file, check_writable, load_json, strict_json, write_whole
+from vitcore.paths import (DuplicateKey, check_input_file, check_out_file, check_writable, load_json, strict_json,
+                           write_whole)
 from vitcore.proxies import GRAD_NORM_MODES, PARAM_SETS, PROXIES, check_proxies
 from vitcore.ranking import CI_LEVEL
 from vitcore.runs import DEFAULT_OUT, DTYPES, read_results, run_scoring, score_archs

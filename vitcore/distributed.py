@@ -51,7 +51,8 @@ import torch.distributed as dist
 from vitcore.data import Batch
 from vitcore.paths import free_name, lock
 from vitcore.families import Family, get_family
-from vitcore.runs import SHARD_KEY, open_results, read_results, resolve_device, run_settings, score_archs
+from vitcore.runs import (SHARD_KEY, open_results, read_results, resolve_device, run_settings, score_archs,
+                          settings_diff)
 from vitcore.space import AnyArch
 
 KILL_ENV = "VITCORE_TEST_KILL"
@@ -341,17 +342,6 @@ def run_key(archs: Sequence[AnyArch], batch: Batch, out: str, resume: bool, scor
             **settings}
 
 
-def key_difference(key: dict, other: dict, here: str = "here", there: str = "there") -> str:
-    """The fields in which two ``run_key``s differ, in words: "seed 1 here, 0 there; ..."."""
-    parts = []
-    for name in dict.fromkeys([*key, *other]):
-        mine, theirs = key.get(name), other.get(name)
-        if mine == theirs:
-            continue
-        parts.append(f"{name} {mine!r} {here}, {theirs!r} {there}")
-    return "; ".join(parts)
-
-
 def _agree(me: Rank, key: dict) -> None:
     """ValueError on every rank, before any file is touched, when the ranks were started with different
     ``run_key``s (different options per rank would merge records of different runs into one file)."""
@@ -360,7 +350,7 @@ def _agree(me: Rank, key: dict) -> None:
     for rank, other in enumerate(keys):
         if other != keys[0]:
             raise ValueError(f"rank {rank} of {me.world} was started with other settings than rank 0 "
-                             f"({key_difference(other, keys[0], f'on rank {rank}', 'on rank 0')}): start every "
+                             f"({settings_diff(other, keys[0], f'on rank {rank}', 'on rank 0')}): start every "
                              "rank of one run with the same vitcore score options and inputs")
 
 

@@ -193,9 +193,9 @@ def _check_fields(where: str, record) -> dict:
     return record
 
 
-def _settings_diff(here: Optional[dict], there: Optional[dict], here_name: str = "here",
-                   there_name: str = "there") -> str:
-    """The settings that differ, e.g. "seed 1 here, 0 there"."""
+def settings_diff(here: Optional[dict], there: Optional[dict], here_name: str = "here",
+                  there_name: str = "there") -> str:
+    """The settings (or ``vitcore.distributed.run_key`` fields) that differ, e.g. "seed 1 here, 0 there"."""
     if here is None or there is None:
         return f"no settings recorded {there_name if there is None else here_name}"
     keys = [k for k in dict.fromkeys([*there, *here]) if here.get(k) != there.get(k)]
@@ -224,7 +224,7 @@ def check_records(lines: Sequence[Tuple[str, object]]) -> List[dict]:
         if first is None:
             first = where, record
         elif record.get("settings") != first[1].get("settings"):
-            diff = _settings_diff(record.get("settings"), first[1].get("settings"))
+            diff = settings_diff(record.get("settings"), first[1].get("settings"))
             raise ValueError(f"{where}: made with other settings than {_line_of(first[0])} ({diff}); a results "
                              "file holds one run's records: evaluate or resume each run's file on its own")
         if "scores" in record:
@@ -332,7 +332,7 @@ def _resumable(path: str, settings: dict, repair: bool = False) -> List[dict]:
     ValueError naming the file and the settings that differ otherwise."""
     records = read_results(path, repair=repair)
     if records and records[0].get("settings") != settings:  # one run's settings throughout (check_records)
-        diff = _settings_diff(settings, records[0].get("settings"), "this run", "the file")
+        diff = settings_diff(settings, records[0].get("settings"), "this run", "the file")
         raise ValueError(f"--resume: {path} holds results for settings other than this run's ({diff}); "
                          "use another --out")
     return records

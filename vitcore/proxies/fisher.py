@@ -2,8 +2,9 @@
 
 a is the output of every Linear/Conv layer call, c its channel axis (last for Linear, 1 for Conv),
 n every other axis (tokens, pixels). Frozen weights change nothing (the loss still has a gradient at
-their layer's output); a layer run under torch.no_grad() inside forward has none and adds nothing. foresight sums every axis after the second instead, which for a
-transformer's (B, N', C) activations sums the channels and keeps the tokens; vitcore keeps channels.
+their layer's output); a layer run under torch.no_grad() inside forward has none and adds nothing.
+foresight sums every axis after the second instead, which for a transformer's (B, N', C) activations
+sums the channels and keeps the tokens; vitcore keeps channels.
 """
 import torch
 
