@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE, requires_cuda
-from proxy_helpers import TF32, U, batch, bn_net, macs, small_mlp, small_vit
+from proxy_helpers import TF32, U, batch, bn_net, bound64, macs, small_mlp, small_vit
+from test_proxy_jacob_cov import reference as jacob_cov_reference
 
 import vitcore
 from vitcore.model import ViT, ViTConfig
@@ -434,12 +435,13 @@ def test_frozen_weights_change_no_proxy_but_what_their_gradients_add(triton_off)
     unfrozen = vitcore.score(mlp, x, y, proxies=["fisher", "jacob_cov"])
     rest = vitcore.score(tail, stem(x).detach(), y)
     stem.requires_grad_(False)
-    assert vitcore.score(mlp, x, y) == pytest.approx(rest, rel=1e-12)
+    rel = bound64(mlp, len(x))  # float64 rounding of the forward and backward: either side may carry it
+    assert vitcore.score(mlp, x, y) == pytest.approx(rest, rel=2 * rel)
     for proxies in (["fisher"], ["fisher", "jacob_cov"], ["grad_norm", "fisher"]):
         got = vitcore.score(mlp, x, y, proxies=proxies)
-        assert got["fisher"] == pytest.approx(unfrozen["fisher"], rel=1e-12), proxies
-    assert vitcore.score(mlp, x, y, proxies=["jacob_cov"])["jacob_cov"] == pytest.approx(unfrozen["jacob_cov"],
-                                                                                        rel=1e-9)
+        assert got["fisher"] == pytest.approx(unfrozen["fisher"], rel=2 * rel), proxies
+    _, tol = jacob_cov_reference(mlp, x)  # its bound against float64 arithmetic, for each of the two
+    assert abs(vitcore.score(mlp, x, y, proxies=["jacob_cov"])["jacob_cov"] - unfrozen["jacob_cov"]) <= 2 * tol
 
 
 def test_a_first_layer_under_no_grad_scores_as_the_rest_of_the_network(triton_off):
@@ -456,7 +458,7 @@ def test_a_first_layer_under_no_grad_scores_as_the_rest_of_the_network(triton_of
     assert e.value.errors["jacob_cov"].startswith("ValueError: the model's output does not depend on its inputs "
                                                   "through autograd")
     for name in proxies:
-        assert e.value.scores[name] == pytest.approx(want[name], rel=1e-12), name
+        assert e.value.scores[name] == pytest.approx(want[name], rel=2 * bound64(mlp, len(x))), name
 
 
 def test_synflow_on_a_forward_under_no_grad_is_named(triton_off):
@@ -578,39 +580,50 @@ def _weight_normed():
     return mlp
 
 
-def _layer_reference(model, x, y, groups):
-    """grad_norm and snip over ``groups``' tensors and zico over the groups (layers), from float64
-    gradients of the whole batch and of its two halves."""
+def _layer_reference(model, x, y, groups, tokens, width):
+    """(values, absolute bounds): grad_norm and snip over ``groups``' tensors and zico over the groups
+    (layers), from float64 gradients of the whole batch and of its two halves. The gradients' relative
+    error is γ_n, n the forward and backward multiply-adds: every parameter applied once per token, and
+    attention's two (tokens x tokens x width) products. zico's σ = |g1 - g2| loses (|g1| + |g2|) / |g1 - g2|
+    of that accuracy to cancellation, entry by entry; a layer's log Σ ratio moves by Σ ratio·ε / Σ ratio."""
+    n = 3 * len(x) * (tokens * sum(p.numel() for p in model.parameters()) + 2 * tokens ** 2 * width)
+    eps = n * U[torch.float64]
     flat = [p for g in groups for p in g]
     grads = torch.autograd.grad(F.cross_entropy(model(x), y), flat)
     half = len(x) // 2
     g1, g2 = (torch.autograd.grad(F.cross_entropy(model(xs), ys), flat)
               for xs, ys in ((x[:half], y[:half]), (x[half:], y[half:])))
-    zico, i = 0.0, 0
+    zico, zico_tol, i = 0.0, 0.0, 0
     for group in groups:
-        ratio = 0.0
+        ratio = moved = 0.0
         for a, b in zip(g1[i:i + len(group)], g2[i:i + len(group)]):
             keep = (a - b) != 0
-            ratio += ((a.abs() + b.abs())[keep] / (a - b).abs()[keep]).sum().item()
+            r = (a.abs() + b.abs())[keep] / (a - b).abs()[keep]
+            ratio += r.sum().item()
+            moved += (r * (2 * eps * r + 2 * eps)).sum().item()
         zico += math.log(ratio)
+        zico_tol += moved / ratio
         i += len(group)
-    return {"grad_norm": math.sqrt(sum(g.pow(2).sum().item() for g in grads)),
-            "snip": sum((g * p).abs().sum().item() for g, p in zip(grads, flat)), "zico": zico}
+    values = {"grad_norm": math.sqrt(sum(g.pow(2).sum().item() for g in grads)),
+              "snip": sum((g * p).abs().sum().item() for g, p in zip(grads, flat)), "zico": zico}
+    return values, {"grad_norm": 2 * eps * values["grad_norm"], "snip": 2 * eps * values["snip"], "zico": zico_tol}
 
 
-@pytest.mark.parametrize("build, groups", [
+@pytest.mark.parametrize("build, groups, tokens, width", [
     (_weight_normed, lambda m: [[m[1].parametrizations.weight.original0, m[1].parametrizations.weight.original1],
-                                [m[3].weight], [m[5].weight]]),
-    (_Tokens, lambda m: [[m.embed.weight], [m.attn.in_proj_weight], [m.attn.out_proj.weight], [m.head.weight]]),
+                                [m[3].weight], [m[5].weight]], 1, 0),
+    (_Tokens, lambda m: [[m.embed.weight], [m.attn.in_proj_weight], [m.attn.out_proj.weight], [m.head.weight]],
+     8, 8),
 ])
-def test_layer_weights_behind_weight_norm_and_multihead_attention(triton_off, build, groups):
+def test_layer_weights_behind_weight_norm_and_multihead_attention(triton_off, build, groups, tokens, width):
     """params="weights" and zico read a layer's weight: under weight_norm (a weight computed on every
     forward) they read the g and v it is made from (they read the computed tensor, which has no gradient, and
     zico raised a KeyError), and nn.MultiheadAttention's input projection (left out)."""
     torch.manual_seed(0)
     model = build().double()
     x, y = batch(6, seed=34, dtype=torch.float64, classes=5)
-    want = _layer_reference(model, x, y, groups(model))
+    want, tol = _layer_reference(model, x, y, groups(model), tokens, width)
     got = {**vitcore.score(model, x, y, proxies=["grad_norm", "snip"], params="weights"),
            **vitcore.score(model, x, y, proxies=["zico"])}
-    assert got == pytest.approx(want, rel=1e-9)
+    for name in want:
+        assert abs(got[name] - want[name]) <= tol[name], (name, got[name], want[name], tol[name])
