@@ -126,8 +126,8 @@ def launch_args(phase: str, dtype: str, precision: str, d: int):
                 attention.attention_fwd(q, k, v, d ** -0.5)
             else:
                 o = attention._bhnd_like(q)
-                lse = torch.zeros(q.shape[:3], dtype=torch.float32)
-                attention_bwd.attention_bwd(attention._bhnd_like(q), q, k, v, o, lse, d ** -0.5)
+                stats = torch.zeros((*q.shape[:2], 2, q.shape[2]), dtype=torch.float32)
+                attention_bwd.attention_bwd(attention._bhnd_like(q), q, k, v, o, stats, d ** -0.5)
     finally:
         torch.set_float32_matmul_precision(matmul_precision)
     index = 0 if phase in ("fwd", "dq") else 1

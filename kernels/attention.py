@@ -14,15 +14,20 @@ Supported:
     (``cvt.rna.tf32.f32``, as cuBLAS does; the MMA alone truncates). Compiled kernels only: the
     interpreter computes fp32 dots in full precision. Not yet run on a GPU.
   - logits (scale * q.k) up to fp32's largest value / log2(e) = 2.4e38 in magnitude: fp32 q is scaled
-    before the dot (``split_scale``), so q.k may itself be past fp32's range; the backward caps its
-    recomputed probabilities at 1. Where the softmax is one-hot and the logits' fp32 rounding is past
-    ~1e-3 (|logit| > ~1e4), the gradients carry that rounding (eps * |logit|), as SDPA's do: the eager
-    reference, which keeps P, is exact there.
+    before the dot (``split_scale``), so q.k may itself be past fp32's range. The forward saves each row's
+    maximum m and log2 of its sum l apart (m + log2(l) in fp32 drops log2(l) once |m| > 2^24 log2(l)). The
+    backward recomputes the scores with the forward's operands in the forward's roles, so a one-hot or tied
+    row gets exactly the forward's 1 or 1/ties, and sets dS to 0 where P is exactly 1 (the true dS is below
+    its rounding there); its recomputed P is capped at 1. The scores are bitwise the forward's on the
+    interpreter, whose phases use tiles of one shape; on a GPU only if the MMA rounds an entry alike at any
+    tile shape, not yet checked on one. A row within a few roundings of one-hot (1 - max P ~ 1e-7) gives dQ
+    and dK the rounding of delta = rowsum(dO * O) times |K| or |Q|, as FlashAttention's backward does; the
+    eager reference, which takes delta from its own P and dP, does not.
 Not supported: causal or arbitrary masks, dropout, different lengths or head dims for q, k and v.
 
 Outputs (O, dQ, dK, dV) are written laid out (B, N', H, d) and returned as (B, H, N', d) views, so the
 output projection's ``.transpose(1, 2).reshape(B, N', H * d)`` is free. Extra memory is O(N') per
-(batch, head): the row log-sum-exp (forward) and delta = rowsum(dO * O) (backward), never N' x N'.
+(batch, head): the row maximum and log2 row sum (forward) and delta = rowsum(dO * O) (backward), never N' x N'.
 
 The forward kernel, its launcher and the launch machinery the backward shares (block sizes,
 autotuning) are here; the backward's two kernels (dQ, then dK and dV; deterministic, no atomics) and
@@ -165,7 +170,7 @@ def _attention_fwd_inner(
 @triton.jit(do_not_specialize=["H", "N_CTX"])
 def _attention_fwd_kernel(
     # Pointers
-    Q, K, V, O, LSE,
+    Q, K, V, O, STATS,
     # Strides
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -185,7 +190,7 @@ def _attention_fwd_kernel(
     K, stride_kn = _head(K, off_b, off_h, stride_kb, stride_kh, stride_kn, ALIGN)
     V, stride_vn = _head(V, off_b, off_h, stride_vb, stride_vh, stride_vn, ALIGN)
     O, stride_on = _head(O, off_b, off_h, stride_ob, stride_oh, stride_on, ALIGN)
-    LSE += pid_bh.to(tl.int64) * N_CTX
+    STATS += pid_bh.to(tl.int64) * 2 * N_CTX
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     d0 = tl.arange(0, D_MAIN)
@@ -215,8 +220,9 @@ def _attention_fwd_kernel(
             n_full, N_CTX, N_CTX, qk_scale,
             HEAD_DIM, D_MAIN, D_TAIL, DOT_PRECISION, ROUND_TF32, BLOCK_N, True,
         )
-    # -- epilogue: normalise, save the row log-sum-exp (base 2) for the backward --
-    tl.store(LSE + rows, m_i + tl.log2(l_i), mask=rows < N_CTX)
+    # -- epilogue: normalise, save the row maximum and log2 of the row sum (base 2) for the backward --
+    tl.store(STATS + rows, m_i, mask=rows < N_CTX)
+    tl.store(STATS + N_CTX + rows, tl.log2(l_i), mask=rows < N_CTX)
     _store(O, rows, d0, stride_on, stride_od, N_CTX, HEAD_DIM, acc0 / l_i[:, None])
     if D_TAIL > 0:
         _store(O + D_MAIN * stride_od, rows, d1, stride_on, stride_od, N_CTX, HEAD_DIM - D_MAIN, acc1 / l_i[:, None])
@@ -243,7 +249,10 @@ _CONFIGS = {
              (32, 32, 4, 2), (64, 16, 8, 1)],
 }
 FALLBACK_CONFIGS = [(64, 32, 4, 2), (64, 32, 4, 1), (32, 32, 4, 1), (32, 16, 4, 1), (16, 16, 4, 1)]
-_INTERPRET_CONFIG = (64, 32, 4, 1)  # one config: the interpreter runs tails and BLOCK_M != BLOCK_N
+# The interpreter's one config per phase: every dot over d sees 64 query rows and 32 keys (dK/dV's outer block
+# is the keys), so the backward's recomputed scores are bitwise the forward's (NumPy's matmul, the interpreter's
+# dot, rounds an entry differently at other shapes); it runs ragged tails and BLOCK_M != BLOCK_N.
+_INTERPRET_CONFIG = {"fwd": (64, 32, 4, 1), "dq": (64, 32, 4, 1), "dkdv": (32, 64, 4, 1)}
 _OUTER = {"fwd": "BLOCK_M", "dq": "BLOCK_M", "dkdv": "BLOCK_N"}
 _INNER = {"fwd": "BLOCK_N", "dq": "BLOCK_N", "dkdv": "BLOCK_M"}
 
@@ -393,7 +402,7 @@ class Launchable:
         q = tensors[0]
         order = config_order(self.phase, n_ctx, q.element_size())
         if _INTERPRET:  # nothing is compiled: shared memory is no limit
-            return choose(order, lambda c: FITS, autotune) if autotune else [_INTERPRET_CONFIG]
+            return choose(order, lambda c: FITS, autotune) if autotune else [_INTERPRET_CONFIG[self.phase]]
         limit = smem_limit(q.device.index)
         args = (*tensors, *ints, *floats)
         with on_device(q):  # Triton compiles for the current device
@@ -529,15 +538,19 @@ def _check(*tensors: torch.Tensor) -> None:
 
 
 def attention_fwd(q, k, v, sm_scale: float, out=None):
-    """O = softmax(q k^T sm_scale) v and the row log-sum-exp (base 2), q/k/v (B, H, N', d).
+    """O = softmax(q k^T sm_scale) v and the softmax's row statistics, q/k/v (B, H, N', d).
 
-    Returns (o, lse): o (B, H, N', d) laid out (B, N', H, d) (``out`` if given), lse (B, H, N') fp32.
+    Returns (o, stats): o (B, H, N', d) laid out (B, N', H, d) (``out`` if given); stats (B, H, 2, N')
+    fp32, the base-2 scores' row maximum m (``stats[:, :, 0]``) and log2 of the row sum l of exp2(s - m)
+    (``stats[:, :, 1]``), so the log-sum-exp (base 2) is m + log2(l). They are kept apart because m + log2(l)
+    in fp32 drops log2(l) once |m| passes 2^24 log2(l) (ties at logit 1e9; a near one-hot row at 4e3),
+    and the backward's probabilities exp2(s - m - log2(l)) would then be wrong.
     """
     _check(q, k, v)
     B, H, N, d = q.shape
     o = _bhnd_like(q) if out is None else out
     _check(q, o)
-    lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    stats = torch.empty((B, H, 2, N), device=q.device, dtype=torch.float32)
     ints = (*q.stride(), *k.stride(), *v.stride(), *o.stride(), H, N)
-    _FWD.launch((q, k, v, o, lse), ints, split_scale(q.dtype, sm_scale), N, B * H, d, dot_precision(q.dtype))
-    return o, lse
+    _FWD.launch((q, k, v, o, stats), ints, split_scale(q.dtype, sm_scale), N, B * H, d, dot_precision(q.dtype))
+    return o, stats

@@ -1,4 +1,5 @@
 """flash_attention: the Triton kernels (interpreted on CPU) against a float64 eager reference."""
+import contextlib
 import math
 import random
 
@@ -207,14 +208,17 @@ def test_launcher_writes_into_given_output(triton_on):
 
     q, k, v = _packed_qkv(1, 2, 33, 16, torch.float32, seed=5)
     out = torch.full((1, 33, 2, 16), float("nan"), device=DEVICE).transpose(1, 2)
-    o, lse = _kernels.attention_fwd(q, k, v, 0.25, out=out)
-    assert o is out and lse.shape == (1, 2, 33)
+    o, stats = _kernels.attention_fwd(q, k, v, 0.25, out=out)
+    assert o is out and stats.shape == (1, 2, 2, 33)
     ref = attention_ref(q.double(), k.double(), v.double(), 0.25)
     assert _max_err(o, ref) <= _bound(q, k, ref.abs().max().item(), *FP32, scale=0.25)
-    scores = q.double() @ k.double().transpose(-2, -1) * 0.25  # (B, H, N', N')
-    lse_ref = scores.logsumexp(-1) / math.log(2)  # base 2, (B, H, N')
-    # lse = m + log2(l): the rounding of the scores (the eps (sqrt(N') + max|s|) part) plus that of lse itself
-    assert _max_err(lse, lse_ref) <= _bound(q, k, 1.0, *FP32, scale=0.25) + 2 * EPS32 * lse_ref.abs().max().item()
+    scores = q.double() @ k.double().transpose(-2, -1) * 0.25 / math.log(2)  # base 2, (B, H, N', N')
+    m_ref = scores.amax(-1)
+    log2l_ref = (scores - m_ref[..., None]).exp2().sum(-1).log2()  # (B, H, N')
+    score_err = _bound(q, k, 1.0, *FP32, scale=0.25) / math.log(2)  # the rounding of the base-2 scores
+    assert _max_err(stats[:, :, 0], m_ref) <= score_err
+    # l sums exp2 of N' rounded differences: log2 of it moves by their rounding and N' roundings of the sum
+    assert _max_err(stats[:, :, 1], log2l_ref) <= 2 * score_err + 2 * 33 * EPS32
 
 
 def test_eager_fallback_is_the_reference(triton_off):
@@ -432,8 +436,9 @@ def test_kernels_over_the_whole_range_of_logits(triton_on, poisoned, dtype, kind
     """The Triton forward and backward on the same range: finite everywhere (fp32 scales q before q.k, so
     q.k past fp32's range with a representable logit is not inf; the backward's recomputed probabilities
     are capped at 1, so a logit recomputed a rounding above the forward's is not inf either) and
-    within 2x SDPA's error plus rounding. Their gradients lose accuracy as eps·max|s| (the logits'
-    rounding) once the softmax is one-hot, like SDPA's recomputing backward; the eager path keeps P."""
+    within 2x SDPA's error plus rounding, whose eps·max|s| term is the logits' own rounding: the interpreter's
+    dot rounds equal logits apart at some tile positions (identical rows at max|s| 1e3 to 1e9), which a softmax
+    that large turns into other probabilities. Logits exact in any order: the next test."""
     eps_dot, eps_io = (FP32_DOT_EPS, 0.0) if dtype == torch.float32 else (EPS32, torch.finfo(dtype).eps)
     for big in RANGE_SCALES[dtype]:
         _assert_range(*_range_inputs(kind, big, dtype), eps_dot, eps_io)
@@ -452,3 +457,61 @@ def test_sparse_inputs_are_named(fn, which):
 def test_eager_reference_names_mixed_dtypes():
     with pytest.raises(ValueError, match="q, k, v dtypes differ: q=torch.float32, k=torch.float16"):
         attention_ref(torch.zeros(2, 4), torch.zeros(3, 4, dtype=torch.float16), torch.zeros(3, 4))
+
+
+def _tied_inputs(logit, ties, dtype, B=1, H=2, N=37, d=24, seed=8):
+    """q, k, v whose logits are exact in any summation order: every q and k row is a multiple of the first unit
+    vector, so q.k is one product. Every query's top logit is ``logit`` (scale 1/sqrt(d) included), shared by the
+    first ``ties`` keys; the other keys' logits are at most logit - |logit| / 2 (exp of that difference underflows
+    for |logit| >= 1e3). Returns q, k, v (B, H, N', d) and the exact P (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    c = math.sqrt(abs(logit) * math.sqrt(d))  # q.k / sqrt(d) = c^2 / sqrt(d) = |logit| for unit factors
+    q = torch.zeros(B, H, N, d, dtype=torch.float64)
+    k = torch.zeros_like(q)
+    q[..., 0] = math.copysign(c, logit)
+    factors = torch.rand(B, H, N, generator=gen, dtype=torch.float64) - 0.5 if logit > 0 else \
+        1.5 + torch.rand(B, H, N, generator=gen, dtype=torch.float64)  # the others' logits: below the top's
+    factors[..., :ties] = 1.0
+    k[..., 0] = c * factors
+    v = torch.randn(B, H, N, d, generator=gen, dtype=torch.float64)
+    p = torch.zeros(B, H, N, N, dtype=torch.float64)
+    p[..., :ties] = 1.0 / ties
+    return tuple(t.to(DEVICE, dtype) for t in (q, k, v)), p
+
+
+@requires_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("ties", [1, 2, 3])
+@pytest.mark.parametrize("logit", [1e3, 1e9, 1e30, -1e3, -1e30])
+def test_kernels_at_huge_logits_are_as_exact_as_the_softmax(triton_on, poisoned, dtype, ties, logit):
+    """Logits from 1e3 to 1e30 in magnitude, positive or negative, each row's top shared by 1-3 keys: the
+    softmax is exactly 1 / ties on the tied keys and 0 elsewhere (exp underflows), so O and dV are averages of
+    V and dO rows and the float64 reference is exact but for its own rounding. The Triton path gives them to the
+    rounding of an average, however large the logits, as the eager path does: the forward keeps the row maximum
+    and log2 of the row sum apart (m + log2(ties) rounds to m past 2^25), the backward recomputes the forward's
+    scores bitwise and zeroes dS where P is exactly 1, so dQ and dK are exactly 0 at one-hot rows. With ties,
+    dS carries the rounding of dP - delta (eps (d + ties) |dO| |V| per entry), dQ and dK that times |K| or |Q|."""
+    if dtype == torch.float16 and abs(logit) > 1e5:
+        pytest.skip("fp16 holds |q|, |k| <= 65504: logits up to ~1e9 / sqrt(d) at most")
+    (q, k, v), p = _tied_inputs(logit, ties, dtype)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(9)).to(DEVICE, dtype)
+    ref_out, (ref_dq, ref_dk, ref_dv) = _run(attention_ref, q.double(), k.double(), v.double(), do.double())
+    p64 = torch.softmax(q.double() @ k.double().transpose(-2, -1) / math.sqrt(q.shape[-1]), -1)
+    assert _max_err(p64, p) <= 1e-15  # the premise: these P (exp(-500) and below are 0 in fp32)
+    eps = EPS32 + (0.0 if dtype == torch.float32 else torch.finfo(dtype).eps)
+    N, d = q.shape[2], q.shape[3]
+    vmax, domax = v.abs().max().item(), do.abs().max().item()
+    ds_noise = 4 * (d + ties) * eps * domax * vmax  # per entry of dS
+    bounds = {"out": (ties + 1) * eps * vmax,  # an average of `ties` rows, and its storing
+              "dv": (N + 1) * eps * domax,  # a sum over the N' queries
+              "dq": ties * ds_noise * k.abs().max().item() / math.sqrt(d)
+              + (ties + 1) * eps * ref_dq.abs().max().item(),
+              "dk": N * ds_noise * q.abs().max().item() / math.sqrt(d) + (N + 1) * eps * ref_dk.abs().max().item()}
+    for on_eager in (False, True):
+        with dispatch.eager() if on_eager else contextlib.nullcontext():
+            out, (dq, dk, dv) = _run(flash_attention, q, k, v, do)
+        for name, a, r in (("out", out, ref_out), ("dq", dq, ref_dq), ("dk", dk, ref_dk), ("dv", dv, ref_dv)):
+            err = _max_err(a, r)
+            assert err <= bounds[name], f"{'eager' if on_eager else 'triton'} {name}: {err:.3g} > {bounds[name]:.3g}"
+        if ties == 1:
+            assert not dq.any() and not dk.any(), "eager" if on_eager else "triton"

@@ -48,8 +48,8 @@ def test_compiled_vit_matches_eager(kernels, request):
 
 def test_the_custom_ops_are_registered_with_fake_shapes():
     q = torch.empty(2, 3, 17, 16, device="meta")
-    o, lse = torch.ops.vitcore.flash_attention_fwd(q, q, q, 0.25)
-    assert o.shape == (2, 3, 17, 16) and o.transpose(1, 2).is_contiguous() and lse.shape == (2, 3, 17)
-    assert lse.dtype == torch.float32
-    dq, dk, dv = torch.ops.vitcore.flash_attention_bwd(o, q, q, q, o, lse, 0.25)
+    o, stats = torch.ops.vitcore.flash_attention_fwd(q, q, q, 0.25)
+    assert o.shape == (2, 3, 17, 16) and o.transpose(1, 2).is_contiguous() and stats.shape == (2, 3, 2, 17)
+    assert stats.dtype == torch.float32
+    dq, dk, dv = torch.ops.vitcore.flash_attention_bwd(o, q, q, q, o, stats, 0.25)
     assert all(t.shape == q.shape and t.transpose(1, 2).is_contiguous() for t in (dq, dk, dv))

@@ -529,8 +529,8 @@ def _forward_and_backward():
     from vitcore.kernels import attention_bwd
 
     q = torch.randn(1, 2, 197, 72)
-    o, lse = attention.attention_fwd(q, q, q, 0.125)
-    attention_bwd.attention_bwd(torch.randn_like(q), q, q, q, o, lse, 0.125)
+    o, stats = attention.attention_fwd(q, q, q, 0.125)
+    attention_bwd.attention_bwd(torch.randn_like(q), q, q, q, o, stats, 0.125)
 
 
 @pytest.mark.parametrize("autotune", [False, True])

@@ -73,48 +73,48 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> 
 def _fwd_fake(q, k, v, scale):
     B, H, N, d = q.shape
     o = q.new_empty((B, N, H, d)).transpose(1, 2)  # (B, H, N', d) laid out (B, N', H, d)
-    return o, q.new_empty((B, H, N), dtype=torch.float32)  # lse (B, H, N')
+    return o, q.new_empty((B, H, 2, N), dtype=torch.float32)  # row max and log2 row sum (B, H, 2, N')
 
 
 @torch.library.custom_op("vitcore::flash_attention_bwd", mutates_args=())
 def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-            lse: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            stats: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from vitcore.kernels import attention_bwd as _kernels
 
-    return _kernels.attention_bwd(do, q, k, v, o, lse, scale)
+    return _kernels.attention_bwd(do, q, k, v, o, stats, scale)
 
 
 @_bwd_op.register_fake
-def _bwd_fake(do, q, k, v, o, lse, scale):
+def _bwd_fake(do, q, k, v, o, stats, scale):
     B, H, N, d = q.shape
     return tuple(q.new_empty((B, N, H, d)).transpose(1, 2) for _ in range(3))  # dq, dk, dv like o
 
 
 class _FlashAttention(torch.autograd.Function):
-    """Triton forward (saves O and the row log-sum-exp) and backward (dQ, then dK and dV)."""
+    """Triton forward (saves O and the softmax's row statistics) and backward (dQ, then dK and dV)."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
         if torch.compiler.is_compiling():
-            o, lse = _fwd_op(q, k, v, scale)
+            o, stats = _fwd_op(q, k, v, scale)
         else:
             from vitcore.kernels import attention as _kernels
 
-            o, lse = _kernels.attention_fwd(q, k, v, scale)  # o (B, H, N', d) laid out (B, N', H, d)
-        ctx.save_for_backward(q, k, v, o, lse)
+            o, stats = _kernels.attention_fwd(q, k, v, scale)  # o (B, H, N', d) laid out (B, N', H, d)
+        ctx.save_for_backward(q, k, v, o, stats)
         ctx.scale = scale
         return o
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
+        q, k, v, o, stats = ctx.saved_tensors
         if torch.compiler.is_compiling():
-            dq, dk, dv = _bwd_op(do, q, k, v, o, lse, ctx.scale)
+            dq, dk, dv = _bwd_op(do, q, k, v, o, stats, ctx.scale)
         else:
             from vitcore.kernels import attention_bwd as _kernels
 
-            dq, dk, dv = _kernels.attention_bwd(do, q, k, v, o, lse, ctx.scale)
+            dq, dk, dv = _kernels.attention_bwd(do, q, k, v, o, stats, ctx.scale)
         return dq, dk, dv, None
 
 
@@ -167,13 +167,15 @@ def flash_attention(
     scale (a real number) defaults to 1/sqrt(d). For fp16 / bf16 / fp32 inputs the logits scale * q.k
     must stay within float32's range: the Triton kernels return NaN past |logit| = 2.4e38 (float32's
     largest value / log2(e)), the eager path, as SDPA, past 3.4e38. The Triton backward recomputes the
-    probabilities from the scores and the forward's row log-sum-exp, whose rounding (about
-    |logit| · 2^-24) the eager backward, which keeps the probabilities, does not see. In fp32 against
-    float64 (Triton's interpreter, ``bench/results/cpu-2026-12-07-attention-logit-range.md``): both within
-    1e-5 relative error up to |logit| 411; at 4.1e3 the Triton dV 8.5e-5 (eager 2.4e-8); from 4.1e6, where
-    the softmax saturates, dV 0.08 to 0.5 (eager 2e-8) and a dQ of norm up to 928 where the true one is 0.
-    Logits that large need attention="eager" or "sdpa". The Triton backward is not itself differentiable
-    (no double backward).
+    probabilities from the scores and the forward's row maximum and log2 row sum; one-hot and tied rows
+    come out exact at any logits (``vitcore/kernels/attention.py`` says how, and what a GPU must do for it).
+    In fp32 against float64 (Triton's interpreter, ``bench/results/cpu-2026-12-08-attention-logit-range.md``,
+    max |logit| 4.1 to 4.1e17): O and dV within 4.7e-7 relative error (the eager path 3e-7); dQ and dK
+    within 3.7e-6 (eager 2.9e-6) up to |logit| 411 and 0 where every row is one-hot, as eager's. In a row
+    within a few roundings of one-hot (1 - max P = 3.2e-7, at |logit| 4.1e3) dQ is off by 0.15 of its norm
+    (1e-4), eager's by 0.0017, since delta = rowsum(dO * O) is rounded apart from dP (as in FlashAttention);
+    attention="eager" keeps P for such logits.
+    The Triton backward is not itself differentiable (no double backward).
     Returns (B, H, N', d). On the Triton path it is a view of memory laid out (B, N', H, d), so
     ``out.transpose(1, 2).reshape(B, N', H * d)`` is free; the eager fallback (``attention_ref``)
     returns a contiguous (B, H, N', d). fp32 follows ``torch.get_float32_matmul_precision()``.
