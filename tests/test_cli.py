@@ -110,6 +110,18 @@ def test_a_closed_stderr_or_a_reader_gone_from_stdout_keeps_the_results(tmp_path
     assert len(_lines(tmp_path / "b.jsonl")) == 2
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_device_behind_stdout_is_named(tmp_path):
+    """stdout redirected to a full device: the error said "No space left on device" and no more, as if the
+    results file had failed; it names stdout, and the results are written."""
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-m", "vitcore", "score", "--n", "2", "--batch-size", "8", "--out",
+                              str(tmp_path / "r.jsonl")], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.splitlines()[-1] == "vitcore score: error: [Errno 28] No space left on device: '<stdout>'"
+    assert len(_lines(tmp_path / "r.jsonl")) == 2
+
+
 def test_ranked_table_puts_nan_last(capsys):
     arch = sample(SPACES["small"], 1)[0].to_dict()
     records = [{"id": f"a{i}", "arch": arch, "params": 1, "scores": {"jacob_cov": v}}

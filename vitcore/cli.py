@@ -496,13 +496,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NamedStdout:
+    """stdout whose write errors name it: a redirect to a full device fails with "No space left on device:
+    '<stdout>'", not an error that names no file. Everything else is the stream's own; a reader gone
+    (BrokenPipeError) stays that error, which ``main`` ends on as SIGPIPE would."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _named(self, method, *args):
+        try:
+            return method(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, "<stdout>") from None
+
+    def write(self, text):
+        return self._named(self._stream.write, text)
+
+    def flush(self):
+        return self._named(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     if sys.stdout is None or sys.stderr is None:  # started with a closed stream (2>&-): write nowhere, not fail
         sys.stdout, sys.stderr = sys.stdout or open(os.devnull, "w"), sys.stderr or open(os.devnull, "w")
     for stream in (sys.stdout, sys.stderr):  # a console or redirect in cp1252 or ASCII: τ printed as \u03c4,
         if isinstance(stream, io.TextIOWrapper):  # not an error after the work is done
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
+    stdout, sys.stdout = sys.stdout, _NamedStdout(sys.stdout)
+    try:
+        return _run(build_parser(), argv)
+    finally:
+        sys.stdout = stdout
+
+
+def _run(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> int:
+    """Parse ``argv`` and run its command; errors become the exit statuses ``main`` documents."""
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -513,5 +547,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # the reader of stdout left (| head): results are kept; end as SIGPIPE would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
         return 141  # 128 + SIGPIPE (13): the status of a process that SIGPIPE ends
-    except (ValueError, TypeError, OSError) as e:  # OSError: a full disk, a file gone meanwhile
+    except (ValueError, TypeError, OSError) as e:  # OSError: a full disk (stdout's named), a file gone meanwhile
         parser.exit(2, f"vitcore {args.command}: error: {e}\n")
