@@ -16,8 +16,10 @@ Supported:
   - logits (scale * q.k) up to fp32's largest value / log2(e) = 2.4e38 in magnitude: fp32 q is scaled
     before the dot (``split_scale``), so q.k may itself be past fp32's range. The forward saves each row's
     maximum m and log2 of its sum l apart (m + log2(l) in fp32 drops log2(l) once |m| > 2^24 log2(l)). The
-    backward recomputes the scores with the forward's operands in the forward's roles, so a one-hot or tied
-    row gets exactly the forward's 1 or 1/ties, and sets dS to 0 where P is exactly 1 (the true dS is below
+    backward recomputes the scores with the forward's operands in the forward's roles and the exponent as
+    the forward does, (q.k - m) qk_scale, a product no compiler fuses into an FMA with the difference (the
+    PTX of the fused form rounds a row's top score apart from m), so a one-hot or tied row gets exactly the
+    forward's 1 or 1/ties, and sets dS to 0 where P is exactly 1 (the true dS is below
     its rounding there); its recomputed P is capped at 1. The scores are bitwise the forward's on the
     interpreter, whose phases use tiles of one shape; on a GPU only if the MMA rounds an entry alike at any
     tile shape, not yet checked on one. A row within a few roundings of one-hot (1 - max P ~ 1e-7) gives dQ
@@ -151,13 +153,13 @@ def _attention_fwd_inner(
             v1 = _tile(V + D_MAIN * stride_vd, cols, d1, stride_vn, stride_vd, N_CTX, HEAD_DIM - D_MAIN,
                        MASK_KEYS, HEAD_DIM < D_MAIN + D_TAIL)  # (BLOCK_N, D_TAIL)
             qk = tl.dot(q1, _tf32(kT1, ROUND_TF32), qk, input_precision=DOT_PRECISION)
-        qk = qk * qk_scale
         if MASK_KEYS:
             qk = tl.where(cols[None, :] < N_CTX, qk, float("-inf"))
-        # -- online softmax update --
+        # -- online softmax update; qk_scale > 0 multiplies a difference, never fused with it into an FMA
+        # (that would round the row's top score apart from its maximum; the backward computes the same) --
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old maximum
+        p = tl.exp2((qk - m_new[:, None]) * qk_scale)
+        alpha = tl.exp2((m_i - m_new) * qk_scale)  # rescales what was accumulated under the old maximum
         l_i = l_i * alpha + tl.sum(p, 1)
         p = _tf32(p.to(V.dtype.element_ty), ROUND_TF32)
         acc0 = tl.dot(p, _tf32(v0, ROUND_TF32), acc0 * alpha[:, None], input_precision=DOT_PRECISION)
@@ -514,11 +516,15 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def split_scale(dtype: torch.dtype, sm_scale: float) -> tuple:
     """(q_scale, qk_scale), whose product is sm_scale / ln 2: the scores in base 2 are dot(q * q_scale, k)
-    * qk_scale. fp32 scales q before the dot, so that q.k does not overflow before the scale (logits up
-    to fp32's largest / log2(e), 2.4e38); fp16 / bf16 after it, since their products are exact in the fp32
-    accumulator (|q.k| <= 65504^2 * 256) and a scaled fp16 q would be rounded once more."""
+    * qk_scale, with qk_scale > 0, so the kernels take a row's maximum of q.k before the scale and compute
+    (q.k - max) * qk_scale (``_attention_fwd_inner``). fp32 scales q before the dot (qk_scale 1), so that q.k
+    does not overflow before the scale (logits up to fp32's largest / log2(e), 2.4e38); fp16 / bf16 after it,
+    since their products are exact in the fp32 accumulator (|q.k| <= 65504^2 * 256) and a scaled fp16 q would
+    be rounded once more: q_scale is then the sign (-1 and 1 are exact), or 0 for a zero scale."""
     base2 = sm_scale * LOG2E
-    return (base2, 1.0) if dtype == torch.float32 else (1.0, base2)
+    if dtype == torch.float32 or base2 == 0:
+        return base2, 1.0
+    return math.copysign(1.0, base2), abs(base2)
 
 
 def _bhnd_like(x: torch.Tensor) -> torch.Tensor:
@@ -541,10 +547,11 @@ def attention_fwd(q, k, v, sm_scale: float, out=None):
     """O = softmax(q k^T sm_scale) v and the softmax's row statistics, q/k/v (B, H, N', d).
 
     Returns (o, stats): o (B, H, N', d) laid out (B, N', H, d) (``out`` if given); stats (B, H, 2, N')
-    fp32, the base-2 scores' row maximum m (``stats[:, :, 0]``) and log2 of the row sum l of exp2(s - m)
-    (``stats[:, :, 1]``), so the log-sum-exp (base 2) is m + log2(l). They are kept apart because m + log2(l)
-    in fp32 drops log2(l) once |m| passes 2^24 log2(l) (ties at logit 1e9; a near one-hot row at 4e3),
-    and the backward's probabilities exp2(s - m - log2(l)) would then be wrong.
+    fp32: the row maximum m of dot(q * q_scale, k) (``stats[:, :, 0]``) and log2 of the row sum l of
+    exp2((q.k - m) qk_scale) (``stats[:, :, 1]``), with ``split_scale``'s q_scale and qk_scale; for fp32
+    (qk_scale 1) m is the base-2 scores' maximum and the log-sum-exp (base 2) is m + log2(l). They are kept
+    apart because m + log2(l) in fp32 drops log2(l) once |m| passes 2^24 log2(l) (two tied keys at logit
+    1e9), and the backward's probabilities would then be wrong.
     """
     _check(q, k, v)
     B, H, N, d = q.shape

@@ -17,11 +17,11 @@ from .attention import Launchable, _bhnd_like, _check, _head, _store, _tf32, _ti
 
 @triton.jit
 def _probabilities(qk, qk_scale, m, log2l):
-    """P = exp2(s - m - log2(l)) for the scores s = qk * qk_scale (base 2) and the forward's row maximum ``m``
-    and log2 row sum ``log2l`` (rows on axis 0). qk is computed as the forward's (the same operands in the same
-    roles), so s - m is the forward's exponent bitwise: a one-hot row gives exactly 1 and 0. min(., 0): p <= 1
-    even where a compiler computed s another way."""
-    return tl.exp2(tl.minimum(qk * qk_scale - m[:, None], 0.0) - log2l[:, None])
+    """P = exp2((qk - m) qk_scale - log2(l)) for the scores qk and the forward's row maximum ``m`` and log2 row
+    sum ``log2l`` (rows on axis 0). qk is computed as the forward's (the same operands in the same roles) and
+    the exponent's first part as the forward's, so a one-hot row gives exactly 1 and 0. min(., 0): p <= 1
+    even where a compiler computed qk another way."""
+    return tl.exp2(tl.minimum((qk - m[:, None]) * qk_scale, 0.0) - log2l[:, None])
 
 
 @triton.jit
@@ -189,7 +189,7 @@ def _attention_bwd_dkdv_inner(
         p = _probabilities(qk, qk_scale, m, log2l)
         if MASK_ROWS:
             p = tl.where(rows[:, None] < N_CTX, p, 0.0)
-        # -- dV += P^T dO; dS = P * (dP - delta), dK += dS^T (q * q_scale) --
+        # -- dV += P^T dO; dS = P * (dP - delta), dK += dS^T (q * q_scale), scaled by dk_scale at the end --
         ds = _tf32(_score_grads(p, dp, delta).to(Q.dtype.element_ty), ROUND_TF32)
         p = _tf32(p.to(DO.dtype.element_ty), ROUND_TF32)
         dv0 = tl.dot(tl.trans(p), do0, dv0, input_precision=DOT_PRECISION)  # (BLOCK_N, D_MAIN)
@@ -211,7 +211,8 @@ def _attention_bwd_dkdv_kernel(
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,  # dV is allocated with dK's layout
     # Sizes and scales
-    H, N_CTX, sm_scale, q_scale, qk_scale,  # q_scale * qk_scale = sm_scale / ln 2 (``split_scale``)
+    H, N_CTX, dk_scale, q_scale, qk_scale,  # q_scale * qk_scale = sm_scale / ln 2 (``split_scale``); dK is
+    # accumulated against q * q_scale, as the scores are, and dk_scale = sm_scale / q_scale (0 for a zero scale)
     # Meta-parameters
     HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ROUND_TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr,
@@ -260,7 +261,6 @@ def _attention_bwd_dkdv_kernel(
             stride_dod, m_full, N_CTX, N_CTX, q_scale, qk_scale,
             HEAD_DIM, D_MAIN, D_TAIL, DOT_PRECISION, ROUND_TF32, BLOCK_M, True,
         )
-    dk_scale = sm_scale / q_scale  # dK accumulated against the scaled q
     _store(DK, cols, d0, stride_dkn, stride_dkd, N_CTX, HEAD_DIM, dk0 * dk_scale)
     _store(DV, cols, d0, stride_dkn, stride_dkd, N_CTX, HEAD_DIM, dv0)
     if D_TAIL > 0:
@@ -284,10 +284,11 @@ def attention_bwd(do, q, k, v, o, stats, sm_scale: float):
     precision = dot_precision(q.dtype)
     dq, dk, dv = _bhnd_like(q), _bhnd_like(k), _bhnd_like(v)
     delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)  # rowsum(dO * O), written by the dQ kernel
-    scales = (sm_scale, *split_scale(q.dtype, sm_scale))
+    q_scale, qk_scale = split_scale(q.dtype, sm_scale)
+    dk_scale = sm_scale / q_scale if q_scale else 0.0
     strides = (*q.stride(), *k.stride(), *v.stride())
     _DQ.launch((q, k, v, o, do, stats, delta, dq), (*strides, *o.stride(), *do.stride(), *dq.stride(), H, N),
-               scales, N, B * H, d, precision)
+               (sm_scale, q_scale, qk_scale), N, B * H, d, precision)
     _DKDV.launch((q, k, v, do, stats, delta, dk, dv), (*strides, *do.stride(), *dk.stride(), H, N),
-                 scales, N, B * H, d, precision)
+                 (dk_scale, q_scale, qk_scale), N, B * H, d, precision)
     return dq, dk, dv

@@ -185,6 +185,17 @@ def test_custom_scale(triton_on, scale):
 
 
 @requires_triton
+@pytest.mark.parametrize("dtype, eps_dot, eps_io", DTYPES)
+@pytest.mark.parametrize("scale", [0.0, -0.3, 1e-30])
+def test_zero_negative_and_tiny_scales(triton_on, poisoned, scale, dtype, eps_dot, eps_io):
+    """A zero scale (a uniform softmax; dQ = dK = 0), a negative one (the softmax of -|scale| q.k) and a tiny
+    one: fp16 / bf16 fold the sign into q and keep a positive scale after the dot (``split_scale``), and dK,
+    accumulated against the scaled q, is rescaled by 0 rather than 0 / 0 for a zero scale."""
+    q, k, v = _packed_qkv(1, 2, 37, 24, dtype, seed=3)
+    _assert_close_to_ref(q, k, v, eps_dot, eps_io, scale=scale)
+
+
+@requires_triton
 def test_contiguous_and_transposed_inputs(triton_on):
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(1, 2, 70, 32, generator=gen).to(DEVICE)  # contiguous (B, H, N', d)
