@@ -93,31 +93,42 @@ def test_synthetic_data_and_module_entry_point(tmp_path):
     assert all(set(r["scores"]) == {"snip", "plain"} and r["settings"]["attention"] == "eager" for r in _lines(out))
 
 
-def test_a_closed_stderr_or_a_reader_gone_from_stdout_keeps_the_results(tmp_path):
+def _stdout_env(buffered: bool) -> dict:
+    """This environment with Python's stdout block-buffered (a redirect's default) or unbuffered."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return env if buffered else dict(env, PYTHONUNBUFFERED="1")
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+def test_a_closed_stderr_or_a_reader_gone_from_stdout_keeps_the_results(tmp_path, buffered):
     """`2>&-` made Python's sys.stderr None, and the progress bar failed every architecture; a reader that
     left stdout (`| head -1`) ended in a one-line error and exit 2, which means bad input: now the status
-    SIGPIPE gives (141), no message, every result written."""
+    SIGPIPE gives (141), no message, every result written, whether stdout is buffered or not."""
     base = [sys.executable, "-m", "vitcore", "score", "--n", "2", "--batch-size", "8", "--out"]
+    env = _stdout_env(buffered)
     closed = subprocess.run(base + [str(tmp_path / "a.jsonl")], stdout=subprocess.DEVNULL,
-                            preexec_fn=lambda: os.close(2), timeout=300)
+                            preexec_fn=lambda: os.close(2), timeout=300, env=env)
     assert closed.returncode == 0 and all("scores" in r for r in _lines(tmp_path / "a.jsonl"))
     read, write = os.pipe()
-    os.close(read)  # nobody reads: the first print raises BrokenPipeError
+    os.close(read)  # nobody reads: the first print (unbuffered) or the flush (buffered) raises BrokenPipeError
     gone = subprocess.run(base + [str(tmp_path / "b.jsonl")], stdout=write, stderr=subprocess.PIPE, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
     os.close(write)
     assert gone.returncode == 141 and "Traceback" not in gone.stderr and "error" not in gone.stderr
     assert len(_lines(tmp_path / "b.jsonl")) == 2
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
-def test_a_full_device_behind_stdout_is_named(tmp_path):
+@pytest.mark.parametrize("buffered", [True, False])
+def test_a_full_device_behind_stdout_is_named(tmp_path, buffered):
     """stdout redirected to a full device: the error said "No space left on device" and no more, as if the
-    results file had failed; it names stdout, and the results are written."""
+    results file had failed (unbuffered), or Python's flush at exit printed an ignored exception and the
+    status was 120 (buffered); it names stdout, exit 2, and the results are written."""
     with open("/dev/full", "w") as full:
         run = subprocess.run([sys.executable, "-m", "vitcore", "score", "--n", "2", "--batch-size", "8", "--out",
-                              str(tmp_path / "r.jsonl")], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
-    assert run.returncode == 2 and "Traceback" not in run.stderr
+                              str(tmp_path / "r.jsonl")], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+                             env=_stdout_env(buffered))
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
     assert run.stderr.splitlines()[-1] == "vitcore score: error: [Errno 28] No space left on device: '<stdout>'"
     assert len(_lines(tmp_path / "r.jsonl")) == 2
 

@@ -501,6 +501,8 @@ class _NamedStdout:
     '<stdout>'", not an error that names no file. Everything else is the stream's own; a reader gone
     (BrokenPipeError) stays that error, which ``main`` ends on as SIGPIPE would."""
 
+    NAME = "<stdout>"
+
     def __init__(self, stream):
         self._stream = stream
 
@@ -510,7 +512,7 @@ class _NamedStdout:
         except BrokenPipeError:
             raise
         except OSError as e:
-            raise OSError(e.errno, e.strerror, "<stdout>") from None
+            raise OSError(e.errno, e.strerror, self.NAME) from None
 
     def write(self, text):
         return self._named(self._stream.write, text)
@@ -539,7 +541,9 @@ def _run(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> int:
     """Parse ``argv`` and run its command; errors become the exit statuses ``main`` documents."""
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a buffered stdout fails here, named, not in Python's flush at exit
+        return status
     except RankFailed as e:  # a worker died or raised: what it finished is kept for --resume
         parser.exit(1, f"vitcore {args.command}: {e}\n")
     except Stopped as e:  # a --workers run stopped by a signal: the status a process the signal ends has
@@ -548,4 +552,6 @@ def _run(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
         return 141  # 128 + SIGPIPE (13): the status of a process that SIGPIPE ends
     except (ValueError, TypeError, OSError) as e:  # OSError: a full disk (stdout's named), a file gone meanwhile
+        if isinstance(e, OSError) and e.filename == _NamedStdout.NAME:  # what stdout still holds goes nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         parser.exit(2, f"vitcore {args.command}: error: {e}\n")
