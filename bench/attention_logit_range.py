@@ -7,7 +7,7 @@ and on a GPU (the compiled kernels): python -m bench.attention_logit_range --out
 Two kinds of inputs, fp32, (B, H, N', d) = (1, 2, 20, 16), v and dO N(0, 1), seed 0, for magnitudes m from 1
 to 1e17: "random", q and k N(0, m) (max |logit| from about 4 to 3e17); "tied", every q and k row a multiple of
 the first unit vector (q.k one product, exact in any order) with each query's top logit m shared by the first
-two keys and the others' at most m / 2 below it, so the softmax is 1/2, 1/2, 0, ... (exactly, past m ~ 1e3).
+two keys and the others' at least m / 2 below it, so the softmax is 1/2, 1/2, 0, ... (exactly, past m ~ 1e3).
 Each row gives the relative error ||x - x64|| / ||x64|| of the output and of dQ, dK, dV, and the norm of dQ beside
 float64's (which is (nearly) 0 where the softmax is one-hot), for both paths.
 """

@@ -13,18 +13,20 @@ Supported:
     tensor cores), "high" / "medium" -> "tf32", with every fp32 dot operand rounded to TF32 first
     (``cvt.rna.tf32.f32``, as cuBLAS does; the MMA alone truncates). Compiled kernels only: the
     interpreter computes fp32 dots in full precision. Not yet run on a GPU.
-  - logits (scale * q.k) up to fp32's largest value / log2(e) = 2.4e38 in magnitude: fp32 q is scaled
-    before the dot (``split_scale``), so q.k may itself be past fp32's range. The forward saves each row's
-    maximum m and log2 of its sum l apart (m + log2(l) in fp32 drops log2(l) once |m| > 2^24 log2(l)). The
-    backward recomputes the scores with the forward's operands in the forward's roles and the exponent as
-    the forward does, (q.k - m) qk_scale, a product no compiler fuses into an FMA with the difference (the
-    PTX of the fused form rounds a row's top score apart from m), so a one-hot or tied row gets exactly the
-    forward's 1 or 1/ties, and sets dS to 0 where P is exactly 1 (the true dS is below
-    its rounding there); its recomputed P is capped at 1. The scores are bitwise the forward's on the
-    interpreter, whose phases use tiles of one shape; on a GPU only if the MMA rounds an entry alike at any
-    tile shape, not yet checked on one. A row within a few roundings of one-hot (1 - max P ~ 1e-7) gives dQ
-    and dK the rounding of delta = rowsum(dO * O) times |K| or |Q|, as FlashAttention's backward does; the
-    eager reference, which takes delta from its own P and dP, does not.
+  - logits (scale * q.k) up to fp32's largest value / log2(e) = 2.4e38 in magnitude, where scale * log2(e)
+    and, in fp32, q * scale * log2(e) are within fp32's range: fp32 q is scaled before the dot
+    (``split_scale``), so q.k may itself be past fp32's range. The forward saves each row's maximum m and
+    log2 of its sum l apart (m + log2(l) in fp32 drops log2(l) once |m| > 2^25 log2(l)). The backward
+    recomputes the scores with the forward's operands in the forward's roles and the exponent as the
+    forward does, (q.k - m) qk_scale, a product no compiler fuses into an FMA with the difference (the PTX
+    of the fused form rounds a row's top score apart from m), so a one-hot or tied row gets exactly the
+    forward's P; its recomputed P is capped at 1. The scores are bitwise the forward's on the interpreter,
+    whose phases use tiles of one shape; on a GPU only if the MMA rounds an entry alike at any tile shape,
+    not yet checked on one. dQ and dK of a row within a few roundings of one-hot (1 - max P up to about
+    d + N' / BLOCK_N roundings of O's dtype: ~1e-6 in fp32, ~1e-3 in fp16) carry the rounding of
+    delta = rowsum(dO * O) times |K| or |Q|, as FlashAttention's backward does, an error of the order of
+    the true value there; the eager reference, which takes delta from its own P and dP, does not. Where P is
+    exactly 1, dS is set to 0 (``_score_grads``), which is exact for a one-hot row.
 Not supported: causal or arbitrary masks, dropout, different lengths or head dims for q, k and v.
 
 Outputs (O, dQ, dK, dV) are written laid out (B, N', H, d) and returned as (B, H, N', d) views, so the

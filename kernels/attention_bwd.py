@@ -26,18 +26,19 @@ def _probabilities(qk, qk_scale, m, log2l):
 
 @triton.jit
 def _score_grads(p, dp, delta):
-    """dS = P * (dP - delta) (rows on axis 0), and exactly 0 where P is exactly 1. There the row's other
-    probabilities sum to a few fp32 roundings at most (the row sum l rounded to 1), so the true dS, P (1 - P)
-    times a difference of dP's, is below the rounding of dP - delta itself; without the 0, that rounding times
-    |K| (dQ) or |Q| (dK), which can be huge at such logits, would stand where the gradient is 0 (the eager
-    reference, which keeps P, gets 0 there too)."""
+    """dS = P * (dP - delta) (rows on axis 0), and exactly 0 where P is exactly 1. P rounds to 1 only where
+    the row sum l did, so the row's other probabilities sum to at most about one rounding of 1 per key block
+    (what each block adds to l below half an ulp is lost), and the true dS, P (1 - P) times a difference of
+    dP's, is of the order of the rounding of dP - delta itself (see the module docstring of
+    ``kernels/attention.py``); 0 is exact for a one-hot row, where that rounding times |K| (dQ) or |Q| (dK),
+    huge at such logits, would otherwise stand where the gradient is 0, as the eager reference gives it."""
     return tl.where(p < 1.0, p * (dp - delta[:, None]), 0.0)
 
 
 @triton.jit
 def _attention_bwd_dq_inner(
     dq0, dq1, q0, q1, do0, do1, m, log2l, delta,  # dQ accumulators, this block's query-side tiles (two column
-    # parts), the forward's row maximum and log2 row sum (base 2), rowsum(dO * O)
+    # parts), the forward's row statistics (``attention_fwd``), rowsum(dO * O)
     K, V, stride_kn, stride_kd, stride_vn, stride_vd,
     lo, hi, N_CTX, qk_scale,
     HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr,

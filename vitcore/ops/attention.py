@@ -166,14 +166,17 @@ def flash_attention(
     read in place), fp16 / bf16 / fp32 (float64 runs the eager reference), 1 <= d <= 256;
     scale (a real number) defaults to 1/sqrt(d). For fp16 / bf16 / fp32 inputs the logits scale * q.k
     must stay within float32's range: the Triton kernels return NaN past |logit| = 2.4e38 (float32's
-    largest value / log2(e)), the eager path, as SDPA, past 3.4e38. The Triton backward recomputes the
-    probabilities from the scores and the forward's row maximum and log2 row sum; one-hot and tied rows
-    come out exact at any logits (``vitcore/kernels/attention.py`` says how, and what a GPU must do for it).
-    In fp32 against float64 (Triton's interpreter, ``bench/results/cpu-2026-12-08-attention-logit-range.md``,
-    max |logit| 4.1 to 4.1e17): O and dV within 4.7e-7 relative error (the eager path 3e-7); dQ and dK
-    within 3.7e-6 (eager 2.9e-6) up to |logit| 411 and 0 where every row is one-hot, as eager's. In a row
-    within a few roundings of one-hot (1 - max P = 3.2e-7, at |logit| 4.1e3) dQ is off by 0.15 of its norm
-    (1e-4), eager's by 0.0017, since delta = rowsum(dO * O) is rounded apart from dP (as in FlashAttention);
+    largest value / log2(e)), or where scale * log2(e) or, in fp32, q * scale * log2(e) is past it; the
+    eager path, as SDPA, past 3.4e38. The Triton backward recomputes the probabilities from the scores and
+    the forward's row maximum and log2 row sum: those of one-hot and tied rows come out exactly the
+    forward's at any logits (``vitcore.kernels.attention`` says how, and what a GPU must do for it). In fp32
+    against float64 (Triton's interpreter, ``bench/results/cpu-2026-12-08-attention-logit-range.md``, max
+    |logit| 4.1 to 4.1e17, random and tied inputs): O and dV within 4.7e-7 relative error (the eager path
+    3e-7); on the random inputs dQ and dK within 3.7e-6 (eager 2.9e-6) up to |logit| 411 and 0 where every
+    row is one-hot, as eager's; on the tied ones, where the true dQ is (nearly) 0, dQ is rounding of 1.7
+    to 2.4 times the norm of eager's from |logit| 30. In a row within a few roundings of one-hot
+    (1 - max P = 3.2e-7, at |logit| 4.1e3) dQ is off by 0.15 of its norm (1e-4), eager's by 0.0017, since
+    delta = rowsum(dO * O) is rounded apart from dP (as in FlashAttention; in fp16 from 1 - max P ~ 1e-3);
     attention="eager" keeps P for such logits.
     The Triton backward is not itself differentiable (no double backward).
     Returns (B, H, N', d). On the Triton path it is a view of memory laid out (B, N', H, d), so
