@@ -544,3 +544,33 @@ def test_kernels_at_huge_logits_are_as_exact_as_the_softmax(triton_on, poisoned,
             assert over <= 0, f"{'eager' if on_eager else 'triton'} {name}: over its bound by {over:.3g}"
         if ties == 1:
             assert not dq.any() and not dk.any(), "eager" if on_eager else "triton"
+
+
+@requires_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernels_at_huge_random_logits_recompute_the_forwards_probabilities(triton_on, poisoned, dtype):
+    """Random q and k so large that every row of P is one-hot (its top logit at least 200 above the rest, in
+    base 2, checked): dV sums the dO rows of the queries whose top is each key and dQ, dK are exactly 0, if and
+    only if the backward recomputes the forward's scores bitwise. Unlike the tied inputs above, these q.k are
+    sums of d products, rounded by the dot of each kernel's own tile shapes (on a GPU each phase's config:
+    the check that the MMA rounds an entry alike in every kernel); N' = 97 over several blocks, d = 40 in
+    two parts."""
+    gen = torch.Generator().manual_seed(11)
+    B, H, N, d = 1, 2, 97, 40
+    big = 1e3  # |logit| ~ 1e6; |q|, |k| < 6e3, within fp16's 65504
+    q, k = (torch.randn(B, H, N, d, generator=gen, dtype=torch.float64) * big for _ in range(2))
+    v, do = (torch.randn(B, H, N, d, generator=gen, dtype=torch.float64) for _ in range(2))
+    q, k, v, do = (t.to(DEVICE, dtype) for t in (q, k, v, do))
+    s = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(d) / math.log(2)  # base 2
+    top2 = s.topk(2, dim=-1).values
+    assert (top2[..., 0] - top2[..., 1]).min() > 200  # the premise: exp2 of the others underflows in fp32
+    p = torch.nn.functional.one_hot(s.argmax(-1), N).double()  # (B, H, N', N')
+    eps = EPS32 + (0.0 if dtype == torch.float32 else torch.finfo(dtype).eps)
+    for on_eager in (False, True):
+        with dispatch.eager() if on_eager else contextlib.nullcontext():
+            out, (dq, dk, dv) = _run(flash_attention, q, k, v, do)
+        path = "eager" if on_eager else "triton"
+        assert _max_err(out, p @ v.double()) <= eps * v.abs().max().item(), path
+        ref_dv = p.transpose(-2, -1) @ do.double()  # each key's queries' dO rows, summed
+        assert _max_err(dv, ref_dv) <= (N + 1) * eps * do.abs().max().item(), path
+        assert not dq.any() and not dk.any(), path
