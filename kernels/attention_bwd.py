@@ -16,6 +16,16 @@ from .attention import Launchable, _bhnd_like, _check, _head, _store, _tf32, _ti
 
 
 @triton.jit
+def _rows(ptr, rows, N_CTX, MASK: tl.constexpr):
+    """ptr[rows], fp32 per-row values (the row statistics, delta); 0 past N' where MASK."""
+    if MASK:
+        x = tl.load(ptr + rows, mask=rows < N_CTX, other=0.0)
+    else:
+        x = tl.load(ptr + rows)
+    return x
+
+
+@triton.jit
 def _probabilities(qk, qk_scale, m, log2l):
     """P = exp2((qk - m) qk_scale - log2(l)) for the scores qk and the forward's row maximum ``m`` and log2 row
     sum ``log2l`` (rows on axis 0). qk is computed as the forward's (the same operands in the same roles) and
@@ -48,29 +58,29 @@ def _attention_bwd_dq_inner(
     d0 = tl.arange(0, D_MAIN)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k0 = _tile(K, cols, d0, stride_kn, stride_kd, N_CTX, HEAD_DIM, MASK_KEYS, HEAD_DIM < D_MAIN)  # (BLOCK_N, D_MAIN)
-        vT0 = _tile(V, d0, cols, stride_vd, stride_vn, HEAD_DIM, N_CTX, HEAD_DIM < D_MAIN, MASK_KEYS)  # (D_MAIN, BLOCK_N)
-        k0 = _tf32(k0, ROUND_TF32)
+        # K^T and V^T tiles (D_MAIN, BLOCK_N), loaded as the forward loads K^T: its scores' dot, operand for operand
+        kT0 = _tf32(_tile(K, d0, cols, stride_kd, stride_kn, HEAD_DIM, N_CTX, HEAD_DIM < D_MAIN, MASK_KEYS), ROUND_TF32)
+        vT0 = _tile(V, d0, cols, stride_vd, stride_vn, HEAD_DIM, N_CTX, HEAD_DIM < D_MAIN, MASK_KEYS)
         # -- recompute the probabilities from the forward's row statistics; dP = dO V^T --
-        qk = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        qk = tl.dot(q0, kT0, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         dp = tl.dot(do0, _tf32(vT0, ROUND_TF32), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if D_TAIL > 0:
             d1 = tl.arange(0, D_TAIL)
-            k1 = _tile(K + D_MAIN * stride_kd, cols, d1, stride_kn, stride_kd, N_CTX, HEAD_DIM - D_MAIN,
-                       MASK_KEYS, HEAD_DIM < D_MAIN + D_TAIL)  # (BLOCK_N, D_TAIL)
+            kT1 = _tile(K + D_MAIN * stride_kd, d1, cols, stride_kd, stride_kn, HEAD_DIM - D_MAIN, N_CTX,
+                        HEAD_DIM < D_MAIN + D_TAIL, MASK_KEYS)  # (D_TAIL, BLOCK_N)
             vT1 = _tile(V + D_MAIN * stride_vd, d1, cols, stride_vd, stride_vn, HEAD_DIM - D_MAIN, N_CTX,
                         HEAD_DIM < D_MAIN + D_TAIL, MASK_KEYS)  # (D_TAIL, BLOCK_N)
-            k1 = _tf32(k1, ROUND_TF32)
-            qk = tl.dot(q1, tl.trans(k1), qk, input_precision=DOT_PRECISION)
+            kT1 = _tf32(kT1, ROUND_TF32)
+            qk = tl.dot(q1, kT1, qk, input_precision=DOT_PRECISION)
             dp = tl.dot(do1, _tf32(vT1, ROUND_TF32), dp, input_precision=DOT_PRECISION)
         p = _probabilities(qk, qk_scale, m, log2l)
         if MASK_KEYS:
             p = tl.where(cols[None, :] < N_CTX, p, 0.0)
         # -- dS = P * (dP - delta), dQ += dS K --
         ds = _tf32(_score_grads(p, dp, delta).to(K.dtype.element_ty), ROUND_TF32)
-        dq0 = tl.dot(ds, k0, dq0, input_precision=DOT_PRECISION)  # (BLOCK_M, D_MAIN)
+        dq0 = tl.dot(ds, tl.trans(kT0), dq0, input_precision=DOT_PRECISION)  # (BLOCK_M, D_MAIN)
         if D_TAIL > 0:
-            dq1 = tl.dot(ds, k1, dq1, input_precision=DOT_PRECISION)  # (BLOCK_M, D_TAIL)
+            dq1 = tl.dot(ds, tl.trans(kT1), dq1, input_precision=DOT_PRECISION)  # (BLOCK_M, D_TAIL)
     return dq0, dq1
 
 
@@ -105,7 +115,6 @@ def _attention_bwd_dq_kernel(
     DELTA += pid_bh.to(tl.int64) * N_CTX
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < N_CTX
     d0 = tl.arange(0, D_MAIN)
     mask_d0: tl.constexpr = HEAD_DIM < D_MAIN
     q0 = _tile(Q, rows, d0, stride_qn, stride_qd, N_CTX, HEAD_DIM, True, mask_d0)  # (BLOCK_M, D_MAIN)
@@ -124,14 +133,14 @@ def _attention_bwd_dq_kernel(
         do1 = _tf32(do1, ROUND_TF32)
         dq1 = tl.zeros([BLOCK_M, D_TAIL], dtype=tl.float32)
     # -- preprocess: delta = rowsum(dO * O), read again by the dK/dV kernel --
-    delta = tl.sum(do0.to(tl.float32) * _tile(O, rows, d0, stride_on, stride_od, N_CTX, HEAD_DIM, True, mask_d0)
-                   .to(tl.float32), 1)  # (BLOCK_M,)
+    o0 = _tile(O, rows, d0, stride_on, stride_od, N_CTX, HEAD_DIM, True, mask_d0)
+    delta = tl.sum(do0.to(tl.float32) * o0.to(tl.float32), 1)  # (BLOCK_M,)
     if D_TAIL > 0:
         o1 = _tile(O + D_MAIN * stride_od, rows, d1, stride_on, stride_od, N_CTX, HEAD_DIM - D_MAIN, True, mask_d1)
         delta += tl.sum(do1.to(tl.float32) * o1.to(tl.float32), 1)
-    tl.store(DELTA + rows, delta, mask=row_ok)
-    m = tl.load(STATS + rows, mask=row_ok, other=0.0)
-    log2l = tl.load(STATS + N_CTX + rows, mask=row_ok, other=0.0)
+    tl.store(DELTA + rows, delta, mask=rows < N_CTX)
+    m = _rows(STATS, rows, N_CTX, True)
+    log2l = _rows(STATS + N_CTX, rows, N_CTX, True)
 
     n_full = (N_CTX // BLOCK_N) * BLOCK_N
     dq0, dq1 = _attention_bwd_dq_inner(
@@ -164,14 +173,9 @@ def _attention_bwd_dkdv_inner(
         rows = start_m + offs_m
         q0 = _tile(Q, rows, d0, stride_qn, stride_qd, N_CTX, HEAD_DIM, MASK_ROWS, HEAD_DIM < D_MAIN)
         do0 = _tile(DO, rows, d0, stride_don, stride_dod, N_CTX, HEAD_DIM, MASK_ROWS, HEAD_DIM < D_MAIN)
-        if MASK_ROWS:
-            m = tl.load(STATS + rows, mask=rows < N_CTX, other=0.0)
-            log2l = tl.load(STATS + N_CTX + rows, mask=rows < N_CTX, other=0.0)
-            delta = tl.load(DELTA + rows, mask=rows < N_CTX, other=0.0)
-        else:
-            m = tl.load(STATS + rows)
-            log2l = tl.load(STATS + N_CTX + rows)
-            delta = tl.load(DELTA + rows)
+        m = _rows(STATS, rows, N_CTX, MASK_ROWS)
+        log2l = _rows(STATS + N_CTX, rows, N_CTX, MASK_ROWS)
+        delta = _rows(DELTA, rows, N_CTX, MASK_ROWS)
         q0 = _tf32((q0 * q_scale).to(Q.dtype.element_ty), ROUND_TF32)  # the forward's q: its scores, bitwise
         do0 = _tf32(do0, ROUND_TF32)
         # -- P and dP = dO V^T as the forward and the dQ kernel compute them, (BLOCK_M, BLOCK_N) --

@@ -549,9 +549,15 @@ def _run(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> int:
     except Stopped as e:  # a --workers run stopped by a signal: the status a process the signal ends has
         parser.exit(128 + e.signum, f"vitcore {args.command}: {e}\n")
     except BrokenPipeError:  # the reader of stdout left (| head): results are kept; end as SIGPIPE would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
+        _stdout_to_devnull()
         return 141  # 128 + SIGPIPE (13): the status of a process that SIGPIPE ends
     except (ValueError, TypeError, OSError) as e:  # OSError: a full disk (stdout's named), a file gone meanwhile
-        if isinstance(e, OSError) and e.filename == _NamedStdout.NAME:  # what stdout still holds goes nowhere
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(e, OSError) and e.filename == _NamedStdout.NAME:
+            _stdout_to_devnull()
         parser.exit(2, f"vitcore {args.command}: error: {e}\n")
+
+
+def _stdout_to_devnull() -> None:
+    """stdout, which failed, now writes nowhere: what it still holds raises no second error when Python
+    flushes it at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
